@@ -1,0 +1,38 @@
+# One command each: setup, test, demo, bench. Everything runs with the project's own Node (>= 22)
+# and virtual environment first on PATH (scripts/env.sh).
+SHELL := /bin/bash
+ENV := source scripts/env.sh &&
+
+.PHONY: setup test test-contracts test-python lint abi demo bench model clean
+
+setup:
+	@bash scripts/setup.sh
+
+test: setup
+	@$(ENV) $(MAKE) --no-print-directory lint
+	@$(ENV) $(MAKE) --no-print-directory test-contracts
+	@$(ENV) $(MAKE) --no-print-directory test-python
+
+test-contracts:
+	@$(ENV) npx hardhat test solidity
+
+test-python: model
+	@$(ENV) python -m pytest -q
+
+lint:
+	@$(ENV) ruff check . && ruff format --check . && mypy protocol client node
+
+abi:
+	@$(ENV) node scripts/export-abi.mjs
+
+model:
+	@bash scripts/fetch-model.sh
+
+demo: setup model
+	@$(ENV) tallystick demo
+
+bench: setup model
+	@$(ENV) python -m bench
+
+clean:
+	rm -rf artifacts cache .venv .tools node_modules .models
