@@ -73,6 +73,10 @@ interface ITallyEscrow {
     error EscrowLengthMismatch(uint256 receipts, uint256 signatures);
     error EscrowNothingToWithdraw(address provider, address token);
     error EscrowEthTransferFailed(address to, uint256 amount);
+    /// @dev The listing's output price does not fit the channel's packed storage (uint88).
+    error EscrowPriceTooLarge(uint256 outputPricePerM);
+    error EscrowChannelNotClosing(bytes32 channelId, Status status);
+    error EscrowZeroRecipient();
 
     function open(address provider, bytes32 modelId, uint96 amount, address sessionKey)
         external

@@ -1,0 +1,37 @@
+// Hardhat 3 configuration: solc-js 0.8.30 from node_modules (no compiler download), sources in
+// contracts/src, Solidity tests (forge-style, run by EDR) in contracts/test.
+// TALLY_LONG=1 selects the long fuzz/invariant campaign (>= 10,000 invariant calls per invariant).
+import { createRequire } from "node:module";
+
+const require = createRequire(import.meta.url);
+const long = process.env.TALLY_LONG === "1";
+
+const compiler = {
+  version: "0.8.30",
+  path: require.resolve("solc/soljson.js"),
+  settings: {
+    evmVersion: "prague",
+    viaIR: true,
+    // Tuned for the hot path (claim/claimMany run far more often than deployment).
+    optimizer: { enabled: true, runs: 1_000_000 },
+  },
+};
+
+export default {
+  solidity: {
+    profiles: {
+      default: compiler,
+      production: compiler,
+    },
+  },
+  paths: {
+    sources: "contracts/src",
+    tests: { solidity: "contracts/test" },
+  },
+  test: {
+    solidity: {
+      fuzz: { runs: long ? 10_000 : 1_000, seed: process.env.TALLY_FUZZ_SEED },
+      invariant: long ? { runs: 256, depth: 64, failOnRevert: false } : { runs: 32, depth: 40, failOnRevert: false },
+    },
+  },
+};
