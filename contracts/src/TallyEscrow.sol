@@ -6,13 +6,13 @@ import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol
 import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
 import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
 import {SafeCast} from "@openzeppelin/contracts/utils/math/SafeCast.sol";
-import {ReentrancyGuard} from "@openzeppelin/contracts/utils/ReentrancyGuard.sol";
+import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
 import {IProviderRegistry} from "./interfaces/IProviderRegistry.sol";
 import {ITallyEscrow} from "./interfaces/ITallyEscrow.sol";
 
 /// @notice Per-token payment channels paid against client-signed cumulative receipts.
 /// See docs/protocol.md §3-§5 and §7.2.
-contract TallyEscrow is ITallyEscrow, EIP712, ReentrancyGuard {
+contract TallyEscrow is ITallyEscrow, EIP712, ReentrancyGuardTransient {
     using SafeERC20 for IERC20;
 
     bytes32 public constant RECEIPT_TYPEHASH =
