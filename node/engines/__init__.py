@@ -1,7 +1,10 @@
 """Inference engines of the provider node: the interface, the in-process and upstream engines.
 
 Errors: see ``_errors.py`` for the tree (all derive from ``EngineError``).
+``TransformersEngine`` is imported on first use, so ``FakeEngine`` users never load torch.
 """
+
+from typing import TYPE_CHECKING, Any
 
 from ._base import Engine, Prompt, SamplingParams, Timing, TokenEvent
 from ._detok import Detokenizer
@@ -15,6 +18,7 @@ from ._errors import (
     UpstreamUnavailable,
 )
 from ._fake import FakeEngine
+from ._loading import LoadedModel, default_model_name, load_model
 from ._tiny import TINY_CHAT_TEMPLATE, tiny_tokenizer_bundle, tiny_tokenizer_json
 
 __all__ = [
@@ -25,14 +29,29 @@ __all__ = [
     "EngineOverloaded",
     "EngineStopped",
     "FakeEngine",
+    "LoadedModel",
     "ModelLoadError",
     "Prompt",
     "PromptTooLong",
     "SamplingParams",
     "Timing",
     "TokenEvent",
+    "TransformersEngine",
     "UpstreamError",
     "UpstreamUnavailable",
+    "default_model_name",
+    "load_model",
     "tiny_tokenizer_bundle",
     "tiny_tokenizer_json",
 ]
+
+if TYPE_CHECKING:
+    from ._transformers import TransformersEngine
+
+
+def __getattr__(name: str) -> Any:
+    if name == "TransformersEngine":
+        from ._transformers import TransformersEngine
+
+        return TransformersEngine
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

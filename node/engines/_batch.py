@@ -1,0 +1,113 @@
+"""The running batch of a TransformersEngine: sequences sharing one left-padded KV cache.
+
+Sequences are prefilled together (left-padded), then merged into the running batch at a step
+boundary by left-padding the shorter cache; finished ones are dropped with an index select,
+and columns that are padding for every remaining sequence are trimmed off the left.
+Positions are per sequence (count of its real tokens), so padding never shifts RoPE.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from transformers import DynamicCache
+
+__all__ = ["Batch"]
+
+
+class Batch:
+    """KV cache, attention mask and next inputs of the sequences decoding together."""
+
+    def __init__(self) -> None:
+        self.cache: DynamicCache | None = None
+        self.mask = torch.zeros((0, 0), dtype=torch.long)  # (batch, cached_len), 1 = real token
+        self.lengths = torch.zeros(0, dtype=torch.long)  # (batch,) real tokens in the cache
+
+    def clear(self) -> None:
+        self.cache = None
+        self.mask = torch.zeros((0, 0), dtype=torch.long)
+        self.lengths = torch.zeros(0, dtype=torch.long)
+
+    @property
+    def size(self) -> int:
+        return int(self.lengths.shape[0])
+
+    def prefill(self, model: Any, prompts: Sequence[list[int]]) -> torch.Tensor:
+        """Run the prompts (left-padded) and merge them in; returns their last logits (n, vocab)."""
+        width = max(len(p) for p in prompts)
+        ids = torch.zeros((len(prompts), width), dtype=torch.long)  # (n, width)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)  # (n, width)
+        for row, prompt in enumerate(prompts):
+            ids[row, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
+            mask[row, width - len(prompt) :] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (n, width)
+        cache = DynamicCache()
+        out = model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        self._merge(cache, mask)
+        return out.logits[:, -1, :]  # (n, vocab)
+
+    def decode(self, model: Any, last_ids: Sequence[int]) -> torch.Tensor:
+        """One step for every sequence, fed its last id; returns next logits (batch, vocab)."""
+        ids = torch.tensor(last_ids, dtype=torch.long).unsqueeze(1)  # (batch, 1)
+        self.mask = torch.cat([self.mask, torch.ones_like(ids)], dim=1)  # (batch, len + 1)
+        positions = self.lengths.unsqueeze(1)  # (batch, 1)
+        out = model(
+            input_ids=ids,
+            attention_mask=self.mask,
+            position_ids=positions,
+            past_key_values=self.cache,
+            use_cache=True,
+        )
+        self.lengths = self.lengths + 1
+        return out.logits[:, -1, :]  # (batch, vocab)
+
+    def keep(self, rows: Sequence[int]) -> None:
+        """Keep only ``rows`` (in this order); trim columns that became padding for all."""
+        if len(rows) == self.size:
+            return
+        if not rows:
+            self.clear()
+            return
+        index = torch.tensor(rows, dtype=torch.long)
+        self.mask = self.mask[index]
+        self.lengths = self.lengths[index]
+        start = int(self.mask.shape[1] - self.lengths.max())
+        self.mask = self.mask[:, start:]
+        for layer in self._layers(self.cache):
+            layer.keys = layer.keys[index, :, start:, :]
+            layer.values = layer.values[index, :, start:, :]
+
+    def _merge(self, cache: DynamicCache, mask: torch.Tensor) -> None:
+        if self.cache is None or self.size == 0:
+            self.cache, self.mask, self.lengths = cache, mask, mask.sum(-1)
+            return
+        width = max(self.mask.shape[1], mask.shape[1])
+        for old, new in zip(self._layers(self.cache), self._layers(cache), strict=True):
+            old.keys = torch.cat([_pad_left(old.keys, width), _pad_left(new.keys, width)])
+            old.values = torch.cat([_pad_left(old.values, width), _pad_left(new.values, width)])
+        self.mask = torch.cat([_pad_left(self.mask, width), _pad_left(mask, width)])
+        self.lengths = torch.cat([self.lengths, mask.sum(-1)])
+
+    @staticmethod
+    def _layers(cache: DynamicCache | None) -> list[Any]:
+        return [] if cache is None else list(cache.layers)
+
+
+def _pad_left(t: torch.Tensor, width: int) -> torch.Tensor:
+    """Left-pad the sequence axis of a mask (batch, len) or a KV tensor (batch, heads, len, dim)."""
+    axis = 1 if t.dim() == 2 else 2
+    missing = width - t.shape[axis]
+    if missing == 0:
+        return t
+    shape = list(t.shape)
+    shape[axis] = missing
+    return torch.cat([t.new_zeros(shape), t], dim=axis)

@@ -1,0 +1,108 @@
+"""Loading a model for TransformersEngine: a local folder, a GGUF file or a hub id."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ._errors import ModelLoadError
+
+__all__ = ["LoadedModel", "default_model_name", "load_model"]
+
+log = logging.getLogger("tallystick.node.engines")
+
+# Quantisation suffixes of GGUF file names: "Q4_1", "Q4_K_M", "IQ3_XS", "F16", "BF16", ...
+_QUANT_SUFFIX = re.compile(r"[.\-_](?:I?Q\d[\w]*|[BF]F?16|F32)$", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    model: Any  # a transformers causal LM, in eval mode
+    tokenizer: Any  # its transformers tokenizer
+    name: str
+    context_length: int
+    eos_ids: frozenset[int]
+
+
+def default_model_name(source: str) -> str:
+    """The served name: the file or folder stem without a quantisation suffix."""
+    stem = Path(source.rstrip("/")).name
+    if stem.lower().endswith(".gguf"):
+        stem = stem[: -len(".gguf")]
+    return _QUANT_SUFFIX.sub("", stem) or stem
+
+
+def load_model(source: str, *, dtype: str = "float32") -> LoadedModel:
+    """Load ``source`` (a model folder, a ``.gguf`` file, or a hub id) for CPU inference."""
+    folder, gguf_file = _locate(source)
+    started = time.perf_counter()
+    log.info("loading tokenizer from %s", source)
+    tokenizer = _from_pretrained("AutoTokenizer", source, folder, gguf_file)
+    if gguf_file:
+        log.info("loading weights from %s (dequantising GGUF to %s)", gguf_file, dtype)
+    else:
+        log.info("loading weights from %s", source)
+    model = _from_pretrained("AutoModelForCausalLM", source, folder, gguf_file, dtype=dtype)
+    model.eval()
+    params = sum(p.numel() for p in model.parameters())
+    log.info("loaded %s: %.1fM parameters in %.1fs", source, params / 1e6, _since(started))
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        name=default_model_name(source),
+        context_length=int(getattr(model.config, "max_position_embeddings", 2048)),
+        eos_ids=eos_ids_of(model, tokenizer),
+    )
+
+
+def eos_ids_of(model: Any, tokenizer: Any) -> frozenset[int]:
+    """Every id that ends a sequence (generation config, model config, tokenizer)."""
+    ids: set[int] = set()
+    for value in (
+        getattr(getattr(model, "generation_config", None), "eos_token_id", None),
+        getattr(model.config, "eos_token_id", None),
+        tokenizer.eos_token_id,
+    ):
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, list | tuple):
+            ids.update(int(v) for v in value)
+    return frozenset(ids)
+
+
+def _locate(source: str) -> tuple[str, str | None]:
+    path = Path(source).expanduser()
+    if path.is_file():
+        if path.suffix.lower() != ".gguf":
+            raise ModelLoadError(f"{source} is a file but not a .gguf file")
+        return str(path.parent), path.name
+    if path.is_dir():
+        return str(path), None
+    if source.startswith((".", "/", "~")) or source.count("/") > 1:
+        raise ModelLoadError(f"model path {source} does not exist")
+    return source, None  # a hub id
+
+
+def _from_pretrained(
+    kind: str, source: str, folder: str, gguf_file: str | None, **kwargs: Any
+) -> Any:
+    import transformers
+
+    cls = getattr(transformers, kind)
+    if gguf_file:
+        kwargs["gguf_file"] = gguf_file
+    try:
+        return cls.from_pretrained(folder, **kwargs)
+    except OSError as exc:
+        hint = "" if Path(folder).exists() else " (a hub id needs network access to the hub)"
+        raise ModelLoadError(f"cannot load {source}{hint}: {exc}") from exc
+    except (ValueError, KeyError, RuntimeError) as exc:
+        raise ModelLoadError(f"cannot load {source}: {exc}") from exc
+
+
+def _since(started: float) -> float:
+    return time.perf_counter() - started

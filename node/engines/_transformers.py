@@ -1,0 +1,214 @@
+"""TransformersEngine: in-process inference with a continuous-batching scheduler.
+
+A worker thread runs the torch loop; the asyncio side talks to it through a locked deque of
+waiting requests (in) and per-request asyncio queues fed with ``loop.call_soon_threadsafe``
+(out). At every step boundary the worker drops finished and cancelled sequences, prefills
+the waiting ones (up to ``max_batch``) and merges them into the running batch, then runs
+one batched decode step. See docs/internals.md, "Engine interface".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ._base import Prompt, SamplingParams, TokenEvent
+from ._batch import Batch
+from ._errors import EngineError, EngineOverloaded, EngineStopped, PromptTooLong
+from ._loading import LoadedModel, load_model
+from ._sampling import make_generator, sample
+from ._sequence import SequenceOutput
+
+__all__ = ["TransformersEngine"]
+
+log = logging.getLogger("tallystick.node.engines")
+
+
+@dataclass(eq=False)
+class _Request:
+    """One request as the worker sees it."""
+
+    prompt: list[int]
+    params: SamplingParams
+    output: SequenceOutput
+    generator: torch.Generator
+    loop: asyncio.AbstractEventLoop
+    events: asyncio.Queue[TokenEvent | BaseException] = field(default_factory=asyncio.Queue)
+    last_id: int = -1
+    cancelled: bool = False  # set by the consumer when it closes the iterator
+
+    def send(self, item: TokenEvent | BaseException) -> None:
+        self.loop.call_soon_threadsafe(self.events.put_nowait, item)
+
+
+class TransformersEngine:
+    """Serves a transformers causal LM in-process, batching concurrent requests."""
+
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        *,
+        model_name: str | None = None,
+        context_length: int | None = None,
+        max_batch: int = 16,
+        max_queue: int = 64,
+        num_threads: int | None = None,
+    ) -> None:
+        from tallystick.protocol import TokenCounter, TokenizerBundle
+
+        self._model = loaded.model
+        self.model_name = model_name or loaded.name
+        self.context_length = context_length or loaded.context_length
+        self.tokenizer_bundle = TokenizerBundle.from_hf(loaded.tokenizer)
+        self.counter = TokenCounter(self.tokenizer_bundle)
+        self._eos_ids = loaded.eos_ids | frozenset(self.counter.eos_token_ids)
+        self._max_batch = max_batch
+        self._max_queue = max_queue
+        self._threads = num_threads or os.cpu_count() or 1
+        self._waiting: deque[_Request] = deque()
+        self._running: list[_Request] = []
+        self._wake = threading.Condition()
+        self._worker: threading.Thread | None = None
+        self._stopping = False
+
+    @classmethod
+    def load(cls, source: str, **kwargs: Any) -> TransformersEngine:
+        """Load ``source`` (model folder, ``.gguf`` file or hub id) and build the engine."""
+        return cls(load_model(source), **kwargs)
+
+    async def start(self) -> None:
+        if self._worker is not None:
+            return
+        torch.set_num_threads(self._threads)
+        self._stopping = False
+        self._worker = threading.Thread(target=self._work, name="tallystick-engine", daemon=True)
+        self._worker.start()
+        log.info("engine %s started (max batch %d)", self.model_name, self._max_batch)
+
+    async def stop(self) -> None:
+        worker, self._worker = self._worker, None
+        if worker is None:
+            return
+        with self._wake:
+            self._stopping = True
+            self._wake.notify()
+        await asyncio.to_thread(worker.join)
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "queued": len(self._waiting),
+            "running": len(self._running),
+            "max_batch": self._max_batch,
+        }
+
+    def generate(self, prompt: Prompt, params: SamplingParams) -> AsyncIterator[TokenEvent]:
+        if self._worker is None:
+            raise EngineStopped("engine is not running")
+        if not prompt.ids or len(prompt.ids) >= self.context_length:
+            raise PromptTooLong(len(prompt.ids), self.context_length)
+        if len(self._waiting) >= self._max_queue:
+            raise EngineOverloaded(self._max_queue)
+        return self._stream(prompt, params)
+
+    async def _stream(self, prompt: Prompt, params: SamplingParams) -> AsyncIterator[TokenEvent]:
+        request = self._request(prompt, params)
+        with self._wake:
+            self._waiting.append(request)
+            self._wake.notify()
+        try:
+            while True:
+                item = await request.events.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if item.finish_reason is not None:
+                    return
+        finally:
+            request.cancelled = True  # no-op once finished; otherwise frees the slot
+            with self._wake:
+                self._wake.notify()
+
+    def _request(self, prompt: Prompt, params: SamplingParams) -> _Request:
+        budget = min(params.max_tokens, self.context_length - len(prompt.ids))
+        return _Request(
+            prompt=list(prompt.ids),
+            params=params,
+            output=SequenceOutput(self.counter.decode, self._eos_ids, params, budget),
+            generator=make_generator(params.seed),
+            loop=asyncio.get_running_loop(),
+        )
+
+    # --- the worker thread -------------------------------------------------------------
+
+    def _work(self) -> None:
+        batch = Batch()
+        with torch.inference_mode():
+            while self._next_step(batch):
+                try:
+                    self._step(batch)
+                except Exception as exc:  # the model failed: fail its requests, keep serving
+                    log.exception("engine step failed")
+                    self._fail_all(batch, EngineError(f"inference failed: {exc}"))
+        self._fail_all(batch, EngineStopped("engine stopped"))
+
+    def _next_step(self, batch: Batch) -> bool:
+        """Wait until there is work; False when stopping."""
+        with self._wake:
+            while not self._stopping and not self._running and not self._waiting:
+                self._wake.wait()
+            return not self._stopping
+
+    def _step(self, batch: Batch) -> None:
+        self._drop_done(batch)
+        admitted = self._admit()
+        if admitted:
+            logits = batch.prefill(self._model, [r.prompt for r in admitted])
+            self._running.extend(admitted)
+            self._emit(admitted, logits)
+            self._drop_done(batch)
+        if self._running:
+            logits = batch.decode(self._model, [r.last_id for r in self._running])
+            self._emit(self._running, logits)
+
+    def _admit(self) -> list[_Request]:
+        admitted: list[_Request] = []
+        with self._wake:
+            while self._waiting and len(self._running) + len(admitted) < self._max_batch:
+                request = self._waiting.popleft()
+                if not request.cancelled:
+                    request.output.mark_scheduled()
+                    admitted.append(request)
+        return admitted
+
+    def _emit(self, requests: list[_Request], logits: torch.Tensor) -> None:
+        for request, row in zip(requests, logits, strict=True):
+            if request.cancelled:
+                continue
+            request.last_id = sample(row, request.params, request.generator)
+            request.send(request.output.add(request.last_id))
+
+    def _drop_done(self, batch: Batch) -> None:
+        rows = [i for i, r in enumerate(self._running) if not _done(r)]
+        batch.keep(rows)
+        self._running = [self._running[i] for i in rows]
+
+    def _fail_all(self, batch: Batch, error: EngineError) -> None:
+        with self._wake:
+            doomed = [*self._running, *self._waiting]
+            self._running, self._waiting = [], deque()
+        batch.keep([])
+        for request in doomed:
+            if not _done(request):
+                request.send(error)
+
+
+def _done(request: _Request) -> bool:
+    return request.cancelled or request.output.finished

@@ -1,0 +1,105 @@
+"""Fixtures for the engine tests: a tiny random Llama with the tiny byte-level tokenizer.
+
+- ``tiny_dir``: a model folder (config, random weights, tokenizer with a ChatML template)
+  saved once per session; loading it exercises the real folder path of ``load_model``.
+- ``tiny_model``: that folder loaded (a ``LoadedModel``).
+- ``bigram_model(script, after)``: the same architecture rewired into a deterministic bigram
+  machine that, after the id ``after``, generates exactly ``script`` (one id each step), so
+  EOS, stop strings and UTF-8 tests control what the real engine loop produces.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import torch
+from tallystick.node.engines import TINY_CHAT_TEMPLATE, Prompt, tiny_tokenizer_json
+from tallystick.node.engines._loading import LoadedModel, load_model
+
+T = TypeVar("T")
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+def tiny_config(vocab_size: int) -> Any:
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        eos_token_id=None,
+        bos_token_id=None,
+        pad_token_id=None,
+        tie_word_embeddings=False,
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tokenizers import Tokenizer
+    from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
+
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    backend = Tokenizer.from_str(tiny_tokenizer_json())
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|im_end|>")
+    tokenizer.chat_template = TINY_CHAT_TEMPLATE
+    tokenizer.save_pretrained(folder)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(tiny_config(backend.get_vocab_size()))
+    with torch.no_grad():  # sharper logits than the default init, so greedy varies by context
+        model.lm_head.weight.mul_(20)
+    model.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_dir: Path) -> LoadedModel:
+    return load_model(str(tiny_dir))
+
+
+@pytest.fixture(scope="session")
+def bigram_model(tiny_dir: Path) -> Callable[[Sequence[int], int], LoadedModel]:
+    def build(script: Sequence[int], after: int) -> LoadedModel:
+        loaded = load_model(str(tiny_dir))
+        _rewire_as_bigram(loaded.model, [after, *script])
+        return loaded
+
+    return build
+
+
+def _rewire_as_bigram(model: Any, chain: list[int]) -> None:
+    """Zero every block's output so the residual stream is the embedding, then point the
+    LM head of chain[i + 1] at the embedding of chain[i]: greedy follows the chain."""
+    assert len(set(chain[:-1])) == len(chain) - 1, "chain ids must not repeat"
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        embed = model.model.embed_tokens.weight  # (vocab, hidden)
+        embed.copy_(torch.nn.functional.normalize(torch.randn_like(embed), dim=-1) * 8)
+        model.model.norm.weight.fill_(1.0)
+        model.lm_head.weight.zero_()
+        for prev, nxt in itertools.pairwise(chain):
+            model.lm_head.weight[nxt] = embed[prev] * 10
+
+
+def chat(counter: Any, text: str) -> Prompt:
+    messages = [{"role": "user", "content": text}]
+    return Prompt(ids=counter.chat_prompt_ids(messages), messages=messages)
+
+
+def with_eos(loaded: LoadedModel, *eos: int) -> LoadedModel:
+    return replace(loaded, eos_ids=frozenset(eos))
