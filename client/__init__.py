@@ -1,1 +1,72 @@
-"""placeholder"""
+"""``tallystick.client``: the SDK that pays providers per token, only for bills it verified.
+
+    from tallystick.client import Chain, Tallystick, Wallet
+
+    client = Tallystick(Wallet.from_key(key), "~/.tallystick/store.db",
+                        chain=Chain.connect(rpc, registry, escrow))
+    client.channels.open("SmolLM2-135M-Instruct", deposit=10**15)
+    reply = client.chat.completions.create(model="SmolLM2-135M-Instruct", messages=[...])
+    reply.tally.cost  # verified, countersigned
+
+Errors: see ``_errors.py`` for the tree (all derive from ``tallystick.protocol.TallystickError``).
+"""
+
+from ._chain import ETH, Chain, ChainChannel, Listing
+from ._channels import Balance, Channels, Closed
+from ._chat import TallyStream
+from ._client import Tallystick
+from ._discovery import check_node_listing, find_offers
+from ._errors import (
+    BillingDispute,
+    ChannelNotFound,
+    ChannelStateError,
+    ClientError,
+    ListingMismatch,
+    Mismatch,
+    NodeError,
+    NodeUnavailable,
+    PaymentRequired,
+    ProviderNotFound,
+    StoreError,
+    WalletError,
+)
+from ._store import BillLine, ChannelInfo, ChannelTally, Dispute, Store
+from ._transport import TallyTransport
+from ._verify import Served, VerifiedBill, verify_bill
+from ._wallet import Wallet
+
+__all__ = [
+    "ETH",
+    "Balance",
+    "BillLine",
+    "BillingDispute",
+    "Chain",
+    "ChainChannel",
+    "ChannelInfo",
+    "ChannelNotFound",
+    "ChannelStateError",
+    "ChannelTally",
+    "Channels",
+    "ClientError",
+    "Closed",
+    "Dispute",
+    "Listing",
+    "ListingMismatch",
+    "Mismatch",
+    "NodeError",
+    "NodeUnavailable",
+    "PaymentRequired",
+    "ProviderNotFound",
+    "Served",
+    "Store",
+    "StoreError",
+    "TallyStream",
+    "TallyTransport",
+    "Tallystick",
+    "VerifiedBill",
+    "Wallet",
+    "WalletError",
+    "check_node_listing",
+    "find_offers",
+    "verify_bill",
+]

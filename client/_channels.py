@@ -1,0 +1,181 @@
+"""Channel lifecycle: open (ETH or ERC-20), top up, close (cooperative or unilateral), balances."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from tallystick.protocol import (
+    ZERO_ROOT,
+    Receipt,
+    SignedReceipt,
+    cost_of,
+    recover_receipt_signer,
+    sign_receipt,
+)
+
+from ._chain import Chain, Listing
+from ._discovery import check_node_listing, choose_offer
+from ._errors import ChannelStateError, ClientError
+from ._store import ChannelInfo
+
+if TYPE_CHECKING:
+    from ._client import Tallystick
+
+__all__ = ["Balance", "Channels", "Closed"]
+
+
+@dataclass(frozen=True)
+class Balance:
+    """Where a channel's money is: deposited, countersigned (spent), paid on-chain, refundable."""
+
+    channel_id: bytes
+    deposit: int
+    spent: int  # cost of the last countersigned receipt
+    paid: int  # already claimed by the provider on-chain
+    refundable: int  # deposit minus what the provider can still claim
+    status: str
+    token: str
+
+
+@dataclass(frozen=True)
+class Closed:
+    """The outcome of a close: what the provider was paid and what came back."""
+
+    channel_id: bytes
+    paid: int
+    refund: int
+    tx_hash: str
+
+
+class Channels:
+    """``client.channels``: on-chain channel operations for the client's wallet."""
+
+    def __init__(self, client: Tallystick) -> None:
+        self._client = client
+
+    @property
+    def _chain(self) -> Chain:
+        return self._client.chain
+
+    def open(
+        self,
+        model: str,
+        deposit: int,
+        provider: str | None = None,
+        *,
+        max_input_price: int | None = None,
+        max_output_price: int | None = None,
+        check_node: bool = True,
+    ) -> ChannelInfo:
+        """Open a channel to ``provider`` (or the cheapest) for ``model`` with ``deposit``."""
+        if deposit <= 0:
+            raise ClientError("the deposit must be a positive amount (in base units)")
+        offer = choose_offer(
+            self._chain,
+            model,
+            provider,
+            max_input_price=max_input_price,
+            max_output_price=max_output_price,
+        )
+        if check_node:
+            check_node_listing(self._client.node(offer.endpoint), offer)
+        account = self._client.wallet.account
+        cid, _ = self._chain.open_channel(account, offer.provider, model, deposit, offer.token)
+        info = self._info(cid, offer, deposit)
+        self._client.store.add_channel(info)
+        return info
+
+    def top_up(self, channel: bytes | str, amount: int) -> ChannelInfo:
+        """Add ``amount`` to an open channel's deposit."""
+        info = self._client.channel(channel)
+        if amount <= 0:
+            raise ClientError("the top-up must be a positive amount (in base units)")
+        self._chain.top_up(self._client.wallet.account, info.channel_id, amount, info.token)
+        deposit = self._chain.channel(info.channel_id).deposit
+        self._client.store.update_channel(info.channel_id, deposit=deposit)
+        return self._client.channel(info.channel_id)
+
+    def close(self, channel: bytes | str) -> Closed:
+        """Cooperative close: the node countersigns the final receipt, then ``closeCooperative``."""
+        info = self._client.channel(channel)
+        final = self._final_receipt(info)
+        biller = self._client.biller
+        provider_sig = biller.node(info).close(final, biller.bearer(info))
+        signed_by = recover_receipt_signer(info.domain, SignedReceipt(final.receipt, provider_sig))
+        if signed_by.lower() != info.provider.lower():
+            raise ClientError(f"the node's close signature is by {signed_by}, not {info.provider}")
+        tx = self._chain.close_cooperative(
+            self._client.wallet.account, final.receipt, final.signature, provider_sig
+        )
+        return self._closed(info, tx)
+
+    def request_close(self, channel: bytes | str) -> int:
+        """Start a unilateral close; return ``closesAt`` (unix seconds)."""
+        info = self._client.channel(channel)
+        self._client.biller.deliver(info)  # the provider may still claim what we owe it
+        self._chain.request_close(self._client.wallet.account, info.channel_id)
+        self._client.store.update_channel(info.channel_id, status="closing")
+        return self._chain.channel(info.channel_id).closes_at
+
+    def finalize(self, channel: bytes | str) -> Closed:
+        """After the challenge period: refund what the provider did not claim."""
+        info = self._client.channel(channel)
+        state = self._chain.channel(info.channel_id)
+        if state.status != "closing":
+            raise ChannelStateError(
+                f"channel {info.hex_id} is {state.status}, not closing: run request_close first"
+            )
+        tx = self._chain.finalize(self._client.wallet.account, info.channel_id)
+        return self._closed(info, tx)
+
+    def balance(self, channel: bytes | str) -> Balance:
+        """Deposit, countersigned spend, on-chain payment and refundable amount."""
+        info = self._client.channel(channel)
+        tally = self._client.store.tally(info.channel_id)
+        state = self._chain.channel(info.channel_id)
+        spent = min(cost_of(tally.input_tokens, tally.output_tokens, info.prices), state.deposit)
+        if state.status != info.status and state.status != "none":
+            self._client.store.update_channel(info.channel_id, status=state.status)
+        refundable = 0 if state.status == "closed" else state.deposit - max(spent, state.paid)
+        return Balance(
+            info.channel_id, state.deposit, spent, state.paid, refundable, state.status, info.token
+        )
+
+    def list(self, status: str | None = None) -> list[ChannelInfo]:
+        """Channels in the local store, newest first."""
+        return self._client.store.channels(status=status)
+
+    def _final_receipt(self, info: ChannelInfo) -> SignedReceipt:
+        tally = self._client.store.tally(info.channel_id)
+        if tally.receipt is not None:
+            return tally.receipt
+        # No request yet: a zero receipt closes the channel with a full refund.
+        return sign_receipt(
+            self._client.wallet.account, info.domain, Receipt(info.channel_id, 0, 0, ZERO_ROOT)
+        )
+
+    def _closed(self, info: ChannelInfo, tx: Any) -> Closed:
+        state = self._chain.channel(info.channel_id)
+        self._client.store.update_channel(info.channel_id, status=state.status)
+        tx_hash = "0x" + bytes(tx["transactionHash"]).hex()
+        return Closed(info.channel_id, state.paid, self._chain.closed_refund(tx), tx_hash)
+
+    def _info(self, cid: bytes, offer: Listing, deposit: int) -> ChannelInfo:
+        # Prices and token as the escrow snapshotted them, not as listed a block earlier.
+        state = self._chain.channel(cid)
+        return ChannelInfo(
+            channel_id=cid,
+            chain_id=self._chain.chain_id,
+            escrow=self._chain.escrow.address,
+            client=self._client.wallet.address,
+            provider=offer.provider,
+            endpoint=offer.endpoint,
+            model=offer.model,
+            token=state.token,
+            prices=state.prices,
+            deposit=state.deposit,
+            tokenizer_hash=offer.tokenizer_hash,
+            context_length=offer.context_length,
+            status="open",
+        )

@@ -1,0 +1,219 @@
+"""``client.chat.completions.create`` and ``client.completions.create``, shaped like ``openai``.
+
+They return the official ``openai`` types with one extra attribute, ``tally``: the verified
+bill (``VerifiedBill``: the provider-signed record, this request's cost, the channel's total).
+Every request goes through ``TallyTransport``, so what these return has already been
+verified and countersigned.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+import httpx
+from openai.types import Completion
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
+from pydantic import BaseModel
+from tallystick.protocol import ProtocolError
+
+from ._node import node_error, send
+from ._store import ChannelInfo
+from ._transport import BILL_EXTENSION, BillSlot
+from ._verify import VerifiedBill
+
+if TYPE_CHECKING:
+    from ._client import Tallystick
+
+__all__ = ["Chat", "Completions", "TallyStream"]
+
+T = TypeVar("T", bound=BaseModel)
+
+
+class TallyStream(Generic[T]):
+    """An iterator of chunks; ``tally`` holds the verified bill once the stream has ended."""
+
+    def __init__(self, response: httpx.Response, chunk_type: type[T], slot: BillSlot) -> None:
+        self.response = response
+        self._type = chunk_type
+        self._slot = slot
+
+    @property
+    def tally(self) -> VerifiedBill | None:
+        return self._slot.bill
+
+    def __iter__(self) -> Iterator[T]:
+        try:
+            for line in self.response.iter_lines():
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    break
+                yield self._chunk(data)
+            # Drain: the bill is verified before [DONE] is passed on, so it is known here.
+            for _ in self.response.iter_raw():
+                pass
+        finally:
+            self.response.close()
+
+    def _chunk(self, data: str) -> T:
+        try:
+            chunk = self._type.model_validate(json.loads(data))
+        except ValueError as exc:
+            raise ProtocolError(f"the node sent a malformed stream chunk: {exc}") from exc
+        if isinstance(chunk.model_extra, dict) and "tallystick" in chunk.model_extra:
+            # The final chunk carries the record; the bill is filled in when [DONE] arrives.
+            _attach(chunk, self._slot)
+        return chunk
+
+    def close(self) -> None:
+        self.response.close()
+
+    def __enter__(self) -> TallyStream[T]:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _Endpoint:
+    def __init__(self, client: Tallystick) -> None:
+        self._client = client
+
+    def _create(
+        self,
+        path: str,
+        result: type[BaseModel],
+        chunk: type[BaseModel],
+        body: dict[str, Any],
+        channel: bytes | str | None,
+    ) -> Any:
+        info = self._client.channel_for(str(body.get("model")), channel)
+        http = self._client.http_client(info)
+        request = http.build_request("POST", info.endpoint.rstrip("/") + path, json=body)
+        response = send(http, request, stream=True)
+        if response.status_code >= 400:
+            response.read()
+            raise node_error(response)
+        slot = response.extensions[BILL_EXTENSION]
+        if body.get("stream"):
+            return TallyStream(response, chunk, slot)
+        return _parse(response, result, slot)
+
+
+class _ChatCompletions(_Endpoint):
+    def create(
+        self,
+        *,
+        model: str,
+        messages: list[dict[str, Any]],
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        stop: str | list[str] | None = None,
+        stream: bool = False,
+        stream_options: dict[str, Any] | None = None,
+        channel: bytes | str | None = None,
+        **extra: Any,
+    ) -> Any:
+        """A verified ``ChatCompletion``, or a stream of ``ChatCompletionChunk``."""
+        body = _body(
+            model=model,
+            messages=messages,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            seed=seed,
+            stop=stop,
+            stream=stream or None,
+            stream_options=stream_options,
+            **extra,
+        )
+        return self._create(
+            "/v1/chat/completions", ChatCompletion, ChatCompletionChunk, body, channel
+        )
+
+
+class Chat:
+    """``client.chat``: holds ``completions``."""
+
+    def __init__(self, client: Tallystick) -> None:
+        self.completions = _ChatCompletions(client)
+
+
+class Completions(_Endpoint):
+    """``client.completions``: verified text completions."""
+
+    def create(
+        self,
+        *,
+        model: str,
+        prompt: str,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        stop: str | list[str] | None = None,
+        stream: bool = False,
+        stream_options: dict[str, Any] | None = None,
+        channel: bytes | str | None = None,
+        **extra: Any,
+    ) -> Any:
+        """A verified text completion: ``Completion``, or a stream of ``Completion`` chunks."""
+        body = _body(
+            model=model,
+            prompt=prompt,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            seed=seed,
+            stop=stop,
+            stream=stream or None,
+            stream_options=stream_options,
+            **extra,
+        )
+        return self._create("/v1/completions", Completion, Completion, body, channel)
+
+
+def _body(**fields: Any) -> dict[str, Any]:
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+def _parse(response: httpx.Response, result: type[BaseModel], slot: BillSlot) -> Any:
+    try:
+        response.read()  # verifies and countersigns (TallyTransport), or raises BillingDispute
+    finally:
+        response.close()
+    try:
+        obj = result.model_validate(response.json())
+    except ValueError as exc:
+        raise ProtocolError(f"the node's completion is not OpenAI JSON: {exc}") from exc
+    _attach(obj, slot)
+    return obj
+
+
+def _attach(obj: BaseModel, slot: BillSlot) -> None:
+    # openai's models allow extra attributes; ``tally`` reads the slot so a stream's final
+    # chunk shows the bill once it is verified.
+    object.__setattr__(obj, "tally", slot.bill)
+
+
+def channel_key(channel: bytes | str | ChannelInfo) -> bytes:
+    """Accept a channel as bytes, ``0x`` hex or ``ChannelInfo``."""
+    if isinstance(channel, ChannelInfo):
+        return channel.channel_id
+    if isinstance(channel, bytes):
+        return channel
+    text = channel[2:] if channel.lower().startswith("0x") else channel
+    try:
+        raw = bytes.fromhex(text)
+    except ValueError:
+        raw = b""
+    if len(raw) != 32:
+        from ._errors import ChannelNotFound
+
+        raise ChannelNotFound(f"{channel!r} is not a channel id (32 bytes of hex)")
+    return raw

@@ -1,0 +1,147 @@
+"""``Tallystick``: the client object (wallet, store, chain, HTTP) and the official-SDK bridge."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from ._billing import Biller
+from ._chain import Chain, Listing
+from ._channels import Channels
+from ._chat import Chat, Completions, channel_key
+from ._discovery import find_offers
+from ._errors import ChannelNotFound, ClientError
+from ._node import NodeClient
+from ._store import ChannelInfo, Store
+from ._tokenizers import TokenizerCache
+from ._transport import TallyTransport
+from ._wallet import Wallet
+
+__all__ = ["Tallystick"]
+
+DEFAULT_TIMEOUT = httpx.Timeout(300.0, connect=10.0)  # CPU inference can take minutes
+
+
+class Tallystick:
+    """A client: pays providers per token, only for bills it has verified.
+
+    ``chain`` is needed for discovery and channel operations, not for chat on an open channel;
+    ``transport`` is the httpx transport to the nodes (a ``MockTransport`` in unit tests).
+    """
+
+    def __init__(
+        self,
+        wallet: Wallet,
+        store: Store | str | Path,
+        *,
+        chain: Chain | None = None,
+        transport: httpx.BaseTransport | None = None,
+        tokenizer_dir: str | Path | None = None,
+        post_receipts: bool = True,
+        timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
+    ) -> None:
+        self.wallet = wallet
+        self.store = store if isinstance(store, Store) else Store(store)
+        self._chain = chain
+        self._transport = transport or httpx.HTTPTransport(retries=1)
+        self._timeout = timeout
+        self.http = httpx.Client(transport=self._transport, timeout=timeout)
+        cache_dir = tokenizer_dir or self.store.path.parent / "tokenizers"
+        self.biller = Biller(
+            wallet, self.store, TokenizerCache(cache_dir), self.http, post_receipts=post_receipts
+        )
+        self.chat = Chat(self)
+        self.completions = Completions(self)
+        self.channels = Channels(self)
+        self._clients: dict[bytes, httpx.Client] = {}
+
+    def __repr__(self) -> str:
+        return f"Tallystick({self.wallet.address}, store={self.store.path})"
+
+    @property
+    def chain(self) -> Chain:
+        if self._chain is None:
+            raise ClientError("this operation needs the chain: pass chain=Chain.connect(...)")
+        return self._chain
+
+    def providers(
+        self,
+        model: str | None = None,
+        max_input_price: int | None = None,
+        max_output_price: int | None = None,
+    ) -> list[Listing]:
+        """Active on-chain listings, cheapest first."""
+        return find_offers(self.chain, model, max_input_price, max_output_price)
+
+    def node(self, endpoint: str) -> NodeClient:
+        return NodeClient(endpoint, self.http)
+
+    def channel(self, channel: bytes | str | ChannelInfo) -> ChannelInfo:
+        """A channel of the store by id (bytes, ``0x`` hex or ``ChannelInfo``)."""
+        return self.store.channel(channel_key(channel))
+
+    def channel_for(
+        self, model: str, channel: bytes | str | ChannelInfo | None = None
+    ) -> ChannelInfo:
+        """``channel`` if given, else the newest open channel for ``model``."""
+        if channel is not None:
+            info = self.channel(channel)
+        else:
+            open_ = self.store.channels(status="open", model=model)
+            if not open_:
+                raise ChannelNotFound(
+                    f"no open channel for model {model!r}: open one first "
+                    "(tallystick channel open --model ...)"
+                )
+            info = open_[0]
+        if info.status != "open":
+            raise ChannelNotFound(f"channel {info.hex_id} is {info.status}, not open")
+        return info
+
+    def http_client(self, channel: ChannelInfo) -> httpx.Client:
+        """An httpx client whose transport verifies and countersigns on ``channel``."""
+        if channel.channel_id not in self._clients:
+            transport = TallyTransport(self.biller, channel, self._transport)
+            self._clients[channel.channel_id] = httpx.Client(
+                transport=transport, timeout=self._timeout
+            )
+        return self._clients[channel.channel_id]
+
+    def openai(
+        self,
+        channel: bytes | str | ChannelInfo | None = None,
+        *,
+        model: str | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """An official ``openai.OpenAI`` client on ``channel`` that only pays verified bills."""
+        import openai
+
+        if channel is None and model is None:
+            raise ClientError("pass a channel or a model")
+        info = self.channel_for(model or "", channel)
+        kwargs.setdefault("max_retries", 0)  # a retried completion would be served twice
+        return openai.OpenAI(
+            base_url=info.endpoint.rstrip("/") + "/v1",
+            api_key=self.biller.bearer(info),
+            http_client=self.http_client(info),  # type: ignore[arg-type]
+            **kwargs,
+        )
+
+    def bill(self, channel: bytes | str | ChannelInfo) -> list[Any]:
+        """Every verified request of ``channel``: seq, counts, cost, signed record."""
+        return self.store.bill(self.channel(channel).channel_id)
+
+    def close(self) -> None:
+        for client in self._clients.values():
+            client.close()
+        self.http.close()
+        self.store.close()
+
+    def __enter__(self) -> Tallystick:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,84 @@
+"""Finding providers: on-chain listings filtered by model and price, checked against the node.
+
+A node's ``/v1/models`` must advertise a model exactly as its on-chain listing does (prices,
+context length, tokenizer hash); the chain is the truth, so any difference is a
+``ListingMismatch`` and the client does not open a channel.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._chain import Chain, Listing
+from ._errors import ListingMismatch, ProviderNotFound
+from ._node import NodeClient
+
+__all__ = ["check_node_listing", "find_offers"]
+
+
+def find_offers(
+    chain: Chain,
+    model: str | None = None,
+    max_input_price: int | None = None,
+    max_output_price: int | None = None,
+) -> list[Listing]:
+    """Active listings, cheapest first (output price, then input price)."""
+    offers = [
+        listing
+        for provider in chain.providers()
+        for listing in chain.listings(provider)
+        if listing.active
+        and (model is None or listing.model == model)
+        and (max_input_price is None or listing.prices.input_per_m <= max_input_price)
+        and (max_output_price is None or listing.prices.output_per_m <= max_output_price)
+    ]
+    return sorted(offers, key=lambda o: (o.prices.output_per_m, o.prices.input_per_m))
+
+
+def choose_offer(
+    chain: Chain, model: str, provider: str | None = None, **limits: int | None
+) -> Listing:
+    """The listing of ``provider`` for ``model``, or the cheapest one; ``ProviderNotFound``."""
+    offers = find_offers(chain, model, **limits)
+    if provider is not None:
+        offers = [o for o in offers if o.provider.lower() == provider.lower()]
+    if not offers:
+        who = f"provider {provider}" if provider else "any provider"
+        raise ProviderNotFound(f"{who} does not list model {model!r} (within the price limits)")
+    return offers[0]
+
+
+def check_node_listing(node: NodeClient, listing: Listing) -> None:
+    """Raise ``ListingMismatch`` unless the node's ``/v1/models`` agrees with ``listing``."""
+    entry = next((m for m in node.models() if m.get("id") == listing.model), None)
+    if entry is None:
+        raise ListingMismatch(f"node {node.endpoint} does not serve {listing.model!r}")
+    expected = {
+        "input_price_per_m": listing.prices.input_per_m,
+        "output_price_per_m": listing.prices.output_per_m,
+        "context_length": listing.context_length,
+        "tokenizer_hash": "0x" + listing.tokenizer_hash.hex(),
+    }
+    diffs = []
+    for key, want in expected.items():
+        got = _field(entry, key)
+        if isinstance(got, str) and isinstance(want, str):
+            got = got.lower()
+        if got != want:
+            diffs.append(f"{key}: chain {want}, node {got}")
+    if diffs:
+        raise ListingMismatch(
+            f"node {node.endpoint} advertises {listing.model!r} unlike its on-chain listing: "
+            + "; ".join(diffs)
+        )
+
+
+def _field(entry: dict[str, Any], key: str) -> Any:
+    """``key`` (snake or camel case) at the top level or under ``tallystick``."""
+    camel = key.split("_")[0] + "".join(w.capitalize() for w in key.split("_")[1:])
+    for scope in (entry.get("tallystick"), entry):
+        if isinstance(scope, dict):
+            for name in (key, camel):
+                if name in scope:
+                    return scope[name]
+    return None

@@ -1,0 +1,142 @@
+"""The exception tree of ``tallystick.client``.
+
+    TallystickError                  (tallystick.protocol)
+    └── ClientError                  anything the SDK or the CLI refuses or fails to do
+        ├── WalletError              a key or keystore that cannot be loaded (never shows the key)
+        ├── StoreError               the local store refuses a write (e.g. lower totals)
+        ├── ProviderNotFound         no provider lists the model (or not at that price)
+        ├── ListingMismatch          a node's /v1/models disagrees with its on-chain listing
+        ├── ChannelNotFound          no such channel in the local store (or not open)
+        ├── ChannelStateError        the channel is not in a state that allows the operation
+        ├── BillingDispute           a bill failed verification: nothing was countersigned
+        ├── NodeUnavailable          the provider's node cannot be reached
+        └── NodeError                the node answered with an OpenAI error envelope
+            └── PaymentRequired      402: the channel must be countersigned or topped up
+
+Protocol and chain errors (``ProtocolError``, ``ChainError``, ``ContractError``,
+``ChainUnavailable``) come from ``tallystick.protocol`` and share the ``TallystickError`` root,
+so ``except TallystickError`` catches everything the SDK raises. Foreign errors (httpx,
+sqlite3, eth-account) are translated at the boundary with ``raise X(...) from exc``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from tallystick.protocol import TallystickError
+
+__all__ = [
+    "BillingDispute",
+    "ChannelNotFound",
+    "ChannelStateError",
+    "ClientError",
+    "ListingMismatch",
+    "Mismatch",
+    "NodeError",
+    "NodeUnavailable",
+    "PaymentRequired",
+    "ProviderNotFound",
+    "StoreError",
+    "WalletError",
+]
+
+
+class ClientError(TallystickError):
+    """Base class of the SDK's own errors."""
+
+
+class WalletError(ClientError):
+    """A private key or keystore cannot be loaded; the message never contains key material."""
+
+
+class StoreError(ClientError):
+    """The local store refuses a write or cannot be opened."""
+
+
+class ProviderNotFound(ClientError):
+    """No registered provider offers the requested model (within the price limits)."""
+
+
+class ListingMismatch(ClientError):
+    """A node advertises a model differently from its on-chain listing."""
+
+
+class ChannelNotFound(ClientError):
+    """The channel is unknown to this client's store."""
+
+
+class ChannelStateError(ClientError):
+    """The channel's on-chain status does not allow the requested operation."""
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    """One field of a bill that did not verify: what the client expected and what it got."""
+
+    field: str
+    expected: Any
+    got: Any
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "field": self.field,
+            "expected": _jsonable(self.expected),
+            "got": _jsonable(self.got),
+        }
+
+
+class BillingDispute(ClientError):
+    """A provider's bill failed verification; the client refused to countersign it.
+
+    ``mismatches`` lists every field that did not verify; ``evidence`` is the full record
+    kept on disk (the request, the response, the signed record); ``dispute_id`` its row in
+    the store once saved.
+    """
+
+    def __init__(
+        self,
+        channel_id: bytes,
+        seq: int | None,
+        mismatches: list[Mismatch],
+        evidence: dict[str, Any] | None = None,
+    ) -> None:
+        self.channel_id = channel_id
+        self.seq = seq
+        self.mismatches = list(mismatches)
+        self.evidence = evidence or {}
+        self.dispute_id: int | None = None
+        super().__init__(self._message())
+
+    def _message(self) -> str:
+        parts = "; ".join(
+            f"{m.field}: expected {m.expected!r}, got {m.got!r}" for m in self.mismatches
+        )
+        return f"billing dispute on channel 0x{self.channel_id.hex()} seq {self.seq}: {parts}"
+
+
+class NodeUnavailable(ClientError):
+    """The provider's node could not be reached (connection refused, timeout, DNS)."""
+
+
+class NodeError(ClientError):
+    """The node answered with an error: its HTTP status and OpenAI error envelope."""
+
+    def __init__(self, status: int, message: str, code: str | None = None, type: str | None = None):
+        self.status = status
+        self.code = code
+        self.type = type
+        self.message = message
+        super().__init__(f"node error {status}" + (f" ({code})" if code else "") + f": {message}")
+
+
+class PaymentRequired(NodeError):
+    """402: the node wants the last receipt countersigned (``receipt_required``) or more deposit."""
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return "0x" + value.hex()
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return value

@@ -1,0 +1,383 @@
+"""The client's SQLite store: channels, their countersigned state, every verified request, disputes.
+
+One file per client (WAL mode). A receipt is written here, in the same transaction as the
+record it covers, before it is handed to the node, so a restarted client continues exactly
+where it stopped; the write refuses any receipt whose totals are lower than the stored ones.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tallystick.protocol import (
+    ZERO_ROOT,
+    Domain,
+    Prices,
+    Receipt,
+    SignedReceipt,
+    SignedUsageRecord,
+    UsageRecord,
+)
+
+from ._errors import ChannelNotFound, StoreError
+
+__all__ = ["BillLine", "ChannelInfo", "ChannelTally", "Dispute", "Store"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS channels (
+    id TEXT PRIMARY KEY, chain_id INTEGER NOT NULL, escrow TEXT NOT NULL, client TEXT NOT NULL,
+    provider TEXT NOT NULL, endpoint TEXT NOT NULL, model TEXT NOT NULL, token TEXT NOT NULL,
+    input_price INTEGER NOT NULL, output_price INTEGER NOT NULL, deposit TEXT NOT NULL,
+    tokenizer_hash TEXT NOT NULL, context_length INTEGER NOT NULL, status TEXT NOT NULL,
+    opened_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS channel_state (
+    channel_id TEXT PRIMARY KEY REFERENCES channels(id), seq INTEGER NOT NULL,
+    input_tokens INTEGER NOT NULL, output_tokens INTEGER NOT NULL, usage_root TEXT NOT NULL,
+    receipt_signature TEXT, delivered INTEGER NOT NULL DEFAULT 1
+);
+CREATE TABLE IF NOT EXISTS requests (
+    channel_id TEXT NOT NULL REFERENCES channels(id), seq INTEGER NOT NULL,
+    prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL, cost INTEGER NOT NULL,
+    record TEXT NOT NULL, signature TEXT NOT NULL, created_at REAL NOT NULL,
+    PRIMARY KEY (channel_id, seq)
+);
+CREATE TABLE IF NOT EXISTS disputes (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, channel_id TEXT NOT NULL, seq INTEGER,
+    mismatches TEXT NOT NULL, evidence TEXT NOT NULL, created_at REAL NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class ChannelInfo:
+    """What the client knows about one of its channels (snapshot taken at open)."""
+
+    channel_id: bytes
+    chain_id: int
+    escrow: str
+    client: str
+    provider: str
+    endpoint: str
+    model: str
+    token: str  # the zero address for ETH
+    prices: Prices
+    deposit: int
+    tokenizer_hash: bytes
+    context_length: int
+    status: str  # "open", "closing", "closed"
+
+    @property
+    def domain(self) -> Domain:
+        return Domain(self.chain_id, self.escrow)
+
+    @property
+    def hex_id(self) -> str:
+        return "0x" + self.channel_id.hex()
+
+
+@dataclass(frozen=True)
+class ChannelTally:
+    """A channel's state at its last verified request."""
+
+    seq: int
+    input_tokens: int
+    output_tokens: int
+    usage_root: bytes
+    receipt: SignedReceipt | None  # None before the first request
+    delivered: bool  # the node acknowledged the receipt
+
+
+@dataclass(frozen=True)
+class BillLine:
+    """One verified request: its counts, its cost and the provider's signed record."""
+
+    seq: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost: int
+    record: SignedUsageRecord
+    created_at: float
+
+
+@dataclass(frozen=True)
+class Dispute:
+    """A bill the client refused, with everything needed to show why."""
+
+    id: int
+    channel_id: bytes
+    seq: int | None
+    mismatches: list[dict[str, Any]]
+    evidence: dict[str, Any]
+    created_at: float
+
+
+class Store:
+    """A thread-safe SQLite store; every write is one transaction."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")  # a receipt must survive a power cut
+            self._db.executescript(_SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"cannot open store {self.path}: {exc}") from exc
+        self._lock = threading.RLock()
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            cur = self._db.execute(sql, args)
+            cur.row_factory = sqlite3.Row
+            return list(cur.fetchall())
+
+    # channels
+
+    def add_channel(self, info: ChannelInfo) -> None:
+        """Record a newly opened channel with an empty tally."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO channels VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    info.hex_id,
+                    info.chain_id,
+                    info.escrow,
+                    info.client,
+                    info.provider,
+                    info.endpoint,
+                    info.model,
+                    info.token,
+                    info.prices.input_per_m,
+                    info.prices.output_per_m,
+                    str(info.deposit),
+                    "0x" + info.tokenizer_hash.hex(),
+                    info.context_length,
+                    info.status,
+                    time.time(),
+                ),
+            )
+            db.execute(
+                "INSERT INTO channel_state VALUES (?,0,0,0,?,NULL,1)",
+                (info.hex_id, "0x" + ZERO_ROOT.hex()),
+            )
+
+    def update_channel(
+        self, channel_id: bytes, *, deposit: int | None = None, status: str | None = None
+    ) -> None:
+        """Set a channel's deposit and/or status (after a confirmed transaction)."""
+        self.channel(channel_id)
+        with self._tx() as db:
+            if deposit is not None:
+                db.execute(
+                    "UPDATE channels SET deposit=? WHERE id=?", (str(deposit), _h(channel_id))
+                )
+            if status is not None:
+                db.execute("UPDATE channels SET status=? WHERE id=?", (status, _h(channel_id)))
+
+    def channel(self, channel_id: bytes) -> ChannelInfo:
+        rows = self._query("SELECT * FROM channels WHERE id=?", (_h(channel_id),))
+        if not rows:
+            raise ChannelNotFound(f"channel {_h(channel_id)} is not in the store {self.path}")
+        return _channel(rows[0])
+
+    def channels(self, *, status: str | None = None, model: str | None = None) -> list[ChannelInfo]:
+        """Channels, newest first, optionally filtered by status and model."""
+        rows = self._query("SELECT * FROM channels ORDER BY opened_at DESC")
+        infos = [_channel(r) for r in rows]
+        return [
+            c
+            for c in infos
+            if (status is None or c.status == status) and (model is None or c.model == model)
+        ]
+
+    # tallies and receipts
+
+    def tally(self, channel_id: bytes) -> ChannelTally:
+        rows = self._query("SELECT * FROM channel_state WHERE channel_id=?", (_h(channel_id),))
+        if not rows:
+            raise ChannelNotFound(f"channel {_h(channel_id)} is not in the store {self.path}")
+        return _tally(rows[0])
+
+    def record_verified(self, signed: SignedUsageRecord, receipt: SignedReceipt, cost: int) -> None:
+        """Store a verified request and the receipt that countersigns it, atomically.
+
+        Refuses (``StoreError``) a receipt that does not follow the stored state: seq must be
+        the next one and totals must not decrease, so the client never signs lower totals.
+        """
+        record = signed.record
+        cid = _h(record.channel_id)
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT seq, input_tokens, output_tokens FROM channel_state WHERE channel_id=?",
+                (cid,),
+            ).fetchone()
+            if row is None:
+                raise ChannelNotFound(f"channel {cid} is not in the store {self.path}")
+            _check_follows(row, record.seq, receipt)
+            db.execute(
+                "INSERT INTO requests VALUES (?,?,?,?,?,?,?,?)",
+                (
+                    cid,
+                    record.seq,
+                    record.prompt_tokens,
+                    record.completion_tokens,
+                    cost,
+                    json.dumps(record.to_json()),
+                    "0x" + signed.signature.hex(),
+                    time.time(),
+                ),
+            )
+            db.execute(
+                "UPDATE channel_state SET seq=?, input_tokens=?, output_tokens=?, usage_root=?,"
+                " receipt_signature=?, delivered=0 WHERE channel_id=?",
+                (
+                    record.seq,
+                    receipt.receipt.input_tokens,
+                    receipt.receipt.output_tokens,
+                    "0x" + receipt.receipt.usage_root.hex(),
+                    "0x" + receipt.signature.hex(),
+                    cid,
+                ),
+            )
+
+    def mark_delivered(self, channel_id: bytes, seq: int) -> None:
+        """The node acknowledged the receipt of ``seq`` (a later seq stays undelivered)."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE channel_state SET delivered=1 WHERE channel_id=? AND seq=?",
+                (_h(channel_id), seq),
+            )
+
+    def bill(self, channel_id: bytes) -> list[BillLine]:
+        rows = self._query(
+            "SELECT * FROM requests WHERE channel_id=? ORDER BY seq", (_h(channel_id),)
+        )
+        return [_bill_line(r) for r in rows]
+
+    # disputes
+
+    def add_dispute(
+        self,
+        channel_id: bytes,
+        seq: int | None,
+        mismatches: list[dict[str, Any]],
+        evidence: dict[str, Any],
+    ) -> int:
+        """Keep the evidence of a refused bill; return the dispute's id."""
+        with self._tx() as db:
+            cur = db.execute(
+                "INSERT INTO disputes (channel_id, seq, mismatches, evidence, created_at)"
+                " VALUES (?,?,?,?,?)",
+                (_h(channel_id), seq, json.dumps(mismatches), json.dumps(evidence), time.time()),
+            )
+            return int(cur.lastrowid or 0)
+
+    def disputes(self, channel_id: bytes | None = None) -> list[Dispute]:
+        rows = self._query("SELECT * FROM disputes ORDER BY id")
+        disputes = [_dispute(r) for r in rows]
+        return [d for d in disputes if channel_id is None or d.channel_id == channel_id]
+
+
+def _check_follows(row: Any, seq: int, receipt: SignedReceipt) -> None:
+    prev_seq, prev_in, prev_out = row
+    r = receipt.receipt
+    if seq != prev_seq + 1:
+        raise StoreError(f"refusing seq {seq}: the store is at seq {prev_seq}")
+    if r.input_tokens < prev_in or r.output_tokens < prev_out:
+        raise StoreError(
+            f"refusing lower totals ({r.input_tokens}, {r.output_tokens}) than the stored "
+            f"({prev_in}, {prev_out})"
+        )
+
+
+def _h(channel_id: bytes) -> str:
+    return "0x" + channel_id.hex()
+
+
+def _b(hex_str: str) -> bytes:
+    return bytes.fromhex(hex_str[2:])
+
+
+def _channel(r: sqlite3.Row) -> ChannelInfo:
+    return ChannelInfo(
+        channel_id=_b(r["id"]),
+        chain_id=r["chain_id"],
+        escrow=r["escrow"],
+        client=r["client"],
+        provider=r["provider"],
+        endpoint=r["endpoint"],
+        model=r["model"],
+        token=r["token"],
+        prices=Prices(r["input_price"], r["output_price"]),
+        deposit=int(r["deposit"]),
+        tokenizer_hash=_b(r["tokenizer_hash"]),
+        context_length=r["context_length"],
+        status=r["status"],
+    )
+
+
+def _tally(r: sqlite3.Row) -> ChannelTally:
+    receipt = None
+    if r["receipt_signature"] is not None:
+        receipt = SignedReceipt(
+            Receipt(
+                _b(r["channel_id"]), r["input_tokens"], r["output_tokens"], _b(r["usage_root"])
+            ),
+            _b(r["receipt_signature"]),
+        )
+    return ChannelTally(
+        seq=r["seq"],
+        input_tokens=r["input_tokens"],
+        output_tokens=r["output_tokens"],
+        usage_root=_b(r["usage_root"]),
+        receipt=receipt,
+        delivered=bool(r["delivered"]),
+    )
+
+
+def _bill_line(r: sqlite3.Row) -> BillLine:
+    return BillLine(
+        seq=r["seq"],
+        prompt_tokens=r["prompt_tokens"],
+        completion_tokens=r["completion_tokens"],
+        cost=r["cost"],
+        record=SignedUsageRecord(
+            UsageRecord.from_json(json.loads(r["record"])), _b(r["signature"])
+        ),
+        created_at=r["created_at"],
+    )
+
+
+def _dispute(r: sqlite3.Row) -> Dispute:
+    return Dispute(
+        id=r["id"],
+        channel_id=_b(r["channel_id"]),
+        seq=r["seq"],
+        mismatches=json.loads(r["mismatches"]),
+        evidence=json.loads(r["evidence"]),
+        created_at=r["created_at"],
+    )

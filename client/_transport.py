@@ -1,0 +1,273 @@
+"""``TallyTransport``: an httpx transport that makes any OpenAI client pay only verified bills.
+
+It sits under ``openai.OpenAI(http_client=httpx.Client(transport=...))`` (and under the SDK's
+own chat API): it signs the bearer token, counts the prompt itself, piggybacks an
+undelivered receipt, and verifies the bill of every completion before the caller sees the
+answer (streaming: before ``[DONE]`` is passed on). A bill that does not verify raises
+``BillingDispute`` out of the OpenAI call; nothing is countersigned.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from tallystick.protocol import ProtocolError
+
+from ._billing import RECEIPT_HEADER, Biller
+from ._errors import ClientError
+from ._store import ChannelInfo
+from ._verify import Served, VerifiedBill
+
+__all__ = ["BILL_EXTENSION", "BillSlot", "TallyTransport"]
+
+BILL_EXTENSION = "tallystick.bill"  # response.extensions key holding a BillSlot
+LOCK_TIMEOUT_S = 900.0
+
+
+@dataclass
+class BillSlot:
+    """Filled with the verified bill once the response has been read (streams: at the end)."""
+
+    bill: VerifiedBill | None = None
+    tallystick: dict[str, Any] = field(default_factory=dict)
+
+
+class TallyTransport(httpx.BaseTransport):
+    """Verifies and countersigns completions on one channel; passes other requests through."""
+
+    def __init__(self, biller: Biller, channel: ChannelInfo, inner: httpx.BaseTransport) -> None:
+        self.biller = biller
+        self.channel = channel
+        self.inner = inner
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        request.headers["Authorization"] = f"Bearer {self.biller.bearer(self.channel)}"
+        kind = _kind(request)
+        if kind is None:
+            return self.inner.handle_request(request)
+        body = _request_json(request)
+        served = self._served(kind, body)
+        lock = self.biller.channel_lock(self.channel.channel_id)
+        if not lock.acquire(timeout=LOCK_TIMEOUT_S):
+            raise ClientError(f"channel {self.channel.hex_id} is busy with another request")
+        try:
+            return self._send(request, kind, body, served, lock)
+        except BaseException:
+            lock.release()
+            raise
+
+    def close(self) -> None:
+        pass  # the inner transport belongs to the Tallystick client, which closes it
+
+    def _send(
+        self,
+        request: httpx.Request,
+        kind: str,
+        body: dict[str, Any],
+        served: Served,
+        lock: threading.Lock,
+    ) -> httpx.Response:
+        pending = self.biller.pending_receipt(self.channel)
+        if pending is not None:
+            request.headers[RECEIPT_HEADER] = pending
+        response = self.inner.handle_request(request)
+        if pending is not None and response.status_code < 400:
+            # The node only serves after it has the piggybacked receipt on disk.
+            self.biller.store.mark_delivered(self.channel.channel_id, _seq_of(self.biller, self))
+        if response.status_code >= 400:
+            lock.release()
+            return response
+        slot = BillSlot()
+        stream = _VerifyingStream(self, kind, body, served, response, slot, lock)
+        headers = [
+            (k, v) for k, v in response.headers.multi_items() if k.lower() != "content-length"
+        ]
+        return httpx.Response(
+            response.status_code,
+            headers=headers,
+            stream=stream,
+            extensions={**response.extensions, BILL_EXTENSION: slot},
+        )
+
+    def _served(self, kind: str, body: dict[str, Any]) -> Served:
+        model = body.get("model")
+        if model != self.channel.model:
+            raise ClientError(
+                f"channel {self.channel.hex_id} is for {self.channel.model!r}, not {model!r}"
+            )
+        if body.get("n", 1) != 1:
+            raise ClientError("Tallystick verifies one choice per request: n must be 1")
+        counter = self.biller.counter(self.channel)
+        if kind == "chat":
+            prompt_ids = counter.chat_prompt_ids(body.get("messages") or [])
+        else:
+            prompt = body.get("prompt")
+            if not isinstance(prompt, str):
+                raise ClientError("Tallystick verifies a single string prompt per completion")
+            prompt_ids = counter.text_prompt_ids(prompt)
+        stop = body.get("stop") or ()
+        max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
+        return Served(
+            prompt_ids,
+            "",
+            None,
+            (stop,) if isinstance(stop, str) else tuple(stop),
+            max_tokens if isinstance(max_tokens, int) else None,
+        )
+
+    def settle(
+        self,
+        served: Served,
+        text: str,
+        finish: str | None,
+        tallystick: Any,
+        evidence: dict[str, Any],
+    ) -> VerifiedBill:
+        final = Served(served.prompt_ids, text, finish, served.stop, served.max_tokens)
+        return self.biller.settle(self.channel, final, tallystick, evidence)
+
+
+class _VerifyingStream(httpx.SyncByteStream):
+    """Passes the node's bytes through, verifying the bill before the answer is complete."""
+
+    def __init__(
+        self,
+        transport: TallyTransport,
+        kind: str,
+        body: dict[str, Any],
+        served: Served,
+        response: httpx.Response,
+        slot: BillSlot,
+        lock: threading.Lock,
+    ) -> None:
+        self.t = transport
+        self.kind = kind
+        self.body = body
+        self.served = served
+        self.response = response
+        self.slot = slot
+        self.lock: threading.Lock | None = lock
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            if self.body.get("stream"):
+                yield from self._sse()
+            else:
+                yield self._plain()
+        finally:
+            self._release()
+
+    def close(self) -> None:
+        try:
+            self.response.close()
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+    def _plain(self) -> bytes:
+        content = self.response.read()
+        try:
+            payload = json.loads(content)
+            choice = payload["choices"][0]
+        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            raise ProtocolError(f"the node's completion is not OpenAI JSON: {exc}") from exc
+        text = _choice_text(self.kind, choice, delta=False)
+        tallystick = payload.get("tallystick")
+        evidence = {"request": self.body, "response": payload}
+        self._settle(text, choice.get("finish_reason"), tallystick, evidence)
+        return content
+
+    def _sse(self) -> Iterator[bytes]:
+        text: list[str] = []
+        finish: str | None = None
+        settled = False
+        for event in _sse_events(self.response.iter_bytes()):
+            data = _sse_data(event)
+            chunk = _loads(data) if data is not None and data != "[DONE]" else {}
+            for choice in chunk.get("choices") or []:
+                text.append(_choice_text(self.kind, choice, delta=True))
+                finish = choice.get("finish_reason") or finish
+            # Settle on the chunk carrying the record (or at [DONE] without one, a dispute),
+            # before passing it on: the caller never holds an unverified final answer.
+            if not settled and ("tallystick" in chunk or data == "[DONE]"):
+                evidence = self._evidence(text, finish)
+                self._settle("".join(text), finish, chunk.get("tallystick"), evidence)
+                settled = True
+            yield event
+        if not settled:
+            self._settle("".join(text), finish, None, self._evidence(text, finish))
+
+    def _evidence(self, text: list[str], finish: str | None) -> dict[str, Any]:
+        return {"request": self.body, "response": {"text": "".join(text), "finish_reason": finish}}
+
+    def _settle(
+        self, text: str, finish: str | None, tallystick: Any, evidence: dict[str, Any]
+    ) -> None:
+        self.slot.tallystick = tallystick if isinstance(tallystick, dict) else {}
+        self.slot.bill = self.t.settle(self.served, text, finish, tallystick, evidence)
+
+
+def _kind(request: httpx.Request) -> str | None:
+    if request.method != "POST":
+        return None
+    path = request.url.path.rstrip("/")
+    if path.endswith("/v1/chat/completions"):
+        return "chat"
+    if path.endswith("/v1/completions"):
+        return "text"
+    return None
+
+
+def _request_json(request: httpx.Request) -> dict[str, Any]:
+    try:
+        body = json.loads(request.read())
+    except ValueError as exc:
+        raise ClientError(f"the completion request is not JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise ClientError("the completion request must be a JSON object")
+    return body
+
+
+def _choice_text(kind: str, choice: dict[str, Any], *, delta: bool) -> str:
+    if kind == "text":
+        return str(choice.get("text") or "")
+    part = choice.get("delta" if delta else "message") or {}
+    return str(part.get("content") or "")
+
+
+def _sse_events(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """Split a byte stream into complete SSE events (each ending in a blank line)."""
+    buffer = b""
+    for chunk in chunks:
+        buffer += chunk.replace(b"\r\n", b"\n")
+        while b"\n\n" in buffer:
+            event, buffer = buffer.split(b"\n\n", 1)
+            yield event + b"\n\n"
+    if buffer.strip():
+        yield buffer
+
+
+def _sse_data(event: bytes) -> str | None:
+    lines = [ln[5:].lstrip() for ln in event.decode("utf-8").split("\n") if ln.startswith("data:")]
+    return "\n".join(lines) if lines else None
+
+
+def _loads(data: str) -> dict[str, Any]:
+    try:
+        obj = json.loads(data)
+    except ValueError as exc:
+        raise ProtocolError(f"the node sent a malformed stream chunk: {exc}") from exc
+    return obj if isinstance(obj, dict) else {}
+
+
+def _seq_of(biller: Biller, transport: TallyTransport) -> int:
+    return biller.store.tally(transport.channel.channel_id).seq

@@ -1,0 +1,156 @@
+"""Verification of a provider's bill before the client pays it (docs/protocol.md §4.2, §5, §6).
+
+``verify_bill`` is pure: it takes what the client asked for, what it received, the provider's
+signed record and the channel's last verified state, and returns the cost of the request or
+raises ``BillingDispute`` listing every field that does not check out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from tallystick.protocol import (
+    ProtocolError,
+    SignedUsageRecord,
+    TokenCounter,
+    cost_of,
+    hash_token_ids,
+    recover_usage_record_signer,
+)
+
+from ._errors import BillingDispute, Mismatch
+from ._store import ChannelInfo, ChannelTally
+
+__all__ = ["Served", "VerifiedBill", "verify_bill"]
+
+
+@dataclass(frozen=True)
+class Served:
+    """One request as the client saw it: its own prompt ids and what came back."""
+
+    prompt_ids: list[int]  # counted by the client, by the counting rule of §6
+    text: str  # the completion text received
+    finish_reason: str | None
+    stop: tuple[str, ...] = ()
+    max_tokens: int | None = None
+
+
+@dataclass(frozen=True)
+class VerifiedBill:
+    """A bill that checked out: the signed record, this request's cost and the channel total."""
+
+    record: SignedUsageRecord
+    completion_ids: list[int]
+    cost: int
+    total_cost: int
+
+    @property
+    def prompt_tokens(self) -> int:
+        return self.record.record.prompt_tokens
+
+    @property
+    def completion_tokens(self) -> int:
+        return self.record.record.completion_tokens
+
+
+def verify_bill(
+    channel: ChannelInfo,
+    tally: ChannelTally,
+    signed: SignedUsageRecord,
+    completion_ids: Sequence[int],
+    served: Served,
+    counter: TokenCounter,
+) -> VerifiedBill:
+    """Check every field of ``signed`` against the client's own view; raise on any mismatch."""
+    ids = list(completion_ids)
+    mismatches = [
+        *_check_signature(channel, signed),
+        *_check_chain(channel, tally, signed),
+        *_check_counts(signed, ids, served),
+        *_check_text(ids, served, counter),
+    ]
+    if mismatches:
+        raise BillingDispute(channel.channel_id, signed.record.seq, mismatches)
+    r = signed.record
+    total = cost_of(r.input_tokens, r.output_tokens, channel.prices)
+    previous = cost_of(tally.input_tokens, tally.output_tokens, channel.prices)
+    return VerifiedBill(signed, ids, total - previous, total)
+
+
+def _check_signature(channel: ChannelInfo, signed: SignedUsageRecord) -> list[Mismatch]:
+    try:
+        signer = recover_usage_record_signer(channel.domain, signed)
+    except ProtocolError as exc:
+        return [Mismatch("signature", channel.provider, f"unrecoverable: {exc}")]
+    if signer.lower() != channel.provider.lower():
+        return [Mismatch("signer", channel.provider, signer)]
+    return []
+
+
+def _check_chain(
+    channel: ChannelInfo, tally: ChannelTally, signed: SignedUsageRecord
+) -> list[Mismatch]:
+    r = signed.record
+    expected = {
+        "channelId": channel.channel_id,
+        "seq": tally.seq + 1,
+        "prevRoot": tally.usage_root,
+        "inputTokens": tally.input_tokens + r.prompt_tokens,
+        "outputTokens": tally.output_tokens + r.completion_tokens,
+    }
+    got = {
+        "channelId": r.channel_id,
+        "seq": r.seq,
+        "prevRoot": r.prev_root,
+        "inputTokens": r.input_tokens,
+        "outputTokens": r.output_tokens,
+    }
+    return [Mismatch(k, v, got[k]) for k, v in expected.items() if got[k] != v]
+
+
+def _check_counts(signed: SignedUsageRecord, ids: list[int], served: Served) -> list[Mismatch]:
+    r = signed.record
+    out = []
+    if r.prompt_tokens != len(served.prompt_ids):
+        out.append(Mismatch("promptTokens", len(served.prompt_ids), r.prompt_tokens))
+    if r.prompt_hash != hash_token_ids(served.prompt_ids):
+        out.append(Mismatch("promptHash", hash_token_ids(served.prompt_ids), r.prompt_hash))
+    if r.completion_tokens != len(ids):
+        out.append(Mismatch("completionTokens", len(ids), r.completion_tokens))
+    if r.completion_hash != hash_token_ids(ids):
+        out.append(Mismatch("completionHash", hash_token_ids(ids), r.completion_hash))
+    if served.max_tokens is not None and len(ids) > served.max_tokens:
+        out.append(Mismatch("completionTokens<=max_tokens", served.max_tokens, len(ids)))
+    return out
+
+
+def _check_text(ids: list[int], served: Served, counter: TokenCounter) -> list[Mismatch]:
+    """§6: the completion ids must decode to the text received, and not one id more."""
+    decoded = counter.decode(ids)
+    text = served.text
+    if not decoded.startswith(text):
+        return [Mismatch("completionText", text, decoded)]
+    eos = set(counter.eos_token_ids)
+    # An end-of-sequence id decodes to "", so a padded bill could hide extra ones: only the
+    # last id may be one.
+    if any(i in eos for i in ids[:-1]):
+        return [Mismatch("eosPosition", "only as the last id", ids)]
+    if decoded == text:
+        return []
+    stop = _matched_stop(decoded, text, served)
+    if stop is None:
+        return [Mismatch("completionText", text, decoded)]
+    # The stop string must be completed by the last id; ids billed past it were never needed.
+    if stop in counter.decode(ids[:-1])[len(text) :]:
+        return [Mismatch("idsAfterStop", f"stop {stop!r} completed by the last id", ids)]
+    return []
+
+
+def _matched_stop(decoded: str, text: str, served: Served) -> str | None:
+    if served.finish_reason != "stop":
+        return None
+    for s in served.stop:
+        if decoded.find(s) == len(text):
+            return s
+    return None
