@@ -1,1 +1,80 @@
-"""placeholder"""
+"""``tallystick.protocol``: the shared language of client, node and contracts.
+
+EIP-712 types and signatures, pricing, the usage chain, bearer tokens, tokenizer bundles and
+token counting, contract artefacts and typed chain bindings. See docs/protocol.md (the
+normative spec) and docs/internals.md (this surface).
+"""
+
+from ._abi import load_artifact
+from ._bearer import BearerToken, make_bearer_token
+from ._eip712 import (
+    bearer_message,
+    bench_signing,
+    receipt_message,
+    recover_bearer_signer,
+    recover_message_signer,
+    recover_receipt_signer,
+    recover_usage_record_signer,
+    sign_receipt,
+    sign_usage_record,
+    usage_record_message,
+)
+from ._errors import (
+    ChainError,
+    ChainUnavailable,
+    ContractError,
+    InvalidBearerToken,
+    InvalidSignature,
+    ProtocolError,
+    TallystickError,
+    TokenizerMismatch,
+)
+from ._ids import channel_id, model_id
+from ._pricing import cost_of
+from ._tokenizer import TokenCounter, TokenizerBundle
+from ._types import Domain, Prices, Receipt, SignedReceipt
+from ._usage import (
+    ZERO_ROOT,
+    SignedUsageRecord,
+    UsageRecord,
+    hash_token_ids,
+    next_usage_root,
+)
+
+__all__ = [
+    "ZERO_ROOT",
+    "BearerToken",
+    "ChainError",
+    "ChainUnavailable",
+    "ContractError",
+    "Domain",
+    "InvalidBearerToken",
+    "InvalidSignature",
+    "Prices",
+    "ProtocolError",
+    "Receipt",
+    "SignedReceipt",
+    "SignedUsageRecord",
+    "TallystickError",
+    "TokenCounter",
+    "TokenizerBundle",
+    "TokenizerMismatch",
+    "UsageRecord",
+    "bearer_message",
+    "bench_signing",
+    "channel_id",
+    "cost_of",
+    "hash_token_ids",
+    "load_artifact",
+    "make_bearer_token",
+    "model_id",
+    "next_usage_root",
+    "receipt_message",
+    "recover_bearer_signer",
+    "recover_message_signer",
+    "recover_receipt_signer",
+    "recover_usage_record_signer",
+    "sign_receipt",
+    "sign_usage_record",
+    "usage_record_message",
+]

@@ -1,0 +1,71 @@
+"""The exception tree of ``tallystick.protocol``.
+
+    TallystickError
+    ├── ProtocolError            a message or artefact breaks docs/protocol.md
+    │   ├── InvalidSignature     malformed signature, or one that does not recover
+    │   ├── InvalidBearerToken   an ``Authorization`` token that cannot be parsed
+    │   └── TokenizerMismatch    a tokenizer bundle whose hash is not the expected one
+    └── ChainError               anything that went wrong talking to the chain
+        ├── ContractError        a contract reverted; ``name`` and ``args`` of its custom error
+        └── ChainUnavailable     the RPC endpoint cannot be reached
+
+Foreign errors (web3, eth-account, json) are translated at the boundary with
+``raise X(...) from exc`` so callers only ever catch these.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class TallystickError(Exception):
+    """Base class of every error raised by Tallystick."""
+
+
+class ProtocolError(TallystickError):
+    """A message or artefact does not follow the protocol."""
+
+
+class InvalidSignature(ProtocolError):
+    """A signature is malformed (length, v, high s) or cannot be recovered."""
+
+
+class InvalidBearerToken(ProtocolError):
+    """A bearer token is not of the form ``tsk1.<channelId>.<expiresAt>.<signature>``."""
+
+
+class TokenizerMismatch(ProtocolError):
+    """A tokenizer bundle does not hash to the expected ``tokenizerHash``."""
+
+
+class ChainError(TallystickError):
+    """Something went wrong talking to the chain."""
+
+
+class ChainUnavailable(ChainError):
+    """The RPC endpoint cannot be reached."""
+
+
+class ContractError(ChainError):
+    """A contract call reverted; ``name`` and ``args`` are its decoded custom error.
+
+    ``args`` is the tuple of the custom error's arguments (so ``exc.args`` reads as the
+    evidence, e.g. ``("EscrowZeroAmount", ())``), ``data`` the raw revert data.
+    """
+
+    def __init__(self, name: str, args: tuple[Any, ...] = (), data: bytes = b"") -> None:
+        super().__init__(*args)
+        self.name = name
+        self.data = data
+
+    def __str__(self) -> str:
+        return f"{self.name}({', '.join(_render(a) for a in self.args)})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.name, self.args, self.data))
+
+
+def _render(value: Any) -> str:
+    if isinstance(value, bytes):
+        return "0x" + value.hex()
+    return repr(value) if isinstance(value, str) else str(value)
