@@ -1,0 +1,350 @@
+"""The FastAPI app: ``create_app(settings)`` and its routes (docs/protocol.md §8).
+
+The lifespan builds the engine, chain client, ledger, payment gate and settlement worker and
+puts them on ``app.state.node``; each can be injected (unit tests pass a FakeEngine and an
+in-memory chain). Every error leaves as an OpenAI envelope, never a stack trace.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from eth_account.signers.local import LocalAccount
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from tallystick.protocol import ChainError, Domain, model_id
+
+from ._chain import ChainView, ChannelCache
+from ._errors import ApiError
+from ._gate import PaymentGate
+from ._keys import load_account
+from ._ledger import LedgerStore, SqliteLedger
+from ._metrics import CONTENT_TYPE, NodeMetrics
+from ._ratelimit import RateLimiter
+from ._schemas import ChatRequest, CompletionRequest, parse_body
+from ._serving import MeteredStream, prepare, run_plain, run_stream
+from ._settings import Settings
+from ._settlement import SettlementWorker
+
+if TYPE_CHECKING:
+    from .engines import Engine
+
+__all__ = ["NodeState", "create_app"]
+
+log = logging.getLogger("tallystick.node")
+
+
+@dataclass
+class NodeState:
+    """Everything a request handler needs, built by the lifespan."""
+
+    settings: Settings
+    engine: Engine
+    chain: ChainView
+    ledger: LedgerStore
+    gate: PaymentGate
+    limiter: RateLimiter
+    metrics: NodeMetrics
+    worker: SettlementWorker
+    domain: Domain
+    provider: str
+
+
+def create_app(
+    settings: Settings,
+    *,
+    engine: Engine | None = None,
+    chain: ChainView | None = None,
+    store: LedgerStore | None = None,
+    account: LocalAccount | None = None,
+    run_worker: bool = True,
+) -> FastAPI:
+    """The node's ASGI app; anything not injected is built from ``settings`` at startup."""
+    metrics = NodeMetrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        node = await _build(settings, metrics, engine, chain, store, account)
+        app.state.node = node
+        if run_worker:
+            node.worker.start()
+        log.info("serving model=%s provider=%s", node.engine.model_name, node.provider)
+        try:
+            yield
+        finally:
+            await node.worker.stop()
+            await node.engine.stop()
+            if store is None:
+                node.ledger.close()
+
+    app = FastAPI(title="tallystick-node", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url=None)
+    app.state.metrics = metrics
+    _install_errors(app)
+    _install_routes(app)
+    app.add_middleware(_BodyLimit, limit=settings.max_body_bytes)  # type: ignore[arg-type]
+    app.middleware("http")(_count_requests)
+    return app
+
+
+async def _build(
+    settings: Settings, metrics: NodeMetrics, engine: Engine | None, chain: ChainView | None,
+    store: LedgerStore | None, account: LocalAccount | None,
+) -> NodeState:
+    account = account or load_account(settings)
+    if chain is None:
+        from ._escrow import EscrowChain
+
+        chain = await EscrowChain.connect(settings, account)
+    ledger = store or SqliteLedger(settings.db)
+    if engine is None:
+        from ._engine_factory import build_engine
+
+        engine = await build_engine(settings)
+    log.info("loading model %s", engine.model_name)
+    started = time.perf_counter()
+    await engine.start()
+    log.info("model ready in %.1fs", time.perf_counter() - started)
+    metrics.watch_engine(engine.stats)
+    cache = ChannelCache(chain, ledger, settings.channel_cache_ttl)
+    gate = PaymentGate(account=account, domain=chain.domain, cache=cache, ledger=ledger,
+                       credit_requests=settings.credit_requests)
+    worker = SettlementWorker(chain=chain, ledger=ledger, cache=cache, metrics=metrics,
+                              settings=settings)
+    return NodeState(settings, engine, chain, ledger, gate,
+                     RateLimiter(settings.rpm_limit, settings.tpm_limit), metrics, worker,
+                     chain.domain, account.address)
+
+
+# errors ------------------------------------------------------------------------------------
+
+
+def _install_errors(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> Response:
+        return JSONResponse(exc.envelope(), status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 404:
+            err = ApiError(404, f"no route {request.method} {request.url.path}",
+                           code="unknown_route")
+        elif exc.status_code == 405:
+            err = ApiError(405, f"method {request.method} is not allowed on {request.url.path}",
+                           code="method_not_allowed")
+        else:
+            err = ApiError(exc.status_code, str(exc.detail))
+        return JSONResponse(err.envelope(), status_code=err.status, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
+        err = ApiError(400, f"invalid request: {exc.errors()[0].get('msg', 'bad input')}")
+        return JSONResponse(err.envelope(), status_code=400)
+
+    @app.exception_handler(Exception)
+    async def crash(request: Request, exc: Exception) -> Response:
+        log.error("unhandled error on %s: %r", request.url.path, exc, exc_info=exc)
+        err = ApiError(500, "internal error; the node logged the details", type="server_error",
+                       code="internal_error")
+        return JSONResponse(err.envelope(), status_code=500)
+
+
+class _BodyLimit:
+    """413 for a body over ``limit`` bytes, by Content-Length or while it streams in."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.limit:
+            await _too_large(self.limit, send)
+            return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise ApiError(413, f"the request body exceeds {self.limit} bytes",
+                               code="request_too_large")
+            return message
+
+        await self.app(scope, limited, send)
+
+
+async def _too_large(limit: int, send: Send) -> None:
+    body = JSONResponse(
+        ApiError(413, f"the request body exceeds {limit} bytes", code="request_too_large")
+        .envelope(), status_code=413,
+    )
+    await body({"type": "http"}, _no_receive, send)
+
+
+async def _no_receive() -> Message:
+    return {"type": "http.disconnect"}
+
+
+async def _count_requests(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+    response = await call_next(request)
+    route = request.scope.get("route")
+    path = getattr(route, "path", "unmatched")
+    request.app.state.metrics.requests.labels(path, str(response.status_code)).inc()
+    return response
+
+
+# routes ------------------------------------------------------------------------------------
+
+
+def _node(request: Request) -> NodeState:
+    node: NodeState = request.app.state.node
+    return node
+
+
+def _install_routes(app: FastAPI) -> None:
+    app.post("/v1/chat/completions")(_chat)
+    app.post("/v1/completions")(_completions)
+    app.get("/v1/models")(_models)
+    app.get("/v1/tally/tokenizer/{model}")(_tokenizer)
+    app.post("/v1/tally/receipts")(_receipts)
+    app.get("/v1/tally/channels/{channel}")(_channel)
+    app.get("/v1/tally/channels/{channel}/records/{seq}")(_record)
+    app.post("/v1/tally/channels/{channel}/close")(_close)
+    app.get("/health")(_health)
+    app.get("/metrics")(_metrics)
+
+
+async def _chat(request: Request) -> Any:
+    return await _complete(request, parse_body(await request.body(), ChatRequest))
+
+
+async def _completions(request: Request) -> Any:
+    return await _complete(request, parse_body(await request.body(), CompletionRequest))
+
+
+async def _complete(request: Request, body: ChatRequest | CompletionRequest) -> Any:
+    node = _node(request)
+    done = await prepare(node, body, request.headers.get("authorization"),
+                         request.headers.get("x-tally-receipt"))
+    headers = done.ticket.headers
+    if body.stream:
+        return MeteredStream(lambda send_chunk: run_stream(done, send_chunk), headers)
+    return JSONResponse(await run_plain(done), headers=headers)
+
+
+async def _models(request: Request) -> Any:
+    node = _node(request)
+    engine = node.engine
+    try:
+        listing = await node.chain.listing(model_id(engine.model_name))
+    except ChainError as exc:
+        log.warning("cannot read the listing: %s", exc)
+        listing = None
+    return {
+        "object": "list",
+        "data": [{
+            "id": engine.model_name,
+            "object": "model",
+            "created": 0,
+            "owned_by": node.provider,
+            "context_length": engine.context_length,
+            "tokenizer_hash": "0x" + engine.tokenizer_bundle.hash().hex(),
+            "pricing": None if listing is None else {
+                "input_per_million": listing.input_price_per_m,
+                "output_per_million": listing.output_price_per_m,
+                "token": listing.token,
+            },
+            "listed": listing is not None and listing.active,
+        }],
+    }
+
+
+async def _tokenizer(request: Request, model: str) -> Response:
+    engine = _node(request).engine
+    if model != engine.model_name:
+        raise ApiError(404, f"the model {model!r} does not exist on this node", param="model",
+                       code="model_not_found")
+    return Response(engine.tokenizer_bundle.canonical_bytes(),
+                    media_type="application/json; charset=utf-8")
+
+
+async def _receipts(request: Request) -> Any:
+    body = await _json(request)
+    stored = await _node(request).gate.accept_receipt(body)
+    return {"status": "stored", "channelId": "0x" + stored.channel_id.hex(), "seq": stored.seq}
+
+
+async def _channel(request: Request, channel: str) -> Any:
+    node = _node(request)
+    info = await _channel_auth(request, channel)
+    return node.gate.view(info)
+
+
+async def _record(request: Request, channel: str, seq: int) -> Any:
+    from ._serving import tallystick_object
+
+    info = await _channel_auth(request, channel)
+    stored = _node(request).ledger.get_record(info.channel_id, seq)
+    if stored is None:
+        raise ApiError(404, f"no record seq {seq} on this channel", param="seq",
+                       code="record_not_found")
+    return {"model": stored.model, **tallystick_object(stored, {})}
+
+
+async def _close(request: Request, channel: str) -> Any:
+    node = _node(request)
+    info = await _channel_auth(request, channel)
+    body = await _json(request)
+    if isinstance(body, dict) and body.get("channelId", "").lower() != "0x" + info.channel_id.hex():
+        raise ApiError(400, "the receipt is for another channel", param="channelId",
+                       code="invalid_receipt")
+    stored, provider_sig = await node.gate.countersign_close(body)
+    return {
+        "receipt": stored.signed.to_json(),
+        "providerSignature": "0x" + provider_sig.hex(),
+        "seq": stored.seq,
+    }
+
+
+async def _channel_auth(request: Request, channel: str) -> Any:
+    info = await _node(request).gate.authorize(request.headers.get("authorization"), None)
+    if "0x" + info.channel_id.hex() != channel.lower():
+        raise ApiError(401, "the bearer token is for another channel", code="invalid_api_key")
+    return info
+
+
+async def _json(request: Request) -> Any:
+    import json
+
+    raw = await request.body()
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ApiError(400, f"the body is not valid UTF-8 JSON: {exc}", code="invalid_json") from None
+
+
+async def _health(request: Request) -> Any:
+    node = _node(request)
+    return {"status": "ok", "model": node.engine.model_name, "provider": node.provider,
+            "chainId": node.domain.chain_id, "escrow": node.domain.escrow,
+            "engine": node.engine.stats()}
+
+
+async def _metrics(request: Request) -> Response:
+    node = _node(request)
+    node.worker.refresh_unclaimed_metric()
+    return Response(node.metrics.exposition(), media_type=CONTENT_TYPE)

@@ -1,0 +1,372 @@
+"""The payment gate (§8.1): bearer tokens, the credit rule, receipts, and signing records.
+
+Per channel, an asyncio lock serialises the checks that read the chain; the bookkeeping that
+follows them (reserve, finalize, accept a receipt) has no ``await`` in it, so it is atomic on
+the event loop. A request reserves its worst case (prompt + max_tokens) before generating and
+settles to its real counts after, so concurrent requests can never overdraw the deposit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from eth_account.signers.local import LocalAccount
+
+from tallystick.protocol import (
+    ZERO_ROOT,
+    BearerToken,
+    Domain,
+    InvalidBearerToken,
+    InvalidSignature,
+    ProtocolError,
+    SignedReceipt,
+    UsageRecord,
+    cost_of,
+    hash_token_ids,
+    model_id,
+    recover_receipt_signer,
+    sign_receipt,
+    sign_usage_record,
+)
+
+from ._chain import ChannelCache
+from ._errors import ApiError
+from ._ledger import LedgerStore
+from ._types import ChannelInfo, ChannelStatus, StoredReceipt, StoredRecord
+
+__all__ = ["PaymentGate", "Reservation"]
+
+
+@dataclass
+class _Book:
+    """The node's running view of one channel (rebuilt from the ledger on first use)."""
+
+    last: StoredRecord | None
+    countersigned_seq: int
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    in_flight: int = 0
+    reserved_input: int = 0
+    reserved_output: int = 0
+    closing: bool = False  # the provider countersigned the final receipt
+
+    @property
+    def seq(self) -> int:
+        return self.last.seq if self.last else 0
+
+    @property
+    def totals(self) -> tuple[int, int]:
+        rec = self.last.signed.record if self.last else None
+        return (rec.input_tokens, rec.output_tokens) if rec else (0, 0)
+
+
+@dataclass
+class Reservation:
+    """A request's worst case, held from the credit check until its record is signed."""
+
+    channel: ChannelInfo
+    prompt_tokens: int
+    max_tokens: int
+    done: bool = False
+
+
+class PaymentGate:
+    """Authorises requests, applies the credit rule, signs usage records, takes receipts."""
+
+    def __init__(
+        self,
+        *,
+        account: LocalAccount,
+        domain: Domain,
+        cache: ChannelCache,
+        ledger: LedgerStore,
+        credit_requests: int = 1,
+    ) -> None:
+        self._account = account
+        self.domain = domain
+        self.provider: str = account.address
+        self._cache = cache
+        self._ledger = ledger
+        self.credit_requests = credit_requests
+        self._books: dict[bytes, _Book] = {}
+
+    def _book(self, channel_id: bytes) -> _Book:
+        book = self._books.get(channel_id)
+        if book is None:
+            receipt = self._ledger.last_receipt(channel_id)
+            book = _Book(self._ledger.last_record(channel_id), receipt.seq if receipt else 0)
+            self._books[channel_id] = book
+        return book
+
+    # auth ----------------------------------------------------------------------------------
+
+    async def authorize(self, authorization: str | None, model: str | None) -> ChannelInfo:
+        """The channel a bearer token opens, checked against this node and ``model``."""
+        token = _parse_bearer(authorization)
+        if token.expired():
+            raise ApiError(401, "the bearer token has expired; sign a new one", code="expired_token")
+        try:
+            signer = token.signer(self.domain)
+        except InvalidSignature as exc:
+            raise ApiError(401, f"bad bearer token signature: {exc}", code="invalid_api_key") from exc
+        channel = await self._channel(token.channel_id)
+        if not channel.may_sign(signer):
+            # The client may have just authorised a new session key: read the chain once more.
+            channel = await self._channel(token.channel_id, refresh=True)
+        if not channel.may_sign(signer):
+            raise ApiError(
+                401,
+                f"the bearer token is signed by {signer}, which is neither the channel's client "
+                "nor its session key",
+                code="invalid_signer",
+            )
+        if model is not None and channel.model_id != model_id(model):
+            raise ApiError(
+                400,
+                f"this channel was opened for another model than {model!r}",
+                code="model_mismatch",
+                param="model",
+            )
+        return channel
+
+    async def _channel(self, channel_id: bytes, *, refresh: bool = False) -> ChannelInfo:
+        channel = await self._cache.get(channel_id, refresh=refresh)
+        if channel is None or channel.status == ChannelStatus.NONE:
+            raise ApiError(
+                401, f"channel 0x{channel_id.hex()} does not exist", code="channel_not_found"
+            )
+        if channel.provider != self.provider:
+            raise ApiError(
+                401,
+                f"channel 0x{channel_id.hex()} pays provider {channel.provider}, not this node "
+                f"({self.provider})",
+                code="wrong_provider",
+            )
+        return channel
+
+    # credit rule ---------------------------------------------------------------------------
+
+    async def reserve(self, channel: ChannelInfo, prompt_tokens: int, max_tokens: int) -> Reservation:
+        """Hold the request's worst case, or raise 402 saying what the client must do."""
+        book = self._book(channel.channel_id)
+        async with book.lock:
+            self._check_open(channel, book)
+            self._check_credit(channel, book)
+            if self._shortfall(channel, book, prompt_tokens, max_tokens) > 0:
+                # A top-up may have landed since we cached the deposit.
+                channel = await self._channel(channel.channel_id, refresh=True)
+                self._check_open(channel, book)
+            need = self._shortfall(channel, book, prompt_tokens, max_tokens)
+            if need > 0:
+                raise ApiError(
+                    402,
+                    f"the channel's deposit ({channel.deposit}) does not cover this request's "
+                    f"worst case (needs {channel.deposit + need}); top up the channel or lower "
+                    "max_tokens",
+                    code="insufficient_deposit",
+                )
+            book.in_flight += 1
+            book.reserved_input += prompt_tokens
+            book.reserved_output += max_tokens
+            return Reservation(channel, prompt_tokens, max_tokens)
+
+    def _check_open(self, channel: ChannelInfo, book: _Book) -> None:
+        if book.closing or channel.status == ChannelStatus.CLOSING:
+            raise ApiError(
+                402,
+                "the channel is closing; open a new channel to continue",
+                code="channel_closing",
+            )
+        if channel.status != ChannelStatus.OPEN:
+            raise ApiError(
+                402, "the channel is closed; open a new channel to continue", code="channel_closed"
+            )
+
+    def _check_credit(self, channel: ChannelInfo, book: _Book) -> None:
+        unsigned = book.seq - book.countersigned_seq + book.in_flight
+        if unsigned + 1 > self.credit_requests:
+            raise ApiError(
+                402,
+                f"countersign usage record seq {book.countersigned_seq + 1} first: send its "
+                "Receipt in the X-Tally-Receipt header or POST it to /v1/tally/receipts "
+                f"({unsigned} request(s) unpaid, credit is {self.credit_requests})",
+                code="receipt_required",
+            )
+
+    def _shortfall(self, channel: ChannelInfo, book: _Book, prompt: int, max_tokens: int) -> int:
+        served_in, served_out = book.totals
+        worst = cost_of(
+            served_in + book.reserved_input + prompt,
+            served_out + book.reserved_output + max_tokens,
+            channel.prices,
+        )
+        return worst - channel.deposit
+
+    def release(self, reservation: Reservation) -> None:
+        """Give back a reservation whose request produced nothing billable."""
+        if reservation.done:
+            return
+        reservation.done = True
+        book = self._book(reservation.channel.channel_id)
+        book.in_flight -= 1
+        book.reserved_input -= reservation.prompt_tokens
+        book.reserved_output -= reservation.max_tokens
+
+    def finalize(
+        self, reservation: Reservation, model: str, prompt_ids: list[int], completion_ids: list[int]
+    ) -> StoredRecord:
+        """Sign and store the record of a finished (or cut-short) request; no awaits inside."""
+        self.release(reservation)
+        book = self._book(reservation.channel.channel_id)
+        served_in, served_out = book.totals
+        prev_root = book.last.usage_root if book.last else ZERO_ROOT
+        record = UsageRecord(
+            channel_id=reservation.channel.channel_id,
+            seq=book.seq + 1,
+            prompt_tokens=len(prompt_ids),
+            completion_tokens=len(completion_ids),
+            prompt_hash=hash_token_ids(prompt_ids),
+            completion_hash=hash_token_ids(completion_ids),
+            input_tokens=served_in + len(prompt_ids),
+            output_tokens=served_out + len(completion_ids),
+            prev_root=prev_root,
+        )
+        signed = sign_usage_record(self._account, self.domain, record)
+        stored = StoredRecord(signed, list(completion_ids), model, time.time())
+        self._ledger.add_record(stored)
+        book.last = stored
+        return stored
+
+    # receipts ------------------------------------------------------------------------------
+
+    async def accept_receipt(self, raw: Any) -> StoredReceipt:
+        """Verify a countersigned receipt against our records and store it (durably)."""
+        try:
+            signed = SignedReceipt.from_json(raw)
+        except (ProtocolError, ValueError) as exc:
+            raise ApiError(400, f"malformed receipt: {exc}", code="invalid_receipt") from exc
+        channel = await self._channel(signed.receipt.channel_id)
+        signer = self._receipt_signer(signed)
+        if not channel.may_sign(signer):
+            channel = await self._channel(signed.receipt.channel_id, refresh=True)
+        if not channel.may_sign(signer):
+            raise ApiError(
+                400,
+                f"the receipt is signed by {signer}, not by the channel's client or session key",
+                code="receipt_signer_mismatch",
+            )
+        return self._store_receipt(signed)
+
+    def _receipt_signer(self, signed: SignedReceipt) -> str:
+        try:
+            return recover_receipt_signer(self.domain, signed)
+        except InvalidSignature as exc:
+            raise ApiError(400, f"bad receipt signature: {exc}", code="invalid_receipt") from exc
+
+    def _store_receipt(self, signed: SignedReceipt) -> StoredReceipt:
+        receipt = signed.receipt
+        record = self._ledger.find_record(receipt.channel_id, receipt.usage_root)
+        rec = record.signed.record if record else None
+        if record is None or rec is None or (rec.input_tokens, rec.output_tokens) != (
+            receipt.input_tokens,
+            receipt.output_tokens,
+        ):
+            raise ApiError(
+                400,
+                "the receipt's totals and usageRoot match no usage record this node issued",
+                code="receipt_mismatch",
+            )
+        book = self._book(receipt.channel_id)
+        if record.seq < book.countersigned_seq:
+            raise ApiError(
+                409,
+                f"record seq {book.countersigned_seq} is already countersigned; this receipt "
+                f"covers only seq {record.seq}",
+                code="receipt_stale",
+            )
+        stored = StoredReceipt(signed, record.seq, time.time())
+        if record.seq > book.countersigned_seq:
+            self._ledger.add_receipt(stored)  # durable before we acknowledge
+            book.countersigned_seq = record.seq
+        return stored
+
+    async def countersign_close(self, raw: Any) -> tuple[StoredReceipt, bytes]:
+        """The provider's signature on the client's final receipt (for ``closeCooperative``)."""
+        stored = await self.accept_receipt(raw)
+        book = self._book(stored.channel_id)
+        if stored.seq != book.seq or book.in_flight:
+            raise ApiError(
+                409,
+                f"the final receipt must cover the last record (seq {book.seq}); it covers "
+                f"seq {stored.seq}",
+                code="receipt_not_final",
+            )
+        book.closing = True  # serve nothing more: the channel is about to close
+        provider_sig = sign_receipt(self._account, self.domain, stored.signed.receipt)
+        return stored, provider_sig.signature
+
+    # views ---------------------------------------------------------------------------------
+
+    def view(self, channel: ChannelInfo) -> dict[str, Any]:
+        """``GET /v1/tally/channels/{id}``: served, countersigned and claimed totals, credit."""
+        book = self._book(channel.channel_id)
+        served_in, served_out = book.totals
+        receipt = self._ledger.last_receipt(channel.channel_id)
+        signed_in, signed_out = (
+            (receipt.signed.receipt.input_tokens, receipt.signed.receipt.output_tokens)
+            if receipt
+            else (0, 0)
+        )
+        served_cost = cost_of(served_in, served_out, channel.prices)
+        signed_cost = cost_of(signed_in, signed_out, channel.prices)
+        return {
+            "channelId": "0x" + channel.channel_id.hex(),
+            "status": "closing" if book.closing else channel.status.name.lower(),
+            "client": channel.client,
+            "provider": channel.provider,
+            "sessionKey": channel.session_key,
+            "token": channel.token,
+            "deposit": channel.deposit,
+            "paid": channel.paid,
+            "prices": {
+                "inputPerM": channel.prices.input_per_m,
+                "outputPerM": channel.prices.output_per_m,
+            },
+            "lastSeq": book.seq,
+            "served": _totals(served_in, served_out, served_cost),
+            "countersigned": {**_totals(signed_in, signed_out, signed_cost),
+                              "seq": book.countersigned_seq},
+            "claimed": _totals(
+                channel.claimed_input,
+                channel.claimed_output,
+                cost_of(channel.claimed_input, channel.claimed_output, channel.prices),
+            ),
+            "usageRoot": "0x" + (book.last.usage_root if book.last else ZERO_ROOT).hex(),
+            "unpaid": served_cost - signed_cost,
+            "creditLeft": max(channel.deposit - served_cost, 0),
+            "creditRequests": self.credit_requests,
+        }
+
+
+def _totals(input_tokens: int, output_tokens: int, cost: int) -> dict[str, int]:
+    return {"inputTokens": input_tokens, "outputTokens": output_tokens, "cost": cost}
+
+
+def _parse_bearer(authorization: str | None) -> BearerToken:
+    if not authorization:
+        raise ApiError(
+            401,
+            "missing bearer token: send Authorization: Bearer tsk1.<channelId>.<expiresAt>.<sig>",
+            code="missing_api_key",
+        )
+    scheme, _, value = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        raise ApiError(401, "the Authorization header must be 'Bearer <token>'", code="invalid_api_key")
+    try:
+        return BearerToken.parse(value.strip())
+    except InvalidBearerToken as exc:
+        raise ApiError(401, str(exc), code="invalid_api_key") from exc
+
+

@@ -1,0 +1,364 @@
+"""One metered completion: count the prompt, reserve, generate, sign the record, answer.
+
+Shared by ``/v1/chat/completions`` and ``/v1/completions``, plain and streaming. Streaming
+answers through ``MeteredStream``, which knows exactly which chunks reached the client, so a
+client that disconnects is billed for the ids it received and nothing more (§6).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from starlette.types import Message, Receive, Scope, Send
+
+from tallystick.protocol import ProtocolError
+
+from ._errors import ApiError
+from ._schemas import ChatRequest, CompletionRequest
+from ._types import StoredRecord
+
+if TYPE_CHECKING:
+    from ._app import NodeState
+    from ._gate import Reservation
+    from ._ratelimit import Ticket
+    from .engines import Engine, Prompt, SamplingParams, TokenEvent
+
+__all__ = ["Completion", "MeteredStream", "prepare", "run_plain", "run_stream", "tallystick_object"]
+
+Request = ChatRequest | CompletionRequest
+SendChunk = Callable[[bytes], Awaitable[bool]]
+
+
+@dataclass
+class Completion:
+    """A request admitted by the gate, from reservation to signed record."""
+
+    node: NodeState
+    request: Request
+    chat: bool
+    prompt: Prompt
+    params: SamplingParams
+    reservation: Reservation
+    ticket: Ticket
+    stream: AsyncIterator[TokenEvent]
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    created: int = field(default_factory=lambda: int(time.time()))
+    ids: list[int] = field(default_factory=list)
+    text: list[str] = field(default_factory=list)
+    finish_reason: str | None = None
+    started: float = field(default_factory=time.perf_counter)
+    stamps: list[float] = field(default_factory=list)  # arrival time of each event
+
+    @property
+    def response_id(self) -> str:
+        return ("chatcmpl-" if self.chat else "cmpl-") + self.id
+
+    async def close_engine(self) -> None:
+        await self.stream.aclose()  # type: ignore[attr-defined]  # frees the engine slot
+
+    def add(self, event: TokenEvent) -> None:
+        self.stamps.append(time.perf_counter())
+        self.ids.extend(event.token_ids)
+        self.text.append(event.text)
+        self.finish_reason = event.finish_reason or self.finish_reason
+
+    def finish(self) -> StoredRecord:
+        """Sign and store the record for the ids collected so far; observe metrics."""
+        node = self.node
+        stored = node.gate.finalize(self.reservation, self.request.model, self.prompt.ids, self.ids)
+        self.ticket.settle(len(self.prompt.ids) + len(self.ids))
+        t = self.timings()
+        node.metrics.observe_request(
+            self.request.model, len(self.prompt.ids), len(self.ids), t["ttft_ms"] / 1e3,
+            tuple(b - a for a, b in zip(self.stamps, self.stamps[1:], strict=False)),
+            t["total_ms"] / 1e3,
+        )
+        return stored
+
+    def abandon(self) -> None:
+        """Nothing billable happened (the engine failed before any id was delivered)."""
+        self.node.gate.release(self.reservation)
+        self.ticket.settle(0)
+
+    def timings(self) -> dict[str, float]:
+        end = self.stamps[-1] if self.stamps else time.perf_counter()
+        ttft = (self.stamps[0] - self.started) if self.stamps else end - self.started
+        gaps = max(len(self.ids) - 1, 1)
+        itl = (end - self.stamps[0]) / gaps if self.stamps else 0.0
+        return {
+            "ttft_ms": round(ttft * 1e3, 3),
+            "itl_ms": round(itl * 1e3, 3),
+            "total_ms": round((end - self.started) * 1e3, 3),
+        }
+
+    def usage(self) -> dict[str, int]:
+        p, c = len(self.prompt.ids), len(self.ids)
+        return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+
+    # bodies --------------------------------------------------------------------------------
+
+    def body(self, stored: StoredRecord) -> dict[str, Any]:
+        """The non-streaming response."""
+        text = "".join(self.text)
+        if self.chat:
+            choice: dict[str, Any] = {
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "finish_reason": self.finish_reason,
+                "logprobs": None,
+            }
+        else:
+            choice = {"index": 0, "text": text, "finish_reason": self.finish_reason,
+                      "logprobs": None}
+        return {
+            **self._head(stream=False),
+            "choices": [choice],
+            "usage": self.usage(),
+            "tallystick": tallystick_object(stored, self.timings()),
+        }
+
+    def chunk(self, text: str, finish_reason: str | None, *, first: bool = False) -> bytes:
+        if self.chat:
+            delta: dict[str, Any] = {"role": "assistant", "content": text} if first else (
+                {"content": text} if text else {}
+            )
+            choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": finish_reason,
+                                      "logprobs": None}
+        else:
+            choice = {"index": 0, "text": text, "finish_reason": finish_reason, "logprobs": None}
+        return sse({**self._head(stream=True), "choices": [choice]})
+
+    def usage_chunk(self, stored: StoredRecord) -> bytes:
+        return sse({
+            **self._head(stream=True),
+            "choices": [],
+            "usage": self.usage(),
+            "tallystick": tallystick_object(stored, self.timings()),
+        })
+
+    def _head(self, *, stream: bool) -> dict[str, Any]:
+        if self.chat:
+            kind = "chat.completion.chunk" if stream else "chat.completion"
+        else:
+            kind = "text_completion"
+        return {"id": self.response_id, "object": kind, "created": self.created,
+                "model": self.request.model, "system_fingerprint": None}
+
+
+def _start_engine(engine: Engine, prompt: Prompt, params: SamplingParams) -> AsyncIterator[TokenEvent]:
+    # generate() refuses synchronously (queue full, prompt too long), before any byte is sent.
+    from .engines import EngineError, EngineOverloaded, EngineStopped, PromptTooLong
+
+    try:
+        return _translated(engine.generate(prompt, params))
+    except EngineOverloaded as exc:
+        raise ApiError(503, f"the engine's queue is full ({exc}); retry shortly",
+                       code="engine_overloaded", headers={"retry-after": "1"}) from exc
+    except EngineStopped as exc:
+        raise ApiError(503, "the engine is not running", code="engine_stopped") from exc
+    except PromptTooLong as exc:
+        raise ApiError(400, str(exc), param="messages", code="context_length_exceeded") from exc
+    except EngineError as exc:
+        raise ApiError(500, f"the engine failed: {exc}", type="server_error",
+                       code="engine_error") from exc
+
+
+async def _translated(stream: AsyncIterator[TokenEvent]) -> AsyncIterator[TokenEvent]:
+    from .engines import EngineError
+
+    try:
+        async for event in stream:
+            yield event
+    except EngineError as exc:
+        raise ApiError(500, f"the engine failed: {exc}", type="server_error",
+                       code="engine_error") from exc
+    finally:
+        await stream.aclose()  # type: ignore[attr-defined]
+
+
+def tallystick_object(stored: StoredRecord, timings: dict[str, float]) -> dict[str, Any]:
+    """The ``tallystick`` member of a completion response (§8)."""
+    record = stored.signed.record
+    return {
+        "record": record.to_json(),
+        "signature": "0x" + stored.signed.signature.hex(),
+        "completion_token_ids": stored.completion_ids,
+        "prompt_token_ids_hash": "0x" + record.prompt_hash.hex(),
+        "timings": timings,
+    }
+
+
+def sse(obj: Any) -> bytes:
+    return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
+
+
+DONE = b"data: [DONE]\n\n"
+
+
+# admission ---------------------------------------------------------------------------------
+
+
+async def prepare(
+    node: NodeState, request: Request, authorization: str | None, receipt_header: str | None
+) -> Completion:
+    """Validate, authorise, apply rate limits and the credit rule; return an admitted request."""
+    from .engines import Prompt, SamplingParams
+
+    engine = node.engine
+    if request.model != engine.model_name:
+        raise ApiError(404, f"the model {request.model!r} does not exist on this node",
+                       param="model", code="model_not_found")
+    request.check_n()
+    channel = await node.gate.authorize(authorization, request.model)
+    if receipt_header:
+        await node.gate.accept_receipt(_receipt_json(receipt_header))
+    chat = isinstance(request, ChatRequest)
+    prompt = _prompt(engine, request, Prompt)
+    max_tokens = _max_tokens(node, request, len(prompt.ids))
+    params = SamplingParams(max_tokens=max_tokens, temperature=request.temperature,
+                            top_p=request.top_p, seed=request.seed, stop=request.stop_tuple())
+    ticket = node.limiter.admit(channel.channel_id, len(prompt.ids) + max_tokens)
+    try:
+        reservation = await node.gate.reserve(channel, len(prompt.ids), max_tokens)
+    except BaseException:
+        ticket.settle(0)
+        raise
+    try:
+        stream = _start_engine(engine, prompt, params)
+    except BaseException:
+        node.gate.release(reservation)
+        ticket.settle(0)
+        raise
+    return Completion(node, request, chat, prompt, params, reservation, ticket, stream)
+
+
+def _prompt(engine: Engine, request: Request, prompt_type: type[Prompt]) -> Prompt:
+    try:
+        if isinstance(request, ChatRequest):
+            messages = request.template_messages()
+            return prompt_type(engine.counter.chat_prompt_ids(messages), messages=messages)
+        text = request.text()
+        return prompt_type(engine.counter.text_prompt_ids(text), text=text)
+    except ProtocolError as exc:
+        param = "messages" if isinstance(request, ChatRequest) else "prompt"
+        raise ApiError(400, str(exc), param=param, code="invalid_prompt") from exc
+
+
+def _max_tokens(node: NodeState, request: Request, prompt_tokens: int) -> int:
+    context = node.engine.context_length
+    room = context - prompt_tokens
+    asked = request.limit()
+    if asked is None:
+        if room < 1:
+            raise ApiError(400, f"the prompt has {prompt_tokens} tokens and the model's context "
+                           f"window is {context} tokens", param="messages",
+                           code="context_length_exceeded")
+        return min(node.settings.default_max_tokens, room)
+    if prompt_tokens + asked > context:
+        raise ApiError(
+            400,
+            f"this model's context window is {context} tokens; the prompt has {prompt_tokens} "
+            f"and max_tokens asks for {asked} more ({prompt_tokens + asked}); lower max_tokens "
+            "or shorten the prompt",
+            param="max_tokens", code="context_length_exceeded",
+        )
+    return asked
+
+
+def _receipt_json(header: str) -> Any:
+    try:
+        return json.loads(header)
+    except json.JSONDecodeError as exc:
+        raise ApiError(400, f"X-Tally-Receipt is not JSON: {exc.msg}",
+                       code="invalid_receipt") from None
+
+
+# running -----------------------------------------------------------------------------------
+
+
+async def run_plain(done: Completion) -> dict[str, Any]:
+    """Generate to the end and answer with the whole completion."""
+    try:
+        async for event in done.stream:
+            done.add(event)
+    except BaseException:
+        await done.close_engine()
+        done.abandon()  # nothing was delivered
+        raise
+    return done.body(done.finish())
+
+
+async def run_stream(done: Completion, send_chunk: SendChunk) -> None:
+    """Stream deltas; bill exactly the prompt and the ids whose chunk was delivered."""
+    if not await send_chunk(done.chunk("", None, first=True)):
+        await done.close_engine()
+        done.abandon()  # gone before the engine ran
+        return
+    delivered, error = True, None
+    try:
+        async for event in done.stream:
+            if not await send_chunk(done.chunk(event.text, None)):
+                delivered = False
+                break
+            done.add(event)
+    except ApiError as exc:
+        error = exc
+    finally:
+        await done.close_engine()
+        stored = done.finish()  # no await inside: runs to the end even when cancelled
+    if error is not None:
+        delivered = await send_chunk(sse(error.envelope()))
+    if delivered:
+        await send_chunk(done.chunk("", done.finish_reason or "stop"))
+        await send_chunk(done.usage_chunk(stored))
+        await send_chunk(DONE)
+
+
+class MeteredStream:
+    """An SSE response that tells its producer whether each chunk reached the client."""
+
+    def __init__(self, produce: Callable[[SendChunk], Awaitable[None]],
+                 headers: dict[str, str] | None = None) -> None:
+        self._produce = produce
+        self._headers = headers or {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        gone = asyncio.Event()
+        watcher = asyncio.create_task(_watch_disconnect(receive, gone))
+        headers = [(b"content-type", b"text/event-stream; charset=utf-8"),
+                   (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
+        headers += [(k.encode(), v.encode()) for k, v in self._headers.items()]
+
+        async def send_chunk(data: bytes) -> bool:
+            if gone.is_set():
+                return False
+            try:
+                await send({"type": "http.response.body", "body": data, "more_body": True})
+            except OSError:
+                gone.set()
+                return False
+            return not gone.is_set()
+
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await self._produce(send_chunk)
+            if not gone.is_set():
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except OSError:
+            pass
+        finally:
+            watcher.cancel()
+
+
+async def _watch_disconnect(receive: Receive, gone: asyncio.Event) -> None:
+    while True:
+        message: Message = await receive()
+        if message["type"] == "http.disconnect":
+            gone.set()
+            return

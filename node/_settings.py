@@ -1,0 +1,131 @@
+"""Node settings: read once from CLI flags, ``TALLYSTICK_NODE_*`` variables and a TOML file.
+
+Precedence: CLI flag > environment variable > config file > default. Names are the same in
+every source (``--credit-requests``, ``TALLYSTICK_NODE_CREDIT_REQUESTS``, ``credit_requests``).
+The provider key is a ``SecretStr`` so no repr, dump or log can show it.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from ._errors import ConfigError
+
+__all__ = ["ENV_PREFIX", "Settings", "load_settings"]
+
+ENV_PREFIX = "TALLYSTICK_NODE_"
+
+
+class Settings(BaseModel):
+    """Everything the daemon needs; frozen, validated once."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # chain
+    rpc: str
+    escrow: str
+    registry: str
+    key: SecretStr | None = None
+    keystore: Path | None = None
+    # model / engine
+    model: str | None = None
+    model_name: str | None = None
+    engine: Literal["transformers", "upstream"] = "transformers"
+    upstream_url: str | None = None
+    max_batch: int = Field(default=8, ge=1)
+    max_queue: int = Field(default=64, ge=1)
+    # http
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    default_max_tokens: int = Field(default=512, ge=1)
+    # payment gate
+    credit_requests: int = Field(default=1, ge=1)
+    channel_cache_ttl: float = Field(default=10.0, ge=0)
+    rpm_limit: int = Field(default=0, ge=0)
+    tpm_limit: int = Field(default=0, ge=0)
+    # ledger / settlement
+    db: Path = Path("tallystick-node.db")
+    settle_interval: float = Field(default=300.0, gt=0)
+    claim_gas_multiple: float = Field(default=5.0, ge=0)
+    poll_interval: float = Field(default=2.0, gt=0)
+    # logging
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "kv"] = "kv"
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("key", mode="before")
+    @classmethod
+    def _key_hex(cls, value: Any) -> Any:
+        if value is None or isinstance(value, SecretStr):
+            return value
+        raw = str(value).strip().removeprefix("0x").removeprefix("0X")
+        if len(raw) != 64 or any(c not in "0123456789abcdefABCDEF" for c in raw):
+            # Never echo the value: it may be a real key with a typo.
+            raise ValueError("must be 32 bytes of hex (64 hex characters, optional 0x)")
+        return SecretStr("0x" + raw.lower())
+
+
+def load_settings(
+    cli: Mapping[str, Any] | None = None,
+    *,
+    config_file: Path | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Settings:
+    """Merge the three sources and validate; ``ConfigError`` names what is missing or wrong."""
+    values: dict[str, Any] = {}
+    if config_file is not None:
+        values.update(_read_toml(config_file))
+    values.update(_from_env(os.environ if env is None else env))
+    values.update({k: v for k, v in (cli or {}).items() if v is not None})
+    try:
+        return Settings(**values)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    # Accept both a flat file and a [node] table.
+    section = data.get("node", data)
+    return {str(k).replace("-", "_"): v for k, v in section.items()}
+
+
+def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
+    known = Settings.model_fields
+    out: dict[str, Any] = {}
+    for name, value in env.items():
+        if name.startswith(ENV_PREFIX):
+            field = name[len(ENV_PREFIX) :].lower()
+            if field in known:
+                out[field] = value
+    return out
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors(include_input=False):
+        field = ".".join(str(p) for p in err["loc"]) or "settings"
+        flag = "--" + field.replace("_", "-")
+        if err["type"] == "missing":
+            parts.append(f"{flag} is required (or {ENV_PREFIX}{field.upper()}, or {field} in --config)")
+        elif err["type"] == "extra_forbidden":
+            parts.append(f"unknown setting {field!r}")
+        else:
+            parts.append(f"{flag}: {err['msg']}")
+    return "; ".join(parts)

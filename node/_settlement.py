@@ -1,0 +1,199 @@
+"""The settlement worker (§9): claims countersigned receipts with one ``claimMany``.
+
+It claims when the unclaimed value exceeds ``claim_gas_multiple`` x the estimated gas cost
+(checked every ``settle_interval`` seconds), on demand (``settle(force=True)``), and at once
+for a channel whose client requested a close (it watches ``CloseRequested``), so no receipt
+is lost to the challenge period. Idempotent across restarts: candidates come from the ledger
+and are compared with the totals the escrow has already claimed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+
+from tallystick.protocol import ChainError, cost_of
+
+from ._chain import ChainView, ChannelCache, ClaimOutcome
+from ._ledger import ClaimItem, LedgerStore
+from ._metrics import NodeMetrics
+from ._settings import Settings
+from ._types import ChannelInfo, ChannelStatus, StoredReceipt
+
+__all__ = ["Candidate", "SettlementWorker"]
+
+log = logging.getLogger("tallystick.node.settlement")
+
+SCAN_KEY = "close_scan_block"
+MAX_BACKOFF_S = 60.0
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A receipt newer than what the escrow has claimed, and what claiming it would pay."""
+
+    receipt: StoredReceipt
+    channel: ChannelInfo
+    value: int
+
+    @property
+    def urgent(self) -> bool:
+        return self.channel.status == ChannelStatus.CLOSING
+
+
+class SettlementWorker:
+    """Background claims; ``start()`` on app startup, ``stop()`` on shutdown."""
+
+    def __init__(
+        self,
+        *,
+        chain: ChainView,
+        ledger: LedgerStore,
+        cache: ChannelCache,
+        metrics: NodeMetrics,
+        settings: Settings,
+    ) -> None:
+        self._chain = chain
+        self._ledger = ledger
+        self._cache = cache
+        self._metrics = metrics
+        self._interval = settings.settle_interval
+        self._poll = settings.poll_interval
+        self._multiple = settings.claim_gas_multiple
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._lock = asyncio.Lock()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="settlement")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    def wake(self) -> None:
+        """Run a settle pass now (used after a close request)."""
+        self._wake.set()
+
+    async def _run(self) -> None:
+        next_settle = time.monotonic() + self._interval
+        delay = self._poll
+        while True:
+            try:
+                urgent = await self.scan_close_requests()
+                due = time.monotonic() >= next_settle or self._wake.is_set()
+                self._wake.clear()
+                if urgent or due:
+                    await self.settle(force=False)
+                    next_settle = time.monotonic() + self._interval
+                delay = self._poll
+            except ChainError as exc:
+                delay = min(delay * 2, MAX_BACKOFF_S)
+                log.warning("settlement: chain error (%s); retrying in %.0fs", exc, delay)
+            except Exception:
+                delay = min(delay * 2, MAX_BACKOFF_S)
+                log.exception("settlement: unexpected error; retrying in %.0fs", delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=delay)
+
+    async def scan_close_requests(self) -> int:
+        """Apply new ``CloseRequested`` events; the number of our channels now closing."""
+        start = int(self._ledger.get_meta(SCAN_KEY) or 0)
+        events, next_block = await self._chain.close_requests(start)
+        for event in events:
+            log.info("close requested: channel=0x%s closes_at=%d", event.channel_id.hex(),
+                     event.closes_at)
+            self._cache.mark_closing(event.channel_id, event.closes_at)
+        self._ledger.set_meta(SCAN_KEY, str(next_block))
+        return len(events)
+
+    async def candidates(self) -> list[Candidate]:
+        """Receipts the escrow would still pay for, with fresh on-chain state."""
+        now = await self._chain.timestamp()
+        out = []
+        for stored in self._ledger.latest_receipts():
+            info = await self._chain.channel(stored.channel_id)
+            self._cache.put(stored.channel_id, info)
+            if info is not None and _claimable(stored, info, now):
+                out.append(Candidate(stored, info, _value(stored, info)))
+        return out
+
+    async def settle(self, *, force: bool) -> ClaimOutcome | None:
+        """Claim every candidate in one ``claimMany`` if worth it (always when ``force``)."""
+        async with self._lock:
+            found = await self.candidates()
+            if not found:
+                return None
+            if not force and not any(c.urgent for c in found) and not await self._worth_it(found):
+                return None
+            return await self._claim(found)
+
+    async def _worth_it(self, found: list[Candidate]) -> bool:
+        value = sum(c.value for c in found)
+        gas_cost = await self._chain.claim_cost_estimate([c.receipt.signed for c in found])
+        worth = value > self._multiple * gas_cost
+        if not worth:
+            log.info("settlement: %d unclaimed < %.1f x gas cost %d; waiting", value,
+                     self._multiple, gas_cost)
+        return worth
+
+    async def _claim(self, found: list[Candidate]) -> ClaimOutcome:
+        items = [
+            ClaimItem(c.receipt.channel_id, c.receipt.seq, c.receipt.signed.receipt.input_tokens,
+                      c.receipt.signed.receipt.output_tokens, "pending")
+            for c in found
+        ]
+        claim_id = self._ledger.add_claim(items)
+        try:
+            outcome = await self._chain.claim_many([c.receipt.signed for c in found])
+        except ChainError as exc:
+            self._ledger.finish_claim(claim_id, status="failed", error=str(exc))
+            self._metrics.claims.labels("failed").inc()
+            raise
+        self._ledger.finish_claim(
+            claim_id, status="confirmed", tx_hash=outcome.tx_hash, gas_used=outcome.gas_used,
+            amount=outcome.amount, skipped=outcome.skipped,
+        )
+        self._metrics.claims.labels("confirmed").inc()
+        for c in found:
+            paid = outcome.claimed.get(c.receipt.channel_id, 0)
+            self._metrics.earnings_claimed.labels(c.channel.token).inc(paid)
+        for channel_id, reason in outcome.skipped.items():
+            log.warning("settlement: receipt of channel 0x%s skipped: %s", channel_id.hex(), reason)
+        log.info("settlement: claimMany %s claimed %d over %d receipt(s), gas %d",
+                 outcome.tx_hash, outcome.amount, len(found), outcome.gas_used)
+        for c in found:
+            self._cache.put(c.receipt.channel_id, await self._chain.channel(c.receipt.channel_id))
+        self.refresh_unclaimed_metric()
+        return outcome
+
+    def refresh_unclaimed_metric(self) -> None:
+        """Countersigned but unclaimed value per token, from the ledger's channel cache."""
+        totals: dict[str, int] = {}
+        for stored in self._ledger.latest_receipts():
+            info = self._ledger.get_channel(stored.channel_id)
+            if info is not None and info.status in (ChannelStatus.OPEN, ChannelStatus.CLOSING):
+                totals[info.token] = totals.get(info.token, 0) + _value(stored, info)
+        for token, value in totals.items():
+            self._metrics.earnings_unclaimed.labels(token).set(value)
+
+
+def _claimable(stored: StoredReceipt, info: ChannelInfo, now: int) -> bool:
+    r = stored.signed.receipt
+    if info.status == ChannelStatus.CLOSING and now >= info.closes_at:
+        return False  # the challenge period is over: the escrow refuses claims
+    if info.status not in (ChannelStatus.OPEN, ChannelStatus.CLOSING):
+        return False
+    newer = r.input_tokens >= info.claimed_input and r.output_tokens >= info.claimed_output
+    return newer and (r.input_tokens, r.output_tokens) != (info.claimed_input, info.claimed_output)
+
+
+def _value(stored: StoredReceipt, info: ChannelInfo) -> int:
+    r = stored.signed.receipt
+    return max(min(cost_of(r.input_tokens, r.output_tokens, info.prices), info.deposit) - info.paid, 0)

@@ -1,0 +1,44 @@
+"""Node unit-test fixtures: a FakeEngine app over an in-memory chain (see nodekit.py)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import httpx
+import pytest
+from eth_account import Account
+from nodekit import ESCROW, FakeChain, Harness, open_channel, settings
+from tallystick.node import SqliteLedger, create_app
+from tallystick.node.engines import FakeEngine
+from tallystick.protocol import Domain
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def make_node(tmp_path: Any) -> Callable[..., Any]:
+    """An async context factory: ``async with make_node(engine=..., **settings) as h``."""
+    from contextlib import asynccontextmanager
+
+    @asynccontextmanager
+    async def factory(engine: FakeEngine | None = None, run_worker: bool = False,
+                      **overrides: Any) -> AsyncIterator[Harness]:
+        provider = Account.from_key("0x" + "11" * 32)
+        client = Account.from_key("0x" + "22" * 32)
+        chain = FakeChain(Domain(31337, ESCROW), provider.address)
+        cid = open_channel(chain, client)
+        engine = engine or FakeEngine(reply="Hello there, friend.")
+        ledger = SqliteLedger(tmp_path / "ledger.db")
+        app = create_app(settings(**overrides), engine=engine, chain=chain, store=ledger,
+                         account=provider, run_worker=run_worker)
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://node") as http:
+                yield Harness(app, http, chain, engine, ledger, provider, client, cid)
+        ledger.close()
+
+    return factory

@@ -1,0 +1,167 @@
+"""Helpers for the node tests: an in-memory chain, a harness around the app, signing."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import httpx
+from eth_account.signers.local import LocalAccount
+from tallystick.node import (
+    ChannelInfo,
+    ChannelStatus,
+    ClaimOutcome,
+    CloseRequest,
+    ListingInfo,
+    Settings,
+    SqliteLedger,
+)
+from tallystick.node.engines import FakeEngine
+from tallystick.protocol import (
+    Domain,
+    Prices,
+    Receipt,
+    SignedReceipt,
+    UsageRecord,
+    cost_of,
+    make_bearer_token,
+    model_id,
+    recover_receipt_signer,
+    sign_receipt,
+)
+
+ESCROW = "0x00000000000000000000000000000000000e5c40"
+TOKEN = "0x0000000000000000000000000000000000000000"
+MODEL = "fake-model"
+PRICES = Prices(input_per_m=1_000_000, output_per_m=2_000_000)  # 1 and 2 units per token
+
+
+@dataclass
+class FakeChain:
+    """The escrow as the node sees it, in memory; claims follow the contract's rules."""
+
+    domain: Domain
+    provider: str
+    channels: dict[bytes, ChannelInfo] = field(default_factory=dict)
+    closes: list[CloseRequest] = field(default_factory=list)
+    now: int = 1_000_000
+    gas_cost: int = 0
+    fail_claims: int = 0  # the next n claim_many calls raise ChainUnavailable
+    claim_calls: list[list[SignedReceipt]] = field(default_factory=list)
+    reads: int = 0
+
+    async def channel(self, channel_id: bytes) -> ChannelInfo | None:
+        self.reads += 1
+        return self.channels.get(channel_id)
+
+    async def listing(self, model: bytes) -> ListingInfo | None:
+        if model != model_id(MODEL):
+            return None
+        return ListingInfo(PRICES.input_per_m, PRICES.output_per_m, TOKEN, b"\x11" * 32, 2048,
+                           True)
+
+    async def claim_cost_estimate(self, receipts: list[SignedReceipt]) -> int:
+        return self.gas_cost
+
+    async def claim_many(self, receipts: list[SignedReceipt]) -> ClaimOutcome:
+        from tallystick.protocol import ChainUnavailable
+
+        if self.fail_claims:
+            self.fail_claims -= 1
+            raise ChainUnavailable("rpc down")
+        self.claim_calls.append(receipts)
+        claimed, skipped = {}, {}
+        for signed in receipts:
+            r = signed.receipt
+            info = self.channels[r.channel_id]
+            if not info.may_sign(recover_receipt_signer(self.domain, signed)):
+                skipped[r.channel_id] = "EscrowInvalidSigner"
+                continue
+            due = min(cost_of(r.input_tokens, r.output_tokens, info.prices), info.deposit)
+            claimed[r.channel_id] = due - info.paid
+            self.channels[r.channel_id] = replace(
+                info, paid=due, claimed_input=r.input_tokens, claimed_output=r.output_tokens
+            )
+        return ClaimOutcome("0x" + "ab" * 32, 50_000, claimed, skipped)
+
+    async def close_requests(self, from_block: int) -> tuple[list[CloseRequest], int]:
+        events = [e for e in self.closes if e.block >= from_block]
+        return events, max([from_block, *[e.block + 1 for e in self.closes]])
+
+    async def timestamp(self) -> int:
+        return self.now
+
+    def request_close(self, channel_id: bytes, period: int = 3600) -> None:
+        info = self.channels[channel_id]
+        closes_at = self.now + period
+        self.channels[channel_id] = replace(info, status=ChannelStatus.CLOSING, closes_at=closes_at)
+        self.closes.append(CloseRequest(channel_id, closes_at, len(self.closes) + 1))
+
+
+@dataclass
+class Harness:
+    """A running app, its parts, and a client account with an open channel."""
+
+    app: Any
+    http: httpx.AsyncClient
+    chain: FakeChain
+    engine: FakeEngine
+    ledger: SqliteLedger
+    provider: LocalAccount
+    client: LocalAccount
+    channel_id: bytes
+
+    @property
+    def node(self) -> Any:
+        return self.app.state.node
+
+    def auth(self, account: LocalAccount | None = None, channel_id: bytes | None = None,
+             ttl: int = 600) -> dict[str, str]:
+        token = make_bearer_token(account or self.client, self.chain.domain,
+                                  channel_id or self.channel_id, ttl)
+        return {"Authorization": f"Bearer {token.encode()}"}
+
+    def countersign(self, body: dict[str, Any], account: LocalAccount | None = None) -> dict[str, Any]:
+        record = UsageRecord.from_json(body["tallystick"]["record"])
+        receipt = Receipt(record.channel_id, record.input_tokens, record.output_tokens,
+                          record.usage_root())
+        return sign_receipt(account or self.client, self.chain.domain, receipt).to_json()
+
+    async def chat(self, content: str = "Hi", *, receipt: dict[str, Any] | None = None,
+                   **extra: Any) -> httpx.Response:
+        headers = self.auth()
+        if receipt is not None:
+            headers["X-Tally-Receipt"] = json.dumps(receipt)
+        body = {"model": MODEL, "messages": [{"role": "user", "content": content}], **extra}
+        return await self.http.post("/v1/chat/completions", json=body, headers=headers)
+
+    async def paid_chat(self, content: str = "Hi", **extra: Any) -> dict[str, Any]:
+        """A chat request whose response is countersigned at once (POST /v1/tally/receipts)."""
+        resp = await self.chat(content, **extra)
+        assert resp.status_code == 200, resp.text
+        body = resp.json()
+        posted = await self.http.post("/v1/tally/receipts", json=self.countersign(body))
+        assert posted.status_code == 200, posted.text
+        return body
+
+
+def open_channel(chain: FakeChain, client: LocalAccount, *, deposit: int = 100_000,
+                 nonce: int = 0, provider: str | None = None, model: str = MODEL) -> bytes:
+    from tallystick.protocol import channel_id
+
+    cid = channel_id(ESCROW, client.address, provider or chain.provider, model_id(model), nonce)
+    chain.channels[cid] = ChannelInfo(
+        channel_id=cid, client=client.address, provider=provider or chain.provider, token=TOKEN,
+        status=ChannelStatus.OPEN, model_id=model_id(model), prices=PRICES, deposit=deposit,
+        paid=0, claimed_input=0, claimed_output=0, closes_at=0,
+    )
+    return cid
+
+
+def settings(**overrides: Any) -> Settings:
+    base: dict[str, Any] = {"rpc": "http://unused", "escrow": ESCROW, "registry": ESCROW,
+                            "settle_interval": 3600.0, "channel_cache_ttl": 60.0}
+    return Settings(**{**base, **overrides})
+
+
