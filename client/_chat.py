@@ -52,9 +52,6 @@ class TallyStream(Generic[T]):
                 if data == "[DONE]":
                     break
                 yield self._chunk(data)
-            # Drain: the bill is verified before [DONE] is passed on, so it is known here.
-            for _ in self.response.iter_raw():
-                pass
         finally:
             self.response.close()
 

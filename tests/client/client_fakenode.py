@@ -1,0 +1,249 @@
+"""A node for unit tests: an ``httpx.MockTransport`` that speaks docs/protocol.md §8.
+
+It counts with the tiny test tokenizer, signs real UsageRecords with a real provider key,
+and lets a test tamper with a bill (before or after signing) to play a dishonest provider.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import httpx
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+from tallystick.client import ChannelInfo
+from tallystick.node.engines import tiny_tokenizer_bundle
+from tallystick.protocol import (
+    ZERO_ROOT,
+    BearerToken,
+    Domain,
+    Prices,
+    SignedReceipt,
+    SignedUsageRecord,
+    TokenCounter,
+    UsageRecord,
+    hash_token_ids,
+    model_id,
+    recover_receipt_signer,
+    sign_receipt,
+    sign_usage_record,
+)
+
+ENDPOINT = "http://node.test"
+MODEL = "tiny-chat"
+CHAIN_ID = 31337
+ESCROW = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
+PRICES = Prices(input_per_m=2_000_000, output_per_m=8_000_000)  # 2 and 8 base units per token
+
+
+@dataclass
+class Bill:
+    """What the node is about to sign and send; a tamper hook may change any of it."""
+
+    record: UsageRecord
+    completion_ids: list[int]
+    text: str
+    finish_reason: str
+    signer: LocalAccount | None = None  # None: the provider's key
+    after_sign: Callable[[SignedUsageRecord], SignedUsageRecord] | None = None
+
+
+@dataclass
+class FakeNode:
+    """State of the fake node: served totals, receipts received, tamper hooks."""
+
+    provider: LocalAccount
+    client_address: str
+    channel_id: bytes
+    reply: str = "hello world"
+    tamper: Callable[[Bill], None] | None = None
+    status_override: tuple[int, dict[str, Any]] | None = None
+    seq: int = 0
+    totals: tuple[int, int] = (0, 0)
+    root: bytes = ZERO_ROOT
+    receipts: list[SignedReceipt] = field(default_factory=list)
+    piggybacked: list[dict[str, Any]] = field(default_factory=list)
+    requests: list[dict[str, Any]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.bundle = tiny_tokenizer_bundle()
+        self.counter = TokenCounter(self.bundle)
+        self.domain = Domain(CHAIN_ID, ESCROW)
+
+    @property
+    def transport(self) -> httpx.MockTransport:
+        return httpx.MockTransport(self.handle)
+
+    def channel_info(self) -> ChannelInfo:
+        return ChannelInfo(
+            channel_id=self.channel_id,
+            chain_id=CHAIN_ID,
+            escrow=ESCROW,
+            client=self.client_address,
+            provider=self.provider.address,
+            endpoint=ENDPOINT,
+            model=MODEL,
+            token="0x0000000000000000000000000000000000000000",
+            prices=PRICES,
+            deposit=10**9,
+            tokenizer_hash=self.bundle.hash(),
+            context_length=2048,
+            status="open",
+        )
+
+    # routing
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        if path == f"/v1/tally/tokenizer/{MODEL}":
+            return httpx.Response(200, content=self.bundle.canonical_bytes())
+        if path == "/v1/models":
+            return httpx.Response(200, json={"object": "list", "data": [self.model_entry()]})
+        self._authorize(request)
+        if self.status_override is not None:
+            status, body = self.status_override
+            return httpx.Response(status, json=body)
+        if "x-tally-receipt" in request.headers:
+            raw = json.loads(request.headers["x-tally-receipt"])
+            self.piggybacked.append(raw)
+            self._accept(raw)
+        if path == "/v1/tally/receipts":
+            self._accept(json.loads(request.content))
+            return httpx.Response(200, json={"ok": True})
+        if path.endswith("/close"):
+            signed = self._accept(json.loads(request.content))
+            sig = sign_receipt(self.provider, self.domain, signed.receipt).signature
+            return httpx.Response(200, json={"providerSignature": "0x" + sig.hex()})
+        if path in ("/v1/chat/completions", "/v1/completions"):
+            return self._complete(request, chat=path.endswith("chat/completions"))
+        return httpx.Response(404, json={"error": {"message": "not found", "code": "not_found"}})
+
+    def model_entry(self) -> dict[str, Any]:
+        return {
+            "id": MODEL,
+            "object": "model",
+            "context_length": 2048,
+            "tallystick": {
+                "provider": self.provider.address,
+                "model_id": "0x" + model_id(MODEL).hex(),
+                "input_price_per_m": PRICES.input_per_m,
+                "output_price_per_m": PRICES.output_per_m,
+                "tokenizer_hash": "0x" + self.bundle.hash().hex(),
+            },
+        }
+
+    def _authorize(self, request: httpx.Request) -> None:
+        token = BearerToken.parse(request.headers["authorization"].removeprefix("Bearer "))
+        assert token.signer(self.domain) == self.client_address, "bearer signed by a stranger"
+
+    def _accept(self, raw: dict[str, Any]) -> SignedReceipt:
+        signed = SignedReceipt.from_json(raw)
+        assert recover_receipt_signer(self.domain, signed) == self.client_address
+        self.receipts.append(signed)
+        return signed
+
+    # completions
+
+    def _complete(self, request: httpx.Request, chat: bool) -> httpx.Response:
+        body = json.loads(request.content)
+        self.requests.append(body)
+        if chat:
+            prompt = self.counter.chat_prompt_ids(body["messages"])
+        else:
+            prompt = self.counter.text_prompt_ids(body["prompt"])
+        bill = self._bill(prompt)
+        if self.tamper is not None:
+            self.tamper(bill)
+        signed = sign_usage_record(bill.signer or self.provider, self.domain, bill.record)
+        if bill.after_sign is not None:
+            signed = bill.after_sign(signed)
+        self._advance(bill.record)
+        tally = {**signed.to_json(), "completion_token_ids": bill.completion_ids}
+        if body.get("stream"):
+            return self._sse(body, bill, tally, chat)
+        return httpx.Response(200, json=_completion(body, bill, tally, chat))
+
+    def _bill(self, prompt: list[int]) -> Bill:
+        ids = self.counter.text_prompt_ids(self.reply) + self.counter.eos_token_ids
+        record = UsageRecord(
+            channel_id=self.channel_id,
+            seq=self.seq + 1,
+            prompt_tokens=len(prompt),
+            completion_tokens=len(ids),
+            prompt_hash=hash_token_ids(prompt),
+            completion_hash=hash_token_ids(ids),
+            input_tokens=self.totals[0] + len(prompt),
+            output_tokens=self.totals[1] + len(ids),
+            prev_root=self.root,
+        )
+        return Bill(record, ids, self.reply, "stop")
+
+    def _advance(self, record: UsageRecord) -> None:
+        self.seq = record.seq
+        self.totals = (record.input_tokens, record.output_tokens)
+        self.root = replace(record, prev_root=record.prev_root).usage_root()
+
+    def _sse(self, body: dict[str, Any], bill: Bill, tally: dict[str, Any], chat: bool) -> Any:
+        pieces = [bill.text[i : i + 3] for i in range(0, len(bill.text), 3)]
+        events = [_chunk(body, p, None, chat) for p in pieces]
+        events.append(_chunk(body, "", bill.finish_reason, chat))
+        final = _chunk(body, None, None, chat)
+        final["choices"] = []
+        final["usage"] = _usage(bill)
+        final["tallystick"] = tally
+        events.append(final)
+        data = b"".join(f"data: {json.dumps(e)}\n\n".encode() for e in events)
+        return httpx.Response(
+            200, content=data + b"data: [DONE]\n\n", headers={"content-type": "text/event-stream"}
+        )
+
+
+def _usage(bill: Bill) -> dict[str, int]:
+    r = bill.record
+    return {
+        "prompt_tokens": r.prompt_tokens,
+        "completion_tokens": r.completion_tokens,
+        "total_tokens": r.prompt_tokens + r.completion_tokens,
+    }
+
+
+def _completion(body: dict[str, Any], bill: Bill, tally: dict[str, Any], chat: bool) -> Any:
+    if chat:
+        choice = {
+            "index": 0,
+            "message": {"role": "assistant", "content": bill.text},
+            "finish_reason": bill.finish_reason,
+        }
+    else:
+        choice = {"index": 0, "text": bill.text, "finish_reason": bill.finish_reason}
+    return {
+        "id": "cmpl-1",
+        "object": "chat.completion" if chat else "text_completion",
+        "created": 1700000000,
+        "model": body["model"],
+        "choices": [choice],
+        "usage": _usage(bill),
+        "tallystick": tally,
+    }
+
+
+def _chunk(body: dict[str, Any], text: str | None, finish: str | None, chat: bool) -> Any:
+    if chat:
+        delta = {} if text is None else {"content": text}
+        choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": finish}
+    else:
+        choice = {"index": 0, "text": text or "", "finish_reason": finish}
+    return {
+        "id": "cmpl-1",
+        "object": "chat.completion.chunk" if chat else "text_completion",
+        "created": 1700000000,
+        "model": body["model"],
+        "choices": [choice],
+    }
+
+
+def new_provider() -> LocalAccount:
+    return Account.create()
