@@ -229,7 +229,10 @@ class Chain:
         except (ContractCustomError, ContractLogicError) as exc:
             raise self._decode(exc) from exc
         except (requests.exceptions.RequestException, OSError) as exc:
-            raise ChainUnavailable(f"cannot reach the chain RPC: {_short(exc)}") from exc
+            url = getattr(self.w3.provider, "endpoint_uri", "")
+            raise ChainUnavailable(
+                f"cannot reach the chain RPC {url} ({type(exc).__name__})"
+            ) from exc
 
     def _send(self, account: LocalAccount, fn: Any, value: int = 0) -> Any:
         def run() -> Any:

@@ -7,8 +7,6 @@ context length, tokenizer hash); the chain is the truth, so any difference is a
 
 from __future__ import annotations
 
-from typing import Any
-
 from ._chain import Chain, Listing
 from ._errors import ListingMismatch, ProviderNotFound
 from ._node import NodeClient
@@ -53,32 +51,24 @@ def check_node_listing(node: NodeClient, listing: Listing) -> None:
     entry = next((m for m in node.models() if m.get("id") == listing.model), None)
     if entry is None:
         raise ListingMismatch(f"node {node.endpoint} does not serve {listing.model!r}")
-    expected = {
-        "input_price_per_m": listing.prices.input_per_m,
-        "output_price_per_m": listing.prices.output_per_m,
-        "context_length": listing.context_length,
-        "tokenizer_hash": "0x" + listing.tokenizer_hash.hex(),
+    pricing = entry.get("pricing")
+    if not isinstance(pricing, dict):
+        pricing = {}
+    got = {
+        "input price": pricing.get("input_per_million"),
+        "output price": pricing.get("output_per_million"),
+        "context length": entry.get("context_length"),
+        "tokenizer hash": str(entry.get("tokenizer_hash")).lower(),
     }
-    diffs = []
-    for key, want in expected.items():
-        got = _field(entry, key)
-        if isinstance(got, str) and isinstance(want, str):
-            got = got.lower()
-        if got != want:
-            diffs.append(f"{key}: chain {want}, node {got}")
+    expected = {
+        "input price": listing.prices.input_per_m,
+        "output price": listing.prices.output_per_m,
+        "context length": listing.context_length,
+        "tokenizer hash": "0x" + listing.tokenizer_hash.hex(),
+    }
+    diffs = [f"{k}: chain {v}, node {got[k]}" for k, v in expected.items() if got[k] != v]
     if diffs:
         raise ListingMismatch(
             f"node {node.endpoint} advertises {listing.model!r} unlike its on-chain listing: "
             + "; ".join(diffs)
         )
-
-
-def _field(entry: dict[str, Any], key: str) -> Any:
-    """``key`` (snake or camel case) at the top level or under ``tallystick``."""
-    camel = key.split("_")[0] + "".join(w.capitalize() for w in key.split("_")[1:])
-    for scope in (entry.get("tallystick"), entry):
-        if isinstance(scope, dict):
-            for name in (key, camel):
-                if name in scope:
-                    return scope[name]
-    return None

@@ -26,7 +26,6 @@ from tallystick.protocol import (
     TokenCounter,
     UsageRecord,
     hash_token_ids,
-    model_id,
     recover_receipt_signer,
     sign_receipt,
     sign_usage_record,
@@ -122,17 +121,20 @@ class FakeNode:
         return httpx.Response(404, json={"error": {"message": "not found", "code": "not_found"}})
 
     def model_entry(self) -> dict[str, Any]:
+        """The entry of ``GET /v1/models`` as tallystick.node serves it."""
         return {
             "id": MODEL,
             "object": "model",
+            "created": 0,
+            "owned_by": self.provider.address,
             "context_length": 2048,
-            "tallystick": {
-                "provider": self.provider.address,
-                "model_id": "0x" + model_id(MODEL).hex(),
-                "input_price_per_m": PRICES.input_per_m,
-                "output_price_per_m": PRICES.output_per_m,
-                "tokenizer_hash": "0x" + self.bundle.hash().hex(),
+            "tokenizer_hash": "0x" + self.bundle.hash().hex(),
+            "pricing": {
+                "input_per_million": PRICES.input_per_m,
+                "output_per_million": PRICES.output_per_m,
+                "token": "0x0000000000000000000000000000000000000000",
             },
+            "listed": True,
         }
 
     def _authorize(self, request: httpx.Request) -> None:

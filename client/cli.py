@@ -1,0 +1,304 @@
+"""The ``tallystick`` command: find providers, manage channels, chat, and read the verified bill.
+
+Every option can come from the environment (``TALLYSTICK_RPC``, ``TALLYSTICK_REGISTRY``,
+``TALLYSTICK_ESCROW``, ``TALLYSTICK_KEY``, ``TALLYSTICK_KEYSTORE``, ``TALLYSTICK_PASSWORD``,
+``TALLYSTICK_STORE``). Errors print one line and exit non-zero; never a traceback
+(``TALLYSTICK_DEBUG=1`` shows it).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+from rich.console import Console
+from rich.table import Table
+from tallystick.protocol import ChainUnavailable, ContractError, TallystickError, cost_of
+
+from ._chain import Chain
+from ._client import Tallystick
+from ._errors import (
+    BillingDispute,
+    NodeUnavailable,
+    PaymentRequired,
+    WalletError,
+)
+from ._store import ChannelInfo
+from ._wallet import Wallet
+
+__all__ = ["cli", "main"]
+
+DEFAULT_STORE = Path.home() / ".tallystick" / "client.db"
+out = Console()
+err = Console(stderr=True)
+
+
+@dataclass
+class Settings:
+    """Options of the command group, read once."""
+
+    rpc: str
+    registry: str | None
+    escrow: str | None
+    key: str | None
+    keystore: str | None
+    store: Path
+
+    def wallet(self) -> Wallet:
+        if self.key:
+            return Wallet.from_key(self.key)
+        if self.keystore:
+            password = os.environ.get("TALLYSTICK_PASSWORD")
+            if password is None:
+                password = click.prompt("keystore password", hide_input=True, err=True)
+            return Wallet.from_keystore(self.keystore, password)
+        raise WalletError("no key: pass --key or --keystore (or set TALLYSTICK_KEY)")
+
+    def chain(self) -> Chain:
+        if not self.registry or not self.escrow:
+            raise click.UsageError("--registry and --escrow are needed (or TALLYSTICK_REGISTRY/…)")
+        return Chain.connect(self.rpc, self.registry, self.escrow)
+
+    def client(self, *, chain: bool = True) -> Tallystick:
+        return Tallystick(self.wallet(), self.store, chain=self.chain() if chain else None)
+
+
+@click.group(context_settings={"auto_envvar_prefix": "TALLYSTICK", "show_default": True})
+@click.option("--rpc", default="http://127.0.0.1:8545", help="chain JSON-RPC URL")
+@click.option("--registry", help="ProviderRegistry address")
+@click.option("--escrow", help="TallyEscrow address")
+@click.option("--key", help="client private key (hex); prefer --keystore")
+@click.option("--keystore", type=click.Path(dir_okay=False), help="encrypted keystore file")
+@click.option("--store", type=click.Path(dir_okay=False, path_type=Path), default=DEFAULT_STORE)
+@click.pass_context
+def cli(ctx: click.Context, **options: Any) -> None:
+    """Pay AI inference per token, only for bills you have verified."""
+    ctx.obj = Settings(**options)
+
+
+@cli.command()
+@click.option("--model", help="only this model")
+@click.option("--max-input-price", type=int, help="per million input tokens, base units")
+@click.option("--max-output-price", type=int, help="per million output tokens, base units")
+@click.pass_obj
+def providers(
+    s: Settings, model: str | None, max_input_price: int | None, max_output_price: int | None
+) -> None:
+    """List providers and their models, cheapest first."""
+    chain = s.chain()
+    from ._discovery import find_offers
+
+    table = Table("provider", "endpoint", "model", "in /M", "out /M", "token", "context")
+    for o in find_offers(chain, model, max_input_price, max_output_price):
+        table.add_row(
+            o.provider,
+            o.endpoint,
+            o.model,
+            str(o.prices.input_per_m),
+            str(o.prices.output_per_m),
+            _token(o.token),
+            str(o.context_length),
+        )
+    out.print(table)
+
+
+@cli.group()
+def channel() -> None:
+    """Open, top up, close and list payment channels."""
+
+
+@channel.command("open")
+@click.option("--model", required=True)
+@click.option("--deposit", type=int, required=True, help="base units (wei for ETH)")
+@click.option("--provider", help="provider address (default: the cheapest)")
+@click.pass_obj
+def channel_open(s: Settings, model: str, deposit: int, provider: str | None) -> None:
+    """Escrow a deposit with a provider for one model."""
+    with s.client() as client:
+        info = client.channels.open(model, deposit, provider)
+    out.print(
+        f"opened channel {info.hex_id} with {info.provider} for {info.model}: "
+        f"deposit {info.deposit} {_token(info.token)}"
+    )
+
+
+@channel.command("topup")
+@click.argument("channel_id")
+@click.option("--amount", type=int, required=True, help="base units")
+@click.pass_obj
+def channel_topup(s: Settings, channel_id: str, amount: int) -> None:
+    """Add to a channel's deposit."""
+    with s.client() as client:
+        info = client.channels.top_up(channel_id, amount)
+    out.print(f"channel {info.hex_id}: deposit now {info.deposit} {_token(info.token)}")
+
+
+@channel.command("close")
+@click.argument("channel_id")
+@click.option("--unilateral", is_flag=True, help="requestClose without the provider")
+@click.pass_obj
+def channel_close(s: Settings, channel_id: str, unilateral: bool) -> None:
+    """Close a channel: cooperatively (immediate) or unilaterally (after the challenge period)."""
+    with s.client() as client:
+        if unilateral:
+            closes_at = client.channels.request_close(channel_id)
+            out.print(
+                f"close requested; run `tallystick channel finalize {channel_id}` after "
+                f"{_when(closes_at)}"
+            )
+            return
+        closed = client.channels.close(channel_id)
+    out.print(
+        f"closed: provider paid {closed.paid}, refunded {closed.refund} (tx {closed.tx_hash})"
+    )
+
+
+@channel.command("finalize")
+@click.argument("channel_id")
+@click.pass_obj
+def channel_finalize(s: Settings, channel_id: str) -> None:
+    """Finish a unilateral close once the challenge period is over."""
+    with s.client() as client:
+        closed = client.channels.finalize(channel_id)
+    out.print(f"finalized: provider paid {closed.paid}, refunded {closed.refund}")
+
+
+@channel.command("list")
+@click.pass_obj
+def channel_list(s: Settings) -> None:
+    """Your channels with their spend and what is refundable."""
+    with s.client() as client:
+        table = Table("id", "provider", "model", "deposit", "spent", "refundable", "status")
+        for info in client.channels.list():
+            b = client.channels.balance(info.channel_id)
+            table.add_row(
+                info.hex_id[:18] + "…",
+                info.provider,
+                info.model,
+                str(b.deposit),
+                str(b.spent),
+                str(b.refundable),
+                b.status,
+            )
+    out.print(table)
+
+
+@cli.command()
+@click.option("--model", required=True)
+@click.option("-m", "--message", help="the user message (default: read stdin)")
+@click.option("--max-tokens", type=int, default=256)
+@click.option("--channel", "channel_id", help="channel id (default: newest open for the model)")
+@click.pass_obj
+def chat(
+    s: Settings, model: str, message: str | None, max_tokens: int, channel_id: str | None
+) -> None:
+    """Chat with a model; prints the verified bill after the answer."""
+    text = message if message is not None else sys.stdin.read()
+    with s.client(chain=False) as client:
+        stream = client.chat.completions.create(
+            model=model,
+            messages=[{"role": "user", "content": text}],
+            max_tokens=max_tokens,
+            stream=True,
+            channel=channel_id,
+        )
+        for chunk in stream:
+            for choice in chunk.choices:
+                out.print(choice.delta.content or "", end="", soft_wrap=True, highlight=False)
+        out.print()
+        bill = stream.tally
+        if bill is not None:
+            r = bill.record.record
+            err.print(
+                f"[dim]verified bill: seq {r.seq}, {r.prompt_tokens} prompt + "
+                f"{r.completion_tokens} completion tokens, cost {bill.cost}, "
+                f"channel total {bill.total_cost}[/dim]"
+            )
+
+
+@cli.command()
+@click.option("--channel", "channel_id", help="channel id (default: every channel)")
+@click.pass_obj
+def bill(s: Settings, channel_id: str | None) -> None:
+    """Per-request bill of verified, countersigned requests."""
+    with s.client(chain=False) as client:
+        channels = [client.channel(channel_id)] if channel_id else client.channels.list()
+        for info in channels:
+            out.print(_bill_table(client, info))
+
+
+def _bill_table(client: Tallystick, info: ChannelInfo) -> Table:
+    table = Table(
+        "seq",
+        "prompt tokens",
+        "completion tokens",
+        "cost",
+        title=f"{info.hex_id} · {info.model} · {info.provider}",
+    )
+    lines = client.store.bill(info.channel_id)
+    for line in lines:
+        table.add_row(
+            str(line.seq), str(line.prompt_tokens), str(line.completion_tokens), str(line.cost)
+        )
+    tally = client.store.tally(info.channel_id)
+    total = cost_of(tally.input_tokens, tally.output_tokens, info.prices)
+    table.add_row(
+        "total", str(tally.input_tokens), str(tally.output_tokens), str(total), style="bold"
+    )
+    return table
+
+
+def _token(token: str) -> str:
+    return "wei" if int(token, 16) == 0 else f"units of {token}"
+
+
+def _when(ts: int) -> str:
+    import datetime
+
+    return datetime.datetime.fromtimestamp(ts).isoformat(sep=" ", timespec="seconds")
+
+
+def _explain(exc: BaseException) -> str:
+    """One line saying what went wrong and what to do."""
+    if isinstance(exc, PaymentRequired):
+        hint = (
+            "top up the channel (tallystick channel topup)"
+            if exc.code != "receipt_required"
+            else "the node is waiting for the last receipt; retry the request"
+        )
+        return f"payment required: {exc.message} — {hint}"
+    if isinstance(exc, BillingDispute):
+        return f"{exc} — nothing was countersigned; evidence saved (dispute {exc.dispute_id})"
+    if isinstance(exc, ChainUnavailable | NodeUnavailable):
+        return f"{exc} — is it running, and is the URL right?"
+    if isinstance(exc, ContractError):
+        return f"the contract refused: {exc}"
+    return str(exc)
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    err.print(f"[bold red]error:[/bold red] {message}", highlight=False, soft_wrap=True)
+    sys.exit(code)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the command group, turning every error into one line."""
+    try:
+        cli.main(args=argv, prog_name="tallystick", standalone_mode=False)
+    except click.exceptions.Abort:
+        _fail("aborted", 130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except TallystickError as exc:
+        if os.environ.get("TALLYSTICK_DEBUG"):
+            raise
+        _fail(_explain(exc))
+    except Exception as exc:  # the promise is no traceback, whatever went wrong
+        if os.environ.get("TALLYSTICK_DEBUG"):
+            raise
+        _fail(f"{type(exc).__name__}: {exc} (TALLYSTICK_DEBUG=1 shows the traceback)")
