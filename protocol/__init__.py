@@ -7,6 +7,20 @@ normative spec) and docs/internals.md (this surface).
 
 from ._abi import load_artifact
 from ._bearer import BearerToken, make_bearer_token
+from ._bindings import (
+    ChannelState,
+    ChannelStatus,
+    Escrow,
+    Event,
+    Listing,
+    ProviderInfo,
+    Registry,
+    SkippedReceipt,
+    Token,
+    TxResult,
+    connect,
+)
+from ._deploy import Deployment, deploy
 from ._eip712 import (
     bearer_message,
     bench_signing,
@@ -31,6 +45,7 @@ from ._errors import (
 )
 from ._ids import channel_id, model_id
 from ._pricing import cost_of
+from ._revert import decode_revert
 from ._tokenizer import TokenCounter, TokenizerBundle
 from ._types import Domain, Prices, Receipt, SignedReceipt
 from ._usage import (
@@ -46,24 +61,38 @@ __all__ = [
     "BearerToken",
     "ChainError",
     "ChainUnavailable",
+    "ChannelState",
+    "ChannelStatus",
     "ContractError",
+    "Deployment",
     "Domain",
+    "Escrow",
+    "Event",
     "InvalidBearerToken",
     "InvalidSignature",
+    "Listing",
     "Prices",
     "ProtocolError",
+    "ProviderInfo",
     "Receipt",
+    "Registry",
     "SignedReceipt",
     "SignedUsageRecord",
+    "SkippedReceipt",
     "TallystickError",
+    "Token",
     "TokenCounter",
     "TokenizerBundle",
     "TokenizerMismatch",
+    "TxResult",
     "UsageRecord",
     "bearer_message",
     "bench_signing",
     "channel_id",
+    "connect",
     "cost_of",
+    "decode_revert",
+    "deploy",
     "hash_token_ids",
     "load_artifact",
     "make_bearer_token",

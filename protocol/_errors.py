@@ -61,6 +61,9 @@ class ContractError(ChainError):
     def __str__(self) -> str:
         return f"{self.name}({', '.join(_render(a) for a in self.args)})"
 
+    def __repr__(self) -> str:
+        return f"ContractError({self})"
+
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.name, self.args, self.data))
 

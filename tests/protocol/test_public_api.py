@@ -1,0 +1,48 @@
+"""tallystick.protocol exposes exactly the documented surface (docs/internals.md)."""
+
+import types
+
+import tallystick.protocol as protocol
+
+DOCUMENTED = {
+    # types
+    "Domain", "Prices", "Receipt", "SignedReceipt", "UsageRecord", "SignedUsageRecord",
+    "BearerToken",
+    # identifiers, pricing, usage chain
+    "model_id", "channel_id", "cost_of", "hash_token_ids", "next_usage_root", "ZERO_ROOT",
+    # EIP-712
+    "receipt_message", "usage_record_message", "bearer_message", "sign_receipt",
+    "sign_usage_record", "make_bearer_token", "recover_receipt_signer",
+    "recover_usage_record_signer",
+    # tokenizer
+    "TokenizerBundle", "TokenCounter",
+    # chain
+    "connect", "Registry", "Escrow", "ProviderInfo", "Listing", "ChannelState", "TxResult",
+    "deploy", "Deployment", "load_artifact",
+    # errors
+    "TallystickError", "ProtocolError", "InvalidSignature", "InvalidBearerToken",
+    "TokenizerMismatch", "ChainError", "ContractError", "ChainUnavailable",
+}  # fmt: skip
+EXTRA = {
+    "recover_message_signer", "recover_bearer_signer", "bench_signing", "ChannelStatus",
+    "Event", "SkippedReceipt", "decode_revert",
+}  # fmt: skip
+
+
+def test_all_is_exactly_the_public_surface() -> None:
+    assert set(protocol.__all__) == DOCUMENTED | EXTRA
+    assert len(protocol.__all__) == len(set(protocol.__all__))
+
+
+def test_every_name_resolves() -> None:
+    for name in protocol.__all__:
+        assert getattr(protocol, name) is not None, name
+
+
+def test_nothing_public_is_left_out_of_all() -> None:
+    public = {
+        name
+        for name, value in vars(protocol).items()
+        if not name.startswith("_") and not isinstance(value, types.ModuleType)
+    }
+    assert public <= set(protocol.__all__) | {"annotations"}
