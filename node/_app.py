@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -92,7 +92,7 @@ def create_app(
     _install_errors(app)
     _install_routes(app)
     app.add_middleware(_BodyLimit, limit=settings.max_body_bytes)  # type: ignore[arg-type]
-    app.middleware("http")(_count_requests)
+    app.add_middleware(_CountRequests, metrics=metrics)  # type: ignore[arg-type]
     return app
 
 
@@ -199,12 +199,26 @@ async def _no_receive() -> Message:
     return {"type": "http.disconnect"}
 
 
-async def _count_requests(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-    response = await call_next(request)
-    route = request.scope.get("route")
-    path = getattr(route, "path", "unmatched")
-    request.app.state.metrics.requests.labels(path, str(response.status_code)).inc()
-    return response
+class _CountRequests:
+    """Counts responses by route and status (pure ASGI: streaming passes straight through)."""
+
+    def __init__(self, app: ASGIApp, metrics: NodeMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def counted(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                route = scope.get("route")
+                path = getattr(route, "path", "unmatched")
+                self.metrics.requests.labels(path, str(message["status"])).inc()
+            await send(message)
+
+        await self.app(scope, receive, counted)
 
 
 # routes ------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from tallystick.protocol import ProtocolError
@@ -320,11 +321,12 @@ async def run_stream(done: Completion, send_chunk: SendChunk) -> None:
         await send_chunk(DONE)
 
 
-class MeteredStream:
+class MeteredStream(Response):
     """An SSE response that tells its producer whether each chunk reached the client."""
 
     def __init__(self, produce: Callable[[SendChunk], Awaitable[None]],
                  headers: dict[str, str] | None = None) -> None:
+        super().__init__(status_code=200, media_type="text/event-stream")
         self._produce = produce
         self._headers = headers or {}
 

@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
+
 import pytest
-from tallystick.protocol import SignedUsageRecord, recover_usage_record_signer
+from eth_account import Account
+from nodekit import MODEL, open_channel
+
+from tallystick.node import ChannelStatus
+from tallystick.node.engines import FakeEngine
+from tallystick.protocol import SignedUsageRecord, UsageRecord, recover_usage_record_signer
 
 pytestmark = pytest.mark.anyio
 
@@ -29,3 +37,334 @@ async def test_chat_completion_carries_usage_and_a_signed_record(make_node):
             h.engine.counter.chat_prompt_ids([{"role": "user", "content": "Hi"}])
         )
         assert set(tally["timings"]) == {"ttft_ms", "itl_ms", "total_ms"}
+
+
+def _sse(text: str) -> list[str]:
+    return [line[len("data: "):] for line in text.split("\n\n") if line.startswith("data: ")]
+
+
+async def test_stream_sends_deltas_then_usage_and_tallystick_then_done(make_node):
+    async with make_node() as h:
+        resp = await h.chat("Hi", stream=True, stream_options={"include_usage": True})
+        assert resp.status_code == 200
+        assert resp.headers["content-type"].startswith("text/event-stream")
+        events = _sse(resp.text)
+        assert events[-1] == "[DONE]"
+        chunks = [json.loads(e) for e in events[:-1]]
+        assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+        text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
+        assert text == "Hello there, friend."
+        assert chunks[-2]["choices"][0]["finish_reason"] == "stop"
+        final = chunks[-1]
+        assert final["choices"] == []
+        assert final["usage"]["completion_tokens"] == len(final["tallystick"]["completion_token_ids"])
+        assert final["tallystick"]["record"]["seq"] == 1
+
+
+async def test_text_completion(make_node):
+    async with make_node() as h:
+        resp = await h.http.post("/v1/completions", headers=h.auth(),
+                                 json={"model": MODEL, "prompt": "Once", "max_tokens": 5})
+        assert resp.status_code == 200, resp.text
+        body = resp.json()
+        assert body["object"] == "text_completion"
+        assert body["usage"]["completion_tokens"] == 5
+        assert body["choices"][0]["finish_reason"] == "length"
+        assert body["usage"]["prompt_tokens"] == len(h.engine.counter.text_prompt_ids("Once"))
+
+
+async def test_credit_rule_requires_the_previous_receipt(make_node):
+    async with make_node() as h:
+        first = (await h.chat()).json()
+        refused = await h.chat()
+        assert refused.status_code == 402
+        assert refused.json()["error"]["code"] == "receipt_required"
+        assert "seq 1" in refused.json()["error"]["message"]
+        ok = await h.chat(receipt=h.countersign(first))  # piggybacked receipt
+        assert ok.status_code == 200, ok.text
+        rec = ok.json()["tallystick"]["record"]
+        assert rec["seq"] == 2
+        assert rec["prevRoot"] == "0x" + UsageRecord.from_json(first["tallystick"]["record"]).usage_root().hex()
+
+
+async def test_credit_requests_allows_several_unpaid(make_node):
+    async with make_node(credit_requests=2) as h:
+        assert (await h.chat()).status_code == 200
+        assert (await h.chat()).status_code == 200
+        assert (await h.chat()).json()["error"]["code"] == "receipt_required"
+
+
+async def test_insufficient_deposit(make_node):
+    async with make_node() as h:
+        h.chain.channels[h.channel_id] = replace(h.chain.channels[h.channel_id], deposit=50)
+        h.node.gate._cache.put(h.channel_id, h.chain.channels[h.channel_id])
+        resp = await h.chat(max_tokens=100)
+        assert resp.status_code == 402
+        err = resp.json()["error"]
+        assert err["code"] == "insufficient_deposit" and "top up" in err["message"]
+        assert (await h.chat(max_tokens=10)).status_code == 200
+
+
+async def test_top_up_is_seen_without_waiting_for_the_cache(make_node):
+    async with make_node() as h:
+        h.chain.channels[h.channel_id] = replace(h.chain.channels[h.channel_id], deposit=50)
+        h.node.gate._cache.put(h.channel_id, h.chain.channels[h.channel_id])
+        h.chain.channels[h.channel_id] = replace(h.chain.channels[h.channel_id], deposit=10_000)
+        assert (await h.chat(max_tokens=100)).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("status", "code"), [(ChannelStatus.CLOSING, "channel_closing"), (ChannelStatus.CLOSED, "channel_closed")]
+)
+async def test_closing_or_closed_channel_is_refused(make_node, status, code):
+    async with make_node(channel_cache_ttl=0) as h:
+        h.chain.channels[h.channel_id] = replace(h.chain.channels[h.channel_id], status=status)
+        resp = await h.chat()
+        assert resp.status_code == 402
+        assert resp.json()["error"]["code"] == code
+
+
+async def test_auth_errors(make_node):
+    async with make_node() as h:
+        body = {"model": MODEL, "messages": [{"role": "user", "content": "x"}]}
+        cases = [
+            ({}, "missing_api_key"),
+            ({"Authorization": "Bearer nope"}, "invalid_api_key"),
+            (h.auth(ttl=-5) if False else _expired(h), "expired_token"),
+            (h.auth(account=Account.from_key("0x" + "33" * 32)), "invalid_signer"),
+            (h.auth(channel_id=b"\x01" * 32), "channel_not_found"),
+        ]
+        for headers, code in cases:
+            resp = await h.http.post("/v1/chat/completions", json=body, headers=headers)
+            assert resp.status_code == 401, (code, resp.text)
+            assert resp.json()["error"]["code"] == code
+            assert resp.json()["error"]["type"] == "authentication_error"
+
+
+def _expired(h):
+    from tallystick.protocol import BearerToken, bearer_message
+
+    msg = bearer_message(h.chain.domain, h.channel_id, 1)
+    sig = h.client.sign_message(msg).signature
+    return {"Authorization": f"Bearer {BearerToken(h.channel_id, 1, bytes(sig)).encode()}"}
+
+
+async def test_channel_of_another_provider_is_refused(make_node):
+    async with make_node() as h:
+        other = open_channel(h.chain, h.client, nonce=7,
+                             provider="0x000000000000000000000000000000000000dEaD")
+        resp = await h.http.post("/v1/chat/completions", headers=h.auth(channel_id=other),
+                                 json={"model": MODEL, "messages": [{"role": "user", "content": "x"}]})
+        assert resp.status_code == 401
+        assert resp.json()["error"]["code"] == "wrong_provider"
+
+
+async def test_channel_for_another_model_is_refused(make_node):
+    async with make_node() as h:
+        other = open_channel(h.chain, h.client, nonce=8, model="other-model")
+        resp = await h.http.post("/v1/chat/completions", headers=h.auth(channel_id=other),
+                                 json={"model": MODEL, "messages": [{"role": "user", "content": "x"}]})
+        assert resp.status_code == 400
+        assert resp.json()["error"]["code"] == "model_mismatch"
+
+
+async def test_session_key_signs_tokens_and_receipts(make_node):
+    async with make_node() as h:
+        session = Account.from_key("0x" + "44" * 32)
+        h.chain.channels[h.channel_id] = replace(h.chain.channels[h.channel_id],
+                                                 session_key=session.address)
+        body = {"model": MODEL, "messages": [{"role": "user", "content": "x"}]}
+        resp = await h.http.post("/v1/chat/completions", json=body, headers=h.auth(account=session))
+        assert resp.status_code == 200, resp.text
+        posted = await h.http.post("/v1/tally/receipts", json=h.countersign(resp.json(), session))
+        assert posted.status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        (b"{not json", 400, "invalid_json"),
+        (b'{"model": "fake-model", "messages": "\xff\xfe"}', 400, "invalid_encoding"),
+        (b'{"model": "fake-model"}', 400, "missing_required_parameter"),
+        (b'{"model": "fake-model", "messages": [{"role": "user", "content": 5}]}', 400,
+         "invalid_value"),
+        (b'{"model": "fake-model", "messages": [{"role":"user","content":"x"}], "n": 2}', 400,
+         "unsupported_value"),
+        (b'{"model": "fake-model", "messages": [{"role":"user","content":"x"}], "max_tokens": 5000}',
+         400, "context_length_exceeded"),
+        (b'{"model": "nope", "messages": [{"role":"user","content":"x"}]}', 404, "model_not_found"),
+        (b'{"model": "fake-model", "messages": [{"role":"user","content":"x"}], "stop": ["a","b","c","d","e"]}',
+         400, "invalid_value"),
+    ],
+)
+async def test_bad_requests_get_the_openai_envelope(make_node, body, status, code):
+    async with make_node() as h:
+        resp = await h.http.post("/v1/chat/completions", content=body,
+                                 headers={**h.auth(), "content-type": "application/json"})
+        assert resp.status_code == status, resp.text
+        err = resp.json()["error"]
+        assert err["code"] == code
+        assert set(err) == {"message", "type", "param", "code"}
+
+
+async def test_unknown_fields_are_ignored_and_content_parts_are_joined(make_node):
+    async with make_node() as h:
+        parts = [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]
+        resp = await h.http.post("/v1/chat/completions", headers=h.auth(), json={
+            "model": MODEL, "messages": [{"role": "user", "content": parts}], "frobnicate": 1,
+            "max_completion_tokens": 3})
+        assert resp.status_code == 200, resp.text
+        expected = h.engine.counter.chat_prompt_ids([{"role": "user", "content": "a\nb"}])
+        assert resp.json()["usage"]["prompt_tokens"] == len(expected)
+        assert resp.json()["usage"]["completion_tokens"] == 3
+
+
+async def test_404_405_413_and_no_stack_traces(make_node):
+    async with make_node(max_body_bytes=2048) as h:
+        r = await h.http.get("/v1/nothing")
+        assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_route"
+        r = await h.http.get("/v1/chat/completions")
+        assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed"
+        r = await h.http.post("/v1/chat/completions", content=b"x" * 5000, headers=h.auth())
+        assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+
+
+async def test_engine_crash_is_a_500_envelope_and_nothing_is_billed(make_node):
+    async with make_node(engine=FakeEngine(fail_after=2)) as h:
+        r = await h.chat()
+        assert r.status_code == 500
+        assert r.json()["error"]["code"] == "engine_error"
+        assert h.ledger.last_record(h.channel_id) is None
+        assert (await h.chat()).status_code == 500  # the reservation was released
+
+
+async def test_engine_queue_full_is_503(make_node):
+    async with make_node(engine=FakeEngine(max_queue=1, max_batch=1, token_delay=0.05)) as h:
+        import asyncio
+
+        other = open_channel(h.chain, Account.from_key("0x" + "55" * 32), nonce=3)
+        third = open_channel(h.chain, Account.from_key("0x" + "66" * 32), nonce=4)
+        body = {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": 4}
+        clients = [h.client, Account.from_key("0x" + "55" * 32), Account.from_key("0x" + "66" * 32)]
+        reqs = [h.http.post("/v1/chat/completions", json=body, headers=h.auth(a, c))
+                for a, c in zip(clients, [h.channel_id, other, third], strict=True)]
+        codes = sorted(r.status_code for r in await asyncio.gather(*reqs))
+        assert 503 in codes and 200 in codes
+
+
+async def test_receipts_are_checked_against_issued_records(make_node):
+    async with make_node(credit_requests=3) as h:
+        first = (await h.chat()).json()
+        second = (await h.chat()).json()
+        # lower totals than a record we issued: no match
+        forged = h.countersign(first)
+        forged["inputTokens"] -= 1
+        forged = _resign(h, forged)
+        r = await h.http.post("/v1/tally/receipts", json=forged)
+        assert r.status_code == 400 and r.json()["error"]["code"] == "receipt_mismatch"
+        # signed by a stranger
+        r = await h.http.post("/v1/tally/receipts",
+                              json=h.countersign(first, Account.from_key("0x" + "77" * 32)))
+        assert r.status_code == 400 and r.json()["error"]["code"] == "receipt_signer_mismatch"
+        r = await h.http.post("/v1/tally/receipts", json={"channelId": "0x12"})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_receipt"
+        # the newer receipt, then the older one is refused, the same one again is fine
+        assert (await h.http.post("/v1/tally/receipts", json=h.countersign(second))).status_code == 200
+        r = await h.http.post("/v1/tally/receipts", json=h.countersign(first))
+        assert r.status_code == 409 and r.json()["error"]["code"] == "receipt_stale"
+        assert (await h.http.post("/v1/tally/receipts", json=h.countersign(second))).status_code == 200
+        assert h.ledger.last_receipt(h.channel_id).seq == 2
+
+
+def _resign(h, wire):
+    from tallystick.protocol import Receipt, sign_receipt
+
+    receipt = Receipt(bytes.fromhex(wire["channelId"][2:]), wire["inputTokens"],
+                      wire["outputTokens"], bytes.fromhex(wire["usageRoot"][2:]))
+    return sign_receipt(h.client, h.chain.domain, receipt).to_json()
+
+
+async def test_channel_view_records_and_cooperative_close(make_node):
+    async with make_node() as h:
+        body = await h.paid_chat()
+        cid = "0x" + h.channel_id.hex()
+        view = (await h.http.get(f"/v1/tally/channels/{cid}", headers=h.auth())).json()
+        rec = body["tallystick"]["record"]
+        assert view["served"]["inputTokens"] == rec["inputTokens"]
+        assert view["countersigned"]["seq"] == 1 and view["unpaid"] == 0
+        cost = rec["inputTokens"] * 1 + rec["outputTokens"] * 2
+        assert view["served"]["cost"] == cost and view["creditLeft"] == 100_000 - cost
+        got = (await h.http.get(f"/v1/tally/channels/{cid}/records/1", headers=h.auth())).json()
+        assert got["record"] == rec and got["completion_token_ids"] == body["tallystick"]["completion_token_ids"]
+        r = await h.http.get(f"/v1/tally/channels/{cid}/records/9", headers=h.auth())
+        assert r.status_code == 404
+        close = await h.http.post(f"/v1/tally/channels/{cid}/close", headers=h.auth(),
+                                  json=h.countersign(body))
+        assert close.status_code == 200, close.text
+        from tallystick.protocol import Receipt, SignedReceipt, recover_receipt_signer
+
+        receipt = Receipt.from_json(close.json()["receipt"])
+        sig = bytes.fromhex(close.json()["providerSignature"][2:])
+        assert recover_receipt_signer(h.chain.domain, SignedReceipt(receipt, sig)) == h.provider.address
+        after = await h.chat(receipt=h.countersign(body))
+        assert after.status_code == 402 and after.json()["error"]["code"] == "channel_closing"
+
+
+async def test_close_refuses_a_receipt_that_is_not_the_last(make_node):
+    async with make_node(credit_requests=2) as h:
+        first = (await h.chat()).json()
+        await h.chat()
+        cid = "0x" + h.channel_id.hex()
+        r = await h.http.post(f"/v1/tally/channels/{cid}/close", headers=h.auth(),
+                              json=h.countersign(first))
+        assert r.status_code == 409 and r.json()["error"]["code"] == "receipt_not_final"
+
+
+async def test_models_and_tokenizer_bundle(make_node):
+    async with make_node() as h:
+        models = (await h.http.get("/v1/models")).json()
+        entry = models["data"][0]
+        assert models["object"] == "list" and entry["id"] == MODEL
+        assert entry["pricing"] == {"input_per_million": 1_000_000, "output_per_million": 2_000_000,
+                                    "token": "0x0000000000000000000000000000000000000000"}
+        assert entry["context_length"] == 2048
+        raw = (await h.http.get(f"/v1/tally/tokenizer/{MODEL}")).content
+        from eth_utils import keccak
+
+        assert "0x" + keccak(raw).hex() == entry["tokenizer_hash"]
+        assert (await h.http.get("/v1/tally/tokenizer/nope")).status_code == 404
+
+
+async def test_rate_limits_answer_429_with_headers(make_node):
+    async with make_node(rpm_limit=2, credit_requests=10) as h:
+        ok = await h.chat(max_tokens=2)
+        assert ok.headers["x-ratelimit-limit-requests"] == "2"
+        assert ok.headers["x-ratelimit-remaining-requests"] == "1"
+        await h.chat(max_tokens=2)
+        r = await h.chat(max_tokens=2)
+        assert r.status_code == 429 and r.json()["error"]["code"] == "rate_limit_exceeded"
+        assert int(r.headers["retry-after"]) >= 1
+        assert r.headers["x-ratelimit-remaining-requests"] == "0"
+        assert r.headers["x-ratelimit-reset-requests"].endswith("s")
+
+
+async def test_tokens_per_minute_limit(make_node):
+    async with make_node(tpm_limit=100, credit_requests=10) as h:
+        r = await h.chat(max_tokens=500)
+        assert r.status_code == 429 and "lower max_tokens" in r.json()["error"]["message"]
+        assert (await h.chat(max_tokens=40)).status_code == 200
+        r = await h.chat(max_tokens=60)
+        assert r.status_code == 429 and r.headers["x-ratelimit-limit-tokens"] == "100"
+
+
+async def test_metrics_exposition(make_node):
+    async with make_node() as h:
+        await h.paid_chat()
+        text = (await h.http.get("/metrics")).text
+        assert "tallystick_time_to_first_token_seconds_count" in text
+        assert 'tallystick_generation_tokens_total{model="fake-model"}' in text
+        assert 'tallystick_requests_total{route="/v1/chat/completions",status="200"} 1.0' in text
+        assert "tallystick_queue_depth" in text
+        assert "tallystick_earnings_unclaimed" in text
+        health = (await h.http.get("/health")).json()
+        assert health["status"] == "ok" and health["provider"] == h.provider.address
