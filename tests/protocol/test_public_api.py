@@ -25,7 +25,7 @@ DOCUMENTED = {
 }  # fmt: skip
 EXTRA = {
     "recover_message_signer", "recover_bearer_signer", "bench_signing", "ChannelStatus",
-    "Event", "SkippedReceipt", "decode_revert",
+    "Event", "SkippedReceipt", "Token", "decode_revert",
 }  # fmt: skip
 
 
