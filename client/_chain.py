@@ -26,6 +26,7 @@ from tallystick.protocol import (
 )
 from web3 import Web3
 from web3.exceptions import ContractCustomError, ContractLogicError, Web3RPCError
+from web3.logs import DISCARD
 
 __all__ = ["ETH", "STATUSES", "Chain", "ChainChannel", "Listing"]
 
@@ -183,7 +184,7 @@ class Chain:
         self._approve(account, token, amount)
         fn = self.escrow.functions.open(provider, model_id(model), amount, ETH)
         receipt = self._send(account, fn, value=amount if int(token, 16) == 0 else 0)
-        events = self.escrow.events.ChannelOpened().process_receipt(receipt)
+        events = self.escrow.events.ChannelOpened().process_receipt(receipt, errors=DISCARD)
         if not events:
             raise ChainError("open() was mined but emitted no ChannelOpened event")
         return bytes(events[0]["args"]["channelId"]), receipt
@@ -207,7 +208,7 @@ class Chain:
 
     def closed_refund(self, tx_receipt: Any) -> int:
         """The refund of the ``ChannelClosed`` event in a mined transaction."""
-        events = self.escrow.events.ChannelClosed().process_receipt(tx_receipt)
+        events = self.escrow.events.ChannelClosed().process_receipt(tx_receipt, errors=DISCARD)
         return int(events[0]["args"]["refund"]) if events else 0
 
     def _approve(self, account: LocalAccount, token: str, amount: int) -> None:

@@ -66,11 +66,13 @@ class FakeNode:
     receipts: list[SignedReceipt] = field(default_factory=list)
     piggybacked: list[dict[str, Any]] = field(default_factory=list)
     requests: list[dict[str, Any]] = field(default_factory=list)
+    escrow: str = ESCROW
+    prices: Prices = PRICES
 
     def __post_init__(self) -> None:
         self.bundle = tiny_tokenizer_bundle()
         self.counter = TokenCounter(self.bundle)
-        self.domain = Domain(CHAIN_ID, ESCROW)
+        self.domain = Domain(CHAIN_ID, self.escrow)
 
     @property
     def transport(self) -> httpx.MockTransport:
@@ -80,13 +82,13 @@ class FakeNode:
         return ChannelInfo(
             channel_id=self.channel_id,
             chain_id=CHAIN_ID,
-            escrow=ESCROW,
+            escrow=self.escrow,
             client=self.client_address,
             provider=self.provider.address,
             endpoint=ENDPOINT,
             model=MODEL,
             token="0x0000000000000000000000000000000000000000",
-            prices=PRICES,
+            prices=self.prices,
             deposit=10**9,
             tokenizer_hash=self.bundle.hash(),
             context_length=2048,
@@ -130,8 +132,8 @@ class FakeNode:
             "context_length": 2048,
             "tokenizer_hash": "0x" + self.bundle.hash().hex(),
             "pricing": {
-                "input_per_million": PRICES.input_per_m,
-                "output_per_million": PRICES.output_per_m,
+                "input_per_million": self.prices.input_per_m,
+                "output_per_million": self.prices.output_per_m,
                 "token": "0x0000000000000000000000000000000000000000",
             },
             "listed": True,

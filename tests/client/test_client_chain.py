@@ -1,0 +1,133 @@
+"""The SDK on a real chain (anvil, real contracts): discovery, ETH and USDC channels, closes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from client_fakenode import ENDPOINT, MODEL, PRICES, FakeNode
+from tallystick.client import (
+    Chain,
+    ChannelStateError,
+    ListingMismatch,
+    ProviderNotFound,
+    Tallystick,
+    Wallet,
+)
+from tallystick.protocol import ContractError, Prices, cost_of
+
+pytestmark = pytest.mark.chain
+MESSAGES = [{"role": "user", "content": "hello"}]
+USDC_PRICES = Prices(input_per_m=1_000_000, output_per_m=3_000_000)
+
+
+@pytest.fixture
+def world(deployment: Any, accounts: Any, w3: Any) -> dict[str, Any]:
+    """provider lists MODEL in ETH, provider2 in USDC; both at the fake node's endpoint."""
+    fake = FakeNode(accounts.provider, accounts.client.address, bytes(32))
+    fake.escrow = deployment.escrow.address
+    fake.__post_init__()
+    reg = deployment.registry
+    reg.register(accounts.provider, ENDPOINT)
+    reg.list_model(accounts.provider, MODEL, PRICES, tokenizer_hash=fake.bundle.hash(),
+                   context_length=2048)  # fmt: skip
+    reg.register(accounts.provider2, ENDPOINT)
+    reg.list_model(accounts.provider2, MODEL, USDC_PRICES, token=deployment.usdc.address,
+                   tokenizer_hash=fake.bundle.hash(), context_length=2048)  # fmt: skip
+    deployment.usdc.mint(accounts.deployer, accounts.client.address, 10**9)
+    return {"fake": fake, "deployment": deployment, "accounts": accounts, "w3": w3}
+
+
+@pytest.fixture
+def client(world: dict[str, Any], tmp_path: Path) -> Iterator[Tallystick]:
+    d = world["deployment"]
+    chain = Chain(world["w3"], d.registry.address, d.escrow.address)
+    wallet = Wallet(world["accounts"].client)
+    with Tallystick(wallet, tmp_path / "c.db", chain=chain, transport=world["fake"].transport) as c:
+        yield c
+
+
+def _use(fake: FakeNode, channel_id: bytes, provider: Any) -> None:
+    fake.channel_id, fake.provider = channel_id, provider
+
+
+def test_discovery_filters_by_model_and_price(client: Tallystick, world: dict[str, Any]) -> None:
+    a = world["accounts"]
+    offers = client.providers(MODEL)
+    assert [o.provider for o in offers] == [a.provider2.address, a.provider.address]  # cheapest
+    assert offers[1].prices == PRICES and offers[1].endpoint == ENDPOINT
+    assert offers[0].token == world["deployment"].usdc.address
+    assert [o.provider for o in client.providers(MODEL, max_output_price=4_000_000)] == [
+        a.provider2.address
+    ]
+    assert client.providers("no-such-model") == []
+    with pytest.raises(ProviderNotFound):
+        client.channels.open("no-such-model", 10**6)
+
+
+def test_node_disagreeing_with_its_listing_is_refused(
+    client: Tallystick, world: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake = world["fake"]
+    honest = fake.model_entry
+    monkeypatch.setattr(fake, "model_entry", lambda: {**honest(), "context_length": 4096})
+    with pytest.raises(ListingMismatch, match="context length: chain 2048, node 4096"):
+        client.channels.open(MODEL, 10**15, world["accounts"].provider.address)
+    assert client.channels.list() == []
+
+
+def test_eth_channel_topup_chat_and_cooperative_close(
+    client: Tallystick, world: dict[str, Any]
+) -> None:
+    a, d, fake = world["accounts"], world["deployment"], world["fake"]
+    info = client.channels.open(MODEL, 10**15, a.provider.address)
+    _use(fake, info.channel_id, a.provider)
+    assert d.escrow.get_channel(info.channel_id).deposit == 10**15
+    info = client.channels.top_up(info.channel_id, 5 * 10**14)
+    assert info.deposit == 15 * 10**14
+    client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=16)
+    bill = client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=16).tally
+    r = bill.record.record
+    spent = cost_of(r.input_tokens, r.output_tokens, PRICES)
+    balance = client.channels.balance(info.channel_id)
+    assert (balance.spent, balance.paid, balance.refundable) == (spent, 0, 15 * 10**14 - spent)
+    closed = client.channels.close(info.channel_id)
+    assert (closed.paid, closed.refund) == (spent, 15 * 10**14 - spent)
+    assert d.escrow.earnings(a.provider.address) == spent
+    assert client.channels.balance(info.channel_id).status == "closed"
+
+
+def test_usdc_channel_unilateral_close_refunds_what_was_not_claimed(
+    client: Tallystick, world: dict[str, Any]
+) -> None:
+    a, d, fake, w3 = world["accounts"], world["deployment"], world["fake"], world["w3"]
+    before = d.usdc.balance_of(a.client.address)
+    fake.prices = USDC_PRICES
+    info = client.channels.open(MODEL, 10**6, a.provider2.address)  # approve handled
+    _use(fake, info.channel_id, a.provider2)
+    assert d.usdc.balance_of(a.client.address) == before - 10**6
+    bill = client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=16).tally
+    receipt = client.store.tally(info.channel_id).receipt
+    client.channels.request_close(info.channel_id)
+    d.escrow.claim(a.provider2, receipt)  # the provider claims during the challenge period
+    w3.provider.make_request("evm_increaseTime", [3601])
+    w3.provider.make_request("evm_mine", [])
+    closed = client.channels.finalize(info.channel_id)
+    assert closed.paid == bill.total_cost
+    assert closed.refund == 10**6 - bill.total_cost
+    assert d.usdc.balance_of(a.client.address) == before - bill.total_cost
+
+
+def test_finalize_before_the_challenge_period_is_a_contract_error(
+    client: Tallystick, world: dict[str, Any]
+) -> None:
+    a = world["accounts"]
+    info = client.channels.open(MODEL, 10**15, a.provider.address)
+    with pytest.raises(ChannelStateError):
+        client.channels.finalize(info.channel_id)  # not closing yet
+    client.channels.request_close(info.channel_id)
+    with pytest.raises(ContractError) as caught:
+        client.channels.finalize(info.channel_id)
+    assert caught.value.name == "EscrowChallengeNotOver"
