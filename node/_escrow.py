@@ -116,7 +116,7 @@ class EscrowChain:
         for event in result.events_named("ReceiptClaimed"):
             cid = bytes(event.args["channelId"])
             claimed[cid] = claimed.get(cid, 0) + int(event.args["amount"])
-        skipped = {s.channel_id: str(s.reason) for s in result.skipped()}
+        skipped = {s.channel_id: str(s.reason) for s in result.skipped}
         return ClaimOutcome("0x" + result.tx_hash.hex(), result.gas_used, claimed, skipped)
 
     async def close_requests(self, from_block: int) -> tuple[list[CloseRequest], int]:

@@ -1,0 +1,168 @@
+"""The node against a real chain: anvil, the real contracts, a real uvicorn server.
+
+Requests carry real bearer tokens, receipts are countersigned with the protocol package, and
+the provider's on-chain earnings must equal the cost of the countersigned totals.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from click.testing import CliRunner
+
+from tallystick.node import Settings, create_app
+from tallystick.node.cli import main
+from tallystick.node.engines import FakeEngine
+from tallystick.protocol import (
+    Prices,
+    Receipt,
+    UsageRecord,
+    cost_of,
+    make_bearer_token,
+    model_id,
+    sign_receipt,
+)
+
+pytestmark = pytest.mark.chain
+
+MODEL = "fake-model"
+ETH = "0x0000000000000000000000000000000000000000"
+PRICES = Prices(input_per_m=10**12, output_per_m=2 * 10**12)  # 1e6 / 2e6 wei per token
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    """A real uvicorn server in a thread."""
+
+    def __init__(self, app: Any) -> None:
+        self.port = _free_port()
+        self.app = app
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
+                                lifespan="on")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> Server:
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture
+def market(deployment: Any, accounts: Any) -> Any:
+    """The provider registered and listing fake-model; the client with an open ETH channel."""
+    provider, client = accounts.provider, accounts.client
+    engine = FakeEngine(reply="Paid per token, settled on chain.")
+    deployment.registry.register(provider, "http://127.0.0.1:0")
+    deployment.registry.list_model(provider, MODEL, PRICES, tokenizer_hash=engine.tokenizer_bundle.hash(),
+                                   context_length=engine.context_length)
+    cid = deployment.escrow.open(client, provider.address, model_id(MODEL), 10**17).value
+    return deployment, engine, bytes(cid)
+
+
+@pytest.fixture
+def node(market: Any, anvil: Any, accounts: Any, tmp_path: Any) -> Iterator[tuple[Server, Settings]]:
+    deployment, engine, _ = market
+    settings = Settings(
+        rpc=anvil.url, escrow=deployment.escrow.address, registry=deployment.registry.address,
+        key="0x" + accounts.provider.key.hex().removeprefix("0x"), db=tmp_path / "node.db",
+        settle_interval=3600, poll_interval=0.2, claim_gas_multiple=0,
+    )
+    with Server(create_app(settings, engine=engine)) as server:
+        yield server, settings
+
+
+def _chat(http: httpx.Client, token: str, receipt: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+    headers = {"Authorization": f"Bearer {token}"}
+    if receipt:
+        headers["X-Tally-Receipt"] = json.dumps(receipt)
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "What is a tally stick?"}],
+            **extra}
+    resp = http.post("/v1/chat/completions", json=body, headers=headers)
+    assert resp.status_code == 200, resp.text
+    return resp.json()
+
+
+def _countersign(account: Any, domain: Any, body: dict[str, Any]) -> dict[str, Any]:
+    record = UsageRecord.from_json(body["tallystick"]["record"])
+    receipt = Receipt(record.channel_id, record.input_tokens, record.output_tokens, record.usage_root())
+    return sign_receipt(account, domain, receipt).to_json()
+
+
+def test_requests_are_paid_by_settle_and_claim_many(market, node, accounts):
+    deployment, _, cid = market
+    server, settings = node
+    escrow = deployment.escrow
+    domain = escrow.domain
+    token = make_bearer_token(accounts.client, domain, cid, 600).encode()
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        receipt = None
+        for _ in range(3):
+            body = _chat(http, token, receipt, max_tokens=8)
+            receipt = _countersign(accounts.client, domain, body)
+        assert http.post("/v1/tally/receipts", json=receipt).status_code == 200
+        # a request the node must refuse: the model is another one's
+        r = http.post("/v1/chat/completions", headers={"Authorization": f"Bearer {token}"},
+                      json={"model": "other", "messages": [{"role": "user", "content": "x"}]})
+        assert r.status_code == 404
+    before = escrow.earnings(accounts.provider.address, ETH)
+    result = CliRunner().invoke(main, [
+        "settle", "--rpc", settings.rpc, "--escrow", settings.escrow, "--registry",
+        settings.registry, "--key", settings.key.get_secret_value(), "--db", str(settings.db)])
+    assert result.exit_code == 0, result.output
+    assert "claimed" in result.output
+    owed = cost_of(receipt["inputTokens"], receipt["outputTokens"], PRICES)
+    assert escrow.earnings(accounts.provider.address, ETH) - before == owed
+    state = escrow.get_channel(cid)
+    assert (state.input_tokens, state.output_tokens) == (receipt["inputTokens"], receipt["outputTokens"])
+    again = CliRunner().invoke(main, [
+        "settle", "--rpc", settings.rpc, "--escrow", settings.escrow, "--registry",
+        settings.registry, "--key", settings.key.get_secret_value(), "--db", str(settings.db)])
+    assert again.exit_code == 0 and "nothing to claim" in again.output
+
+
+def test_close_request_makes_the_worker_claim_before_closes_at(market, node, accounts):
+    deployment, _, cid = market
+    server, _ = node
+    escrow = deployment.escrow
+    token = make_bearer_token(accounts.client, escrow.domain, cid, 600).encode()
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        body = _chat(http, token, max_tokens=6)
+        receipt = _countersign(accounts.client, escrow.domain, body)
+        assert http.post("/v1/tally/receipts", json=receipt).status_code == 200
+        closes_at = escrow.request_close(accounts.client, cid).value
+        owed = cost_of(receipt["inputTokens"], receipt["outputTokens"], PRICES)
+        deadline = time.monotonic() + 15
+        while escrow.get_channel(cid).paid < owed:
+            assert time.monotonic() < deadline, "the worker did not claim the closing channel"
+            time.sleep(0.1)
+        assert escrow.get_channel(cid).paid == owed
+        assert int(escrow.w3.eth.get_block("latest")["timestamp"]) < closes_at
+        r = http.post("/v1/chat/completions", headers={"Authorization": f"Bearer {token}"},
+                      json={"model": MODEL, "messages": [{"role": "user", "content": "x"}]})
+        assert r.status_code == 402 and r.json()["error"]["code"] == "channel_closing"
