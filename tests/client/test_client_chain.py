@@ -31,11 +31,18 @@ def world(deployment: Any, accounts: Any, w3: Any) -> dict[str, Any]:
     fake.__post_init__()
     reg = deployment.registry
     reg.register(accounts.provider, ENDPOINT)
-    reg.list_model(accounts.provider, MODEL, PRICES, tokenizer_hash=fake.bundle.hash(),
-                   context_length=2048)  # fmt: skip
+    reg.list_model(
+        accounts.provider, MODEL, PRICES, tokenizer_hash=fake.bundle.hash(), context_length=2048
+    )
     reg.register(accounts.provider2, ENDPOINT)
-    reg.list_model(accounts.provider2, MODEL, USDC_PRICES, token=deployment.usdc.address,
-                   tokenizer_hash=fake.bundle.hash(), context_length=2048)  # fmt: skip
+    reg.list_model(
+        accounts.provider2,
+        MODEL,
+        USDC_PRICES,
+        token=deployment.usdc.address,
+        tokenizer_hash=fake.bundle.hash(),
+        context_length=2048,
+    )
     deployment.usdc.mint(accounts.deployer, accounts.client.address, 10**9)
     return {"fake": fake, "deployment": deployment, "accounts": accounts, "w3": w3}
 

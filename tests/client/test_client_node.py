@@ -1,0 +1,119 @@
+"""The whole SDK against the real node (create_app + FakeEngine) over real HTTP, on anvil."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from tallystick.client import Chain, Tallystick, Wallet
+from tallystick.protocol import Prices, cost_of
+
+pytestmark = pytest.mark.chain
+PRICES = Prices(input_per_m=3_000_000_000, output_per_m=9_000_000_000)
+MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+@pytest.fixture
+def node(deployment: Any, accounts: Any, anvil: Any, tmp_path: Path) -> Iterator[dict[str, Any]]:
+    """A real node serving FakeEngine on a free port, listed on-chain by ``accounts.provider``."""
+    from tallystick.node import Settings, create_app
+    from tallystick.node.engines import FakeEngine
+
+    engine = FakeEngine(model_name="fake-model")
+    port = _free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    deployment.registry.register(accounts.provider, endpoint)
+    deployment.registry.list_model(
+        accounts.provider,
+        "fake-model",
+        PRICES,
+        tokenizer_hash=engine.tokenizer_bundle.hash(),
+        context_length=engine.context_length,
+    )
+    settings = Settings(
+        rpc=anvil.url,
+        escrow=deployment.escrow.address,
+        registry=deployment.registry.address,
+        key=accounts.provider.key.hex(),
+        db=tmp_path / "node.db",
+        port=port,
+        channel_cache_ttl=0,
+    )
+    app = create_app(settings, engine=engine, account=accounts.provider, run_worker=False)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert server.started, "the node did not start"
+    try:
+        yield {"endpoint": endpoint, "engine": engine}
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture
+def client(
+    node: dict[str, Any], deployment: Any, accounts: Any, w3: Any, tmp_path: Path
+) -> Iterator[Tallystick]:
+    chain = Chain(w3, deployment.registry.address, deployment.escrow.address)
+    with Tallystick(Wallet(accounts.client), tmp_path / "client.db", chain=chain) as c:
+        yield c
+
+
+def test_verified_chat_through_sdk_and_openai_then_cooperative_close(
+    client: Tallystick, node: dict[str, Any], deployment: Any, accounts: Any
+) -> None:
+    deposit = 10**15
+    info = client.channels.open("fake-model", deposit)  # checks /v1/models against the chain
+    reply = client.chat.completions.create(model="fake-model", messages=MESSAGES, max_tokens=32)
+    assert reply.choices[0].message.content and reply.tally.record.record.seq == 1
+    stream = client.chat.completions.create(
+        model="fake-model", messages=MESSAGES, max_tokens=32, stream=True
+    )
+    streamed = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert streamed == reply.choices[0].message.content
+    assert stream.tally is not None and stream.tally.record.record.seq == 2
+
+    sdk = client.openai(info.channel_id)
+    plain = sdk.chat.completions.create(model="fake-model", messages=MESSAGES, max_tokens=32)
+    assert plain.choices[0].message.content == streamed
+    chunks = sdk.chat.completions.create(
+        model="fake-model", messages=MESSAGES, max_tokens=32, stream=True
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == streamed
+    text = client.completions.create(model="fake-model", prompt="hello world", max_tokens=8)
+    assert text.tally.record.record.seq == 5
+
+    tally = client.store.tally(info.channel_id)
+    assert tally.seq == 5 and tally.delivered
+    view = httpx.get(
+        f"{node['endpoint']}/v1/tally/channels/{info.hex_id}",
+        headers={"Authorization": f"Bearer {client.biller.bearer(info)}"},
+    ).json()
+    # The node holds exactly what the client countersigned, and nothing unpaid.
+    assert view["lastSeq"] == view["countersigned"]["seq"] == 5
+    assert view["countersigned"]["inputTokens"] == tally.input_tokens
+    assert view["countersigned"]["outputTokens"] == tally.output_tokens
+    assert view["usageRoot"] == "0x" + tally.usage_root.hex() and view["unpaid"] == 0
+
+    spent = cost_of(tally.input_tokens, tally.output_tokens, PRICES)
+    closed = client.channels.close(info.channel_id)
+    assert (closed.paid, closed.refund) == (spent, deposit - spent)
+    assert deployment.escrow.earnings(accounts.provider.address) == spent
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
