@@ -1,0 +1,98 @@
+"""Wallet secrecy, store restart semantics, the public surface and the CLI's one-line errors."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import tallystick.client as sdk
+from click.testing import CliRunner
+from client_fakenode import MODEL, FakeNode
+from tallystick.client import StoreError, Tallystick, Wallet, WalletError
+from tallystick.client.cli import cli, main
+from tallystick.protocol import Receipt, SignedUsageRecord, sign_receipt
+
+MESSAGES = [{"role": "user", "content": "hello"}]
+
+
+def test_public_api_is_exactly_all() -> None:
+    public = {n for n in dir(sdk) if not n.startswith("_")} - {"annotations", "cli"}
+    assert set(sdk.__all__) == public
+    assert all(getattr(sdk, n) is not None for n in sdk.__all__)
+
+
+def test_key_never_in_repr_errors_or_logs(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    key = os.urandom(32).hex()
+    wallet = Wallet.from_key(key)
+    assert key not in repr(wallet) and key not in str(wallet) and wallet.address in repr(wallet)
+    with pytest.raises(WalletError) as bad:
+        Wallet.from_key(key[:-1] + "z")
+    assert key[:-1] not in str(bad.value) and bad.value.__cause__ is None
+    path = tmp_path / "k.json"
+    Wallet.create_keystore(path, "pw", key)
+    assert key not in path.read_text()
+    assert Wallet.from_keystore(path, "pw").address == wallet.address
+    with pytest.raises(WalletError, match="wrong password"):
+        Wallet.from_keystore(path, "nope")
+    with Tallystick(wallet, tmp_path / "s.db") as client:
+        assert key not in repr(client)
+    assert key not in caplog.text
+
+
+def test_restarted_client_continues_and_refuses_lower_totals(
+    wallet: Wallet, fake: FakeNode, tmp_path: Path
+) -> None:
+    store = tmp_path / "store.db"
+    with Tallystick(wallet, store, transport=fake.transport) as first:
+        first.store.add_channel(fake.channel_info())
+        first.chat.completions.create(model=MODEL, messages=MESSAGES)
+    with Tallystick(wallet, store, transport=fake.transport) as second:
+        bill = second.chat.completions.create(model=MODEL, messages=MESSAGES).tally
+        assert bill.record.record.seq == 2  # continued from the stored receipt
+        tally = second.store.tally(fake.channel_id)
+        assert fake.receipts[-1] == tally.receipt
+        lower = sign_receipt(
+            wallet.account,
+            fake.domain,
+            Receipt(fake.channel_id, tally.input_tokens - 1, tally.output_tokens, bytes(32)),
+        )
+        next_record = SignedUsageRecord(replace(bill.record.record, seq=3), bill.record.signature)
+        with pytest.raises(StoreError, match="lower totals"):
+            second.store.record_verified(next_record, lower, 0)
+        with pytest.raises(StoreError, match="refusing seq 2"):
+            second.store.record_verified(bill.record, tally.receipt, 0)  # a replayed seq
+        assert second.store.tally(fake.channel_id) == tally
+
+
+def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    store = str(tmp_path / "c.db")
+    with pytest.raises(SystemExit) as exit_:
+        main(["--key", "0x1234", "--store", store, "channel", "list"])
+    assert exit_.value.code == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "private key" in err and "Traceback" not in err
+    key = os.urandom(32).hex()
+    args = ["--key", key, "--store", store, "--rpc", "http://127.0.0.1:9"]
+    args += ["--registry", "0x" + "11" * 20, "--escrow", "0x" + "22" * 20, "providers"]
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 1 and "cannot reach the chain" in err and key not in err
+    with pytest.raises(SystemExit):
+        main(["--key", key, "--store", store, "chat", "--model", "m", "-m", "hi"])
+    assert "no open channel for model 'm'" in capsys.readouterr().err
+
+
+def test_cli_bill_table(wallet: Wallet, fake: FakeNode, tmp_path: Path) -> None:
+    store = tmp_path / "c.db"
+    with Tallystick(wallet, store, transport=fake.transport) as c:
+        c.store.add_channel(fake.channel_info())
+        bill = c.chat.completions.create(model=MODEL, messages=MESSAGES).tally
+    key = "0x" + wallet.account.key.hex().removeprefix("0x")
+    result = CliRunner().invoke(cli, ["--key", key, "--store", str(store), "bill"])
+    assert result.exit_code == 0, result.output
+    assert str(bill.cost) in result.output and "total" in result.output
