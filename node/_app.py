@@ -20,7 +20,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
 from tallystick.protocol import ChainError, Domain, model_id
 
 from ._chain import ChainView, ChannelCache
@@ -86,19 +85,24 @@ def create_app(
             if store is None:
                 node.ledger.close()
 
-    app = FastAPI(title="tallystick-node", lifespan=lifespan, docs_url=None, redoc_url=None,
-                  openapi_url=None)
+    app = FastAPI(
+        title="tallystick-node", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
+    )
     app.state.metrics = metrics
     _install_errors(app)
     _install_routes(app)
-    app.add_middleware(_BodyLimit, limit=settings.max_body_bytes)  # type: ignore[arg-type]
-    app.add_middleware(_CountRequests, metrics=metrics)  # type: ignore[arg-type]
+    app.add_middleware(_BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(_CountRequests, metrics=metrics)
     return app
 
 
 async def _build(
-    settings: Settings, metrics: NodeMetrics, engine: Engine | None, chain: ChainView | None,
-    store: LedgerStore | None, account: LocalAccount | None,
+    settings: Settings,
+    metrics: NodeMetrics,
+    engine: Engine | None,
+    chain: ChainView | None,
+    store: LedgerStore | None,
+    account: LocalAccount | None,
 ) -> NodeState:
     account = account or load_account(settings)
     if chain is None:
@@ -116,13 +120,28 @@ async def _build(
     log.info("model ready in %.1fs", time.perf_counter() - started)
     metrics.watch_engine(engine.stats)
     cache = ChannelCache(chain, ledger, settings.channel_cache_ttl)
-    gate = PaymentGate(account=account, domain=chain.domain, cache=cache, ledger=ledger,
-                       credit_requests=settings.credit_requests)
-    worker = SettlementWorker(chain=chain, ledger=ledger, cache=cache, metrics=metrics,
-                              settings=settings)
-    return NodeState(settings, engine, chain, ledger, gate,
-                     RateLimiter(settings.rpm_limit, settings.tpm_limit), metrics, worker,
-                     chain.domain, account.address)
+    gate = PaymentGate(
+        account=account,
+        domain=chain.domain,
+        cache=cache,
+        ledger=ledger,
+        credit_requests=settings.credit_requests,
+    )
+    worker = SettlementWorker(
+        chain=chain, ledger=ledger, cache=cache, metrics=metrics, settings=settings
+    )
+    return NodeState(
+        settings,
+        engine,
+        chain,
+        ledger,
+        gate,
+        RateLimiter(settings.rpm_limit, settings.tpm_limit),
+        metrics,
+        worker,
+        chain.domain,
+        account.address,
+    )
 
 
 # errors ------------------------------------------------------------------------------------
@@ -136,11 +155,15 @@ def _install_errors(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         if exc.status_code == 404:
-            err = ApiError(404, f"no route {request.method} {request.url.path}",
-                           code="unknown_route")
+            err = ApiError(
+                404, f"no route {request.method} {request.url.path}", code="unknown_route"
+            )
         elif exc.status_code == 405:
-            err = ApiError(405, f"method {request.method} is not allowed on {request.url.path}",
-                           code="method_not_allowed")
+            err = ApiError(
+                405,
+                f"method {request.method} is not allowed on {request.url.path}",
+                code="method_not_allowed",
+            )
         else:
             err = ApiError(exc.status_code, str(exc.detail))
         return JSONResponse(err.envelope(), status_code=err.status, headers=exc.headers)
@@ -153,8 +176,12 @@ def _install_errors(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def crash(request: Request, exc: Exception) -> Response:
         log.error("unhandled error on %s: %r", request.url.path, exc, exc_info=exc)
-        err = ApiError(500, "internal error; the node logged the details", type="server_error",
-                       code="internal_error")
+        err = ApiError(
+            500,
+            "internal error; the node logged the details",
+            type="server_error",
+            code="internal_error",
+        )
         return JSONResponse(err.envelope(), status_code=500)
 
 
@@ -180,8 +207,9 @@ class _BodyLimit:
             message = await receive()
             seen += len(message.get("body", b""))
             if seen > self.limit:
-                raise ApiError(413, f"the request body exceeds {self.limit} bytes",
-                               code="request_too_large")
+                raise ApiError(
+                    413, f"the request body exceeds {self.limit} bytes", code="request_too_large"
+                )
             return message
 
         await self.app(scope, limited, send)
@@ -189,8 +217,10 @@ class _BodyLimit:
 
 async def _too_large(limit: int, send: Send) -> None:
     body = JSONResponse(
-        ApiError(413, f"the request body exceeds {limit} bytes", code="request_too_large")
-        .envelope(), status_code=413,
+        ApiError(
+            413, f"the request body exceeds {limit} bytes", code="request_too_large"
+        ).envelope(),
+        status_code=413,
     )
     await body({"type": "http"}, _no_receive, send)
 
@@ -252,8 +282,9 @@ async def _completions(request: Request) -> Any:
 
 async def _complete(request: Request, body: ChatRequest | CompletionRequest) -> Any:
     node = _node(request)
-    done = await prepare(node, body, request.headers.get("authorization"),
-                         request.headers.get("x-tally-receipt"))
+    done = await prepare(
+        node, body, request.headers.get("authorization"), request.headers.get("x-tally-receipt")
+    )
     headers = done.ticket.headers
     if body.stream:
         return MeteredStream(lambda send_chunk: run_stream(done, send_chunk), headers)
@@ -270,30 +301,39 @@ async def _models(request: Request) -> Any:
         listing = None
     return {
         "object": "list",
-        "data": [{
-            "id": engine.model_name,
-            "object": "model",
-            "created": 0,
-            "owned_by": node.provider,
-            "context_length": engine.context_length,
-            "tokenizer_hash": "0x" + engine.tokenizer_bundle.hash().hex(),
-            "pricing": None if listing is None else {
-                "input_per_million": listing.input_price_per_m,
-                "output_per_million": listing.output_price_per_m,
-                "token": listing.token,
-            },
-            "listed": listing is not None and listing.active,
-        }],
+        "data": [
+            {
+                "id": engine.model_name,
+                "object": "model",
+                "created": 0,
+                "owned_by": node.provider,
+                "context_length": engine.context_length,
+                "tokenizer_hash": "0x" + engine.tokenizer_bundle.hash().hex(),
+                "pricing": None
+                if listing is None
+                else {
+                    "input_per_million": listing.input_price_per_m,
+                    "output_per_million": listing.output_price_per_m,
+                    "token": listing.token,
+                },
+                "listed": listing is not None and listing.active,
+            }
+        ],
     }
 
 
 async def _tokenizer(request: Request, model: str) -> Response:
     engine = _node(request).engine
     if model != engine.model_name:
-        raise ApiError(404, f"the model {model!r} does not exist on this node", param="model",
-                       code="model_not_found")
-    return Response(engine.tokenizer_bundle.canonical_bytes(),
-                    media_type="application/json; charset=utf-8")
+        raise ApiError(
+            404,
+            f"the model {model!r} does not exist on this node",
+            param="model",
+            code="model_not_found",
+        )
+    return Response(
+        engine.tokenizer_bundle.canonical_bytes(), media_type="application/json; charset=utf-8"
+    )
 
 
 async def _receipts(request: Request) -> Any:
@@ -314,8 +354,9 @@ async def _record(request: Request, channel: str, seq: int) -> Any:
     info = await _channel_auth(request, channel)
     stored = _node(request).ledger.get_record(info.channel_id, seq)
     if stored is None:
-        raise ApiError(404, f"no record seq {seq} on this channel", param="seq",
-                       code="record_not_found")
+        raise ApiError(
+            404, f"no record seq {seq} on this channel", param="seq", code="record_not_found"
+        )
     return {"model": stored.model, **tallystick_object(stored, {})}
 
 
@@ -324,8 +365,9 @@ async def _close(request: Request, channel: str) -> Any:
     info = await _channel_auth(request, channel)
     body = await _json(request)
     if isinstance(body, dict) and body.get("channelId", "").lower() != "0x" + info.channel_id.hex():
-        raise ApiError(400, "the receipt is for another channel", param="channelId",
-                       code="invalid_receipt")
+        raise ApiError(
+            400, "the receipt is for another channel", param="channelId", code="invalid_receipt"
+        )
     stored, provider_sig = await node.gate.countersign_close(body)
     return {
         "receipt": stored.signed.to_json(),
@@ -348,14 +390,21 @@ async def _json(request: Request) -> Any:
     try:
         return json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ApiError(400, f"the body is not valid UTF-8 JSON: {exc}", code="invalid_json") from None
+        raise ApiError(
+            400, f"the body is not valid UTF-8 JSON: {exc}", code="invalid_json"
+        ) from None
 
 
 async def _health(request: Request) -> Any:
     node = _node(request)
-    return {"status": "ok", "model": node.engine.model_name, "provider": node.provider,
-            "chainId": node.domain.chain_id, "escrow": node.domain.escrow,
-            "engine": node.engine.stats()}
+    return {
+        "status": "ok",
+        "model": node.engine.model_name,
+        "provider": node.provider,
+        "chainId": node.domain.chain_id,
+        "escrow": node.domain.escrow,
+        "engine": node.engine.stats(),
+    }
 
 
 async def _metrics(request: Request) -> Response:

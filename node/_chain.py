@@ -78,7 +78,7 @@ class ChainView(Protocol):
         ...
 
     async def close_requests(self, from_block: int) -> tuple[list[CloseRequest], int]:
-        """``CloseRequested`` events for this provider's channels from ``from_block``; next block."""
+        """``CloseRequested`` events of our channels from ``from_block``, and the next block."""
         ...
 
     async def timestamp(self) -> int:

@@ -24,8 +24,9 @@ async def build_engine(settings: Settings) -> Engine:
         upstream = getattr(engines, "UpstreamEngine", None)
         if upstream is None:
             raise ConfigError("this build has no upstream engine; use --engine transformers")
-        engine: Engine = await upstream.connect(  # type: ignore[attr-defined]
-            settings.upstream_url, model_name=settings.model_name or settings.model,
+        engine: Engine = await upstream.connect(
+            settings.upstream_url,
+            model_name=settings.model_name or settings.model,
             max_queue=settings.max_queue,
         )
         return engine
@@ -34,6 +35,9 @@ async def build_engine(settings: Settings) -> Engine:
     from .engines._transformers import TransformersEngine
 
     return await asyncio.to_thread(
-        TransformersEngine.load, settings.model, model_name=settings.model_name,
-        max_batch=settings.max_batch, max_queue=settings.max_queue,
+        TransformersEngine.load,
+        settings.model,
+        model_name=settings.model_name,
+        max_batch=settings.max_batch,
+        max_queue=settings.max_queue,
     )

@@ -11,7 +11,6 @@ import time
 from typing import Any
 
 from eth_account.signers.local import LocalAccount
-
 from tallystick.protocol import (
     ChainUnavailable,
     ContractError,
@@ -100,8 +99,14 @@ class EscrowChain:
             return None
         if listing.context_length == 0:  # never listed: an all-zero struct
             return None
-        return ListingInfo(listing.input_price_per_m, listing.output_price_per_m, listing.token,
-                           listing.tokenizer_hash, listing.context_length, listing.active)
+        return ListingInfo(
+            listing.input_price_per_m,
+            listing.output_price_per_m,
+            listing.token,
+            listing.tokenizer_hash,
+            listing.context_length,
+            listing.active,
+        )
 
     async def claim_cost_estimate(self, receipts: list[SignedReceipt]) -> int:
         def estimate() -> int:

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from eth_account.signers.local import LocalAccount
-
 from tallystick.protocol import (
     ZERO_ROOT,
     BearerToken,
@@ -106,11 +105,15 @@ class PaymentGate:
         """The channel a bearer token opens, checked against this node and ``model``."""
         token = _parse_bearer(authorization)
         if token.expired():
-            raise ApiError(401, "the bearer token has expired; sign a new one", code="expired_token")
+            raise ApiError(
+                401, "the bearer token has expired; sign a new one", code="expired_token"
+            )
         try:
             signer = token.signer(self.domain)
         except InvalidSignature as exc:
-            raise ApiError(401, f"bad bearer token signature: {exc}", code="invalid_api_key") from exc
+            raise ApiError(
+                401, f"bad bearer token signature: {exc}", code="invalid_api_key"
+            ) from exc
         channel = await self._channel(token.channel_id)
         if not channel.may_sign(signer):
             # The client may have just authorised a new session key: read the chain once more.
@@ -148,7 +151,9 @@ class PaymentGate:
 
     # credit rule ---------------------------------------------------------------------------
 
-    async def reserve(self, channel: ChannelInfo, prompt_tokens: int, max_tokens: int) -> Reservation:
+    async def reserve(
+        self, channel: ChannelInfo, prompt_tokens: int, max_tokens: int
+    ) -> Reservation:
         """Hold the request's worst case, or raise 402 saying what the client must do."""
         book = self._book(channel.channel_id)
         async with book.lock:
@@ -269,9 +274,14 @@ class PaymentGate:
         receipt = signed.receipt
         record = self._ledger.find_record(receipt.channel_id, receipt.usage_root)
         rec = record.signed.record if record else None
-        if record is None or rec is None or (rec.input_tokens, rec.output_tokens) != (
-            receipt.input_tokens,
-            receipt.output_tokens,
+        if (
+            record is None
+            or rec is None
+            or (rec.input_tokens, rec.output_tokens)
+            != (
+                receipt.input_tokens,
+                receipt.output_tokens,
+            )
         ):
             raise ApiError(
                 400,
@@ -336,8 +346,10 @@ class PaymentGate:
             },
             "lastSeq": book.seq,
             "served": _totals(served_in, served_out, served_cost),
-            "countersigned": {**_totals(signed_in, signed_out, signed_cost),
-                              "seq": book.countersigned_seq},
+            "countersigned": {
+                **_totals(signed_in, signed_out, signed_cost),
+                "seq": book.countersigned_seq,
+            },
             "claimed": _totals(
                 channel.claimed_input,
                 channel.claimed_output,
@@ -363,10 +375,10 @@ def _parse_bearer(authorization: str | None) -> BearerToken:
         )
     scheme, _, value = authorization.partition(" ")
     if scheme.lower() != "bearer" or not value.strip():
-        raise ApiError(401, "the Authorization header must be 'Bearer <token>'", code="invalid_api_key")
+        raise ApiError(
+            401, "the Authorization header must be 'Bearer <token>'", code="invalid_api_key"
+        )
     try:
         return BearerToken.parse(value.strip())
     except InvalidBearerToken as exc:
         raise ApiError(401, str(exc), code="invalid_api_key") from exc
-
-

@@ -243,10 +243,7 @@ class SqliteLedger:
             claim_id = int(cur.lastrowid or 0)
             db.executemany(
                 "INSERT INTO claim_items VALUES (?, ?, ?, ?, ?, 'pending', NULL)",
-                [
-                    (claim_id, i.channel_id, i.seq, i.input_tokens, i.output_tokens)
-                    for i in items
-                ],
+                [(claim_id, i.channel_id, i.seq, i.input_tokens, i.output_tokens) for i in items],
             )
         return claim_id
 
@@ -267,8 +264,14 @@ class SqliteLedger:
             db.execute(
                 "UPDATE claims SET status = ?, tx_hash = ?, gas_used = ?, amount = ?, error = ? "
                 "WHERE claim_id = ?",
-                (status, tx_hash, gas_used, None if amount is None else str(amount), error,
-                 claim_id),
+                (
+                    status,
+                    tx_hash,
+                    gas_used,
+                    None if amount is None else str(amount),
+                    error,
+                    claim_id,
+                ),
             )
             db.execute(
                 "UPDATE claim_items SET status = ? WHERE claim_id = ?", (item_status, claim_id)

@@ -26,8 +26,10 @@ class _Json(logging.Formatter):
 class _KeyValue(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-        line = (f"ts={ts}Z level={record.levelname.lower()} logger={record.name} "
-                f"msg={json.dumps(record.getMessage(), ensure_ascii=False)}")
+        line = (
+            f"ts={ts}Z level={record.levelname.lower()} logger={record.name} "
+            f"msg={json.dumps(record.getMessage(), ensure_ascii=False)}"
+        )
         if record.exc_info:
             line += " exc=" + json.dumps(self.formatException(record.exc_info))
         return line

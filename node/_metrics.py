@@ -20,16 +20,25 @@ class NodeMetrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.ttft = Histogram(
-            "tallystick_time_to_first_token_seconds", "Time to first token.", ["model"],
-            buckets=_LATENCY_BUCKETS, registry=r,
+            "tallystick_time_to_first_token_seconds",
+            "Time to first token.",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.itl = Histogram(
-            "tallystick_inter_token_latency_seconds", "Gap between consecutive tokens.", ["model"],
-            buckets=_LATENCY_BUCKETS, registry=r,
+            "tallystick_inter_token_latency_seconds",
+            "Gap between consecutive tokens.",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.e2e = Histogram(
-            "tallystick_request_latency_seconds", "End-to-end request latency.", ["model"],
-            buckets=_LATENCY_BUCKETS, registry=r,
+            "tallystick_request_latency_seconds",
+            "End-to-end request latency.",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.prompt_tokens = Counter(
             "tallystick_prompt_tokens", "Prompt tokens metered.", ["model"], registry=r
@@ -38,18 +47,24 @@ class NodeMetrics:
             "tallystick_generation_tokens", "Completion tokens metered.", ["model"], registry=r
         )
         self.requests = Counter(
-            "tallystick_requests", "HTTP requests by route and status.", ["route", "status"],
+            "tallystick_requests",
+            "HTTP requests by route and status.",
+            ["route", "status"],
             registry=r,
         )
         self.queue_depth = Gauge("tallystick_queue_depth", "Requests waiting.", registry=r)
         self.batch_size = Gauge("tallystick_batch_size", "Requests running.", registry=r)
         self.earnings_claimed = Gauge(
-            "tallystick_earnings_claimed", "Earnings claimed on-chain (base units).", ["token"],
+            "tallystick_earnings_claimed",
+            "Earnings claimed on-chain (base units).",
+            ["token"],
             registry=r,
         )
         self.earnings_unclaimed = Gauge(
             "tallystick_earnings_unclaimed",
-            "Countersigned but not yet claimed earnings (base units).", ["token"], registry=r,
+            "Countersigned but not yet claimed earnings (base units).",
+            ["token"],
+            registry=r,
         )
         self.claims = Counter(
             "tallystick_claims", "claimMany transactions by outcome.", ["outcome"], registry=r
@@ -61,7 +76,12 @@ class NodeMetrics:
         self.batch_size.set_function(lambda: float(stats().get("running", 0)))
 
     def observe_request(
-        self, model: str, prompt: int, completion: int, ttft: float, gaps: tuple[float, ...],
+        self,
+        model: str,
+        prompt: int,
+        completion: int,
+        ttft: float,
+        gaps: tuple[float, ...],
         total: float,
     ) -> None:
         """One metered request."""

@@ -42,9 +42,7 @@ class Ticket:
 class RateLimiter:
     """0 disables a limit. Tokens are counted as prompt + max_tokens until the request ends."""
 
-    def __init__(
-        self, rpm: int, tpm: int, clock: Callable[[], float] = time.monotonic
-    ) -> None:
+    def __init__(self, rpm: int, tpm: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.rpm = rpm
         self.tpm = tpm
         self._clock = clock
@@ -66,8 +64,12 @@ class RateLimiter:
         if wait_requests > 0 or wait_tokens > 0:
             headers = self._headers(window, now, 0)
             headers["retry-after"] = str(max(1, math.ceil(max(wait_requests, wait_tokens))))
-            raise ApiError(429, self._message(wait_requests, tokens), code="rate_limit_exceeded",
-                           headers=headers)
+            raise ApiError(
+                429,
+                self._message(wait_requests, tokens),
+                code="rate_limit_exceeded",
+                headers=headers,
+            )
         entry = [now, float(tokens)]
         window.events.append(entry)
         return Ticket(entry, self._headers(window, now, 0))
@@ -83,7 +85,7 @@ class RateLimiter:
             return 0.0
         if tokens > self.tpm:
             return WINDOW_S  # never fits; the message says so
-        excess = window.tokens() + tokens - self.tpm
+        excess: float = window.tokens() + tokens - self.tpm
         for at, used in window.events:
             if excess <= 0:
                 break
@@ -112,6 +114,8 @@ class RateLimiter:
             headers["x-ratelimit-reset-requests"] = reset
         if self.tpm:
             headers["x-ratelimit-limit-tokens"] = str(self.tpm)
-            headers["x-ratelimit-remaining-tokens"] = str(max(self.tpm - window.tokens() - extra, 0))
+            headers["x-ratelimit-remaining-tokens"] = str(
+                max(self.tpm - window.tokens() - extra, 0)
+            )
             headers["x-ratelimit-reset-tokens"] = reset
         return headers

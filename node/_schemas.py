@@ -75,8 +75,12 @@ class _Sampling(_Lenient):
 
     def check_n(self) -> None:
         if self.n != 1:
-            raise ApiError(400, "only n=1 is supported; send n requests instead", param="n",
-                           code="unsupported_value")
+            raise ApiError(
+                400,
+                "only n=1 is supported; send n requests instead",
+                param="n",
+                code="unsupported_value",
+            )
 
 
 class ChatRequest(_Sampling):
@@ -113,13 +117,17 @@ def parse_body(raw: bytes, model: type[M]) -> M:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ApiError(400, f"the body is not valid UTF-8 (byte {exc.start})",
-                       code="invalid_encoding") from None
+        raise ApiError(
+            400, f"the body is not valid UTF-8 (byte {exc.start})", code="invalid_encoding"
+        ) from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ApiError(400, f"the body is not valid JSON: {exc.msg} at line {exc.lineno} "
-                       f"column {exc.colno}", code="invalid_json") from None
+        raise ApiError(
+            400,
+            f"the body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
+            code="invalid_json",
+        ) from None
     if not isinstance(data, dict):
         raise ApiError(400, "the body must be a JSON object", code="invalid_json")
     try:
@@ -135,7 +143,10 @@ def _validation_error(exc: ValidationError) -> ApiError:
     where = ".".join(loc)
     message = err["msg"].removeprefix("Value error, ")
     if err["type"] == "missing":
-        return ApiError(400, f"missing required parameter: {where}", param=param,
-                        code="missing_required_parameter")
-    return ApiError(400, f"invalid value for {where}: {message}", param=param,
-                    code="invalid_value")
+        return ApiError(
+            400,
+            f"missing required parameter: {where}",
+            param=param,
+            code="missing_required_parameter",
+        )
+    return ApiError(400, f"invalid value for {where}: {message}", param=param, code="invalid_value")

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
-
 from tallystick.protocol import ProtocolError
 
 from ._errors import ApiError
@@ -76,7 +75,10 @@ class Completion:
         self.ticket.settle(len(self.prompt.ids) + len(self.ids))
         t = self.timings()
         node.metrics.observe_request(
-            self.request.model, len(self.prompt.ids), len(self.ids), t["ttft_ms"] / 1e3,
+            self.request.model,
+            len(self.prompt.ids),
+            len(self.ids),
+            t["ttft_ms"] / 1e3,
             tuple(b - a for a, b in zip(self.stamps, self.stamps[1:], strict=False)),
             t["total_ms"] / 1e3,
         )
@@ -115,8 +117,12 @@ class Completion:
                 "logprobs": None,
             }
         else:
-            choice = {"index": 0, "text": text, "finish_reason": self.finish_reason,
-                      "logprobs": None}
+            choice = {
+                "index": 0,
+                "text": text,
+                "finish_reason": self.finish_reason,
+                "logprobs": None,
+            }
         return {
             **self._head(stream=False),
             "choices": [choice],
@@ -126,48 +132,68 @@ class Completion:
 
     def chunk(self, text: str, finish_reason: str | None, *, first: bool = False) -> bytes:
         if self.chat:
-            delta: dict[str, Any] = {"role": "assistant", "content": text} if first else (
-                {"content": text} if text else {}
+            delta: dict[str, Any] = (
+                {"role": "assistant", "content": text}
+                if first
+                else ({"content": text} if text else {})
             )
-            choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": finish_reason,
-                                      "logprobs": None}
+            choice: dict[str, Any] = {
+                "index": 0,
+                "delta": delta,
+                "finish_reason": finish_reason,
+                "logprobs": None,
+            }
         else:
             choice = {"index": 0, "text": text, "finish_reason": finish_reason, "logprobs": None}
         return sse({**self._head(stream=True), "choices": [choice]})
 
     def usage_chunk(self, stored: StoredRecord) -> bytes:
-        return sse({
-            **self._head(stream=True),
-            "choices": [],
-            "usage": self.usage(),
-            "tallystick": tallystick_object(stored, self.timings()),
-        })
+        return sse(
+            {
+                **self._head(stream=True),
+                "choices": [],
+                "usage": self.usage(),
+                "tallystick": tallystick_object(stored, self.timings()),
+            }
+        )
 
     def _head(self, *, stream: bool) -> dict[str, Any]:
         if self.chat:
             kind = "chat.completion.chunk" if stream else "chat.completion"
         else:
             kind = "text_completion"
-        return {"id": self.response_id, "object": kind, "created": self.created,
-                "model": self.request.model, "system_fingerprint": None}
+        return {
+            "id": self.response_id,
+            "object": kind,
+            "created": self.created,
+            "model": self.request.model,
+            "system_fingerprint": None,
+        }
 
 
-def _start_engine(engine: Engine, prompt: Prompt, params: SamplingParams) -> AsyncIterator[TokenEvent]:
+def _start_engine(
+    engine: Engine, prompt: Prompt, params: SamplingParams
+) -> AsyncIterator[TokenEvent]:
     # generate() refuses synchronously (queue full, prompt too long), before any byte is sent.
     from .engines import EngineError, EngineOverloaded, EngineStopped, PromptTooLong
 
     try:
         return _translated(engine.generate(prompt, params))
     except EngineOverloaded as exc:
-        raise ApiError(503, f"the engine's queue is full ({exc}); retry shortly",
-                       code="engine_overloaded", headers={"retry-after": "1"}) from exc
+        raise ApiError(
+            503,
+            f"the engine's queue is full ({exc}); retry shortly",
+            code="engine_overloaded",
+            headers={"retry-after": "1"},
+        ) from exc
     except EngineStopped as exc:
         raise ApiError(503, "the engine is not running", code="engine_stopped") from exc
     except PromptTooLong as exc:
         raise ApiError(400, str(exc), param="messages", code="context_length_exceeded") from exc
     except EngineError as exc:
-        raise ApiError(500, f"the engine failed: {exc}", type="server_error",
-                       code="engine_error") from exc
+        raise ApiError(
+            500, f"the engine failed: {exc}", type="server_error", code="engine_error"
+        ) from exc
 
 
 async def _translated(stream: AsyncIterator[TokenEvent]) -> AsyncIterator[TokenEvent]:
@@ -177,8 +203,9 @@ async def _translated(stream: AsyncIterator[TokenEvent]) -> AsyncIterator[TokenE
         async for event in stream:
             yield event
     except EngineError as exc:
-        raise ApiError(500, f"the engine failed: {exc}", type="server_error",
-                       code="engine_error") from exc
+        raise ApiError(
+            500, f"the engine failed: {exc}", type="server_error", code="engine_error"
+        ) from exc
     finally:
         await stream.aclose()  # type: ignore[attr-defined]
 
@@ -213,8 +240,12 @@ async def prepare(
 
     engine = node.engine
     if request.model != engine.model_name:
-        raise ApiError(404, f"the model {request.model!r} does not exist on this node",
-                       param="model", code="model_not_found")
+        raise ApiError(
+            404,
+            f"the model {request.model!r} does not exist on this node",
+            param="model",
+            code="model_not_found",
+        )
     request.check_n()
     channel = await node.gate.authorize(authorization, request.model)
     if receipt_header:
@@ -222,8 +253,13 @@ async def prepare(
     chat = isinstance(request, ChatRequest)
     prompt = _prompt(engine, request, Prompt)
     max_tokens = _max_tokens(node, request, len(prompt.ids))
-    params = SamplingParams(max_tokens=max_tokens, temperature=request.temperature,
-                            top_p=request.top_p, seed=request.seed, stop=request.stop_tuple())
+    params = SamplingParams(
+        max_tokens=max_tokens,
+        temperature=request.temperature,
+        top_p=request.top_p,
+        seed=request.seed,
+        stop=request.stop_tuple(),
+    )
     ticket = node.limiter.admit(channel.channel_id, len(prompt.ids) + max_tokens)
     try:
         reservation = await node.gate.reserve(channel, len(prompt.ids), max_tokens)
@@ -257,9 +293,13 @@ def _max_tokens(node: NodeState, request: Request, prompt_tokens: int) -> int:
     asked = request.limit()
     if asked is None:
         if room < 1:
-            raise ApiError(400, f"the prompt has {prompt_tokens} tokens and the model's context "
-                           f"window is {context} tokens", param="messages",
-                           code="context_length_exceeded")
+            raise ApiError(
+                400,
+                f"the prompt has {prompt_tokens} tokens and the model's context "
+                f"window is {context} tokens",
+                param="messages",
+                code="context_length_exceeded",
+            )
         return min(node.settings.default_max_tokens, room)
     if prompt_tokens + asked > context:
         raise ApiError(
@@ -267,7 +307,8 @@ def _max_tokens(node: NodeState, request: Request, prompt_tokens: int) -> int:
             f"this model's context window is {context} tokens; the prompt has {prompt_tokens} "
             f"and max_tokens asks for {asked} more ({prompt_tokens + asked}); lower max_tokens "
             "or shorten the prompt",
-            param="max_tokens", code="context_length_exceeded",
+            param="max_tokens",
+            code="context_length_exceeded",
         )
     return asked
 
@@ -276,8 +317,9 @@ def _receipt_json(header: str) -> Any:
     try:
         return json.loads(header)
     except json.JSONDecodeError as exc:
-        raise ApiError(400, f"X-Tally-Receipt is not JSON: {exc.msg}",
-                       code="invalid_receipt") from None
+        raise ApiError(
+            400, f"X-Tally-Receipt is not JSON: {exc.msg}", code="invalid_receipt"
+        ) from None
 
 
 # running -----------------------------------------------------------------------------------
@@ -324,18 +366,22 @@ async def run_stream(done: Completion, send_chunk: SendChunk) -> None:
 class MeteredStream(Response):
     """An SSE response that tells its producer whether each chunk reached the client."""
 
-    def __init__(self, produce: Callable[[SendChunk], Awaitable[None]],
-                 headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, produce: Callable[[SendChunk], Awaitable[None]], headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(status_code=200, media_type="text/event-stream")
         self._produce = produce
-        self._headers = headers or {}
+        self._extra_headers = headers or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         gone = asyncio.Event()
         watcher = asyncio.create_task(_watch_disconnect(receive, gone))
-        headers = [(b"content-type", b"text/event-stream; charset=utf-8"),
-                   (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
-        headers += [(k.encode(), v.encode()) for k, v in self._headers.items()]
+        headers = [
+            (b"content-type", b"text/event-stream; charset=utf-8"),
+            (b"cache-control", b"no-cache"),
+            (b"x-accel-buffering", b"no"),
+        ]
+        headers += [(k.encode(), v.encode()) for k, v in self._extra_headers.items()]
 
         async def send_chunk(data: bytes) -> bool:
             if gone.is_set():
@@ -345,7 +391,7 @@ class MeteredStream(Response):
             except OSError:
                 gone.set()
                 return False
-            return not gone.is_set()
+            return True  # the bytes left: the client is billed for them
 
         try:
             await send({"type": "http.response.start", "status": 200, "headers": headers})

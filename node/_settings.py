@@ -123,7 +123,9 @@ def _describe(exc: ValidationError) -> str:
         field = ".".join(str(p) for p in err["loc"]) or "settings"
         flag = "--" + field.replace("_", "-")
         if err["type"] == "missing":
-            parts.append(f"{flag} is required (or {ENV_PREFIX}{field.upper()}, or {field} in --config)")
+            parts.append(
+                f"{flag} is required (or {ENV_PREFIX}{field.upper()}, or {field} in --config)"
+            )
         elif err["type"] == "extra_forbidden":
             parts.append(f"unknown setting {field!r}")
         else:

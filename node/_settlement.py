@@ -107,8 +107,11 @@ class SettlementWorker:
         start = int(self._ledger.get_meta(SCAN_KEY) or 0)
         events, next_block = await self._chain.close_requests(start)
         for event in events:
-            log.info("close requested: channel=0x%s closes_at=%d", event.channel_id.hex(),
-                     event.closes_at)
+            log.info(
+                "close requested: channel=0x%s closes_at=%d",
+                event.channel_id.hex(),
+                event.closes_at,
+            )
             self._cache.mark_closing(event.channel_id, event.closes_at)
         self._ledger.set_meta(SCAN_KEY, str(next_block))
         return len(events)
@@ -139,14 +142,23 @@ class SettlementWorker:
         gas_cost = await self._chain.claim_cost_estimate([c.receipt.signed for c in found])
         worth = value > self._multiple * gas_cost
         if not worth:
-            log.info("settlement: %d unclaimed < %.1f x gas cost %d; waiting", value,
-                     self._multiple, gas_cost)
+            log.info(
+                "settlement: %d unclaimed < %.1f x gas cost %d; waiting",
+                value,
+                self._multiple,
+                gas_cost,
+            )
         return worth
 
     async def _claim(self, found: list[Candidate]) -> ClaimOutcome:
         items = [
-            ClaimItem(c.receipt.channel_id, c.receipt.seq, c.receipt.signed.receipt.input_tokens,
-                      c.receipt.signed.receipt.output_tokens, "pending")
+            ClaimItem(
+                c.receipt.channel_id,
+                c.receipt.seq,
+                c.receipt.signed.receipt.input_tokens,
+                c.receipt.signed.receipt.output_tokens,
+                "pending",
+            )
             for c in found
         ]
         claim_id = self._ledger.add_claim(items)
@@ -157,8 +169,12 @@ class SettlementWorker:
             self._metrics.claims.labels("failed").inc()
             raise
         self._ledger.finish_claim(
-            claim_id, status="confirmed", tx_hash=outcome.tx_hash, gas_used=outcome.gas_used,
-            amount=outcome.amount, skipped=outcome.skipped,
+            claim_id,
+            status="confirmed",
+            tx_hash=outcome.tx_hash,
+            gas_used=outcome.gas_used,
+            amount=outcome.amount,
+            skipped=outcome.skipped,
         )
         self._metrics.claims.labels("confirmed").inc()
         for c in found:
@@ -166,8 +182,13 @@ class SettlementWorker:
             self._metrics.earnings_claimed.labels(c.channel.token).inc(paid)
         for channel_id, reason in outcome.skipped.items():
             log.warning("settlement: receipt of channel 0x%s skipped: %s", channel_id.hex(), reason)
-        log.info("settlement: claimMany %s claimed %d over %d receipt(s), gas %d",
-                 outcome.tx_hash, outcome.amount, len(found), outcome.gas_used)
+        log.info(
+            "settlement: claimMany %s claimed %d over %d receipt(s), gas %d",
+            outcome.tx_hash,
+            outcome.amount,
+            len(found),
+            outcome.gas_used,
+        )
         for c in found:
             self._cache.put(c.receipt.channel_id, await self._chain.channel(c.receipt.channel_id))
         self.refresh_unclaimed_metric()
@@ -196,4 +217,6 @@ def _claimable(stored: StoredReceipt, info: ChannelInfo, now: int) -> bool:
 
 def _value(stored: StoredReceipt, info: ChannelInfo) -> int:
     r = stored.signed.receipt
-    return max(min(cost_of(r.input_tokens, r.output_tokens, info.prices), info.deposit) - info.paid, 0)
+    return max(
+        min(cost_of(r.input_tokens, r.output_tokens, info.prices), info.deposit) - info.paid, 0
+    )

@@ -6,7 +6,6 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
-
 from tallystick.protocol import cost_of
 
 from ._ledger import SqliteLedger
@@ -20,17 +19,24 @@ def show_status(settings: Settings, provider: str, registry: Any, escrow: Any) -
     """Print registration, listings, channels (served/countersigned/claimed) and earnings."""
     console = Console()
     info = registry.get_provider(provider)
-    console.print(f"provider {provider}: "
-                  + (f"registered at {info.endpoint}" if info.registered else "NOT registered"))
+    console.print(
+        f"provider {provider}: "
+        + (f"registered at {info.endpoint}" if info.registered else "NOT registered")
+    )
     listings = Table(title="listings")
     for col in ("model", "input/M", "output/M", "token", "context", "active"):
         listings.add_column(col)
     tokens = set()
     for listing in registry.listings_of(provider):
         tokens.add(listing.token)
-        listings.add_row(listing.name, str(listing.input_price_per_m),
-                         str(listing.output_price_per_m), listing.token,
-                         str(listing.context_length), "yes" if listing.active else "no")
+        listings.add_row(
+            listing.name,
+            str(listing.input_price_per_m),
+            str(listing.output_price_per_m),
+            listing.token,
+            str(listing.context_length),
+            "yes" if listing.active else "no",
+        )
     console.print(listings)
     unclaimed = _channels(console, settings, escrow, tokens)
     earnings = Table(title="earnings")
@@ -41,10 +47,19 @@ def show_status(settings: Settings, provider: str, registry: Any, escrow: Any) -
     console.print(earnings)
 
 
-def _channels(console: Console, settings: Settings, escrow: Any, tokens: set[str]) -> dict[str, int]:
+def _channels(
+    console: Console, settings: Settings, escrow: Any, tokens: set[str]
+) -> dict[str, int]:
     table = Table(title="channels")
-    for col in ("channel", "status", "served in/out", "countersigned in/out", "claimed in/out",
-                "deposit", "paid"):
+    for col in (
+        "channel",
+        "status",
+        "served in/out",
+        "countersigned in/out",
+        "claimed in/out",
+        "deposit",
+        "paid",
+    ):
         table.add_column(col)
     unclaimed: dict[str, int] = {}
     ledger = SqliteLedger(settings.db)
@@ -57,8 +72,13 @@ def _channels(console: Console, settings: Settings, escrow: Any, tokens: set[str
             signed = rct.signed.receipt if rct else None
             tokens.add(state.token)
             if signed and int(state.status) in (ChannelStatus.OPEN, ChannelStatus.CLOSING):
-                due = min(cost_of(signed.input_tokens, signed.output_tokens, state.prices),
-                          state.deposit) - state.paid
+                due = (
+                    min(
+                        cost_of(signed.input_tokens, signed.output_tokens, state.prices),
+                        state.deposit,
+                    )
+                    - state.paid
+                )
                 unclaimed[state.token] = unclaimed.get(state.token, 0) + max(due, 0)
             table.add_row(
                 "0x" + cached.channel_id.hex()[:12] + "…",
@@ -66,7 +86,8 @@ def _channels(console: Console, settings: Settings, escrow: Any, tokens: set[str
                 f"{served.input_tokens}/{served.output_tokens}" if served else "0/0",
                 f"{signed.input_tokens}/{signed.output_tokens}" if signed else "0/0",
                 f"{state.input_tokens}/{state.output_tokens}",
-                str(state.deposit), str(state.paid),
+                str(state.deposit),
+                str(state.paid),
             )
     finally:
         ledger.close()

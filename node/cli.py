@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
-
 from tallystick.protocol import ChainError, Prices, TallystickError, model_id
 
 from ._errors import ConfigError, KeyLoadError
@@ -27,20 +26,33 @@ ETH = "0x0000000000000000000000000000000000000000"
 
 
 def _chain_options(fn: F) -> F:
-    for option in reversed([
-        click.option("--config", type=click.Path(dir_okay=False, path_type=Path),
-                     help="TOML settings file."),
-        click.option("--rpc", help="Chain RPC URL."),
-        click.option("--escrow", help="TallyEscrow address."),
-        click.option("--registry", help="ProviderRegistry address."),
-        click.option("--key", help="Provider private key (hex). Prefer --keystore."),
-        click.option("--keystore", type=click.Path(dir_okay=False, path_type=Path),
-                     help="Encrypted JSON keystore (password: TALLYSTICK_NODE_KEYSTORE_PASSWORD)."),
-        click.option("--db", type=click.Path(dir_okay=False, path_type=Path),
-                     help="Ledger file (SQLite)."),
-        click.option("--log-level", help="DEBUG, INFO, WARNING or ERROR."),
-        click.option("--log-format", type=click.Choice(["json", "kv"]), help="Log line format."),
-    ]):
+    for option in reversed(
+        [
+            click.option(
+                "--config",
+                type=click.Path(dir_okay=False, path_type=Path),
+                help="TOML settings file.",
+            ),
+            click.option("--rpc", help="Chain RPC URL."),
+            click.option("--escrow", help="TallyEscrow address."),
+            click.option("--registry", help="ProviderRegistry address."),
+            click.option("--key", help="Provider private key (hex). Prefer --keystore."),
+            click.option(
+                "--keystore",
+                type=click.Path(dir_okay=False, path_type=Path),
+                help="Encrypted JSON keystore (password: TALLYSTICK_NODE_KEYSTORE_PASSWORD).",
+            ),
+            click.option(
+                "--db",
+                type=click.Path(dir_okay=False, path_type=Path),
+                help="Ledger file (SQLite).",
+            ),
+            click.option("--log-level", help="DEBUG, INFO, WARNING or ERROR."),
+            click.option(
+                "--log-format", type=click.Choice(["json", "kv"]), help="Log line format."
+            ),
+        ]
+    ):
         fn = option(fn)
     return fn
 
@@ -119,8 +131,13 @@ def serve(**cli: Any) -> None:
     configure_logging(settings.log_level, settings.log_format)
     account = _account(settings)
     app = create_app(settings, account=account)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None,
-                log_level=settings.log_level.lower())
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        log_level=settings.log_level.lower(),
+    )
 
 
 @main.command()
@@ -149,16 +166,31 @@ def register(endpoint: str, metadata: str, **cli: Any) -> None:
 @click.option("--model-path", help="Compute the tokenizer hash from this model instead.")
 @click.option("--context-length", type=int, required=True)
 @_one_line_errors
-def list_model(name: str, input_price: int, output_price: int, token: str,
-               tokenizer_hash: str | None, model_path: str | None, context_length: int,
-               **cli: Any) -> None:
+def list_model(
+    name: str,
+    input_price: int,
+    output_price: int,
+    token: str,
+    tokenizer_hash: str | None,
+    model_path: str | None,
+    context_length: int,
+    **cli: Any,
+) -> None:
     """List (or re-list) a model with its prices and tokenizer hash."""
     digest = _tokenizer_hash(tokenizer_hash, model_path)
     account, registry, _ = _bindings(_settings(cli))
-    tx = registry.list_model(account, name, Prices(input_price, output_price), token=token,
-                             tokenizer_hash=digest, context_length=context_length)
-    click.echo(f"listed {name} (modelId 0x{model_id(name).hex()}, tokenizerHash "
-               f"0x{digest.hex()}, tx 0x{tx.tx_hash.hex()})")
+    tx = registry.list_model(
+        account,
+        name,
+        Prices(input_price, output_price),
+        token=token,
+        tokenizer_hash=digest,
+        context_length=context_length,
+    )
+    click.echo(
+        f"listed {name} (modelId 0x{model_id(name).hex()}, tokenizerHash "
+        f"0x{digest.hex()}, tx 0x{tx.tx_hash.hex()})"
+    )
 
 
 def _tokenizer_hash(given: str | None, model_path: str | None) -> bytes:
@@ -176,9 +208,8 @@ def _tokenizer_hash(given: str | None, model_path: str | None) -> bytes:
 
 
 def _bundle_of(source: str) -> Any:
-    from transformers import AutoTokenizer
-
     from tallystick.protocol import TokenizerBundle
+    from transformers import AutoTokenizer
 
     path = Path(source).expanduser()
     kwargs: dict[str, Any] = {}
@@ -237,8 +268,10 @@ def settle(**cli: Any) -> None:
     if outcome is None:
         click.echo("nothing to claim")
     else:
-        click.echo(f"claimed {outcome.amount} over {len(outcome.claimed)} channel(s), "
-                   f"{len(outcome.skipped)} skipped (tx {outcome.tx_hash}, gas {outcome.gas_used})")
+        click.echo(
+            f"claimed {outcome.amount} over {len(outcome.claimed)} channel(s), "
+            f"{len(outcome.skipped)} skipped (tx {outcome.tx_hash}, gas {outcome.gas_used})"
+        )
         for cid, reason in outcome.skipped.items():
             click.echo(f"  skipped 0x{cid.hex()}: {reason}")
 
@@ -254,8 +287,9 @@ async def _settle(settings: Settings, account: Any) -> Any:
     ledger = SqliteLedger(settings.db)
     try:
         cache = ChannelCache(chain, ledger, 0)
-        worker = SettlementWorker(chain=chain, ledger=ledger, cache=cache,
-                                  metrics=NodeMetrics(), settings=settings)
+        worker = SettlementWorker(
+            chain=chain, ledger=ledger, cache=cache, metrics=NodeMetrics(), settings=settings
+        )
         return await worker.settle(force=True)
     finally:
         ledger.close()

@@ -25,16 +25,23 @@ def make_node(tmp_path: Any) -> Callable[..., Any]:
     from contextlib import asynccontextmanager
 
     @asynccontextmanager
-    async def factory(engine: FakeEngine | None = None, run_worker: bool = False,
-                      **overrides: Any) -> AsyncIterator[Harness]:
+    async def factory(
+        engine: FakeEngine | None = None, run_worker: bool = False, **overrides: Any
+    ) -> AsyncIterator[Harness]:
         provider = Account.from_key("0x" + "11" * 32)
         client = Account.from_key("0x" + "22" * 32)
         chain = FakeChain(Domain(31337, ESCROW), provider.address)
         cid = open_channel(chain, client)
         engine = engine or FakeEngine(reply="Hello there, friend.")
         ledger = SqliteLedger(tmp_path / "ledger.db")
-        app = create_app(settings(**overrides), engine=engine, chain=chain, store=ledger,
-                         account=provider, run_worker=run_worker)
+        app = create_app(
+            settings(**overrides),
+            engine=engine,
+            chain=chain,
+            store=ledger,
+            account=provider,
+            run_worker=run_worker,
+        )
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://node") as http:

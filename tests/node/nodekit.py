@@ -58,8 +58,7 @@ class FakeChain:
     async def listing(self, model: bytes) -> ListingInfo | None:
         if model != model_id(MODEL):
             return None
-        return ListingInfo(PRICES.input_per_m, PRICES.output_per_m, TOKEN, b"\x11" * 32, 2048,
-                           True)
+        return ListingInfo(PRICES.input_per_m, PRICES.output_per_m, TOKEN, b"\x11" * 32, 2048, True)
 
     async def claim_cost_estimate(self, receipts: list[SignedReceipt]) -> int:
         return self.gas_cost
@@ -116,20 +115,26 @@ class Harness:
     def node(self) -> Any:
         return self.app.state.node
 
-    def auth(self, account: LocalAccount | None = None, channel_id: bytes | None = None,
-             ttl: int = 600) -> dict[str, str]:
-        token = make_bearer_token(account or self.client, self.chain.domain,
-                                  channel_id or self.channel_id, ttl)
+    def auth(
+        self, account: LocalAccount | None = None, channel_id: bytes | None = None, ttl: int = 600
+    ) -> dict[str, str]:
+        token = make_bearer_token(
+            account or self.client, self.chain.domain, channel_id or self.channel_id, ttl
+        )
         return {"Authorization": f"Bearer {token.encode()}"}
 
-    def countersign(self, body: dict[str, Any], account: LocalAccount | None = None) -> dict[str, Any]:
+    def countersign(
+        self, body: dict[str, Any], account: LocalAccount | None = None
+    ) -> dict[str, Any]:
         record = UsageRecord.from_json(body["tallystick"]["record"])
-        receipt = Receipt(record.channel_id, record.input_tokens, record.output_tokens,
-                          record.usage_root())
+        receipt = Receipt(
+            record.channel_id, record.input_tokens, record.output_tokens, record.usage_root()
+        )
         return sign_receipt(account or self.client, self.chain.domain, receipt).to_json()
 
-    async def chat(self, content: str = "Hi", *, receipt: dict[str, Any] | None = None,
-                   **extra: Any) -> httpx.Response:
+    async def chat(
+        self, content: str = "Hi", *, receipt: dict[str, Any] | None = None, **extra: Any
+    ) -> httpx.Response:
         headers = self.auth()
         if receipt is not None:
             headers["X-Tally-Receipt"] = json.dumps(receipt)
@@ -146,22 +151,41 @@ class Harness:
         return body
 
 
-def open_channel(chain: FakeChain, client: LocalAccount, *, deposit: int = 100_000,
-                 nonce: int = 0, provider: str | None = None, model: str = MODEL) -> bytes:
+def open_channel(
+    chain: FakeChain,
+    client: LocalAccount,
+    *,
+    deposit: int = 100_000,
+    nonce: int = 0,
+    provider: str | None = None,
+    model: str = MODEL,
+) -> bytes:
     from tallystick.protocol import channel_id
 
     cid = channel_id(ESCROW, client.address, provider or chain.provider, model_id(model), nonce)
     chain.channels[cid] = ChannelInfo(
-        channel_id=cid, client=client.address, provider=provider or chain.provider, token=TOKEN,
-        status=ChannelStatus.OPEN, model_id=model_id(model), prices=PRICES, deposit=deposit,
-        paid=0, claimed_input=0, claimed_output=0, closes_at=0,
+        channel_id=cid,
+        client=client.address,
+        provider=provider or chain.provider,
+        token=TOKEN,
+        status=ChannelStatus.OPEN,
+        model_id=model_id(model),
+        prices=PRICES,
+        deposit=deposit,
+        paid=0,
+        claimed_input=0,
+        claimed_output=0,
+        closes_at=0,
     )
     return cid
 
 
 def settings(**overrides: Any) -> Settings:
-    base: dict[str, Any] = {"rpc": "http://unused", "escrow": ESCROW, "registry": ESCROW,
-                            "settle_interval": 3600.0, "channel_cache_ttl": 60.0}
+    base: dict[str, Any] = {
+        "rpc": "http://unused",
+        "escrow": ESCROW,
+        "registry": ESCROW,
+        "settle_interval": 3600.0,
+        "channel_cache_ttl": 60.0,
+    }
     return Settings(**{**base, **overrides})
-
-

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import replace
 
 import pytest
 from eth_account import Account
 from nodekit import MODEL, open_channel
-
 from tallystick.node import ChannelStatus
 from tallystick.node.engines import FakeEngine
 from tallystick.protocol import SignedUsageRecord, UsageRecord, recover_usage_record_signer
@@ -30,8 +30,10 @@ async def test_chat_completion_carries_usage_and_a_signed_record(make_node):
         record = signed.record
         assert record.seq == 1
         assert record.prompt_tokens == usage["prompt_tokens"]
-        assert record.completion_tokens == usage["completion_tokens"] == len(
-            tally["completion_token_ids"]
+        assert (
+            record.completion_tokens
+            == usage["completion_tokens"]
+            == len(tally["completion_token_ids"])
         )
         assert usage["prompt_tokens"] == len(
             h.engine.counter.chat_prompt_ids([{"role": "user", "content": "Hi"}])
@@ -40,7 +42,7 @@ async def test_chat_completion_carries_usage_and_a_signed_record(make_node):
 
 
 def _sse(text: str) -> list[str]:
-    return [line[len("data: "):] for line in text.split("\n\n") if line.startswith("data: ")]
+    return [line[len("data: ") :] for line in text.split("\n\n") if line.startswith("data: ")]
 
 
 async def test_stream_sends_deltas_then_usage_and_tallystick_then_done(make_node):
@@ -57,14 +59,19 @@ async def test_stream_sends_deltas_then_usage_and_tallystick_then_done(make_node
         assert chunks[-2]["choices"][0]["finish_reason"] == "stop"
         final = chunks[-1]
         assert final["choices"] == []
-        assert final["usage"]["completion_tokens"] == len(final["tallystick"]["completion_token_ids"])
+        assert final["usage"]["completion_tokens"] == len(
+            final["tallystick"]["completion_token_ids"]
+        )
         assert final["tallystick"]["record"]["seq"] == 1
 
 
 async def test_text_completion(make_node):
     async with make_node() as h:
-        resp = await h.http.post("/v1/completions", headers=h.auth(),
-                                 json={"model": MODEL, "prompt": "Once", "max_tokens": 5})
+        resp = await h.http.post(
+            "/v1/completions",
+            headers=h.auth(),
+            json={"model": MODEL, "prompt": "Once", "max_tokens": 5},
+        )
         assert resp.status_code == 200, resp.text
         body = resp.json()
         assert body["object"] == "text_completion"
@@ -84,7 +91,10 @@ async def test_credit_rule_requires_the_previous_receipt(make_node):
         assert ok.status_code == 200, ok.text
         rec = ok.json()["tallystick"]["record"]
         assert rec["seq"] == 2
-        assert rec["prevRoot"] == "0x" + UsageRecord.from_json(first["tallystick"]["record"]).usage_root().hex()
+        assert (
+            rec["prevRoot"]
+            == "0x" + UsageRecord.from_json(first["tallystick"]["record"]).usage_root().hex()
+        )
 
 
 async def test_credit_requests_allows_several_unpaid(make_node):
@@ -114,7 +124,8 @@ async def test_top_up_is_seen_without_waiting_for_the_cache(make_node):
 
 
 @pytest.mark.parametrize(
-    ("status", "code"), [(ChannelStatus.CLOSING, "channel_closing"), (ChannelStatus.CLOSED, "channel_closed")]
+    ("status", "code"),
+    [(ChannelStatus.CLOSING, "channel_closing"), (ChannelStatus.CLOSED, "channel_closed")],
 )
 async def test_closing_or_closed_channel_is_refused(make_node, status, code):
     async with make_node(channel_cache_ttl=0) as h:
@@ -151,10 +162,14 @@ def _expired(h):
 
 async def test_channel_of_another_provider_is_refused(make_node):
     async with make_node() as h:
-        other = open_channel(h.chain, h.client, nonce=7,
-                             provider="0x000000000000000000000000000000000000dEaD")
-        resp = await h.http.post("/v1/chat/completions", headers=h.auth(channel_id=other),
-                                 json={"model": MODEL, "messages": [{"role": "user", "content": "x"}]})
+        other = open_channel(
+            h.chain, h.client, nonce=7, provider="0x000000000000000000000000000000000000dEaD"
+        )
+        resp = await h.http.post(
+            "/v1/chat/completions",
+            headers=h.auth(channel_id=other),
+            json={"model": MODEL, "messages": [{"role": "user", "content": "x"}]},
+        )
         assert resp.status_code == 401
         assert resp.json()["error"]["code"] == "wrong_provider"
 
@@ -162,8 +177,11 @@ async def test_channel_of_another_provider_is_refused(make_node):
 async def test_channel_for_another_model_is_refused(make_node):
     async with make_node() as h:
         other = open_channel(h.chain, h.client, nonce=8, model="other-model")
-        resp = await h.http.post("/v1/chat/completions", headers=h.auth(channel_id=other),
-                                 json={"model": MODEL, "messages": [{"role": "user", "content": "x"}]})
+        resp = await h.http.post(
+            "/v1/chat/completions",
+            headers=h.auth(channel_id=other),
+            json={"model": MODEL, "messages": [{"role": "user", "content": "x"}]},
+        )
         assert resp.status_code == 400
         assert resp.json()["error"]["code"] == "model_mismatch"
 
@@ -171,8 +189,9 @@ async def test_channel_for_another_model_is_refused(make_node):
 async def test_session_key_signs_tokens_and_receipts(make_node):
     async with make_node() as h:
         session = Account.from_key("0x" + "44" * 32)
-        h.chain.channels[h.channel_id] = replace(h.chain.channels[h.channel_id],
-                                                 session_key=session.address)
+        h.chain.channels[h.channel_id] = replace(
+            h.chain.channels[h.channel_id], session_key=session.address
+        )
         body = {"model": MODEL, "messages": [{"role": "user", "content": "x"}]}
         resp = await h.http.post("/v1/chat/completions", json=body, headers=h.auth(account=session))
         assert resp.status_code == 200, resp.text
@@ -186,21 +205,38 @@ async def test_session_key_signs_tokens_and_receipts(make_node):
         (b"{not json", 400, "invalid_json"),
         (b'{"model": "fake-model", "messages": "\xff\xfe"}', 400, "invalid_encoding"),
         (b'{"model": "fake-model"}', 400, "missing_required_parameter"),
-        (b'{"model": "fake-model", "messages": [{"role": "user", "content": 5}]}', 400,
-         "invalid_value"),
-        (b'{"model": "fake-model", "messages": [{"role":"user","content":"x"}], "n": 2}', 400,
-         "unsupported_value"),
-        (b'{"model": "fake-model", "messages": [{"role":"user","content":"x"}], "max_tokens": 5000}',
-         400, "context_length_exceeded"),
+        (
+            b'{"model": "fake-model", "messages": [{"role": "user", "content": 5}]}',
+            400,
+            "invalid_value",
+        ),
+        (
+            b'{"model": "fake-model", "messages": [{"role":"user","content":"x"}], "n": 2}',
+            400,
+            "unsupported_value",
+        ),
+        (
+            b'{"model": "fake-model", "messages": [{"role":"user","content":"x"}],'
+            b' "max_tokens": 5000}',
+            400,
+            "context_length_exceeded",
+        ),
         (b'{"model": "nope", "messages": [{"role":"user","content":"x"}]}', 404, "model_not_found"),
-        (b'{"model": "fake-model", "messages": [{"role":"user","content":"x"}], "stop": ["a","b","c","d","e"]}',
-         400, "invalid_value"),
+        (
+            b'{"model": "fake-model", "messages": [{"role":"user","content":"x"}],'
+            b' "stop": ["a","b","c","d","e"]}',
+            400,
+            "invalid_value",
+        ),
     ],
 )
 async def test_bad_requests_get_the_openai_envelope(make_node, body, status, code):
     async with make_node() as h:
-        resp = await h.http.post("/v1/chat/completions", content=body,
-                                 headers={**h.auth(), "content-type": "application/json"})
+        resp = await h.http.post(
+            "/v1/chat/completions",
+            content=body,
+            headers={**h.auth(), "content-type": "application/json"},
+        )
         assert resp.status_code == status, resp.text
         err = resp.json()["error"]
         assert err["code"] == code
@@ -210,9 +246,16 @@ async def test_bad_requests_get_the_openai_envelope(make_node, body, status, cod
 async def test_unknown_fields_are_ignored_and_content_parts_are_joined(make_node):
     async with make_node() as h:
         parts = [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]
-        resp = await h.http.post("/v1/chat/completions", headers=h.auth(), json={
-            "model": MODEL, "messages": [{"role": "user", "content": parts}], "frobnicate": 1,
-            "max_completion_tokens": 3})
+        resp = await h.http.post(
+            "/v1/chat/completions",
+            headers=h.auth(),
+            json={
+                "model": MODEL,
+                "messages": [{"role": "user", "content": parts}],
+                "frobnicate": 1,
+                "max_completion_tokens": 3,
+            },
+        )
         assert resp.status_code == 200, resp.text
         expected = h.engine.counter.chat_prompt_ids([{"role": "user", "content": "a\nb"}])
         assert resp.json()["usage"]["prompt_tokens"] == len(expected)
@@ -246,8 +289,10 @@ async def test_engine_queue_full_is_503(make_node):
         third = open_channel(h.chain, Account.from_key("0x" + "66" * 32), nonce=4)
         body = {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": 4}
         clients = [h.client, Account.from_key("0x" + "55" * 32), Account.from_key("0x" + "66" * 32)]
-        reqs = [h.http.post("/v1/chat/completions", json=body, headers=h.auth(a, c))
-                for a, c in zip(clients, [h.channel_id, other, third], strict=True)]
+        reqs = [
+            h.http.post("/v1/chat/completions", json=body, headers=h.auth(a, c))
+            for a, c in zip(clients, [h.channel_id, other, third], strict=True)
+        ]
         codes = sorted(r.status_code for r in await asyncio.gather(*reqs))
         assert 503 in codes and 200 in codes
 
@@ -263,24 +308,33 @@ async def test_receipts_are_checked_against_issued_records(make_node):
         r = await h.http.post("/v1/tally/receipts", json=forged)
         assert r.status_code == 400 and r.json()["error"]["code"] == "receipt_mismatch"
         # signed by a stranger
-        r = await h.http.post("/v1/tally/receipts",
-                              json=h.countersign(first, Account.from_key("0x" + "77" * 32)))
+        r = await h.http.post(
+            "/v1/tally/receipts", json=h.countersign(first, Account.from_key("0x" + "77" * 32))
+        )
         assert r.status_code == 400 and r.json()["error"]["code"] == "receipt_signer_mismatch"
         r = await h.http.post("/v1/tally/receipts", json={"channelId": "0x12"})
         assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_receipt"
         # the newer receipt, then the older one is refused, the same one again is fine
-        assert (await h.http.post("/v1/tally/receipts", json=h.countersign(second))).status_code == 200
+        assert (
+            await h.http.post("/v1/tally/receipts", json=h.countersign(second))
+        ).status_code == 200
         r = await h.http.post("/v1/tally/receipts", json=h.countersign(first))
         assert r.status_code == 409 and r.json()["error"]["code"] == "receipt_stale"
-        assert (await h.http.post("/v1/tally/receipts", json=h.countersign(second))).status_code == 200
+        assert (
+            await h.http.post("/v1/tally/receipts", json=h.countersign(second))
+        ).status_code == 200
         assert h.ledger.last_receipt(h.channel_id).seq == 2
 
 
 def _resign(h, wire):
     from tallystick.protocol import Receipt, sign_receipt
 
-    receipt = Receipt(bytes.fromhex(wire["channelId"][2:]), wire["inputTokens"],
-                      wire["outputTokens"], bytes.fromhex(wire["usageRoot"][2:]))
+    receipt = Receipt(
+        bytes.fromhex(wire["channelId"][2:]),
+        wire["inputTokens"],
+        wire["outputTokens"],
+        bytes.fromhex(wire["usageRoot"][2:]),
+    )
     return sign_receipt(h.client, h.chain.domain, receipt).to_json()
 
 
@@ -295,17 +349,24 @@ async def test_channel_view_records_and_cooperative_close(make_node):
         cost = rec["inputTokens"] * 1 + rec["outputTokens"] * 2
         assert view["served"]["cost"] == cost and view["creditLeft"] == 100_000 - cost
         got = (await h.http.get(f"/v1/tally/channels/{cid}/records/1", headers=h.auth())).json()
-        assert got["record"] == rec and got["completion_token_ids"] == body["tallystick"]["completion_token_ids"]
+        assert (
+            got["record"] == rec
+            and got["completion_token_ids"] == body["tallystick"]["completion_token_ids"]
+        )
         r = await h.http.get(f"/v1/tally/channels/{cid}/records/9", headers=h.auth())
         assert r.status_code == 404
-        close = await h.http.post(f"/v1/tally/channels/{cid}/close", headers=h.auth(),
-                                  json=h.countersign(body))
+        close = await h.http.post(
+            f"/v1/tally/channels/{cid}/close", headers=h.auth(), json=h.countersign(body)
+        )
         assert close.status_code == 200, close.text
         from tallystick.protocol import Receipt, SignedReceipt, recover_receipt_signer
 
         receipt = Receipt.from_json(close.json()["receipt"])
         sig = bytes.fromhex(close.json()["providerSignature"][2:])
-        assert recover_receipt_signer(h.chain.domain, SignedReceipt(receipt, sig)) == h.provider.address
+        assert (
+            recover_receipt_signer(h.chain.domain, SignedReceipt(receipt, sig))
+            == h.provider.address
+        )
         after = await h.chat(receipt=h.countersign(body))
         assert after.status_code == 402 and after.json()["error"]["code"] == "channel_closing"
 
@@ -315,8 +376,9 @@ async def test_close_refuses_a_receipt_that_is_not_the_last(make_node):
         first = (await h.chat()).json()
         await h.chat()
         cid = "0x" + h.channel_id.hex()
-        r = await h.http.post(f"/v1/tally/channels/{cid}/close", headers=h.auth(),
-                              json=h.countersign(first))
+        r = await h.http.post(
+            f"/v1/tally/channels/{cid}/close", headers=h.auth(), json=h.countersign(first)
+        )
         assert r.status_code == 409 and r.json()["error"]["code"] == "receipt_not_final"
 
 
@@ -325,8 +387,11 @@ async def test_models_and_tokenizer_bundle(make_node):
         models = (await h.http.get("/v1/models")).json()
         entry = models["data"][0]
         assert models["object"] == "list" and entry["id"] == MODEL
-        assert entry["pricing"] == {"input_per_million": 1_000_000, "output_per_million": 2_000_000,
-                                    "token": "0x0000000000000000000000000000000000000000"}
+        assert entry["pricing"] == {
+            "input_per_million": 1_000_000,
+            "output_per_million": 2_000_000,
+            "token": "0x0000000000000000000000000000000000000000",
+        }
         assert entry["context_length"] == 2048
         raw = (await h.http.get(f"/v1/tally/tokenizer/{MODEL}")).content
         from eth_utils import keccak
@@ -368,3 +433,63 @@ async def test_metrics_exposition(make_node):
         assert "tallystick_earnings_unclaimed" in text
         health = (await h.http.get("/health")).json()
         assert health["status"] == "ok" and health["provider"] == h.provider.address
+
+
+async def test_a_client_that_disconnects_mid_stream_pays_only_what_it_received(make_node):
+    """Drive the ASGI app directly: the client vanishes after the third content chunk."""
+    async with make_node(engine=FakeEngine(reply="one two three four five six seven")) as h:
+        body = json.dumps(
+            {"model": MODEL, "stream": True, "messages": [{"role": "user", "content": "count"}]}
+        ).encode()
+        headers = [
+            (b"content-type", b"application/json"),
+            *[(k.lower().encode(), v.encode()) for k, v in h.auth().items()],
+        ]
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "POST",
+            "path": "/v1/chat/completions",
+            "raw_path": b"",
+            "query_string": b"",
+            "headers": headers,
+            "scheme": "http",
+            "server": ("node", 80),
+            "client": ("test", 1),
+            "root_path": "",
+        }
+        received: list[bytes] = []
+        gone = asyncio.Event()
+        sent_body = False
+
+        async def receive():
+            nonlocal sent_body
+            if not sent_body:
+                sent_body = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            await gone.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message):
+            if message["type"] == "http.response.body" and message["body"]:
+                received.append(message["body"])
+                if len(received) == 4:  # role chunk + 3 content chunks
+                    gone.set()
+                    await asyncio.sleep(0)
+
+        await h.app(scope, receive, send)
+        chunks = [json.loads(c.decode()[len("data: ") :]) for c in received]
+        delivered = [c["choices"][0]["delta"].get("content", "") for c in chunks[1:]]
+        stored = h.ledger.last_record(h.channel_id)
+        assert stored is not None and stored.seq == 1
+        text = h.engine.counter.decode(stored.completion_ids)
+        assert text == "".join(delivered)
+        assert stored.signed.record.completion_tokens == len(stored.completion_ids) <= 3
+        assert stored.signed.record.prompt_tokens == len(
+            h.engine.counter.chat_prompt_ids([{"role": "user", "content": "count"}])
+        )
+        got = await h.http.get(
+            f"/v1/tally/channels/0x{h.channel_id.hex()}/records/1", headers=h.auth()
+        )
+        assert got.json()["completion_token_ids"] == stored.completion_ids

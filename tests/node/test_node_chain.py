@@ -17,7 +17,6 @@ import httpx
 import pytest
 import uvicorn
 from click.testing import CliRunner
-
 from tallystick.node import Settings, create_app
 from tallystick.node.cli import main
 from tallystick.node.engines import FakeEngine
@@ -50,8 +49,9 @@ class Server:
     def __init__(self, app: Any) -> None:
         self.port = _free_port()
         self.app = app
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
-                                lifespan="on")
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on"
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
@@ -79,30 +79,47 @@ def market(deployment: Any, accounts: Any) -> Any:
     provider, client = accounts.provider, accounts.client
     engine = FakeEngine(reply="Paid per token, settled on chain.")
     deployment.registry.register(provider, "http://127.0.0.1:0")
-    deployment.registry.list_model(provider, MODEL, PRICES, tokenizer_hash=engine.tokenizer_bundle.hash(),
-                                   context_length=engine.context_length)
+    deployment.registry.list_model(
+        provider,
+        MODEL,
+        PRICES,
+        tokenizer_hash=engine.tokenizer_bundle.hash(),
+        context_length=engine.context_length,
+    )
     cid = deployment.escrow.open(client, provider.address, model_id(MODEL), 10**17).value
     return deployment, engine, bytes(cid)
 
 
 @pytest.fixture
-def node(market: Any, anvil: Any, accounts: Any, tmp_path: Any) -> Iterator[tuple[Server, Settings]]:
+def node(
+    market: Any, anvil: Any, accounts: Any, tmp_path: Any
+) -> Iterator[tuple[Server, Settings]]:
     deployment, engine, _ = market
     settings = Settings(
-        rpc=anvil.url, escrow=deployment.escrow.address, registry=deployment.registry.address,
-        key="0x" + accounts.provider.key.hex().removeprefix("0x"), db=tmp_path / "node.db",
-        settle_interval=3600, poll_interval=0.2, claim_gas_multiple=0,
+        rpc=anvil.url,
+        escrow=deployment.escrow.address,
+        registry=deployment.registry.address,
+        key="0x" + accounts.provider.key.hex().removeprefix("0x"),
+        db=tmp_path / "node.db",
+        settle_interval=3600,
+        poll_interval=0.2,
+        claim_gas_multiple=0,
     )
     with Server(create_app(settings, engine=engine)) as server:
         yield server, settings
 
 
-def _chat(http: httpx.Client, token: str, receipt: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+def _chat(
+    http: httpx.Client, token: str, receipt: dict[str, Any] | None = None, **extra: Any
+) -> dict[str, Any]:
     headers = {"Authorization": f"Bearer {token}"}
     if receipt:
         headers["X-Tally-Receipt"] = json.dumps(receipt)
-    body = {"model": MODEL, "messages": [{"role": "user", "content": "What is a tally stick?"}],
-            **extra}
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "What is a tally stick?"}],
+        **extra,
+    }
     resp = http.post("/v1/chat/completions", json=body, headers=headers)
     assert resp.status_code == 200, resp.text
     return resp.json()
@@ -110,7 +127,9 @@ def _chat(http: httpx.Client, token: str, receipt: dict[str, Any] | None = None,
 
 def _countersign(account: Any, domain: Any, body: dict[str, Any]) -> dict[str, Any]:
     record = UsageRecord.from_json(body["tallystick"]["record"])
-    receipt = Receipt(record.channel_id, record.input_tokens, record.output_tokens, record.usage_root())
+    receipt = Receipt(
+        record.channel_id, record.input_tokens, record.output_tokens, record.usage_root()
+    )
     return sign_receipt(account, domain, receipt).to_json()
 
 
@@ -127,22 +146,54 @@ def test_requests_are_paid_by_settle_and_claim_many(market, node, accounts):
             receipt = _countersign(accounts.client, domain, body)
         assert http.post("/v1/tally/receipts", json=receipt).status_code == 200
         # a request the node must refuse: the model is another one's
-        r = http.post("/v1/chat/completions", headers={"Authorization": f"Bearer {token}"},
-                      json={"model": "other", "messages": [{"role": "user", "content": "x"}]})
+        r = http.post(
+            "/v1/chat/completions",
+            headers={"Authorization": f"Bearer {token}"},
+            json={"model": "other", "messages": [{"role": "user", "content": "x"}]},
+        )
         assert r.status_code == 404
     before = escrow.earnings(accounts.provider.address, ETH)
-    result = CliRunner().invoke(main, [
-        "settle", "--rpc", settings.rpc, "--escrow", settings.escrow, "--registry",
-        settings.registry, "--key", settings.key.get_secret_value(), "--db", str(settings.db)])
+    result = CliRunner().invoke(
+        main,
+        [
+            "settle",
+            "--rpc",
+            settings.rpc,
+            "--escrow",
+            settings.escrow,
+            "--registry",
+            settings.registry,
+            "--key",
+            settings.key.get_secret_value(),
+            "--db",
+            str(settings.db),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "claimed" in result.output
     owed = cost_of(receipt["inputTokens"], receipt["outputTokens"], PRICES)
     assert escrow.earnings(accounts.provider.address, ETH) - before == owed
     state = escrow.get_channel(cid)
-    assert (state.input_tokens, state.output_tokens) == (receipt["inputTokens"], receipt["outputTokens"])
-    again = CliRunner().invoke(main, [
-        "settle", "--rpc", settings.rpc, "--escrow", settings.escrow, "--registry",
-        settings.registry, "--key", settings.key.get_secret_value(), "--db", str(settings.db)])
+    assert (state.input_tokens, state.output_tokens) == (
+        receipt["inputTokens"],
+        receipt["outputTokens"],
+    )
+    again = CliRunner().invoke(
+        main,
+        [
+            "settle",
+            "--rpc",
+            settings.rpc,
+            "--escrow",
+            settings.escrow,
+            "--registry",
+            settings.registry,
+            "--key",
+            settings.key.get_secret_value(),
+            "--db",
+            str(settings.db),
+        ],
+    )
     assert again.exit_code == 0 and "nothing to claim" in again.output
 
 
@@ -163,6 +214,9 @@ def test_close_request_makes_the_worker_claim_before_closes_at(market, node, acc
             time.sleep(0.1)
         assert escrow.get_channel(cid).paid == owed
         assert int(escrow.w3.eth.get_block("latest")["timestamp"]) < closes_at
-        r = http.post("/v1/chat/completions", headers={"Authorization": f"Bearer {token}"},
-                      json={"model": MODEL, "messages": [{"role": "user", "content": "x"}]})
+        r = http.post(
+            "/v1/chat/completions",
+            headers={"Authorization": f"Bearer {token}"},
+            json={"model": MODEL, "messages": [{"role": "user", "content": "x"}]},
+        )
         assert r.status_code == 402 and r.json()["error"]["code"] == "channel_closing"

@@ -1,0 +1,103 @@
+"""Settings, keys, the ledger's durability and the settlement worker's decisions."""
+
+from __future__ import annotations
+
+import pytest
+from eth_account import Account
+from nodekit import ESCROW
+from tallystick.node import ConfigError, KeyLoadError, SqliteLedger, load_account, load_settings
+from tallystick.protocol import ChainUnavailable
+
+pytestmark = pytest.mark.anyio
+
+KEY = "0x" + "11" * 32
+BASE = {"rpc": "http://x", "escrow": ESCROW, "registry": ESCROW}
+
+
+def test_settings_precedence_cli_over_env_over_file(tmp_path):
+    config = tmp_path / "node.toml"
+    config.write_text(
+        '[node]\ncredit_requests = 3\nport = 9000\nrpc = "http://file"\n'
+        f'escrow = "{ESCROW}"\nregistry = "{ESCROW}"\n'
+    )
+    env = {"TALLYSTICK_NODE_PORT": "9100", "TALLYSTICK_NODE_KEYSTORE_PASSWORD": "x"}
+    s = load_settings({"port": 9200, "key": KEY}, config_file=config, env=env)
+    assert (s.port, s.credit_requests, s.rpc) == (9200, 3, "http://file")
+    assert load_settings({}, config_file=config, env=env).port == 9100
+
+
+def test_missing_and_bad_values_are_clear_errors():
+    with pytest.raises(ConfigError, match="--rpc is required"):
+        load_settings({}, env={})
+    with pytest.raises(ConfigError, match=r"--key: .*64 hex characters"):
+        load_settings({**BASE, "key": "0x1234"}, env={})
+
+
+def test_the_key_never_shows_in_repr_dump_or_errors():
+    s = load_settings({**BASE, "key": KEY}, env={})
+    assert "11" * 32 not in repr(s) and "11" * 32 not in str(s.model_dump())
+    with pytest.raises(ConfigError) as exc:
+        load_settings({**BASE, "key": "zz" + "11" * 31}, env={})
+    assert "11" * 31 not in str(exc.value)
+    assert load_account(s).address == Account.from_key(KEY).address
+
+
+def test_keystore(tmp_path):
+    import json
+
+    path = tmp_path / "key.json"
+    path.write_text(json.dumps(Account.encrypt(KEY, "pw")))
+    s = load_settings({**BASE, "keystore": path}, env={})
+    env = {"TALLYSTICK_NODE_KEYSTORE_PASSWORD": "pw"}
+    assert load_account(s, env=env).address == Account.from_key(KEY).address
+    with pytest.raises(KeyLoadError, match="wrong password"):
+        load_account(s, env={"TALLYSTICK_NODE_KEYSTORE_PASSWORD": "nope"})
+    assert load_account(s, env={}, prompt=lambda _: "pw").address == Account.from_key(KEY).address
+    with pytest.raises(KeyLoadError, match="required"):
+        load_account(load_settings(BASE, env={}))
+
+
+def test_ledger_survives_reopening(tmp_path):
+    ledger = SqliteLedger(tmp_path / "l.db")
+    ledger.set_meta("k", "v")
+    ledger.close()
+    again = SqliteLedger(tmp_path / "l.db")
+    assert again.get_meta("k") == "v"
+    assert again._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    again.close()
+
+
+async def test_worker_claims_once_worth_it_and_retries_after_rpc_failure(make_node):
+    async with make_node(claim_gas_multiple=2.0) as h:
+        await h.paid_chat()
+        worker = h.node.worker
+        h.chain.gas_cost = 10**9  # far more than the receipt's value: wait
+        assert await worker.settle(force=False) is None
+        h.chain.gas_cost = 1
+        h.chain.fail_claims = 1
+        with pytest.raises(ChainUnavailable):
+            await worker.settle(force=False)
+        assert h.ledger.claims()[0].status == "failed"
+        outcome = await worker.settle(force=False)
+        assert outcome is not None and outcome.amount > 0
+        info = h.chain.channels[h.channel_id]
+        receipt = h.ledger.last_receipt(h.channel_id).signed.receipt
+        assert (info.claimed_input, info.claimed_output) == (
+            receipt.input_tokens,
+            receipt.output_tokens,
+        )
+        assert h.ledger.claims()[0].status == "confirmed"
+        assert await worker.settle(force=True) is None  # idempotent: nothing newer
+
+
+async def test_close_request_is_claimed_regardless_of_gas(make_node):
+    async with make_node(claim_gas_multiple=1e9) as h:
+        await h.paid_chat()
+        h.chain.gas_cost = 10**9
+        worker = h.node.worker
+        assert await worker.settle(force=False) is None
+        h.chain.request_close(h.channel_id)
+        assert await worker.scan_close_requests() == 1
+        outcome = await worker.settle(force=False)
+        assert outcome is not None and h.channel_id in outcome.claimed
+        assert await worker.scan_close_requests() == 0  # the scan cursor moved on
