@@ -129,5 +129,5 @@ def _describe(exc: ValidationError) -> str:
         elif err["type"] == "extra_forbidden":
             parts.append(f"unknown setting {field!r}")
         else:
-            parts.append(f"{flag}: {err['msg']}")
+            parts.append(f"{flag}: {err['msg'].removeprefix('Value error, ')}")
     return "; ".join(parts)
