@@ -10,6 +10,7 @@ return a ``TxResult`` with the decoded events. Every revert, whether found by
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from web3.exceptions import (
     ContractLogicError,
     ContractPanicError,
     TimeExhausted,
+    TransactionNotFound,
     Web3RPCError,
 )
 
@@ -276,7 +278,7 @@ def transact(
             tx = fn.build_transaction(params)  # estimates gas: most reverts surface here
             signed = account.sign_transaction(tx)
             tx_hash = w3.eth.send_raw_transaction(signed.raw_transaction)
-        receipt = w3.eth.wait_for_transaction_receipt(tx_hash, timeout=RECEIPT_TIMEOUT_S)
+        receipt = _wait_for_receipt(w3, tx_hash)
     if receipt["status"] != 1:
         raise _replay_revert(w3, tx, receipt)
     return TxResult(
@@ -285,6 +287,21 @@ def transact(
         receipt=receipt,
         events=decode_logs(w3, receipt["logs"]),
     )
+
+
+def _wait_for_receipt(w3: Web3, tx_hash: Any) -> Any:
+    # Poll soon, then back off: an automining local chain has the receipt within milliseconds
+    # (web3's fixed 0.1 s poll would dominate every test), a real chain within seconds.
+    deadline = time.monotonic() + RECEIPT_TIMEOUT_S
+    delay = 0.005
+    while True:
+        try:
+            return w3.eth.get_transaction_receipt(tx_hash)
+        except TransactionNotFound:
+            if time.monotonic() > deadline:
+                raise TimeExhausted(f"{tx_hash.hex()} not mined in {RECEIPT_TIMEOUT_S} s") from None
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
 
 
 def _replay_revert(w3: Web3, tx: dict[str, Any], receipt: Any) -> ContractError:

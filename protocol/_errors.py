@@ -71,4 +71,6 @@ class ContractError(ChainError):
 def _render(value: Any) -> str:
     if isinstance(value, bytes):
         return "0x" + value.hex()
-    return repr(value) if isinstance(value, str) else str(value)
+    if isinstance(value, str) and not (value.startswith("0x") and len(value) == 42):
+        return repr(value)  # a revert string; addresses read better bare
+    return str(value)

@@ -187,6 +187,22 @@ def deployment(w3: Any, _session_deployment: Any) -> Iterator[Any]:
         w3.provider.make_request("evm_revert", [snapshot])
 
 
+@pytest.fixture
+def advance_time(w3: Any) -> Any:
+    """``advance_time(seconds)``: move chain time forward and mine a block at the new time.
+
+    ``evm_increaseTime`` alone only affects the next mined block, so calls and gas estimates
+    would still see the old timestamp; the ``evm_mine`` makes the jump visible at once.
+    """
+
+    def advance(seconds: int) -> int:
+        w3.provider.make_request("evm_increaseTime", [int(seconds)])
+        w3.provider.make_request("evm_mine", [])
+        return int(w3.eth.get_block("latest")["timestamp"])
+
+    return advance
+
+
 # --- model ---
 
 

@@ -1,0 +1,348 @@
+"""The bindings against the real contracts on anvil: every write, the event queries, and
+reverts decoded into ContractError with the exact custom error and arguments."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from eth_account import Account
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from tallystick.protocol import (
+    ZERO_ROOT,
+    ChainUnavailable,
+    ChannelStatus,
+    ContractError,
+    Prices,
+    Receipt,
+    channel_id,
+    connect,
+    cost_of,
+    model_id,
+    receipt_message,
+    sign_receipt,
+)
+from tallystick.protocol._eip712 import digest
+
+pytestmark = pytest.mark.chain
+
+ETH = "0x0000000000000000000000000000000000000000"
+MODEL = "SmolLM2-135M-Instruct"
+PRICES = Prices(input_per_m=150_000_000, output_per_m=600_000_000)  # wei per million tokens
+DEPOSIT = 10**15
+
+
+def list_eth_model(d: Any, provider: Any, name: str = MODEL, prices: Prices = PRICES) -> bytes:
+    if not d.registry.get_provider(provider.address).registered:
+        d.registry.register(provider, "http://127.0.0.1:8000", '{"region":"local"}')
+    result = d.registry.list_model(
+        provider, name, prices, tokenizer_hash=b"\x42" * 32, context_length=8192
+    )
+    return bytes(result.value)
+
+
+def open_eth(d: Any, accounts: Any, amount: int = DEPOSIT) -> bytes:
+    mid = list_eth_model(d, accounts.provider)
+    return bytes(d.escrow.open(accounts.client, accounts.provider.address, mid, amount).value)
+
+
+def signed(d: Any, signer: Any, cid: bytes, i: int, o: int, root: bytes = ZERO_ROOT):
+    return sign_receipt(signer, d.escrow.domain, Receipt(cid, i, o, root))
+
+
+def balance(w3: Any, address: str) -> int:
+    return int(w3.eth.get_balance(address))
+
+
+def test_connect_to_a_dead_endpoint_is_chain_unavailable() -> None:
+    with pytest.raises(ChainUnavailable, match=r"cannot reach the chain at http://127\.0\.0\.1:9"):
+        connect("http://127.0.0.1:9", timeout_s=2)
+
+
+def test_receipt_digest_and_typehash_equal_the_contract(deployment: Any, accounts: Any) -> None:
+    d = deployment
+    receipt = Receipt(b"\x01" * 32, 2**64 - 1, 12345, b"\xfe" * 32)
+    assert d.escrow.receipt_digest(receipt) == digest(receipt_message(d.escrow.domain, receipt))
+    from tallystick.protocol._types import RECEIPT_TYPEHASH
+
+    assert d.escrow.receipt_typehash() == RECEIPT_TYPEHASH
+    assert d.escrow.domain.chain_id == 31337
+
+
+def test_register_and_list(deployment: Any, accounts: Any) -> None:
+    d, provider = deployment, accounts.provider
+    mid = list_eth_model(d, provider)
+    assert mid == model_id(MODEL)
+    info = d.registry.get_provider(provider.address)
+    assert (info.endpoint, info.metadata, info.registered) == (
+        "http://127.0.0.1:8000",
+        '{"region":"local"}',
+        True,
+    )
+    assert d.registry.providers() == [provider.address]
+    assert d.registry.models_of(provider.address) == [mid]
+    listing = d.registry.get_listing(provider.address, mid)
+    assert (listing.name, listing.prices, listing.token) == (MODEL, PRICES, ETH)
+    assert (listing.tokenizer_hash, listing.context_length, listing.active) == (
+        b"\x42" * 32,
+        8192,
+        True,
+    )
+    assert d.registry.quote(provider.address, mid) == (PRICES, ETH)
+    d.registry.set_price(provider, mid, Prices(1, 2))
+    assert d.registry.get_listing(provider.address, mid).prices == Prices(1, 2)
+    d.registry.delist(provider, mid)
+    assert not d.registry.is_listed(provider.address, mid)
+
+
+def test_open_eth_channel(deployment: Any, accounts: Any, w3: Any) -> None:
+    d, client, provider = deployment, accounts.client, accounts.provider
+    mid = list_eth_model(d, provider)
+    nonce = d.escrow.channel_count()
+    before = balance(w3, d.escrow.address)
+    start = d.escrow.block_number()
+    result = d.escrow.open(client, provider.address, mid, DEPOSIT)
+    cid = result.value
+    assert cid == channel_id(d.escrow.address, client.address, provider.address, mid, nonce)
+    assert balance(w3, d.escrow.address) - before == DEPOSIT
+    state = d.escrow.get_channel(cid)
+    assert (state.client, state.provider, state.token) == (client.address, provider.address, ETH)
+    assert (state.status, state.prices, state.deposit, state.paid) == (
+        ChannelStatus.OPEN,
+        PRICES,
+        DEPOSIT,
+        0,
+    )
+    by_provider = d.escrow.channels_opened(start, provider=provider.address)
+    assert [e.args["channelId"] for e in by_provider] == [cid]
+    assert d.escrow.channels_opened(start, channel_id=cid)[0].args["deposit"] == DEPOSIT
+    assert d.escrow.channels_opened(start, provider=accounts.provider2.address) == []
+
+
+def test_open_usdc_channel_approves_and_tops_up(deployment: Any, accounts: Any) -> None:
+    d, client, provider = deployment, accounts.client, accounts.provider
+    d.registry.register(provider, "http://node")
+    mid = d.registry.list_model(
+        provider,
+        "usdc-model",
+        Prices(2_000_000, 8_000_000),
+        token=d.usdc.address,
+        context_length=2048,
+    ).value
+    d.usdc.mint(client, client.address, 50_000_000)
+    result = d.escrow.open(client, provider.address, mid, 20_000_000)
+    assert [e.name for e in result.events].count("Transfer") == 1
+    cid = result.value
+    state = d.escrow.get_channel(cid)
+    assert (state.token, state.deposit) == (d.usdc.address, 20_000_000)
+    assert d.usdc.balance_of(d.escrow.address) == 20_000_000
+    d.escrow.top_up(client, cid, 5_000_000)
+    assert d.escrow.get_channel(cid).deposit == 25_000_000
+    assert d.usdc.balance_of(client.address) == 25_000_000
+
+
+def test_top_up_eth(deployment: Any, accounts: Any) -> None:
+    cid = open_eth(deployment, accounts)
+    result = deployment.escrow.top_up(accounts.client, cid, 5)
+    assert result.event("ChannelToppedUp").args == {
+        "channelId": cid,
+        "amount": 5,
+        "deposit": DEPOSIT + 5,
+    }
+
+
+def test_claim_pays_the_cost_and_withdraw_pulls_it(deployment: Any, accounts: Any, w3) -> None:
+    d, provider = deployment, accounts.provider
+    cid = open_eth(d, accounts)
+    start = d.escrow.block_number()
+    first = d.escrow.claim(provider, signed(d, accounts.client, cid, 1000, 500))
+    assert first.value == cost_of(1000, 500, PRICES)
+    second = d.escrow.claim(
+        accounts.other, signed(d, accounts.client, cid, 3000, 900, b"\x01" * 32)
+    )
+    assert second.value == cost_of(3000, 900, PRICES) - cost_of(1000, 500, PRICES)
+    claimed = d.escrow.receipts_claimed(start, channel_id=cid)
+    assert [(e.args["inputTokens"], e.args["usageRoot"]) for e in claimed] == [
+        (1000, ZERO_ROOT),
+        (3000, b"\x01" * 32),
+    ]
+    earned = d.escrow.earnings(provider.address, ETH)
+    assert earned == cost_of(3000, 900, PRICES)
+    before = balance(w3, accounts.provider2.address)
+    assert d.escrow.withdraw(provider, ETH, to=accounts.provider2.address).value == earned
+    assert balance(w3, accounts.provider2.address) - before == earned
+    with pytest.raises(ContractError) as exc:
+        d.escrow.withdraw(provider, ETH)
+    assert (exc.value.name, exc.value.args) == ("EscrowNothingToWithdraw", (provider.address, ETH))
+
+
+def test_claim_many_skips_bad_receipts_with_decoded_reasons(deployment: Any, accounts: Any) -> None:
+    d, client = deployment, accounts.client
+    cid = open_eth(d, accounts)
+    cid2 = open_eth(d, accounts)
+    start = d.escrow.block_number()
+    batch = [
+        signed(d, client, cid, 100, 100),
+        signed(d, accounts.other, cid2, 100, 100),  # not the channel's client
+        signed(d, client, cid, 100, 100),  # not newer than the first
+        signed(d, client, cid2, 50, 10),
+    ]
+    result = d.escrow.claim_many(accounts.provider, batch)
+    assert result.value == cost_of(100, 100, PRICES) + cost_of(50, 10, PRICES)
+    reasons = [(s.index, s.channel_id, s.reason.name, s.reason.args) for s in result.skipped]
+    assert reasons == [
+        (1, cid2, "EscrowInvalidSigner", (accounts.other.address, client.address)),
+        (2, cid, "EscrowReceiptNotNewer", (100, 100)),
+    ]
+    queried = d.escrow.receipts_skipped(start)
+    assert [(s.index, s.reason.name) for s in queried] == [
+        (1, "EscrowInvalidSigner"),
+        (2, "EscrowReceiptNotNewer"),
+    ]
+    gas = d.escrow.estimate_claim_many_gas(
+        accounts.provider.address, [signed(d, client, cid, 200, 200)]
+    )
+    assert 30_000 < gas < 200_000
+
+
+def test_request_close_then_finalize_after_the_challenge(
+    deployment: Any, accounts: Any, w3: Any, advance_time: Any
+) -> None:
+    d, client = deployment, accounts.client
+    cid = open_eth(d, accounts)
+    d.escrow.claim(accounts.provider, signed(d, client, cid, 1000, 1000))
+    start = d.escrow.block_number()
+    closes_at = d.escrow.request_close(client, cid).value
+    assert d.escrow.get_channel(cid).status == ChannelStatus.CLOSING
+    [event] = d.escrow.close_requests(start)
+    assert (event.args["channelId"], event.args["closesAt"]) == (cid, closes_at)
+    with pytest.raises(ContractError) as exc:
+        d.escrow.finalize(accounts.other, cid)
+    assert (exc.value.name, exc.value.args) == ("EscrowChallengeNotOver", (cid, closes_at))
+    # The provider may still claim during the challenge period.
+    d.escrow.claim(accounts.provider, signed(d, client, cid, 2000, 2000))
+    assert advance_time(3600) >= closes_at
+    before = balance(w3, client.address)
+    refund = d.escrow.finalize(accounts.other, cid).value
+    assert refund == DEPOSIT - cost_of(2000, 2000, PRICES)
+    assert balance(w3, client.address) - before == refund
+    assert d.escrow.get_channel(cid).status == ChannelStatus.CLOSED
+    with pytest.raises(ContractError) as exc:
+        d.escrow.claim(accounts.provider, signed(d, client, cid, 3000, 3000))
+    assert (exc.value.name, exc.value.args) == ("EscrowChannelClosed", (cid,))
+
+
+def test_close_cooperative(deployment: Any, accounts: Any) -> None:
+    d, client, provider = deployment, accounts.client, accounts.provider
+    cid = open_eth(d, accounts)
+    final = signed(d, client, cid, 4000, 1000)
+    provider_sig = sign_receipt(provider, d.escrow.domain, final.receipt).signature
+    with pytest.raises(ContractError) as exc:
+        d.escrow.close_cooperative(client, final, final.signature)
+    assert (exc.value.name, exc.value.args) == (
+        "EscrowInvalidProviderSigner",
+        (client.address, provider.address),
+    )
+    refund = d.escrow.close_cooperative(client, final, provider_sig).value
+    assert refund == DEPOSIT - cost_of(4000, 1000, PRICES)
+    state = d.escrow.get_channel(cid)
+    assert (state.status, state.paid, state.input_tokens) == (
+        ChannelStatus.CLOSED,
+        cost_of(4000, 1000, PRICES),
+        4000,
+    )
+
+
+def test_session_key_receipts_are_paid(deployment: Any, accounts: Any) -> None:
+    d = deployment
+    cid = open_eth(d, accounts)
+    key = Account.create()
+    d.escrow.authorize_session_key(accounts.client, cid, key.address)
+    assert d.escrow.get_channel(cid).session_key == key.address
+    assert d.escrow.claim(accounts.provider, signed(d, key, cid, 10, 10)).value == cost_of(
+        10, 10, PRICES
+    )
+
+
+def test_reverts_are_decoded_with_exact_names_and_args(deployment: Any, accounts: Any) -> None:
+    d = deployment
+    cid = open_eth(d, accounts)
+    with pytest.raises(ContractError) as exc:
+        d.escrow.top_up(accounts.client2, cid, 1)
+    assert (exc.value.name, exc.value.args) == (
+        "EscrowNotClient",
+        (accounts.client2.address, accounts.client.address),
+    )
+    assert (
+        str(exc.value) == f"EscrowNotClient({accounts.client2.address}, {accounts.client.address})"
+    )
+    with pytest.raises(ContractError) as exc:
+        d.escrow.open(accounts.client, accounts.provider.address, model_id(MODEL), 0)
+    assert (exc.value.name, exc.value.args) == ("EscrowZeroAmount", ())
+    with pytest.raises(ContractError) as exc:
+        d.registry.register(accounts.provider, "http://again")
+    assert (exc.value.name, exc.value.args) == (
+        "RegistryAlreadyRegistered",
+        (accounts.provider.address,),
+    )
+    with pytest.raises(ContractError) as exc:
+        d.escrow.cost_of(b"\x09" * 32, 1, 1)
+    assert (exc.value.name, exc.value.args) == ("EscrowChannelNotFound", (b"\x09" * 32,))
+
+
+def test_output_price_above_uint88_is_refused_at_open(deployment: Any, accounts: Any) -> None:
+    d = deployment
+    mid = list_eth_model(d, accounts.provider, "huge", Prices(1, 2**88))
+    with pytest.raises(ContractError) as exc:
+        d.escrow.open(accounts.client, accounts.provider.address, mid, 1)
+    assert (exc.value.name, exc.value.args) == ("EscrowPriceTooLarge", (2**88,))
+
+
+def test_a_mined_reverted_transaction_is_decoded(deployment: Any, accounts: Any) -> None:
+    d = deployment
+    cid = open_eth(d, accounts)
+    forged = signed(d, accounts.other, cid, 10, 10)
+    # An explicit gas limit skips estimate_gas, so the revert happens in a mined transaction.
+    with pytest.raises(ContractError) as exc:
+        d.escrow.claim(accounts.provider, forged, gas=300_000)
+    assert (exc.value.name, exc.value.args) == (
+        "EscrowInvalidSigner",
+        (accounts.other.address, accounts.client.address),
+    )
+    assert d.escrow.get_channel(cid).paid == 0
+
+
+def test_several_sends_in_a_row_from_threads(deployment: Any, accounts: Any) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    d = deployment
+    cid = open_eth(d, accounts)
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: d.escrow.top_up(accounts.client, cid, 1), range(8)))
+    assert len({r.tx_hash for r in results}) == 8
+    assert d.escrow.get_channel(cid).deposit == DEPOSIT + 8
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    input_price=st.integers(0, 2**96 - 1),
+    output_price=st.integers(0, 2**88 - 1),  # the escrow refuses larger output prices at open
+    totals=st.lists(
+        st.tuples(st.integers(0, 2**64 - 1), st.integers(0, 2**64 - 1)), min_size=1, max_size=4
+    ),
+)
+def test_cost_of_equals_the_contract(
+    deployment: Any, accounts: Any, input_price: int, output_price: int, totals: list
+) -> None:
+    d, provider = deployment, accounts.provider
+    prices = Prices(input_price, output_price)
+    mid = list_eth_model(d, provider, "prop", prices)
+    cid = d.escrow.open(accounts.client, provider.address, mid, 1).value
+    assert d.escrow.get_channel(cid).prices == prices
+    for i, o in [*totals, (0, 0), (2**64 - 1, 2**64 - 1), (1, 1)]:
+        assert cost_of(i, o, prices) == d.escrow.cost_of(cid, i, o)
