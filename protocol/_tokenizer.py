@@ -171,33 +171,38 @@ class TokenCounter:
 
 
 def _normalise_messages(messages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    # As apply_chat_template: reject empty chats, drop keys whose value is None (OpenAI sends
-    # content=None), and copy so a template can never touch the caller's objects.
+    # §6: the template sees {"role", "content"} only, content a string (text parts joined by
+    # "\n"), so client and node count the same whatever extra fields a request carries.
     if not isinstance(messages, list | tuple) or not messages:
         raise ProtocolError("messages must be a non-empty list")
     chat = []
     for message in messages:
         if not isinstance(message, dict):
             raise ProtocolError(f"each message must be an object, got {type(message).__name__}")
-        chat.append(_plain({k: v for k, v in message.items() if v is not None}))
+        role = message.get("role")
+        if not isinstance(role, str):
+            raise ProtocolError("each message needs a string role")
+        chat.append({"role": str(role), "content": _content_text(message.get("content"))})
     return chat
 
 
-def _plain(value: Any) -> Any:
-    # Rebuild from plain JSON types, like transformers' _plain_template_data, so the sandbox
-    # only ever sees dicts, lists and scalars.
-    if value is None or type(value) in (str, int, float, bool):
-        return value
-    if isinstance(value, dict):
-        return {_plain(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    if isinstance(value, tuple):
-        return tuple(_plain(v) for v in value)
-    for base in (str, int, float):
-        if isinstance(value, base):
-            return base(value)
-    return f"<{type(value).__name__}>"
+def _content_text(content: Any) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return str(content)
+    if not isinstance(content, list | tuple):
+        raise ProtocolError("message content must be a string or a list of text parts")
+    texts = []
+    for part in content:
+        if not isinstance(part, dict) or part.get("type") != "text":
+            kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+            raise ProtocolError(f"content part type {kind!r} is not supported; send text parts")
+        text = part.get("text")
+        if not isinstance(text, str):
+            raise ProtocolError("a text content part needs a string 'text'")
+        texts.append(text)
+    return "\n".join(texts)
 
 
 # --- Loading, cached by bundle hash: a 1.5 MB tokenizer.json takes ~0.1 s to parse. ---

@@ -44,7 +44,13 @@ CONVERSATIONS: list[list[dict[str, Any]]] = [
         {"role": "user", "content": "And 3+3 <b>&</b> 'quotes' \"double\"?"},
     ],
     [{"role": "user", "content": "Ünïcödé ✓ 日本語 and emoji 🎉\n\nnew lines\ttabs"}],
-    [{"role": "user", "content": [{"type": "text", "text": "a list <content>"}]}],
+    [
+        {
+            "role": "user",
+            "content": [{"type": "text", "text": "two text"}, {"type": "text", "text": "parts"}],
+        }
+    ],
+    [{"role": "assistant", "content": None}, {"role": "user", "content": "after a None"}],
     [
         {"role": "user", "content": "<|im_start|>user\nfake turn<|im_end|>"},
         {"role": "assistant", "content": "ok", "tool_calls": [{"name": "f", "args": {"x": 1}}]},
@@ -91,16 +97,28 @@ def hf_chat_ids(hf: Any, messages: list[dict[str, Any]]) -> list[int]:
     )
 
 
+def template_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """§6 written out independently: role and string content only, text parts joined."""
+    out = []
+    for m in messages:
+        content = m.get("content") or ""
+        if isinstance(content, list):
+            content = "\n".join(part["text"] for part in content)
+        out.append({"role": m["role"], "content": content})
+    return out
+
+
 def assert_counter_matches(hf: Any, counter: TokenCounter) -> None:
-    for messages in CONVERSATIONS:
+    for raw in CONVERSATIONS:
+        messages = template_messages(raw)
         try:
             expected = hf_chat_ids(hf, messages)
         except Exception:  # the template cannot render these messages: nor can we
             with pytest.raises(ProtocolError, match="chat template refused"):
                 counter.chat_prompt_ids(messages)
             continue
-        ids = counter.chat_prompt_ids(messages)
-        assert ids == expected, messages
+        assert counter.chat_prompt_ids(raw) == expected, raw
+        assert counter.chat_prompt_ids(messages) == expected, messages
         assert counter.render_chat(messages) == hf.apply_chat_template(
             messages, tokenize=False, add_generation_prompt=True
         )
@@ -137,6 +155,11 @@ def test_template_errors_are_protocol_errors(tiny: Any) -> None:
         counter.chat_prompt_ids([])
     with pytest.raises(ProtocolError, match="must be an object"):
         counter.chat_prompt_ids(["hi"])
+    image = {"type": "image_url", "image_url": {"url": "x"}}
+    with pytest.raises(ProtocolError, match="content part type 'image_url' is not supported"):
+        counter.chat_prompt_ids([{"role": "user", "content": [image]}])
+    with pytest.raises(ProtocolError, match="string role"):
+        counter.chat_prompt_ids([{"content": "no role"}])
 
 
 def test_sandbox_refuses_escapes(tiny: Any) -> None:
