@@ -11,7 +11,7 @@
 Errors: see ``_errors.py`` for the tree (all derive from ``tallystick.protocol.TallystickError``).
 """
 
-from ._chain import ETH, Chain, ChainChannel, Listing
+from ._chain import ETH, Chain, Listing
 from ._channels import Balance, Channels, Closed
 from ._chat import TallyStream
 from ._client import Tallystick
@@ -41,7 +41,6 @@ __all__ = [
     "BillLine",
     "BillingDispute",
     "Chain",
-    "ChainChannel",
     "ChannelInfo",
     "ChannelNotFound",
     "ChannelStateError",

@@ -1,7 +1,12 @@
 """The client's side of metering: bearer tokens, verify, countersign, store, hand the receipt over.
 
 Order matters (Guarantee 3 of DESIGN.md): a receipt is on disk before the node sees it, and a
-bill that does not verify is never countersigned; its evidence is stored instead.
+bill that does not verify is never countersigned; its evidence is stored instead. A request
+is stored as pending before it is sent; one that ends without a record (the caller stopped
+reading, the connection dropped, the process died) is settled from the node's signed record
+before the channel's next request (docs/protocol.md §6).
+
+Signatures are by the channel's session key when it has one, else by the wallet.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import time
 from typing import Any
 
 import httpx
+from eth_account.signers.local import LocalAccount
 from tallystick.protocol import (
     ProtocolError,
     Receipt,
@@ -21,11 +27,11 @@ from tallystick.protocol import (
     sign_receipt,
 )
 
-from ._errors import BillingDispute, ClientError, Mismatch
+from ._errors import BillingDispute, ClientError, Mismatch, NodeError, WalletError
 from ._node import NodeClient
-from ._store import ChannelInfo, Store
+from ._store import ChannelInfo, Pending, Store
 from ._tokenizers import TokenizerCache
-from ._verify import Served, VerifiedBill, verify_bill
+from ._verify import Served, VerifiedBill, verify_bill, verify_interrupted
 from ._wallet import Wallet
 
 __all__ = ["RECEIPT_HEADER", "Biller"]
@@ -33,6 +39,8 @@ __all__ = ["RECEIPT_HEADER", "Biller"]
 RECEIPT_HEADER = "X-Tally-Receipt"
 BEARER_TTL_S = 3600
 BEARER_RENEW_S = 60  # renew a token this long before it expires
+MAX_UNSEEN_TOKENS = 16  # ids a node may bill past what an interrupted stream delivered
+RECORD_WAIT_S = 10.0  # how long a node may take to sign the record of an interrupted request
 
 
 class Biller:
@@ -40,18 +48,22 @@ class Biller:
 
     def __init__(
         self,
-        wallet: Wallet,
+        wallet: Wallet | None,
         store: Store,
         tokenizers: TokenizerCache,
         http: httpx.Client,
         *,
         post_receipts: bool = True,
+        max_unseen_tokens: int = MAX_UNSEEN_TOKENS,
+        record_wait_s: float = RECORD_WAIT_S,
     ) -> None:
         self.wallet = wallet
         self.store = store
         self.tokenizers = tokenizers
         self.http = http
         self.post_receipts = post_receipts  # False: piggyback on the next request only
+        self.max_unseen_tokens = max_unseen_tokens
+        self.record_wait_s = record_wait_s
         self._tokens: dict[bytes, tuple[str, int]] = {}
         self._lock = threading.Lock()
         # One request at a time per channel: the node's credit rule allows one unpaid record.
@@ -64,17 +76,33 @@ class Biller:
     def node(self, channel: ChannelInfo) -> NodeClient:
         return NodeClient(channel.endpoint, self.http)
 
+    def signer(self, channel: ChannelInfo) -> LocalAccount:
+        """The channel's session key if it has one, else the wallet's key."""
+        session = self.store.session_account(channel.channel_id)
+        if session is not None:
+            return session
+        if self.wallet is None:
+            raise WalletError(
+                f"channel {channel.hex_id} has no session key in the store: the wallet's key "
+                "is needed to sign for it"
+            )
+        return self.wallet.account
+
     def bearer(self, channel: ChannelInfo) -> str:
         """A bearer token for the channel (§4.3), reused until shortly before it expires."""
         with self._lock:
             cached = self._tokens.get(channel.channel_id)
             if cached and cached[1] - BEARER_RENEW_S > time.time():
                 return cached[0]
-            token = make_bearer_token(
-                self.wallet.account, channel.domain, channel.channel_id, BEARER_TTL_S
-            )
+            signer = self.signer(channel)
+            token = make_bearer_token(signer, channel.domain, channel.channel_id, BEARER_TTL_S)
             self._tokens[channel.channel_id] = (token.encode(), token.expires_at)
             return token.encode()
+
+    def forget_bearer(self, channel_id: bytes) -> None:
+        """Drop the cached token (the channel's signer changed)."""
+        with self._lock:
+            self._tokens.pop(channel_id, None)
 
     def counter(self, channel: ChannelInfo) -> TokenCounter:
         return self.tokenizers.counter(self.node(channel), channel.model, channel.tokenizer_hash)
@@ -106,15 +134,89 @@ class Biller:
                 channel.channel_id, None, [Mismatch("record", "valid", str(exc))]
             )
             raise self._dispute(malformed, evidence, tallystick) from exc
+        return self._countersign(channel, bill)
+
+    def _countersign(self, channel: ChannelInfo, bill: VerifiedBill) -> VerifiedBill:
         record = bill.record.record
         receipt = Receipt(
             channel.channel_id, record.input_tokens, record.output_tokens, record.usage_root()
         )
-        signed_receipt = sign_receipt(self.wallet.account, channel.domain, receipt)
+        signed_receipt = sign_receipt(self.signer(channel), channel.domain, receipt)
         self.store.record_verified(bill.record, signed_receipt, bill.cost)
         if self.post_receipts:
             self.deliver(channel)
         return bill
+
+    # interrupted requests (§6, last bullet)
+
+    def begin(self, channel: ChannelInfo, served: Served) -> int:
+        """Store the request as pending before it is sent; return its seq."""
+        seq = self.store.tally(channel.channel_id).seq + 1
+        self.store.set_pending(channel.channel_id, seq, served.to_json())
+        return seq
+
+    def interrupted(self, channel: ChannelInfo, seq: int, served: Served) -> None:
+        """The answer stopped before its record: remember exactly what was received."""
+        self.store.set_pending(channel.channel_id, seq, served.to_json(), received=True)
+
+    def resolve_pending(self, channel: ChannelInfo) -> VerifiedBill | None:
+        """Settle an interrupted request from the node's signed record (§6); None if none."""
+        pending = self.store.pending(channel.channel_id)
+        if pending is None:
+            return None
+        tally = self.store.tally(channel.channel_id)
+        if pending.seq <= tally.seq:  # settled after all (e.g. a crash after the write)
+            self.store.clear_pending(channel.channel_id, pending.seq)
+            return None
+        raw = self._fetch_record(channel, pending)
+        if raw is None:
+            return None
+        served = Served.from_json(pending.served)
+        evidence = {"request": pending.served, "interrupted": True}
+        try:
+            signed, ids = _parse(raw)
+            bill = verify_interrupted(
+                channel,
+                tally,
+                signed,
+                ids,
+                served,
+                self.counter(channel),
+                self.max_unseen_tokens,
+            )
+        except BillingDispute as dispute:
+            raise self._dispute(dispute, evidence, raw) from None
+        except ProtocolError as exc:
+            malformed = BillingDispute(
+                channel.channel_id, pending.seq, [Mismatch("record", "valid", str(exc))]
+            )
+            raise self._dispute(malformed, evidence, raw) from exc
+        return self._countersign(channel, bill)
+
+    def _fetch_record(self, channel: ChannelInfo, pending: Pending) -> Any:
+        # The node signs the record once it notices the disconnect; give it a moment.
+        deadline = time.monotonic() + self.record_wait_s
+        delay = 0.05
+        while True:
+            try:
+                return self.node(channel).record(
+                    channel.channel_id, pending.seq, self.bearer(channel)
+                )
+            except NodeError as exc:
+                if exc.status != 404:
+                    raise
+            if time.monotonic() > deadline:
+                break
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+        if not pending.received:
+            # Nothing reached us and the node signed nothing: the request was never served.
+            self.store.clear_pending(channel.channel_id, pending.seq)
+            return None
+        raise ClientError(
+            f"the node has not signed record seq {pending.seq} of channel {channel.hex_id}, "
+            "whose answer was interrupted; retry later"
+        )
 
     def deliver(self, channel: ChannelInfo) -> None:
         """Post the last receipt unless the node has it; on failure it waits for a retry."""
@@ -130,6 +232,8 @@ class Biller:
     def _dispute(
         self, dispute: BillingDispute, evidence: dict[str, Any], tallystick: Any
     ) -> BillingDispute:
+        # The evidence replaces the pending entry: a disputed bill is never settled later.
+        self.store.clear_pending(dispute.channel_id)
         dispute.evidence = {**evidence, "tallystick": tallystick}
         dispute.dispute_id = self.store.add_dispute(
             dispute.channel_id,

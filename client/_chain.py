@@ -1,66 +1,42 @@
-"""What the client reads from and sends to the chain: listings, channels, ERC-20 approvals.
+"""What the client reads from and sends to the chain, through ``tallystick.protocol`` bindings.
 
-Built on web3 with the ABIs of ``tallystick.protocol`` (``load_artifact``). Reverts become
-``ContractError(name, args)`` (the decoded custom error), an unreachable RPC
-``ChainUnavailable``; both are ``tallystick.protocol`` errors.
+``Chain`` pairs the protocol's ``Registry`` and ``Escrow`` (typed reads, locally signed writes,
+reverts decoded into ``ContractError``, an unreachable RPC as ``ChainUnavailable``) and adds
+only what a client needs on top: listings joined with their provider's endpoint, and a
+balance read that covers ETH as well as ERC-20 tokens.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import requests
-from eth_abi import decode as abi_decode
 from eth_account.signers.local import LocalAccount
-from eth_utils import keccak, to_checksum_address
+from eth_utils import to_checksum_address
 from tallystick.protocol import (
-    ChainError,
     ChainUnavailable,
-    ContractError,
+    ChannelState,
     Domain,
+    Escrow,
     Prices,
-    Receipt,
-    load_artifact,
+    Registry,
+    SignedReceipt,
+    Token,
+    TxResult,
+    connect,
     model_id,
 )
+from tallystick.protocol import Listing as ChainListing
 from web3 import Web3
-from web3.exceptions import ContractCustomError, ContractLogicError, Web3RPCError
-from web3.logs import DISCARD
 
-__all__ = ["ETH", "STATUSES", "Chain", "ChainChannel", "Listing"]
+__all__ = ["ETH", "Chain", "Listing", "status_name"]
 
 ETH = "0x0000000000000000000000000000000000000000"
-STATUSES = ("none", "open", "closing", "closed")
-_ERC20_ABI = [
-    {
-        "type": "function",
-        "name": n,
-        "stateMutability": m,
-        "inputs": i,
-        "outputs": [{"name": "", "type": o}],
-    }
-    for n, m, i, o in [
-        (
-            "approve",
-            "nonpayable",
-            [{"name": "s", "type": "address"}, {"name": "a", "type": "uint256"}],
-            "bool",
-        ),
-        (
-            "allowance",
-            "view",
-            [{"name": "o", "type": "address"}, {"name": "s", "type": "address"}],
-            "uint256",
-        ),
-        ("balanceOf", "view", [{"name": "o", "type": "address"}], "uint256"),
-    ]
-]
 
 
 @dataclass(frozen=True)
 class Listing:
-    """A provider's on-chain offer of one model."""
+    """A provider's on-chain offer of one model, with the endpoint its node answers at."""
 
     provider: str
     endpoint: str
@@ -72,21 +48,24 @@ class Listing:
     context_length: int
     active: bool
 
+    @classmethod
+    def of(cls, listing: ChainListing, endpoint: str) -> Listing:
+        return cls(
+            provider=listing.provider,
+            endpoint=endpoint,
+            model=listing.name,
+            model_id=listing.model_id,
+            prices=listing.prices,
+            token=listing.token,
+            tokenizer_hash=listing.tokenizer_hash,
+            context_length=listing.context_length,
+            active=listing.active,
+        )
 
-@dataclass(frozen=True)
-class ChainChannel:
-    """``TallyEscrow.getChannel``: the on-chain truth about a channel."""
 
-    client: str
-    provider: str
-    token: str
-    status: str
-    prices: Prices
-    deposit: int
-    paid: int
-    input_tokens: int
-    output_tokens: int
-    closes_at: int
+def status_name(state: ChannelState) -> str:
+    """``"none"``, ``"open"``, ``"closing"`` or ``"closed"`` (the store's spelling)."""
+    return state.status.name.lower()
 
 
 class Chain:
@@ -94,192 +73,83 @@ class Chain:
 
     def __init__(self, w3: Web3, registry: str, escrow: str) -> None:
         self.w3 = w3
-        self.registry = w3.eth.contract(
-            address=to_checksum_address(registry), abi=load_artifact("ProviderRegistry")["abi"]
-        )
-        self.escrow = w3.eth.contract(
-            address=to_checksum_address(escrow), abi=load_artifact("TallyEscrow")["abi"]
-        )
-        self._errors = _error_table([*self.registry.abi, *self.escrow.abi])
-        self._chain_id: int | None = None
+        self.registry = Registry(w3, registry)
+        self.escrow = Escrow(w3, escrow)
 
     @classmethod
     def connect(cls, rpc_url: str, registry: str, escrow: str) -> Chain:
         """Connect over HTTP; ``ChainUnavailable`` when nothing answers at ``rpc_url``."""
-        w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": 30}))
-        chain = cls(w3, registry, escrow)
-        chain.chain_id  # noqa: B018 (fail now, with a clear error, if the RPC is down)
-        return chain
+        return cls(connect(rpc_url), registry, escrow)
 
     @property
     def chain_id(self) -> int:
-        if self._chain_id is None:
-            self._chain_id = int(self._read(lambda: self.w3.eth.chain_id))
-        return self._chain_id
+        return self.domain.chain_id
 
     @property
     def domain(self) -> Domain:
-        return Domain(self.chain_id, self.escrow.address)
+        return self.escrow.domain
 
     # reads
 
     def providers(self) -> list[str]:
-        count = self._call(self.registry.functions.providerCount())
-        return [self._call(self.registry.functions.providerAt(i)) for i in range(count)]
+        return self.registry.providers()
 
     def listings(self, provider: str) -> list[Listing]:
         """Every model ``provider`` lists (active or not)."""
-        info = self._call(self.registry.functions.getProvider(provider))
-        ids = self._call(self.registry.functions.modelsOf(provider))
-        return [self._listing(provider, info[0], bytes(mid)) for mid in ids]
+        endpoint = self.registry.get_provider(provider).endpoint
+        return [Listing.of(x, endpoint) for x in self.registry.listings_of(provider)]
 
     def listing(self, provider: str, model: str) -> Listing:
-        info = self._call(self.registry.functions.getProvider(provider))
-        return self._listing(provider, info[0], model_id(model))
+        endpoint = self.registry.get_provider(provider).endpoint
+        return Listing.of(self.registry.get_listing(provider, model_id(model)), endpoint)
 
-    def _listing(self, provider: str, endpoint: str, mid: bytes) -> Listing:
-        r = self._call(self.registry.functions.getListing(provider, mid))
-        return Listing(
-            provider=to_checksum_address(provider),
-            endpoint=endpoint,
-            model=r[6],
-            model_id=mid,
-            prices=Prices(r[0], r[1]),
-            token=to_checksum_address(r[2]),
-            tokenizer_hash=bytes(r[3]),
-            context_length=r[4],
-            active=r[5],
-        )
-
-    def channel(self, channel_id: bytes) -> ChainChannel:
-        c = self._call(self.escrow.functions.getChannel(channel_id))
-        return ChainChannel(
-            client=c[0],
-            provider=c[1],
-            token=c[2],
-            status=STATUSES[c[3]],
-            prices=Prices(c[4], c[5]),
-            deposit=c[6],
-            paid=c[7],
-            input_tokens=c[8],
-            output_tokens=c[9],
-            closes_at=c[10],
-        )
+    def channel(self, channel_id: bytes) -> ChannelState:
+        return self.escrow.get_channel(channel_id)
 
     def challenge_period(self) -> int:
-        return int(self._call(self.escrow.functions.challengePeriod()))
+        return self.escrow.challenge_period()
 
     def token_balance(self, token: str, owner: str) -> int:
-        if int(token, 16) == 0:
-            return int(self._read(lambda: self.w3.eth.get_balance(to_checksum_address(owner))))
-        erc20 = self.w3.eth.contract(address=to_checksum_address(token), abi=_ERC20_ABI)
-        return int(self._call(erc20.functions.balanceOf(owner)))
+        if int(token, 16) != 0:
+            return Token(self.w3, token).balance_of(owner)
+        # The bindings have no ETH balance read; translate the transport error here.
+        try:
+            return int(self.w3.eth.get_balance(to_checksum_address(owner)))
+        except (requests.RequestException, OSError) as exc:
+            raise ChainUnavailable(f"chain RPC failed: {exc}") from exc
 
-    # writes
+    # writes (``Escrow`` approves an ERC-20 before pulling it)
 
     def open_channel(
-        self, account: LocalAccount, provider: str, model: str, amount: int, token: str
-    ) -> tuple[bytes, Any]:
-        """Approve the escrow if needed, open; return the channel id and the tx receipt."""
-        self._approve(account, token, amount)
-        fn = self.escrow.functions.open(provider, model_id(model), amount, ETH)
-        receipt = self._send(account, fn, value=amount if int(token, 16) == 0 else 0)
-        events = self.escrow.events.ChannelOpened().process_receipt(receipt, errors=DISCARD)
-        if not events:
-            raise ChainError("open() was mined but emitted no ChannelOpened event")
-        return bytes(events[0]["args"]["channelId"]), receipt
+        self,
+        account: LocalAccount,
+        provider: str,
+        model: str,
+        amount: int,
+        session_key: str = ETH,
+    ) -> tuple[bytes, TxResult]:
+        """Open a channel; return its id and the transaction."""
+        tx = self.escrow.open(account, provider, model_id(model), amount, session_key)
+        return bytes(tx.value), tx
 
-    def top_up(self, account: LocalAccount, channel_id: bytes, amount: int, token: str) -> Any:
-        self._approve(account, token, amount)
-        fn = self.escrow.functions.topUp(channel_id, amount)
-        return self._send(account, fn, value=amount if int(token, 16) == 0 else 0)
+    def top_up(self, account: LocalAccount, channel_id: bytes, amount: int) -> TxResult:
+        return self.escrow.top_up(account, channel_id, amount)
+
+    def authorize_session_key(
+        self, account: LocalAccount, channel_id: bytes, session_key: str
+    ) -> TxResult:
+        return self.escrow.authorize_session_key(account, channel_id, session_key)
 
     def close_cooperative(
-        self, account: LocalAccount, receipt: Receipt, client_sig: bytes, provider_sig: bytes
-    ) -> Any:
-        fn = self.escrow.functions.closeCooperative(receipt.as_tuple(), client_sig, provider_sig)
-        return self._send(account, fn)
+        self, account: LocalAccount, final: SignedReceipt, provider_sig: bytes
+    ) -> TxResult:
+        """``closeCooperative``; ``value`` is the client's refund."""
+        return self.escrow.close_cooperative(account, final, provider_sig)
 
-    def request_close(self, account: LocalAccount, channel_id: bytes) -> Any:
-        return self._send(account, self.escrow.functions.requestClose(channel_id))
+    def request_close(self, account: LocalAccount, channel_id: bytes) -> int:
+        """``requestClose``; return ``closesAt``."""
+        return int(self.escrow.request_close(account, channel_id).value)
 
-    def finalize(self, account: LocalAccount, channel_id: bytes) -> Any:
-        return self._send(account, self.escrow.functions.finalize(channel_id))
-
-    def closed_refund(self, tx_receipt: Any) -> int:
-        """The refund of the ``ChannelClosed`` event in a mined transaction."""
-        events = self.escrow.events.ChannelClosed().process_receipt(tx_receipt, errors=DISCARD)
-        return int(events[0]["args"]["refund"]) if events else 0
-
-    def _approve(self, account: LocalAccount, token: str, amount: int) -> None:
-        if int(token, 16) == 0:
-            return
-        erc20 = self.w3.eth.contract(address=to_checksum_address(token), abi=_ERC20_ABI)
-        allowed = self._call(erc20.functions.allowance(account.address, self.escrow.address))
-        if allowed < amount:
-            self._send(account, erc20.functions.approve(self.escrow.address, amount))
-
-    # plumbing: every web3 call goes through these, so foreign errors stop here
-
-    def _call(self, fn: Any) -> Any:
-        return self._read(lambda: fn.call())
-
-    def _read(self, thunk: Any) -> Any:
-        try:
-            return thunk()
-        except (ContractCustomError, ContractLogicError) as exc:
-            raise self._decode(exc) from exc
-        except (requests.exceptions.RequestException, OSError) as exc:
-            url = getattr(self.w3.provider, "endpoint_uri", "")
-            raise ChainUnavailable(
-                f"cannot reach the chain RPC {url} ({type(exc).__name__})"
-            ) from exc
-
-    def _send(self, account: LocalAccount, fn: Any, value: int = 0) -> Any:
-        def run() -> Any:
-            tx = fn.build_transaction(
-                {
-                    "from": account.address,
-                    "value": value,
-                    "chainId": self.chain_id,
-                    "nonce": self.w3.eth.get_transaction_count(account.address, "pending"),
-                }
-            )
-            signed = account.sign_transaction(tx)
-            tx_hash = self.w3.eth.send_raw_transaction(signed.raw_transaction)
-            return self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=120)
-
-        try:
-            receipt = self._read(run)
-        except Web3RPCError as exc:
-            raise ChainError(f"the chain refused the transaction: {_short(exc)}") from exc
-        if receipt["status"] != 1:
-            raise ChainError(f"transaction {receipt['transactionHash'].hex()} reverted")
-        return receipt
-
-    def _decode(self, exc: ContractCustomError | ContractLogicError) -> ChainError:
-        data = exc.data if isinstance(exc.data, str) else ""
-        raw = bytes.fromhex(data[2:]) if data.startswith("0x") else b""
-        entry = self._errors.get(raw[:4])
-        if entry is None:
-            return ContractError("Revert", (str(exc),), raw)
-        name, types = entry
-        return ContractError(name, tuple(abi_decode(types, raw[4:])), raw)
-
-
-def _error_table(abi: list[Any]) -> dict[bytes, tuple[str, list[str]]]:
-    table = {}
-    for item in abi:
-        if item.get("type") == "error":
-            types = [_abi_type(i) for i in item["inputs"]]
-            table[keccak(text=f"{item['name']}({','.join(types)})")[:4]] = (item["name"], types)
-    return table
-
-
-def _abi_type(item: dict[str, Any]) -> str:
-    return "uint8" if item.get("internalType", "").startswith("enum ") else str(item["type"])
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc)
-    return text if len(text) < 200 else text[:200] + "…"
+    def finalize(self, account: LocalAccount, channel_id: bytes) -> TxResult:
+        """``finalize``; ``value`` is the client's refund."""
+        return self.escrow.finalize(account, channel_id)

@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from tallystick.protocol import (
     ZERO_ROOT,
     Receipt,
     SignedReceipt,
+    TxResult,
     cost_of,
     recover_receipt_signer,
     sign_receipt,
 )
 
-from ._chain import Chain, Listing
+from ._chain import ETH, Chain, Listing, status_name
 from ._discovery import check_node_listing, choose_offer
-from ._errors import ChannelStateError, ClientError
+from ._errors import ChannelStateError, ClientError, NodeError
 from ._store import ChannelInfo
 
 if TYPE_CHECKING:
@@ -67,8 +69,14 @@ class Channels:
         max_input_price: int | None = None,
         max_output_price: int | None = None,
         check_node: bool = True,
+        session_key: bool = False,
     ) -> ChannelInfo:
-        """Open a channel to ``provider`` (or the cheapest) for ``model`` with ``deposit``."""
+        """Open a channel to ``provider`` (or the cheapest) for ``model`` with ``deposit``.
+
+        ``session_key=True`` authorises a fresh key for this channel alone in the same
+        transaction; it signs the channel's bearer tokens and receipts, so the wallet's key is
+        needed again only to top up or close (see ``Store.add_session_key`` for its storage).
+        """
         if deposit <= 0:
             raise ClientError("the deposit must be a positive amount (in base units)")
         offer = choose_offer(
@@ -80,18 +88,33 @@ class Channels:
         )
         if check_node:
             check_node_listing(self._client.node(offer.endpoint), offer)
-        account = self._client.wallet.account
-        cid, _ = self._chain.open_channel(account, offer.provider, model, deposit, offer.token)
-        info = self._info(cid, offer, deposit)
+        account = self._client.account
+        # The key is on disk before the transaction that authorises it is sent.
+        key = self._client.store.new_session_key() if session_key else None
+        cid, _ = self._chain.open_channel(
+            account, offer.provider, model, deposit, key.address if key else ETH
+        )
+        info = self._info(cid, offer)
         self._client.store.add_channel(info)
+        if key is not None:
+            self._client.store.bind_session_key(key.address, cid)
         return info
+
+    def authorize_session_key(self, channel: bytes | str) -> str:
+        """Give an open channel a fresh session key (replacing any); return its address."""
+        info = self._client.channel(channel)
+        key = self._client.store.new_session_key()
+        self._chain.authorize_session_key(self._client.account, info.channel_id, key.address)
+        self._client.store.bind_session_key(key.address, info.channel_id)
+        self._client.biller.forget_bearer(info.channel_id)
+        return str(key.address)
 
     def top_up(self, channel: bytes | str, amount: int) -> ChannelInfo:
         """Add ``amount`` to an open channel's deposit."""
         info = self._client.channel(channel)
         if amount <= 0:
             raise ClientError("the top-up must be a positive amount (in base units)")
-        self._chain.top_up(self._client.wallet.account, info.channel_id, amount, info.token)
+        self._chain.top_up(self._client.account, info.channel_id, amount)
         deposit = self._chain.channel(info.channel_id).deposit
         self._client.store.update_channel(info.channel_id, deposit=deposit)
         return self._client.channel(info.channel_id)
@@ -99,34 +122,52 @@ class Channels:
     def close(self, channel: bytes | str) -> Closed:
         """Cooperative close: the node countersigns the final receipt, then ``closeCooperative``."""
         info = self._client.channel(channel)
-        final = self._final_receipt(info)
         biller = self._client.biller
+        biller.resolve_pending(info)  # an interrupted request is part of the final total
+        final = self._final_receipt(info)
         provider_sig = biller.node(info).close(final, biller.bearer(info))
         signed_by = recover_receipt_signer(info.domain, SignedReceipt(final.receipt, provider_sig))
         if signed_by.lower() != info.provider.lower():
             raise ClientError(f"the node's close signature is by {signed_by}, not {info.provider}")
-        tx = self._chain.close_cooperative(
-            self._client.wallet.account, final.receipt, final.signature, provider_sig
-        )
+        tx = self._chain.close_cooperative(self._client.account, final, provider_sig)
         return self._closed(info, tx)
+
+    def close_auto(self, channel: bytes | str) -> Closed | int:
+        """Close cooperatively; a channel with no request falls back to ``request_close``.
+
+        A node may refuse to countersign the zero receipt of an unused channel (it holds no
+        record it could match it with); then only the unilateral path refunds the deposit,
+        so it is taken at once. Returns ``Closed``, or ``closesAt`` when the close is pending.
+        """
+        info = self._client.channel(channel)
+        try:
+            return self.close(info.channel_id)
+        except NodeError:
+            if self._client.store.tally(info.channel_id).receipt is not None:
+                raise  # with requests served, a unilateral close is the caller's decision
+            return self.request_close(info.channel_id)
 
     def request_close(self, channel: bytes | str) -> int:
         """Start a unilateral close; return ``closesAt`` (unix seconds)."""
         info = self._client.channel(channel)
+        with contextlib.suppress(ClientError):
+            # An unverifiable bill stays unsigned: closing is the way out of it.
+            self._client.biller.resolve_pending(info)
         self._client.biller.deliver(info)  # the provider may still claim what we owe it
-        self._chain.request_close(self._client.wallet.account, info.channel_id)
+        closes_at = self._chain.request_close(self._client.account, info.channel_id)
         self._client.store.update_channel(info.channel_id, status="closing")
-        return self._chain.channel(info.channel_id).closes_at
+        return closes_at
 
     def finalize(self, channel: bytes | str) -> Closed:
         """After the challenge period: refund what the provider did not claim."""
         info = self._client.channel(channel)
         state = self._chain.channel(info.channel_id)
-        if state.status != "closing":
+        if status_name(state) != "closing":
             raise ChannelStateError(
-                f"channel {info.hex_id} is {state.status}, not closing: run request_close first"
+                f"channel {info.hex_id} is {status_name(state)}, not closing: "
+                "run request_close first"
             )
-        tx = self._chain.finalize(self._client.wallet.account, info.channel_id)
+        tx = self._chain.finalize(self._client.account, info.channel_id)
         return self._closed(info, tx)
 
     def balance(self, channel: bytes | str) -> Balance:
@@ -135,11 +176,12 @@ class Channels:
         tally = self._client.store.tally(info.channel_id)
         state = self._chain.channel(info.channel_id)
         spent = min(cost_of(tally.input_tokens, tally.output_tokens, info.prices), state.deposit)
-        if state.status != info.status and state.status != "none":
-            self._client.store.update_channel(info.channel_id, status=state.status)
-        refundable = 0 if state.status == "closed" else state.deposit - max(spent, state.paid)
+        status = status_name(state)
+        if status not in (info.status, "none"):
+            self._client.store.update_channel(info.channel_id, status=status)
+        refundable = 0 if status == "closed" else state.deposit - max(spent, state.paid)
         return Balance(
-            info.channel_id, state.deposit, spent, state.paid, refundable, state.status, info.token
+            info.channel_id, state.deposit, spent, state.paid, refundable, status, info.token
         )
 
     def list(self, status: str | None = None) -> list[ChannelInfo]:
@@ -151,24 +193,22 @@ class Channels:
         if tally.receipt is not None:
             return tally.receipt
         # No request yet: a zero receipt closes the channel with a full refund.
-        return sign_receipt(
-            self._client.wallet.account, info.domain, Receipt(info.channel_id, 0, 0, ZERO_ROOT)
-        )
+        signer = self._client.biller.signer(info)
+        return sign_receipt(signer, info.domain, Receipt(info.channel_id, 0, 0, ZERO_ROOT))
 
-    def _closed(self, info: ChannelInfo, tx: Any) -> Closed:
+    def _closed(self, info: ChannelInfo, tx: TxResult) -> Closed:
         state = self._chain.channel(info.channel_id)
-        self._client.store.update_channel(info.channel_id, status=state.status)
-        tx_hash = "0x" + bytes(tx["transactionHash"]).hex()
-        return Closed(info.channel_id, state.paid, self._chain.closed_refund(tx), tx_hash)
+        self._client.store.update_channel(info.channel_id, status=status_name(state))
+        return Closed(info.channel_id, state.paid, int(tx.value), "0x" + tx.tx_hash.hex())
 
-    def _info(self, cid: bytes, offer: Listing, deposit: int) -> ChannelInfo:
+    def _info(self, cid: bytes, offer: Listing) -> ChannelInfo:
         # Prices and token as the escrow snapshotted them, not as listed a block earlier.
         state = self._chain.channel(cid)
         return ChannelInfo(
             channel_id=cid,
             chain_id=self._chain.chain_id,
             escrow=self._chain.escrow.address,
-            client=self._client.wallet.address,
+            client=self._client.account.address,
             provider=offer.provider,
             endpoint=offer.endpoint,
             model=offer.model,

@@ -6,13 +6,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from eth_account.signers.local import LocalAccount
 
-from ._billing import Biller
+from ._billing import MAX_UNSEEN_TOKENS, Biller
 from ._chain import Chain, Listing
 from ._channels import Channels
 from ._chat import Chat, Completions, channel_key
 from ._discovery import find_offers
-from ._errors import ChannelNotFound, ClientError
+from ._errors import ChannelNotFound, ClientError, WalletError
 from ._node import NodeClient
 from ._store import ChannelInfo, Store
 from ._tokenizers import TokenizerCache
@@ -29,11 +30,14 @@ class Tallystick:
 
     ``chain`` is needed for discovery and channel operations, not for chat on an open channel;
     ``transport`` is the httpx transport to the nodes (a ``MockTransport`` in unit tests).
+    ``wallet`` may be None to chat on channels that have a session key in the store (the
+    wallet's key then stays cold); ``max_unseen_tokens`` bounds what an interrupted stream may
+    be billed past the text it delivered (docs/protocol.md §6).
     """
 
     def __init__(
         self,
-        wallet: Wallet,
+        wallet: Wallet | None,
         store: Store | str | Path,
         *,
         chain: Chain | None = None,
@@ -41,6 +45,7 @@ class Tallystick:
         tokenizer_dir: str | Path | None = None,
         post_receipts: bool = True,
         timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
+        max_unseen_tokens: int = MAX_UNSEEN_TOKENS,
     ) -> None:
         self.wallet = wallet
         self.store = store if isinstance(store, Store) else Store(store)
@@ -50,7 +55,12 @@ class Tallystick:
         self.http = httpx.Client(transport=self._transport, timeout=timeout)
         cache_dir = tokenizer_dir or self.store.path.parent / "tokenizers"
         self.biller = Biller(
-            wallet, self.store, TokenizerCache(cache_dir), self.http, post_receipts=post_receipts
+            wallet,
+            self.store,
+            TokenizerCache(cache_dir),
+            self.http,
+            post_receipts=post_receipts,
+            max_unseen_tokens=max_unseen_tokens,
         )
         self.chat = Chat(self)
         self.completions = Completions(self)
@@ -58,7 +68,15 @@ class Tallystick:
         self._clients: dict[bytes, httpx.Client] = {}
 
     def __repr__(self) -> str:
-        return f"Tallystick({self.wallet.address}, store={self.store.path})"
+        who = self.wallet.address if self.wallet else "no wallet"
+        return f"Tallystick({who}, store={self.store.path})"
+
+    @property
+    def account(self) -> LocalAccount:
+        """The wallet's signer; on-chain operations need it."""
+        if self.wallet is None:
+            raise WalletError("this operation needs the wallet's key: pass --key or --keystore")
+        return self.wallet.account
 
     @property
     def chain(self) -> Chain:

@@ -55,6 +55,14 @@ class NodeClient:
             raise ProtocolError(f"{self.url(path)} did not return a 65-byte provider signature")
         return bytes.fromhex(sig[2:])
 
+    def record(self, channel_id: bytes, seq: int, bearer: str) -> dict[str, Any]:
+        """``GET /v1/tally/channels/{id}/records/{seq}``: a signed record and its ids."""
+        path = f"/v1/tally/channels/0x{channel_id.hex()}/records/{seq}"
+        body = _json(self.request("GET", path, bearer=bearer))
+        if not isinstance(body, dict):
+            raise ProtocolError(f"{self.url(path)} did not return a record object")
+        return body
+
     def channel(self, channel_id: bytes, bearer: str) -> dict[str, Any]:
         """``GET /v1/tally/channels/{id}``: the node's view of the channel."""
         body = _json(self.request("GET", f"/v1/tally/channels/0x{channel_id.hex()}", bearer=bearer))

@@ -3,11 +3,19 @@
 One file per client (WAL mode). A receipt is written here, in the same transaction as the
 record it covers, before it is handed to the node, so a restarted client continues exactly
 where it stopped; the write refuses any receipt whose totals are lower than the stored ones.
+A request is written as *pending* before it is sent, so a request that ends without a
+verified record (dropped stream, crash) is settled from the node's record on the next use.
+
+Session keys are kept here in the clear, and the file is made owner-only (0600) when the
+first one is written. That is deliberate: a session key can only sign receipts of the one
+channel it is bound to, and such a receipt can only pay that channel's provider, up to that
+channel's deposit; a thief gains nothing from it. The wallet's own key is never stored here.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -17,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
 from tallystick.protocol import (
     ZERO_ROOT,
     Domain,
@@ -29,7 +39,7 @@ from tallystick.protocol import (
 
 from ._errors import ChannelNotFound, StoreError
 
-__all__ = ["BillLine", "ChannelInfo", "ChannelTally", "Dispute", "Store"]
+__all__ = ["BillLine", "ChannelInfo", "ChannelTally", "Dispute", "Pending", "Store"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS channels (
@@ -49,6 +59,13 @@ CREATE TABLE IF NOT EXISTS requests (
     prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL, cost INTEGER NOT NULL,
     record TEXT NOT NULL, signature TEXT NOT NULL, created_at REAL NOT NULL,
     PRIMARY KEY (channel_id, seq)
+);
+CREATE TABLE IF NOT EXISTS pending (
+    channel_id TEXT PRIMARY KEY REFERENCES channels(id), seq INTEGER NOT NULL,
+    served TEXT NOT NULL, received INTEGER NOT NULL, created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS session_keys (
+    address TEXT PRIMARY KEY, key TEXT NOT NULL, channel_id TEXT, created_at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS disputes (
     id INTEGER PRIMARY KEY AUTOINCREMENT, channel_id TEXT NOT NULL, seq INTEGER,
@@ -105,6 +122,17 @@ class BillLine:
     completion_tokens: int
     cost: int
     record: SignedUsageRecord
+    created_at: float
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A request sent but not yet settled: what the client asked for and what it received."""
+
+    channel_id: bytes
+    seq: int
+    served: dict[str, Any]  # ``Served`` as JSON (prompt ids, received text, stop, max_tokens)
+    received: bool  # some of the answer reached the client
     created_at: float
 
 
@@ -238,6 +266,7 @@ class Store:
             if row is None:
                 raise ChannelNotFound(f"channel {cid} is not in the store {self.path}")
             _check_follows(row, record.seq, receipt)
+            db.execute("DELETE FROM pending WHERE channel_id=? AND seq=?", (cid, record.seq))
             db.execute(
                 "INSERT INTO requests VALUES (?,?,?,?,?,?,?,?)",
                 (
@@ -277,6 +306,73 @@ class Store:
             "SELECT * FROM requests WHERE channel_id=? ORDER BY seq", (_h(channel_id),)
         )
         return [_bill_line(r) for r in rows]
+
+    # pending requests
+
+    def set_pending(
+        self, channel_id: bytes, seq: int, served: dict[str, Any], *, received: bool = False
+    ) -> None:
+        """Record (or update) the request ``seq`` as sent and not yet settled."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO pending VALUES (?,?,?,?,?)",
+                (_h(channel_id), seq, json.dumps(served), int(received), time.time()),
+            )
+
+    def pending(self, channel_id: bytes) -> Pending | None:
+        rows = self._query("SELECT * FROM pending WHERE channel_id=?", (_h(channel_id),))
+        if not rows:
+            return None
+        r = rows[0]
+        served = json.loads(r["served"])
+        return Pending(channel_id, r["seq"], served, bool(r["received"]), r["created_at"])
+
+    def clear_pending(self, channel_id: bytes, seq: int | None = None) -> None:
+        """Forget the pending request ``seq`` (any, if None): it was refused or disputed."""
+        with self._tx() as db:
+            if seq is None:
+                db.execute("DELETE FROM pending WHERE channel_id=?", (_h(channel_id),))
+            else:
+                db.execute(
+                    "DELETE FROM pending WHERE channel_id=? AND seq=?", (_h(channel_id), seq)
+                )
+
+    # session keys
+
+    def new_session_key(self) -> LocalAccount:
+        """A fresh key, on disk (owner-only file) before anything is signed with it."""
+        account: LocalAccount = Account.create()
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO session_keys VALUES (?,?,NULL,?)",
+                (account.address, "0x" + bytes(account.key).hex(), time.time()),
+            )
+        self._owner_only()
+        return account
+
+    def bind_session_key(self, address: str, channel_id: bytes) -> None:
+        """Make ``address`` the channel's session key (the escrow has authorised it)."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE session_keys SET channel_id=NULL WHERE channel_id=?", (_h(channel_id),)
+            )
+            db.execute(
+                "UPDATE session_keys SET channel_id=? WHERE address=?", (_h(channel_id), address)
+            )
+
+    def session_account(self, channel_id: bytes) -> LocalAccount | None:
+        """The channel's session key, if it has one."""
+        rows = self._query("SELECT key FROM session_keys WHERE channel_id=?", (_h(channel_id),))
+        if not rows:
+            return None
+        account: LocalAccount = Account.from_key(rows[0]["key"])
+        return account
+
+    def _owner_only(self) -> None:
+        for suffix in ("", "-wal", "-shm"):
+            path = Path(f"{self.path}{suffix}")
+            if path.exists():
+                os.chmod(path, 0o600)
 
     # disputes
 

@@ -5,6 +5,10 @@ own chat API): it signs the bearer token, counts the prompt itself, piggybacks a
 undelivered receipt, and verifies the bill of every completion before the caller sees the
 answer (streaming: before ``[DONE]`` is passed on). A bill that does not verify raises
 ``BillingDispute`` out of the OpenAI call; nothing is countersigned.
+
+A request is stored as pending before it is sent. When its answer ends without a record
+(the caller closed the stream early, the connection dropped), what was received is stored
+with it, and the next request on the channel first settles it from the node's signed record.
 """
 
 from __future__ import annotations
@@ -72,18 +76,25 @@ class TallyTransport(httpx.BaseTransport):
         served: Served,
         lock: threading.Lock,
     ) -> httpx.Response:
+        self.biller.resolve_pending(self.channel)
         pending = self.biller.pending_receipt(self.channel)
         if pending is not None:
             request.headers[RECEIPT_HEADER] = pending
-        response = self.inner.handle_request(request)
+        seq = self.biller.begin(self.channel, served)
+        try:
+            response = self.inner.handle_request(request)
+        except httpx.ConnectError:
+            self.biller.store.clear_pending(self.channel.channel_id, seq)  # never sent
+            raise
         if pending is not None and response.status_code < 400:
             # The node only serves after it has the piggybacked receipt on disk.
             self.biller.store.mark_delivered(self.channel.channel_id, _seq_of(self.biller, self))
         if response.status_code >= 400:
+            self.biller.store.clear_pending(self.channel.channel_id, seq)  # refused: no record
             lock.release()
             return response
         slot = BillSlot()
-        stream = _VerifyingStream(self, kind, body, served, response, slot, lock)
+        stream = _VerifyingStream(self, kind, body, served, response, slot, lock, seq)
         headers = [
             (k, v) for k, v in response.headers.multi_items() if k.lower() != "content-length"
         ]
@@ -131,6 +142,10 @@ class TallyTransport(httpx.BaseTransport):
         final = Served(served.prompt_ids, text, finish, served.stop, served.max_tokens)
         return self.biller.settle(self.channel, final, tallystick, evidence)
 
+    def interrupted(self, seq: int, served: Served, text: str) -> None:
+        final = Served(served.prompt_ids, text, None, served.stop, served.max_tokens)
+        self.biller.interrupted(self.channel, seq, final)
+
 
 class _VerifyingStream(httpx.SyncByteStream):
     """Passes the node's bytes through, verifying the bill before the answer is complete."""
@@ -144,6 +159,7 @@ class _VerifyingStream(httpx.SyncByteStream):
         response: httpx.Response,
         slot: BillSlot,
         lock: threading.Lock,
+        seq: int,
     ) -> None:
         self.t = transport
         self.kind = kind
@@ -152,6 +168,9 @@ class _VerifyingStream(httpx.SyncByteStream):
         self.response = response
         self.slot = slot
         self.lock: threading.Lock | None = lock
+        self.seq = seq
+        self.text: list[str] = []  # received so far
+        self.settled = False  # a record arrived (verified or disputed)
 
     def __iter__(self) -> Iterator[bytes]:
         try:
@@ -169,7 +188,13 @@ class _VerifyingStream(httpx.SyncByteStream):
             self._release()
 
     def _release(self) -> None:
-        if self.lock is not None:
+        if self.lock is None:
+            return
+        try:
+            if not self.settled:
+                # Ended without a record: keep what was received for the next request.
+                self.t.interrupted(self.seq, self.served, "".join(self.text))
+        finally:
             self.lock.release()
             self.lock = None
 
@@ -187,9 +212,8 @@ class _VerifyingStream(httpx.SyncByteStream):
         return content
 
     def _sse(self) -> Iterator[bytes]:
-        text: list[str] = []
+        text = self.text
         finish: str | None = None
-        settled = False
         for event in _sse_events(self.response.iter_bytes()):
             data = _sse_data(event)
             chunk = _loads(data) if data is not None and data != "[DONE]" else {}
@@ -198,13 +222,11 @@ class _VerifyingStream(httpx.SyncByteStream):
                 finish = choice.get("finish_reason") or finish
             # Settle on the chunk carrying the record (or at [DONE] without one, a dispute),
             # before passing it on: the caller never holds an unverified final answer.
-            if not settled and ("tallystick" in chunk or data == "[DONE]"):
+            if not self.settled and ("tallystick" in chunk or data == "[DONE]"):
                 evidence = self._evidence(text, finish)
                 self._settle("".join(text), finish, chunk.get("tallystick"), evidence)
-                settled = True
             yield event
-        if not settled:
-            self._settle("".join(text), finish, None, self._evidence(text, finish))
+        # A stream cut off before its record is settled on the next request (_release).
 
     def _evidence(self, text: list[str], finish: str | None) -> dict[str, Any]:
         return {"request": self.body, "response": {"text": "".join(text), "finish_reason": finish}}
@@ -213,6 +235,7 @@ class _VerifyingStream(httpx.SyncByteStream):
         self, text: str, finish: str | None, tallystick: Any, evidence: dict[str, Any]
     ) -> None:
         self.slot.tallystick = tallystick if isinstance(tallystick, dict) else {}
+        self.settled = True  # verified, or disputed with its evidence stored
         self.slot.bill = self.t.settle(self.served, text, finish, tallystick, evidence)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from tallystick.protocol import (
     ProtocolError,
@@ -22,7 +23,7 @@ from tallystick.protocol import (
 from ._errors import BillingDispute, Mismatch
 from ._store import ChannelInfo, ChannelTally
 
-__all__ = ["Served", "VerifiedBill", "verify_bill"]
+__all__ = ["Served", "VerifiedBill", "verify_bill", "verify_interrupted"]
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,25 @@ class Served:
     finish_reason: str | None
     stop: tuple[str, ...] = ()
     max_tokens: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "prompt_ids": self.prompt_ids,
+            "text": self.text,
+            "finish_reason": self.finish_reason,
+            "stop": list(self.stop),
+            "max_tokens": self.max_tokens,
+        }
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> Served:
+        return cls(
+            list(obj["prompt_ids"]),
+            str(obj["text"]),
+            obj.get("finish_reason"),
+            tuple(obj.get("stop") or ()),
+            obj.get("max_tokens"),
+        )
 
 
 @dataclass(frozen=True)
@@ -70,6 +90,41 @@ def verify_bill(
         *_check_counts(signed, ids, served),
         *_check_text(ids, served, counter),
     ]
+    return _bill(channel, tally, signed, ids, mismatches)
+
+
+def verify_interrupted(
+    channel: ChannelInfo,
+    tally: ChannelTally,
+    signed: SignedUsageRecord,
+    completion_ids: Sequence[int],
+    served: Served,
+    counter: TokenCounter,
+    max_unseen: int,
+) -> VerifiedBill:
+    """Check the record of a request whose answer stopped early (docs/protocol.md §6).
+
+    The prompt is checked exactly; the ids must decode to text that starts with what was
+    received, and at most ``max_unseen`` ids may lie beyond it (the node counts what it
+    sent, which includes what was still in flight when the client stopped reading).
+    """
+    ids = list(completion_ids)
+    mismatches = [
+        *_check_signature(channel, signed),
+        *_check_chain(channel, tally, signed),
+        *_check_counts(signed, ids, served),
+        *_check_unseen(ids, served.text, counter, max_unseen),
+    ]
+    return _bill(channel, tally, signed, ids, mismatches)
+
+
+def _bill(
+    channel: ChannelInfo,
+    tally: ChannelTally,
+    signed: SignedUsageRecord,
+    ids: list[int],
+    mismatches: list[Mismatch],
+) -> VerifiedBill:
     if mismatches:
         raise BillingDispute(channel.channel_id, signed.record.seq, mismatches)
     r = signed.record
@@ -145,6 +200,23 @@ def _check_text(ids: list[int], served: Served, counter: TokenCounter) -> list[M
     if stop in counter.decode(ids[:-1])[len(text) :]:
         return [Mismatch("idsAfterStop", f"stop {stop!r} completed by the last id", ids)]
     return []
+
+
+def _check_unseen(
+    ids: list[int], text: str, counter: TokenCounter, max_unseen: int
+) -> list[Mismatch]:
+    eos = set(counter.eos_token_ids)
+    if any(i in eos for i in ids[:-1]):
+        return [Mismatch("eosPosition", "only as the last id", ids)]
+    # The fewest ids that cover the received text: only the last max_unseen+1 cut points
+    # can be within the allowance, so only those are decoded.
+    for k in range(max(0, len(ids) - max_unseen), len(ids) + 1):
+        if counter.decode(ids[:k]).startswith(text):
+            return []
+    decoded = counter.decode(ids)
+    if not decoded.startswith(text):
+        return [Mismatch("completionText", text, decoded)]
+    return [Mismatch("unseenTokens", f"at most {max_unseen} ids past the received text", ids)]
 
 
 def _matched_stop(decoded: str, text: str, served: Served) -> str | None:
