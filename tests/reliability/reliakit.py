@@ -1,0 +1,235 @@
+"""Helpers for the reliability tests: the market, a node process, a cuttable TCP proxy.
+
+- ``Market``: the contracts with ``accounts.provider`` registered at a free port, listing
+  ``fake-model`` (the tiny tokenizer) at ``PRICES`` in ETH.
+- ``NodeProcess``: ``tallystick-node serve`` as a subprocess (``_fake_node.py``: the real CLI
+  with FakeEngine), which a test can SIGKILL and restart on the same ledger.
+- ``TcpProxy``: a TCP relay (node -> anvil) that a test can cut and restore.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+from tallystick.client import Chain
+from tallystick.protocol import Prices
+
+HERE = Path(__file__).resolve().parent
+MODEL = "fake-model"
+PRICES = Prices(input_per_m=1_000_000_000, output_per_m=3_000_000_000)  # 1000 / 3000 wei a token
+MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# --- the market: contracts, a registered provider, a listing ---------------------------------
+
+
+@dataclass
+class Market:
+    deployment: Any
+    accounts: Any
+    anvil: Any
+    w3: Any
+    port: int
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def escrow(self) -> Any:
+        return self.deployment.escrow
+
+    @property
+    def registry(self) -> Any:
+        return self.deployment.registry
+
+    def chain(self) -> Chain:
+        return Chain(self.w3, self.registry.address, self.escrow.address)
+
+    def earnings(self) -> int:
+        return int(self.escrow.earnings(self.accounts.provider.address))
+
+
+# --- the node as a process -------------------------------------------------------------------
+
+
+class NodeProcess:
+    """``tallystick-node serve`` (FakeEngine) in a subprocess; its stderr goes to a log file."""
+
+    def __init__(
+        self,
+        market: Market,
+        workdir: Path,
+        *,
+        rpc: str | None = None,
+        key_args: list[str] | None = None,
+        env: dict[str, str] | None = None,
+        args: list[str] | None = None,
+    ) -> None:
+        self.market = market
+        self.db = workdir / "node.db"
+        self.log_path = workdir / "node.log"
+        self.rpc = rpc or market.anvil.url
+        self._key_args = key_args
+        self._env = env or {}
+        self._args = args or []
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return self.market.endpoint
+
+    def command(self) -> list[str]:
+        cmd = [sys.executable, str(HERE / "_fake_node.py"), "serve"]
+        cmd += ["--rpc", self.rpc, "--escrow", self.market.escrow.address]
+        cmd += ["--registry", self.market.registry.address, "--db", str(self.db)]
+        cmd += ["--model-name", MODEL, "--port", str(self.market.port), "--log-format", "json"]
+        cmd += ["--settle-interval", "1", "--claim-gas-multiple", "0"]
+        return cmd + (self._key_args or []) + self._args
+
+    def environment(self) -> dict[str, str]:
+        env = {**os.environ, "TALLYSTICK_NODE_POLL_INTERVAL": "0.2"}
+        env["TALLYSTICK_NODE_CHANNEL_CACHE_TTL"] = "0.5"
+        if self._key_args is None:
+            # The key travels in the environment, never on the command line (ps shows that).
+            env["TALLYSTICK_NODE_KEY"] = self.market.accounts.provider.key.hex()
+        env.update(self._env)
+        return env
+
+    def start(self, timeout: float = 60.0) -> NodeProcess:
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            self.command(), stdout=log, stderr=subprocess.STDOUT, env=self.environment()
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the node exited ({self.process.returncode}):\n{self.log()}")
+            try:
+                if httpx.get(self.url + "/v1/models", timeout=1.0).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                time.sleep(0.05)
+        raise RuntimeError(f"the node did not answer within {timeout} s:\n{self.log()}")
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown handler, no flush, no goodbye."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+# --- a TCP proxy that can be cut -------------------------------------------------------------
+
+
+class TcpProxy:
+    """Relays 127.0.0.1:port to ``target``; ``cut()`` resets and refuses connections."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = free_port()
+        self._up = threading.Event()
+        self._up.set()
+        self._conns: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self._server = socket.create_server(("127.0.0.1", self.port))
+        self._closed = False
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def cut(self) -> None:
+        self._up.clear()
+        with self._lock:
+            for conn in list(self._conns):
+                _reset(conn)
+            self._conns.clear()
+
+    def restore(self) -> None:
+        self._up.set()
+
+    def close(self) -> None:
+        self._closed = True
+        self.cut()
+        self._server.close()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return
+            if not self._up.is_set():
+                _reset(client)  # the chain is "down": connection reset at once
+                continue
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            except OSError:
+                _reset(client)
+                continue
+            with self._lock:
+                self._conns.update((client, upstream))
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with self._lock:
+                    self._conns.discard(s)
+                _reset(s)
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll ``predicate`` every 0.1 s; AssertionError naming ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.1)
+
+
+def _reset(sock: socket.socket) -> None:
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        sock.close()
+    except OSError:
+        pass
