@@ -208,15 +208,15 @@ def _check_unseen(
     eos = set(counter.eos_token_ids)
     if any(i in eos for i in ids[:-1]):
         return [Mismatch("eosPosition", "only as the last id", ids)]
-    # The fewest ids that cover the received text: only the last max_unseen+1 cut points
-    # can be within the allowance, so only those are decoded.
-    for k in range(max(0, len(ids) - max_unseen), len(ids) + 1):
-        if counter.decode(ids[:k]).startswith(text):
-            return []
     decoded = counter.decode(ids)
     if not decoded.startswith(text):
         return [Mismatch("completionText", text, decoded)]
-    return [Mismatch("unseenTokens", f"at most {max_unseen} ids past the received text", ids)]
+    # Fewer ids decode to less text, so if the ids without the last max_unseen+1 still
+    # cover the received text, more than max_unseen ids were billed beyond it.
+    cut = len(ids) - max_unseen - 1
+    if cut >= 0 and counter.decode(ids[:cut]).startswith(text):
+        return [Mismatch("unseenTokens", f"at most {max_unseen} ids past the received text", ids)]
+    return []
 
 
 def _matched_stop(decoded: str, text: str, served: Served) -> str | None:

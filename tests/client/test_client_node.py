@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
+from client_nodekit import serve_node
 from tallystick.client import Chain, Tallystick, Wallet
 from tallystick.protocol import Prices, cost_of
 
@@ -22,42 +20,18 @@ MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
 @pytest.fixture
 def node(deployment: Any, accounts: Any, anvil: Any, tmp_path: Path) -> Iterator[dict[str, Any]]:
     """A real node serving FakeEngine on a free port, listed on-chain by ``accounts.provider``."""
-    from tallystick.node import Settings, create_app
     from tallystick.node.engines import FakeEngine
 
     engine = FakeEngine(model_name="fake-model")
-    port = _free_port()
-    endpoint = f"http://127.0.0.1:{port}"
-    deployment.registry.register(accounts.provider, endpoint)
-    deployment.registry.list_model(
-        accounts.provider,
-        "fake-model",
+    with serve_node(
+        engine,
         PRICES,
-        tokenizer_hash=engine.tokenizer_bundle.hash(),
-        context_length=engine.context_length,
-    )
-    settings = Settings(
+        deployment=deployment,
+        provider=accounts.provider,
         rpc=anvil.url,
-        escrow=deployment.escrow.address,
-        registry=deployment.registry.address,
-        key=accounts.provider.key.hex(),
         db=tmp_path / "node.db",
-        port=port,
-        channel_cache_ttl=0,
-    )
-    app = create_app(settings, engine=engine, account=accounts.provider, run_worker=False)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert server.started, "the node did not start"
-    try:
+    ) as endpoint:
         yield {"endpoint": endpoint, "engine": engine}
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 @pytest.fixture
@@ -109,11 +83,3 @@ def test_verified_chat_through_sdk_and_openai_then_cooperative_close(
     closed = client.channels.close(info.channel_id)
     assert (closed.paid, closed.refund) == (spent, deposit - spent)
     assert deployment.escrow.earnings(accounts.provider.address) == spent
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
