@@ -48,7 +48,7 @@ class Settings:
     keystore: str | None
     store: Path
 
-    def wallet(self) -> Wallet:
+    def wallet(self, *, required: bool = True) -> Wallet | None:
         if self.key:
             return Wallet.from_key(self.key)
         if self.keystore:
@@ -56,6 +56,8 @@ class Settings:
             if password is None:
                 password = click.prompt("keystore password", hide_input=True, err=True)
             return Wallet.from_keystore(self.keystore, password)
+        if not required:
+            return None  # chat and bill on session-key channels need no wallet
         raise WalletError("no key: pass --key or --keystore (or set TALLYSTICK_KEY)")
 
     def chain(self) -> Chain:
@@ -63,8 +65,10 @@ class Settings:
             raise click.UsageError("--registry and --escrow are needed (or TALLYSTICK_REGISTRY/…)")
         return Chain.connect(self.rpc, self.registry, self.escrow)
 
-    def client(self, *, chain: bool = True) -> Tallystick:
-        return Tallystick(self.wallet(), self.store, chain=self.chain() if chain else None)
+    def client(self, *, chain: bool = True, wallet: bool = True) -> Tallystick:
+        return Tallystick(
+            self.wallet(required=wallet), self.store, chain=self.chain() if chain else None
+        )
 
 
 @click.group(context_settings={"auto_envvar_prefix": "TALLYSTICK", "show_default": True})
@@ -115,15 +119,28 @@ def channel() -> None:
 @click.option("--model", required=True)
 @click.option("--deposit", type=int, required=True, help="base units (wei for ETH)")
 @click.option("--provider", help="provider address (default: the cheapest)")
+@click.option("--session-key", is_flag=True, help="sign requests with a per-channel key")
 @click.pass_obj
-def channel_open(s: Settings, model: str, deposit: int, provider: str | None) -> None:
+def channel_open(
+    s: Settings, model: str, deposit: int, provider: str | None, session_key: bool
+) -> None:
     """Escrow a deposit with a provider for one model."""
     with s.client() as client:
-        info = client.channels.open(model, deposit, provider)
+        info = client.channels.open(model, deposit, provider, session_key=session_key)
     out.print(
         f"opened channel {info.hex_id} with {info.provider} for {info.model}: "
         f"deposit {info.deposit} {_token(info.token)}"
     )
+
+
+@channel.command("session-key")
+@click.argument("channel_id")
+@click.pass_obj
+def channel_session_key(s: Settings, channel_id: str) -> None:
+    """Authorise a fresh session key for an open channel (chat then needs no --key)."""
+    with s.client() as client:
+        address = client.channels.authorize_session_key(channel_id)
+    out.print(f"channel {channel_id}: session key {address} (kept in {s.store})")
 
 
 @channel.command("topup")
@@ -151,7 +168,14 @@ def channel_close(s: Settings, channel_id: str, unilateral: bool) -> None:
                 f"{_when(closes_at)}"
             )
             return
-        closed = client.channels.close(channel_id)
+        closed = client.channels.close_auto(channel_id)
+    if isinstance(closed, int):
+        out.print(
+            "the node would not countersign the close of this unused channel, so a unilateral "
+            f"close was requested; run `tallystick channel finalize {channel_id}` after "
+            f"{_when(closed)} for the full refund"
+        )
+        return
     out.print(
         f"closed: provider paid {closed.paid}, refunded {closed.refund} (tx {closed.tx_hash})"
     )
@@ -198,7 +222,7 @@ def chat(
 ) -> None:
     """Chat with a model; prints the verified bill after the answer."""
     text = message if message is not None else sys.stdin.read()
-    with s.client(chain=False) as client:
+    with s.client(chain=False, wallet=False) as client:
         stream = client.chat.completions.create(
             model=model,
             messages=[{"role": "user", "content": text}],
@@ -225,7 +249,7 @@ def chat(
 @click.pass_obj
 def bill(s: Settings, channel_id: str | None) -> None:
     """Per-request bill of verified, countersigned requests."""
-    with s.client(chain=False) as client:
+    with s.client(chain=False, wallet=False) as client:
         channels = [client.channel(channel_id)] if channel_id else client.channels.list()
         for info in channels:
             out.print(_bill_table(client, info))

@@ -1,0 +1,72 @@
+"""Closing a channel that served no request (zero receipt), through the CLI, on the real node."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from client_nodekit import serve_node
+from tallystick.client import Chain, Tallystick, Wallet
+from tallystick.client.cli import cli
+from tallystick.protocol import ChannelStatus, Prices
+
+pytestmark = pytest.mark.chain
+PRICES = Prices(input_per_m=3_000_000_000, output_per_m=9_000_000_000)
+DEPOSIT = 10**15
+
+
+@pytest.fixture
+def endpoint(deployment: Any, accounts: Any, anvil: Any, tmp_path: Path) -> Iterator[str]:
+    from tallystick.node.engines import FakeEngine
+
+    with serve_node(
+        FakeEngine(model_name="fake-model"),
+        PRICES,
+        deployment=deployment,
+        provider=accounts.provider,
+        rpc=anvil.url,
+        db=tmp_path / "node.db",
+    ) as url:
+        yield url
+
+
+def test_cli_close_of_an_unused_channel_refunds_the_whole_deposit(
+    endpoint: str,
+    deployment: Any,
+    accounts: Any,
+    anvil: Any,
+    w3: Any,
+    tmp_path: Path,
+    advance_time: Any,
+) -> None:
+    store = tmp_path / "c.db"
+    chain = Chain(w3, deployment.registry.address, deployment.escrow.address)
+    with Tallystick(Wallet(accounts.client), store, chain=chain) as client:
+        info = client.channels.open("fake-model", DEPOSIT)
+    args = ["--rpc", anvil.url, "--registry", deployment.registry.address]
+    args += ["--escrow", deployment.escrow.address, "--store", str(store)]
+    args += ["--key", "0x" + accounts.client.key.hex().removeprefix("0x")]
+    runner = CliRunner()
+    result = runner.invoke(cli, [*args, "channel", "close", info.hex_id])
+    assert result.exit_code == 0, result.output
+    state = deployment.escrow.get_channel(info.channel_id)
+    if state.status == ChannelStatus.CLOSING:
+        # The node would not countersign a zero receipt: the CLI took the unilateral path.
+        assert "unilateral close was requested" in _flat(result.output)
+        advance_time(deployment.escrow.challenge_period() + 1)
+        result = runner.invoke(cli, [*args, "channel", "finalize", info.hex_id])
+        assert result.exit_code == 0, result.output
+        assert f"provider paid 0, refunded {DEPOSIT}" in _flat(result.output)
+    else:
+        assert f"provider paid 0, refunded {DEPOSIT}" in _flat(result.output)
+    state = deployment.escrow.get_channel(info.channel_id)
+    assert (state.status, state.paid) == (ChannelStatus.CLOSED, 0)
+    with Tallystick(Wallet(accounts.client), store, chain=chain) as client:
+        assert client.channel(info.channel_id).status == "closed"
+
+
+def _flat(text: str) -> str:
+    return " ".join(text.split())  # rich wraps long lines
