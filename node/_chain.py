@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
-from tallystick.protocol import Domain, SignedReceipt
+from tallystick.protocol import ChainError, Domain, SignedReceipt
 
 from ._ledger import LedgerStore
 from ._types import ChannelInfo, ChannelStatus
@@ -108,7 +108,15 @@ class ChannelCache:
             entry = self._entries.get(channel_id)
             if entry and entry[0] >= asked_at:
                 return entry[1]
-            info = await self._chain.channel(channel_id)
+            try:
+                info = await self._chain.channel(channel_id)
+            except ChainError:
+                # RPC down: serve on the last state seen (a deposit only grows while the
+                # channel is open; the credit rule bounds what a stale view can cost us).
+                stale = entry[1] if entry else self._ledger.get_channel(channel_id)
+                if stale is None:
+                    raise
+                return stale
             self.put(channel_id, info)
             return info
 
