@@ -1,0 +1,84 @@
+"""The chain's RPC goes away: the node keeps serving from cached channel state within its credit
+rule, its settlement fails and retries, and claims everything once the chain is back.
+
+The node reaches anvil only through a TCP proxy that the test cuts (every connection reset,
+new ones refused) for a few seconds, or a minute under ``--long``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import httpx
+import pytest
+from reliakit import MESSAGES, MODEL, PRICES, wait_for
+from tallystick.protocol import cost_of
+
+pytestmark = pytest.mark.chain
+
+DEPOSIT = 10**15
+SMALL_DEPOSIT = 10**6  # a few requests of 16 tokens; not a 2000-token worst case
+
+
+def _chat(url: str, bearer: str, max_tokens: int, receipt: Any = None) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {bearer}"}
+    if receipt is not None:
+        headers["X-Tally-Receipt"] = json.dumps(receipt.to_json())
+    body = {"model": MODEL, "messages": MESSAGES, "max_tokens": max_tokens}
+    return httpx.post(f"{url}/v1/chat/completions", json=body, headers=headers, timeout=30)
+
+
+def test_node_serves_through_an_rpc_outage_and_settles_when_the_chain_is_back(
+    market: Any, start_node: Any, make_client: Any, rpc_proxy: Any, long_mode: bool
+) -> None:
+    node = start_node(rpc=rpc_proxy.url)
+    client = make_client(market.accounts.client, "client")
+    info = client.channels.open(MODEL, DEPOSIT)
+    for _ in range(3):
+        client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=16)
+    # A second channel driven by hand, to probe the credit rule during the outage.
+    other = make_client(market.accounts.client2, "other")
+    other_info = other.channels.open(MODEL, DEPOSIT)
+    other_bearer = other.biller.bearer(other_info)
+    assert _chat(node.url, other_bearer, 8).status_code == 200  # cached before the cut
+    small = make_client(market.accounts[6], "small")
+    small_info = small.channels.open(MODEL, SMALL_DEPOSIT)
+    small.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=16)
+    earnings_before = market.earnings()
+
+    rpc_proxy.cut()
+    outage = 60.0 if long_mode else 4.0
+    ends = time.monotonic() + outage
+    served = 0
+    while time.monotonic() < ends:
+        reply = client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=16)
+        assert reply.tally is not None
+        served += 1
+        time.sleep(0.1)
+    # The credit rule still holds without the chain: one unpaid record, and the deposit cap.
+    unpaid = _chat(node.url, other_bearer, 8)
+    assert unpaid.status_code == 402, unpaid.text
+    assert unpaid.json()["error"]["code"] == "receipt_required"
+    too_big = _chat(node.url, small.biller.bearer(small_info), 2000)
+    assert too_big.status_code == 402, too_big.text
+    assert too_big.json()["error"]["code"] == "insufficient_deposit"
+    # Nothing could be claimed while the chain was away.
+    assert market.earnings() == earnings_before
+    assert "settlement: chain error" in node.log()
+
+    rpc_proxy.restore()
+    tally = client.store.tally(info.channel_id)
+    spent = cost_of(tally.input_tokens, tally.output_tokens, PRICES)
+
+    def settled() -> bool:
+        return bool(market.escrow.get_channel(info.channel_id).paid == spent)
+
+    wait_for(settled, 90 if long_mode else 30, "the worker to claim after the outage")
+    assert served >= 5
+    state = market.escrow.get_channel(info.channel_id)
+    assert (state.input_tokens, state.output_tokens) == (tally.input_tokens, tally.output_tokens)
+    # And the node serves new requests on fresh chain state.
+    reply = client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=16)
+    assert reply.tally is not None
