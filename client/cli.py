@@ -255,6 +255,28 @@ def bill(s: Settings, channel_id: str | None) -> None:
             out.print(_bill_table(client, info))
 
 
+@cli.command()
+@click.option("--rpc", "demo_rpc", help="use this dev chain instead of starting anvil")
+@click.option("--deployer-key", help="funded key on --rpc (default: the dev mnemonic's first)")
+@click.option("--prompts", type=click.IntRange(1, 20), default=3, help="how many requests")
+@click.option("--no-stream", is_flag=True, help="do not stream the first answer")
+@click.option("--keep", is_flag=True, help="leave the chain and the node running")
+@click.option("--model", type=click.Path(path_type=Path), help="SmolLM2-135M-Instruct .gguf")
+def demo(
+    demo_rpc: str | None,
+    deployer_key: str | None,
+    prompts: int,
+    no_stream: bool,
+    keep: bool,
+    model: Path | None,
+) -> None:
+    """The whole marketplace on a local chain, ending in a bill checked on-chain."""
+    from ._demo import DemoOptions, run_demo
+
+    options = DemoOptions(demo_rpc, deployer_key, prompts, not no_stream, keep, model)
+    sys.exit(run_demo(options, out))
+
+
 def _bill_table(client: Tallystick, info: ChannelInfo) -> Table:
     table = Table(
         "seq",
