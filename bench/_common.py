@@ -1,0 +1,292 @@
+"""What every bench section shares: paths, a local chain, a deployed market, targets, output.
+
+Nothing here measures anything; it starts the real things (anvil, contracts, accounts) and
+prints and saves what the sections measured.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+__all__ = [
+    "HF_MODEL_DIR",
+    "MODEL_FILE",
+    "MODEL_GGUF",
+    "MODEL_NAME",
+    "RESULTS",
+    "ROOT",
+    "BenchError",
+    "Chain",
+    "Target",
+    "anvil",
+    "console",
+    "free_port",
+    "funded_account",
+    "percentile",
+    "rss_bytes",
+    "save",
+    "send_tx",
+    "show_targets",
+    "start_chain",
+    "table",
+    "wait_http",
+]
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+MODEL_NAME = "SmolLM2-135M-Instruct"
+MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+MODEL_GGUF = ROOT / ".models" / MODEL_NAME / MODEL_FILE
+# The GGUF dequantised and saved as a plain transformers folder, for servers that cannot load
+# a GGUF without a config (transformers serve); same weights, same tokenizer.
+HF_MODEL_DIR = ROOT / ".models" / f"{MODEL_NAME}-hf"
+ANVIL = ROOT / "node_modules" / ".bin" / "anvil"
+
+# Wide enough for the tables when the output is a file or a CI log (no terminal width).
+console = Console(highlight=False, width=None if os.isatty(1) else 120)
+
+
+class BenchError(Exception):
+    """The benchmark itself could not run (a tool missing, a server that did not start)."""
+
+
+# --- output ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    """A promised figure: ``measured`` must be ``>=`` (or ``<=``) ``limit``."""
+
+    name: str
+    measured: float | None
+    limit: float
+    higher_is_better: bool
+    unit: str = ""
+
+    @property
+    def passed(self) -> bool:
+        if self.measured is None or math.isnan(self.measured):
+            return False
+        if self.higher_is_better:
+            return self.measured >= self.limit
+        return self.measured <= self.limit
+
+    @property
+    def margin(self) -> str:
+        """How far from the limit, as a ratio (``1.3x`` the limit / ``0.8x`` of it)."""
+        if self.measured is None or math.isnan(self.measured) or self.limit == 0:
+            return "n/a"
+        return f"{self.measured / self.limit:.2f}x of limit"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "measured": self.measured,
+            "limit": self.limit,
+            "op": ">=" if self.higher_is_better else "<=",
+            "unit": self.unit,
+            "pass": self.passed,
+        }
+
+
+def _fmt(value: float | None, unit: str) -> str:
+    if value is None or math.isnan(value):
+        return "n/a"
+    if unit == "x":
+        return f"{value:,.2f}x"
+    return f"{value:,.3g} {unit}".strip() if abs(value) < 100 else f"{value:,.0f} {unit}".strip()
+
+
+def show_targets(title: str, targets: Sequence[Target]) -> None:
+    """One table: each target with its measured value and PASS/MISS."""
+    rows = []
+    for t in targets:
+        op = ">=" if t.higher_is_better else "<="
+        verdict = "[green]PASS[/]" if t.passed else "[red]MISS[/]"
+        rows.append([t.name, _fmt(t.measured, t.unit), f"{op} {_fmt(t.limit, t.unit)}", verdict])
+    console.print(table(title, ["target", "measured", "limit", "result"], rows))
+
+
+def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> Table:
+    out = Table(title=title, title_justify="left")
+    for i, name in enumerate(columns):
+        out.add_column(name, justify="left" if i == 0 else "right")
+    for row in rows:
+        out.add_row(*(str(c) for c in row))
+    return out
+
+
+def save(name: str, data: dict[str, Any]) -> Path:
+    """Write ``bench/results/<name>.json`` (the checked-in latest figures)."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    stamped = {"generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **data}
+    path.write_text(json.dumps(stamped, indent=2, default=_plain) + "\n")
+    console.print(f"[dim]wrote {path.relative_to(ROOT)}[/]")
+    return path
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return "0x" + value.hex()
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (q in [0, 100]); NaN for no values."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+def rss_bytes(pid: int | None = None) -> int:
+    """Resident set size of ``pid`` (default: this process), from /proc."""
+    path = Path(f"/proc/{pid or os.getpid()}/statm")
+    try:
+        pages = int(path.read_text().split()[1])
+    except (OSError, IndexError, ValueError) as exc:
+        raise BenchError(f"cannot read the RSS of pid {pid}: {exc}") from exc
+    return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+# --- processes ------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(url: str, proc: subprocess.Popen[Any] | None, timeout: float, what: str) -> None:
+    """Poll ``url`` until it answers 2xx; ``BenchError`` when ``proc`` dies or time runs out."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise BenchError(f"{what} exited with code {proc.returncode} before answering")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=2.0).is_success:
+                return
+        time.sleep(0.25)
+    raise BenchError(f"{what} did not answer on {url} within {timeout:.0f} s")
+
+
+def stop_process(proc: subprocess.Popen[Any]) -> None:
+    """Terminate a child we started, then kill it if it lingers."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@contextlib.contextmanager
+def anvil(gas_limit: int | None = None) -> Iterator[str]:
+    """A fresh anvil on a free port (its RPC URL), stopped on exit."""
+    binary = str(ANVIL) if ANVIL.exists() else shutil.which("anvil")
+    if binary is None:
+        raise BenchError("anvil not found: run `make setup` (it installs @foundry-rs/anvil)")
+    port = free_port()
+    cmd = [binary, "--port", str(port), "--silent", "--chain-id", "31337"]
+    if gas_limit is not None:
+        cmd += ["--gas-limit", str(gas_limit)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_rpc(url, proc)
+        yield url
+    finally:
+        stop_process(proc)
+
+
+def _wait_rpc(url: str, proc: subprocess.Popen[Any]) -> None:
+    import httpx
+
+    body = {"jsonrpc": "2.0", "id": 1, "method": "eth_chainId", "params": []}
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise BenchError(f"anvil exited with code {proc.returncode}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.post(url, json=body, timeout=1.0).status_code == 200:
+                return
+        time.sleep(0.02)
+    raise BenchError(f"anvil did not answer on {url}")
+
+
+# --- chain ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Chain:
+    """A deployed market on a local chain: the contracts and a funded deployer."""
+
+    url: str
+    w3: Any
+    deployment: Any  # tallystick.protocol.Deployment
+    deployer: Any  # LocalAccount
+
+    @property
+    def escrow(self) -> Any:
+        return self.deployment.escrow
+
+    @property
+    def registry(self) -> Any:
+        return self.deployment.registry
+
+    @property
+    def usdc(self) -> Any:
+        return self.deployment.usdc
+
+
+def funded_account(w3: Any, wei: int = 10**24) -> Any:
+    """A fresh key with ``wei`` on the local chain (anvil_setBalance)."""
+    from eth_account import Account
+
+    account = Account.create()
+    w3.provider.make_request("anvil_setBalance", [account.address, hex(wei)])
+    return account
+
+
+def start_chain(url: str) -> Chain:
+    """Deploy ProviderRegistry, TallyEscrow and MockUSDC on the chain at ``url``."""
+    from tallystick.protocol import connect, deploy
+
+    w3 = connect(url)
+    deployer = funded_account(w3)
+    return Chain(url, w3, deploy(w3, deployer, challenge_period=3600), deployer)
+
+
+def send_tx(w3: Any, account: Any, fn: Any) -> int:
+    """Sign ``fn`` locally, send it, wait; its ``gasUsed`` (``BenchError`` if it reverted)."""
+    tx = fn.build_transaction(
+        {"from": account.address, "nonce": w3.eth.get_transaction_count(account.address)}
+    )
+    tx_hash = w3.eth.send_raw_transaction(account.sign_transaction(tx).raw_transaction)
+    receipt = w3.eth.wait_for_transaction_receipt(tx_hash, timeout=60, poll_latency=0.01)
+    if receipt["status"] != 1:
+        raise BenchError(f"transaction {tx_hash.hex()} reverted")
+    return int(receipt["gasUsed"])
