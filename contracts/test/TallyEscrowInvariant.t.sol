@@ -1,0 +1,480 @@
+// SPDX-License-Identifier: MIT
+pragma solidity ^0.8.28;
+
+import {Test} from "./utils/Test.sol";
+import {Vm} from "./utils/Vm.sol";
+import {ProviderRegistry} from "../src/ProviderRegistry.sol";
+import {TallyEscrow} from "../src/TallyEscrow.sol";
+import {ITallyEscrow} from "../src/interfaces/ITallyEscrow.sol";
+import {MockUSDC} from "../src/mocks/MockUSDC.sol";
+
+/// @notice Drives the escrow with random actions by three clients and two providers, in ETH and MockUSDC,
+/// and keeps ghost books of what each party signed, deposited, got back and withdrew. Every action only
+/// calls the escrow when the call must succeed (so the ghost books follow the contract exactly), except
+/// the forgery actions, which must fail: if one ever pays, `forgeryPaid` is set and an invariant fails.
+contract EscrowHandler {
+    Vm internal constant vm = Vm(address(uint160(uint256(keccak256("hevm cheat code")))));
+    address internal constant ETH = address(0);
+    uint256 internal constant N_CLIENTS = 3;
+    uint256 internal constant N_PROVIDERS = 2;
+
+    struct Ghost {
+        uint256 client; // index
+        uint256 provider; // index
+        bool hasSessionKey;
+        uint64 signedIn; // highest receipt the client countersigned
+        uint64 signedOut;
+        uint64 claimedIn; // highest receipt claimed (by claim, claimMany or closeCooperative)
+        uint64 claimedOut;
+    }
+
+    TallyEscrow public immutable escrow;
+    MockUSDC public immutable usdc;
+    uint32 public immutable challenge;
+    uint256[N_CLIENTS] internal clientKeys;
+    uint256[N_PROVIDERS] internal providerKeys;
+    bytes32[2][N_PROVIDERS] internal models; // [provider][0 = ETH, 1 = USDC]
+
+    bytes32[] public channels;
+    mapping(bytes32 => Ghost) public ghost;
+    mapping(address client => mapping(address token => uint256)) public deposited;
+    mapping(address client => mapping(address token => uint256)) public refunded;
+    mapping(address provider => mapping(address token => uint256)) public withdrawn;
+    bool public forgeryPaid;
+    /// Set when a call the handler knew to be valid reverted (failOnRevert is off, so it is recorded here).
+    string public unexpectedAction;
+    bytes public unexpectedReason;
+    mapping(bytes32 action => uint256) public calls;
+
+    constructor(ProviderRegistry registry, TallyEscrow escrow_, MockUSDC usdc_, uint32 challenge_) {
+        escrow = escrow_;
+        usdc = usdc_;
+        challenge = challenge_;
+        for (uint256 c; c < N_CLIENTS; ++c) clientKeys[c] = 0xC0 + c;
+        for (uint256 p; p < N_PROVIDERS; ++p) {
+            providerKeys[p] = 0xF0 + p;
+            address provider = vm.addr(providerKeys[p]);
+            vm.startPrank(provider);
+            registry.register("https://node.example", "");
+            // Prices chosen so that the deposits below run out within a run, exercising the cap.
+            models[p][0] = registry.listModel("eth-model", 1e12 * uint96(p + 1), 4e12, ETH, bytes32(0), 1);
+            models[p][1] = registry.listModel("usdc-model", 3e5, 9e5 * uint96(p + 1), address(usdc), bytes32(0), 1);
+            vm.stopPrank();
+        }
+    }
+
+    // ------------------------------------------------------------------ views for the invariants
+
+    function channelCount() external view returns (uint256) {
+        return channels.length;
+    }
+
+    function clientAt(uint256 i) public view returns (address) {
+        return vm.addr(clientKeys[i]);
+    }
+
+    function providerAt(uint256 i) public view returns (address) {
+        return vm.addr(providerKeys[i]);
+    }
+
+    // ------------------------------------------------------------------ actions
+
+    function open(uint256 clientSeed, uint256 providerSeed, bool inUsdc, uint96 amount, bool withSessionKey)
+        external
+    {
+        uint256 c = clientSeed % N_CLIENTS;
+        uint256 p = providerSeed % N_PROVIDERS;
+        address client = clientAt(c);
+        address token = inUsdc ? address(usdc) : ETH;
+        amount = uint96(_bound(amount, 1, inUsdc ? 1e13 : 100 ether));
+        address sessionKey = withSessionKey ? vm.addr(_sessionKeyOf(c)) : address(0);
+        bytes32 id;
+        if (inUsdc) {
+            usdc.mint(client, amount);
+            vm.prank(client);
+            usdc.approve(address(escrow), amount);
+            vm.prank(client);
+            try escrow.open(vm.addr(providerKeys[p]), models[p][1], amount, sessionKey) returns (bytes32 opened) {
+                id = opened;
+            } catch (bytes memory reason) {
+                return _unexpected("open", reason);
+            }
+        } else {
+            vm.deal(client, client.balance + amount);
+            vm.prank(client);
+            try escrow.open{value: amount}(vm.addr(providerKeys[p]), models[p][0], amount, sessionKey) returns (
+                bytes32 opened
+            ) {
+                id = opened;
+            } catch (bytes memory reason) {
+                return _unexpected("open", reason);
+            }
+        }
+        channels.push(id);
+        ghost[id] = Ghost(c, p, withSessionKey, 0, 0, 0, 0);
+        deposited[client][token] += amount;
+        ++calls["open"];
+    }
+
+    function topUp(uint256 chSeed, uint96 amount) external {
+        (bytes32 id, ITallyEscrow.ChannelView memory ch) = _pick(chSeed);
+        if (id == 0 || ch.status != ITallyEscrow.Status.Open) return;
+        amount = uint96(_bound(amount, 1, ch.token == ETH ? 10 ether : 1e12));
+        address client = ch.client;
+        if (ch.token == ETH) {
+            vm.deal(client, client.balance + amount);
+            vm.prank(client);
+            try escrow.topUp{value: amount}(id, amount) {}
+            catch (bytes memory reason) {
+                return _unexpected("topUp", reason);
+            }
+        } else {
+            usdc.mint(client, amount);
+            vm.prank(client);
+            usdc.approve(address(escrow), amount);
+            vm.prank(client);
+            try escrow.topUp(id, amount) {}
+            catch (bytes memory reason) {
+                return _unexpected("topUp", reason);
+            }
+        }
+        deposited[client][ch.token] += amount;
+        ++calls["topUp"];
+    }
+
+    /// The client serves a request: it countersigns new, higher totals (kept in the ghost books).
+    function countersign(uint256 chSeed, uint32 moreIn, uint32 moreOut) external {
+        (bytes32 id, ITallyEscrow.ChannelView memory ch) = _pick(chSeed);
+        if (id == 0 || ch.status == ITallyEscrow.Status.Closed) return;
+        Ghost storage g = ghost[id];
+        g.signedIn += uint64(_bound(moreIn, 0, 5e6));
+        g.signedOut += uint64(_bound(moreOut, 1, 2e6));
+        ++calls["countersign"];
+    }
+
+    function claim(uint256 chSeed, bool bySessionKey) external {
+        (bytes32 id,) = _pick(chSeed);
+        if (!_claimable(id, false)) return;
+        Ghost storage g = ghost[id];
+        ITallyEscrow.Receipt memory r = _receipt(id, g.signedIn, g.signedOut);
+        bytes memory sig = _sign(_signerKey(id, bySessionKey), r);
+        try escrow.claim(r, sig) {}
+        catch (bytes memory reason) {
+            return _unexpected("claim", reason);
+        }
+        (g.claimedIn, g.claimedOut) = (g.signedIn, g.signedOut);
+        ++calls["claim"];
+    }
+
+    /// A batch of the latest receipts of up to four channels, plus a forged one that must be skipped.
+    function claimMany(uint256[4] calldata seeds, uint256 forgerSeed) external {
+        ITallyEscrow.Receipt[] memory rs = new ITallyEscrow.Receipt[](5);
+        bytes[] memory sigs = new bytes[](5);
+        uint256 n;
+        for (uint256 k; k < 4; ++k) {
+            (bytes32 id,) = _pick(seeds[k]);
+            if (!_claimable(id, false) || _inBatch(rs, n, id)) continue;
+            Ghost storage g = ghost[id];
+            rs[n] = _receipt(id, g.signedIn, g.signedOut);
+            sigs[n] = _sign(_signerKey(id, seeds[k] & 1 == 1), rs[n]);
+            ++n;
+        }
+        if (n == 0) return;
+        (rs[n], sigs[n]) = _forgery(rs[0].channelId, forgerSeed);
+        ++n;
+        assembly ("memory-safe") {
+            mstore(rs, n) // shrink to the n receipts built
+            mstore(sigs, n)
+        }
+        try escrow.claimMany(rs, sigs) {}
+        catch (bytes memory reason) {
+            return _unexpected("claimMany", reason);
+        }
+        // The forgery (last) targets the first channel with higher totals: the channel must hold the
+        // legitimate totals, and every legitimate receipt must have been claimed.
+        for (uint256 k; k + 1 < n; ++k) {
+            Ghost storage g = ghost[rs[k].channelId];
+            ITallyEscrow.ChannelView memory ch = escrow.getChannel(rs[k].channelId);
+            if (ch.inputTokens > g.signedIn || ch.outputTokens > g.signedOut) forgeryPaid = true;
+            if (ch.inputTokens != g.signedIn || ch.outputTokens != g.signedOut) {
+                return _unexpected("claimMany skipped a valid receipt", "");
+            }
+            (g.claimedIn, g.claimedOut) = (g.signedIn, g.signedOut);
+        }
+        ++calls["claimMany"];
+    }
+
+    /// Someone other than the client or its session key signs higher totals: the claim must fail.
+    function forgeClaim(uint256 chSeed, uint256 forgerSeed) external {
+        (bytes32 id,) = _pick(chSeed);
+        if (!_claimable(id, true)) return;
+        (ITallyEscrow.Receipt memory r, bytes memory sig) = _forgery(id, forgerSeed);
+        try escrow.claim(r, sig) {
+            forgeryPaid = true;
+        } catch {}
+        ++calls["forgeClaim"];
+    }
+
+    function requestClose(uint256 chSeed) external {
+        (bytes32 id, ITallyEscrow.ChannelView memory ch) = _pick(chSeed);
+        if (id == 0 || ch.status != ITallyEscrow.Status.Open) return;
+        vm.prank(ch.client);
+        try escrow.requestClose(id) {}
+        catch (bytes memory reason) {
+            return _unexpected("requestClose", reason);
+        }
+        ++calls["requestClose"];
+    }
+
+    function warp(uint32 seconds_) external {
+        vm.warp(block.timestamp + _bound(seconds_, 0, 2 * uint256(challenge)));
+        ++calls["warp"];
+    }
+
+    function finalize(uint256 chSeed) external {
+        (bytes32 id, ITallyEscrow.ChannelView memory ch) = _pick(chSeed);
+        if (id == 0 || ch.status != ITallyEscrow.Status.Closing || block.timestamp < ch.closesAt) return;
+        uint256 before = _balance(ch.token, ch.client);
+        try escrow.finalize(id) {}
+        catch (bytes memory reason) {
+            return _unexpected("finalize", reason);
+        }
+        refunded[ch.client][ch.token] += _balance(ch.token, ch.client) - before;
+        ++calls["finalize"];
+    }
+
+    function closeCooperative(uint256 chSeed, bool bySessionKey) external {
+        (bytes32 id, ITallyEscrow.ChannelView memory ch) = _pick(chSeed);
+        if (!_claimable(id, true)) return;
+        Ghost storage g = ghost[id];
+        ITallyEscrow.Receipt memory r = _receipt(id, g.signedIn, g.signedOut);
+        bytes memory clientSig = _sign(_signerKey(id, bySessionKey), r);
+        bytes memory providerSig = _sign(providerKeys[g.provider], r);
+        uint256 before = _balance(ch.token, ch.client);
+        try escrow.closeCooperative(r, clientSig, providerSig) {}
+        catch (bytes memory reason) {
+            return _unexpected("closeCooperative", reason);
+        }
+        refunded[ch.client][ch.token] += _balance(ch.token, ch.client) - before;
+        (g.claimedIn, g.claimedOut) = (g.signedIn, g.signedOut);
+        ++calls["closeCooperative"];
+    }
+
+    function withdraw(uint256 providerSeed, bool inUsdc) external {
+        address provider = providerAt(providerSeed % N_PROVIDERS);
+        address token = inUsdc ? address(usdc) : ETH;
+        if (escrow.earnings(provider, token) == 0) return;
+        address to = address(uint160(0xD00D0000 + providerSeed % N_PROVIDERS)); // a plain account per provider
+        uint256 before = _balance(token, to);
+        vm.prank(provider);
+        try escrow.withdraw(token, to) {}
+        catch (bytes memory reason) {
+            return _unexpected("withdraw", reason);
+        }
+        withdrawn[provider][token] += _balance(token, to) - before;
+        ++calls["withdraw"];
+    }
+
+    // ------------------------------------------------------------------ helpers
+
+    function _unexpected(string memory action, bytes memory reason) internal {
+        if (bytes(unexpectedAction).length != 0) return; // keep the first one
+        unexpectedAction = action;
+        unexpectedReason = reason;
+    }
+
+    function _pick(uint256 seed) internal view returns (bytes32 id, ITallyEscrow.ChannelView memory ch) {
+        if (channels.length == 0) return (0, ch);
+        id = channels[seed % channels.length];
+        ch = escrow.getChannel(id);
+    }
+
+    /// True when a claim of the latest countersigned receipt must succeed (`allowEqual`: closeCooperative).
+    function _claimable(bytes32 id, bool allowEqual) internal view returns (bool) {
+        if (id == 0) return false;
+        ITallyEscrow.ChannelView memory ch = escrow.getChannel(id);
+        if (ch.status == ITallyEscrow.Status.Closed) return false;
+        if (ch.status == ITallyEscrow.Status.Closing && block.timestamp >= ch.closesAt) return false;
+        Ghost storage g = ghost[id];
+        bool newer = g.signedIn != g.claimedIn || g.signedOut != g.claimedOut;
+        return allowEqual || newer;
+    }
+
+    function _inBatch(ITallyEscrow.Receipt[] memory rs, uint256 n, bytes32 id) internal pure returns (bool) {
+        for (uint256 k; k < n; ++k) if (rs[k].channelId == id) return true;
+        return false;
+    }
+
+    /// A receipt with more than the client signed, signed by the provider, another client, or another
+    /// client's session key (the key of another channel).
+    function _forgery(bytes32 id, uint256 forgerSeed)
+        internal
+        view
+        returns (ITallyEscrow.Receipt memory r, bytes memory sig)
+    {
+        Ghost storage g = ghost[id];
+        r = _receipt(id, g.signedIn + 1_000_000, g.signedOut + 1_000_000);
+        uint256 other = (g.client + 1 + forgerSeed % (N_CLIENTS - 1)) % N_CLIENTS;
+        uint256 which = forgerSeed % 3;
+        uint256 key = which == 0 ? providerKeys[g.provider] : which == 1 ? clientKeys[other] : _sessionKeyOf(other);
+        sig = _sign(key, r);
+    }
+
+    function _signerKey(bytes32 id, bool bySessionKey) internal view returns (uint256) {
+        Ghost storage g = ghost[id];
+        return bySessionKey && g.hasSessionKey ? _sessionKeyOf(g.client) : clientKeys[g.client];
+    }
+
+    function _sessionKeyOf(uint256 c) internal pure returns (uint256) {
+        return 0x5E0 + c;
+    }
+
+    function _receipt(bytes32 id, uint64 i, uint64 o) internal pure returns (ITallyEscrow.Receipt memory) {
+        return ITallyEscrow.Receipt(id, i, o, keccak256(abi.encode(id, i, o)));
+    }
+
+    function _sign(uint256 key, ITallyEscrow.Receipt memory r) internal view returns (bytes memory) {
+        (uint8 v, bytes32 rr, bytes32 s) = vm.sign(key, escrow.receiptDigest(r));
+        return abi.encodePacked(rr, s, v);
+    }
+
+    function _balance(address token, address who) internal view returns (uint256) {
+        return token == ETH ? who.balance : usdc.balanceOf(who);
+    }
+
+    function _bound(uint256 x, uint256 min, uint256 max) internal pure returns (uint256) {
+        return min + (x % (max - min + 1));
+    }
+}
+
+/// @notice Money invariants under random sequences of open/topUp/countersign/claim/claimMany/forgery/
+/// requestClose/warp/finalize/closeCooperative/withdraw (runs and depth: test.solidity.invariant in
+/// hardhat.config.js; TALLY_LONG=1 for the long campaign).
+contract TallyEscrowInvariantTest is Test {
+    uint32 internal constant CHALLENGE = 1 hours;
+    address internal constant ETH = address(0);
+
+    TallyEscrow internal escrow;
+    MockUSDC internal usdc;
+    EscrowHandler internal handler;
+
+    function setUp() public {
+        ProviderRegistry registry = new ProviderRegistry();
+        escrow = new TallyEscrow(address(registry), CHALLENGE);
+        usdc = new MockUSDC();
+        handler = new EscrowHandler(registry, escrow, usdc, CHALLENGE);
+        targetContract(address(handler));
+    }
+
+    /// The handler's actions really run (so the invariants below are not vacuous): a scripted sequence.
+    function test_handler_everyActionSucceedsInAScriptedSequence() public {
+        handler.open(0, 0, false, 1 ether, true);
+        handler.open(1, 1, true, 5e9, false);
+        handler.open(2, 0, true, 5e9, false);
+        handler.countersign(0, 1000, 1000);
+        handler.countersign(1, 2000, 500);
+        handler.countersign(2, 10, 10);
+        handler.claim(0, true);
+        handler.forgeClaim(1, 1);
+        handler.forgeClaim(1, 2);
+        handler.forgeClaim(0, 0);
+        uint256[4] memory seeds = [uint256(1), 2, 1, 0];
+        handler.countersign(0, 5, 5);
+        handler.claimMany(seeds, 2);
+        handler.topUp(1, 1e6);
+        handler.countersign(1, 1, 1);
+        handler.closeCooperative(1, false);
+        handler.requestClose(2);
+        handler.warp(uint32(CHALLENGE));
+        handler.finalize(2);
+        handler.withdraw(0, false);
+        handler.withdraw(1, true);
+        invariant_validCallsSucceedAndForgeriesNeverPay();
+        bytes32[10] memory actions = [
+            bytes32("open"), "countersign", "claim", "forgeClaim", "claimMany", "topUp", "closeCooperative",
+            "requestClose", "finalize", "withdraw"
+        ];
+        for (uint256 k; k < actions.length; ++k) assertGe(handler.calls(actions[k]), 1, string(abi.encode(actions[k])));
+        invariant_tokenConservation();
+        invariant_providerNeverPaidMoreThanTheHighestClaimedReceipt();
+        invariant_clientNeverLosesMoreThanItCountersigned();
+    }
+
+    /// (0) Every call the handler knew to be valid succeeded, and no forged receipt ever paid.
+    function invariant_validCallsSucceedAndForgeriesNeverPay() public view {
+        assertEq(bytes(handler.unexpectedAction()), bytes(""), "a valid call reverted");
+        assertFalse(handler.forgeryPaid(), "a receipt not signed by the client or its session key paid");
+    }
+
+    /// (1) For every token: balance == sum over Open/Closing channels of (deposit - paid) + unwithdrawn earnings.
+    function invariant_tokenConservation() public view {
+        (uint256 eth, uint256 usd) = _escrowed();
+        for (uint256 p; p < 2; ++p) {
+            eth += escrow.earnings(handler.providerAt(p), ETH);
+            usd += escrow.earnings(handler.providerAt(p), address(usdc));
+        }
+        assertEq(address(escrow).balance, eth, "ETH conservation");
+        assertEq(usdc.balanceOf(address(escrow)), usd, "USDC conservation");
+    }
+
+    /// (2) A channel never pays more than min(cost of its highest claimed receipt, deposit), and what a
+    /// provider earned (withdrawn + unwithdrawn) is exactly what its channels paid.
+    function invariant_providerNeverPaidMoreThanTheHighestClaimedReceipt() public view {
+        uint256[2][2] memory paidTo; // [provider][token]
+        for (uint256 k; k < handler.channelCount(); ++k) {
+            bytes32 id = handler.channels(k);
+            ITallyEscrow.ChannelView memory ch = escrow.getChannel(id);
+            (,,,,, uint64 claimedIn, uint64 claimedOut) = handler.ghost(id);
+            uint256 cost = escrow.costOf(id, claimedIn, claimedOut);
+            assertLe(ch.paid, cost < ch.deposit ? cost : ch.deposit, "paid <= min(cost(highest claimed), deposit)");
+            (, uint256 p,,,,,) = handler.ghost(id);
+            paidTo[p][ch.token == ETH ? 0 : 1] += ch.paid;
+        }
+        for (uint256 p; p < 2; ++p) {
+            address provider = handler.providerAt(p);
+            for (uint256 t; t < 2; ++t) {
+                address token = t == 0 ? ETH : address(usdc);
+                assertEq(
+                    escrow.earnings(provider, token) + handler.withdrawn(provider, token),
+                    paidTo[p][t],
+                    "earned = sum of what the provider's channels paid"
+                );
+            }
+        }
+    }
+
+    /// (3) A client never loses more than the cost of the highest receipt it countersigned, per channel
+    /// and in its own books (deposited - refunded - still escrowed).
+    function invariant_clientNeverLosesMoreThanItCountersigned() public view {
+        uint256[2][3] memory escrowedOf; // [client][token]
+        uint256[2][3] memory signedCost;
+        for (uint256 k; k < handler.channelCount(); ++k) {
+            bytes32 id = handler.channels(k);
+            ITallyEscrow.ChannelView memory ch = escrow.getChannel(id);
+            (uint256 c,,, uint64 signedIn, uint64 signedOut,,) = handler.ghost(id);
+            uint256 cost = escrow.costOf(id, signedIn, signedOut);
+            assertLe(ch.paid, cost, "paid <= cost(highest countersigned)");
+            uint256 t = ch.token == ETH ? 0 : 1;
+            signedCost[c][t] += cost;
+            if (ch.status != ITallyEscrow.Status.Closed) escrowedOf[c][t] += ch.deposit - ch.paid;
+        }
+        for (uint256 c; c < 3; ++c) {
+            address client = handler.clientAt(c);
+            for (uint256 t; t < 2; ++t) {
+                address token = t == 0 ? ETH : address(usdc);
+                uint256 lost = handler.deposited(client, token) - handler.refunded(client, token) - escrowedOf[c][t];
+                assertLe(lost, signedCost[c][t], "client loss <= cost of what it countersigned");
+            }
+        }
+    }
+
+    function _escrowed() internal view returns (uint256 eth, uint256 usd) {
+        for (uint256 k; k < handler.channelCount(); ++k) {
+            ITallyEscrow.ChannelView memory ch = escrow.getChannel(handler.channels(k));
+            if (ch.status == ITallyEscrow.Status.Open || ch.status == ITallyEscrow.Status.Closing) {
+                if (ch.token == ETH) eth += ch.deposit - ch.paid;
+                else usd += ch.deposit - ch.paid;
+            }
+        }
+    }
+}
