@@ -33,6 +33,7 @@ RESULTS = ROOT / "bench" / "results" / "gas.json"
 ETH = "0x0000000000000000000000000000000000000000"
 CHALLENGE_PERIOD = 3600
 PRICE_IN, PRICE_OUT = 100_000, 400_000  # per million tokens, base units
+RECEIPT_FIELDS = ("channelId", "inputTokens", "outputTokens", "usageRoot")
 RECEIPT_TYPES = {
     "Receipt": [
         {"name": "channelId", "type": "bytes32"},
@@ -127,7 +128,7 @@ def _send(w3: Web3, acct: LocalAccount, call: Any, value: int = 0) -> dict[str, 
         tx_hash = w3.eth.send_raw_transaction(signed.raw_transaction)
         receipt = dict(w3.eth.wait_for_transaction_receipt(tx_hash))
     except Web3Exception as exc:
-        raise BenchError(f"{call.fn_name if hasattr(call, 'fn_name') else 'deploy'}: {exc!r}") from exc
+        raise BenchError(f"{getattr(call, 'fn_name', 'deploy')}: {exc!r}") from exc
     if receipt["status"] != 1:
         raise BenchError(f"transaction reverted: {tx.get('to')} {tx['data'][:10]}")
     return receipt
@@ -157,9 +158,13 @@ def _domain(chain: Chain) -> dict[str, Any]:
     }
 
 
+def _message(receipt: tuple[Any, ...]) -> dict[str, Any]:
+    return dict(zip(RECEIPT_FIELDS, receipt, strict=True))
+
+
 def sign_receipt(chain: Chain, key: LocalAccount, receipt: tuple[Any, ...]) -> bytes:
-    message = dict(zip(["channelId", "inputTokens", "outputTokens", "usageRoot"], receipt, strict=True))
-    return bytes(key.sign_message(encode_typed_data(_domain(chain), RECEIPT_TYPES, message)).signature)
+    signable = encode_typed_data(_domain(chain), RECEIPT_TYPES, _message(receipt))
+    return bytes(key.sign_message(signable).signature)
 
 
 class Bench:
@@ -186,30 +191,35 @@ class Bench:
         call = reg.listModel("SmolLM2-135M-Instruct", PRICE_IN, PRICE_OUT, ETH, hash_, 8192)
         self.send(self.provider, call, label="listModel")
         self.model_eth = Web3.keccak(text="SmolLM2-135M-Instruct")
-        self.send(self.provider, reg.listModel("SmolLM2-USDC", PRICE_IN, PRICE_OUT, self.c.usdc.address, hash_, 8192))
+        usdc = self.c.usdc.address
+        self.send(
+            self.provider, reg.listModel("SmolLM2-USDC", PRICE_IN, PRICE_OUT, usdc, hash_, 8192)
+        )
         self.model_usdc = Web3.keccak(text="SmolLM2-USDC")
 
-    def open_eth(self, client: LocalAccount, amount: int = 10**18, label: str | None = None) -> bytes:
+    def opened_id(self, receipt: Any) -> bytes:
+        events = self.c.escrow.events.ChannelOpened().process_receipt(receipt, errors=DISCARD)
+        return bytes(events[0]["args"]["channelId"])
+
+    def open_eth(self, client: LocalAccount, label: str | None = None) -> bytes:
+        amount = 10**18
         call = self.c.escrow.functions.open(self.provider.address, self.model_eth, amount, ETH)
-        receipt = self.send(client, call, value=amount, label=label)
-        return bytes(self.c.escrow.events.ChannelOpened().process_receipt(receipt, errors=DISCARD)[0]["args"]["channelId"])
+        return self.opened_id(self.send(client, call, value=amount, label=label))
 
     def open_usdc(self, client: LocalAccount, amount: int, label: str | None = None) -> bytes:
         self.send(client, self.c.usdc.functions.mint(client.address, amount))
         self.send(client, self.c.usdc.functions.approve(self.c.escrow.address, amount))
         call = self.c.escrow.functions.open(self.provider.address, self.model_usdc, amount, ETH)
-        receipt = self.send(client, call, label=label)
-        return bytes(self.c.escrow.events.ChannelOpened().process_receipt(receipt, errors=DISCARD)[0]["args"]["channelId"])
+        return self.opened_id(self.send(client, call, label=label))
 
-    def receipt(self, client: LocalAccount, channel: bytes, total: int) -> tuple[tuple[Any, ...], bytes]:
+    def receipt(self, client: LocalAccount, channel: bytes, total: int) -> tuple[Any, bytes]:
         rec = (channel, total, total // 2, Web3.keccak(total.to_bytes(32, "big")))
         return rec, sign_receipt(self.c, client, rec)
 
     def check_digest(self, channel: bytes) -> None:
-        """The contract's receiptDigest must equal eth-account's EIP-712 digest, or nothing verifies."""
+        """The contract's receiptDigest must equal eth-account's EIP-712 digest."""
         rec = (channel, 7, 9, b"\x01" * 32)
-        message = dict(zip(["channelId", "inputTokens", "outputTokens", "usageRoot"], rec, strict=True))
-        signable = encode_typed_data(_domain(self.c), RECEIPT_TYPES, message)
+        signable = encode_typed_data(_domain(self.c), RECEIPT_TYPES, _message(rec))
         ours = Web3.keccak(b"\x19" + signable.version + signable.header + signable.body)
         theirs = bytes(self.c.escrow.functions.receiptDigest(rec).call())
         if ours != theirs:
@@ -292,8 +302,12 @@ def main() -> int:
         return 1
     ok = report(gas)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    targets = {name: {"limit": limit, "gasUsed": gas[name], "pass": gas[name] <= limit} for name, limit in TARGETS}
-    RESULTS.write_text(json.dumps({"gasUsed": gas, "targets": targets, "pass": ok}, indent=2) + "\n")
+    targets = {
+        name: {"limit": lim, "gasUsed": gas[name], "pass": gas[name] <= lim}
+        for name, lim in TARGETS
+    }
+    summary = {"gasUsed": gas, "targets": targets, "pass": ok}
+    RESULTS.write_text(json.dumps(summary, indent=2) + "\n")
     print(f"wrote {os.path.relpath(RESULTS, Path.cwd())}")
     return 0 if ok else 1
 
