@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 from dataclasses import replace
 
+import httpx
 import pytest
 from client_fakenode import MODEL, PRICES, Bill, FakeNode
 from eth_account import Account
-from tallystick.client import BillingDispute, PaymentRequired, Tallystick
+from tallystick.client import BillingDispute, NodeUnavailable, PaymentRequired, Tallystick
 from tallystick.protocol import (
     ZERO_ROOT,
     SignedUsageRecord,
@@ -241,3 +242,16 @@ def test_402_becomes_payment_required(client: Tallystick, fake: FakeNode) -> Non
         chat(client)
     assert caught.value.status == 402 and caught.value.code == "insufficient_deposit"
     assert "top up" in caught.value.message
+    assert client.store.pending(fake.channel_id) is None  # refused: nothing to settle later
+
+
+def test_unreachable_node_leaves_nothing_pending(client: Tallystick, fake: FakeNode) -> None:
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused", request=request)
+
+    client.http_client(client.channel(fake.channel_id)).close()
+    client._clients.clear()
+    client._transport = httpx.MockTransport(refuse)
+    with pytest.raises(NodeUnavailable):
+        chat(client)
+    assert client.store.pending(fake.channel_id) is None
