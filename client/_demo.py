@@ -28,7 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -352,10 +352,10 @@ def _finish(run: _Run, code: int) -> None:
         with console.status("stopping the processes the demo started…"):
             stopped = run.procs.stop_all()
         console.print(f"stopped: {', '.join(stopped)}")
-    if code == EXIT_OK:
-        shutil.rmtree(run.workdir, ignore_errors=True)
-    else:
+    if code == EXIT_FAIL and any(run.workdir.glob("*.log")):
         console.print(f"logs kept in {run.workdir}")
+    else:
+        shutil.rmtree(run.workdir, ignore_errors=True)
 
 
 def _show_node_log_tail(run: _Run, lines: int = 8) -> None:
@@ -662,7 +662,7 @@ def _ask(run: _Run, client: Tallystick, prompt: str, *, stream: bool, seed: int)
         return chunks.tally
     with run.console.status("generating…"):
         reply = client.chat.completions.create(model=MODEL_NAME, messages=messages, **args)
-    text = (reply.choices[0].message.content or "").strip()
+    text = " ".join((reply.choices[0].message.content or "").split())
     run.console.print(f"[bold magenta]node   ›[/bold magenta] {text}", soft_wrap=True)
     return reply.tally
 
@@ -822,7 +822,7 @@ def _transactions(run: _Run) -> list[dict[str, Any]]:
             rows.append(
                 {
                     "block": number,
-                    "label": _label(tx, receipt, names, selectors),
+                    "label": _label(tx, receipt, names, selectors, run.role),
                     "from": run.role(str(tx["from"])),
                     "gas": int(receipt["gasUsed"]),
                     "fee": int(receipt["gasUsed"]) * int(receipt.get("effectiveGasPrice", 0)),
@@ -846,14 +846,18 @@ def _selectors(run: _Run) -> dict[tuple[str, bytes], str]:
 
 
 def _label(
-    tx: Any, receipt: Any, names: dict[str, str], selectors: dict[tuple[str, bytes], str]
+    tx: Any,
+    receipt: Any,
+    names: dict[str, str],
+    selectors: dict[tuple[str, bytes], str],
+    role: Callable[[str], str],
 ) -> str:
     if tx["to"] is None:
         created = str(receipt["contractAddress"]).lower()
         return f"deploy {names.get(created, created)}"
     data = bytes(tx["input"])
     if not data:
-        return f"send {tx['value'] / 1e18:g} ETH"
+        return f"fund {role(str(tx['to']))} with {tx['value'] / 1e18:g} ETH"
     return selectors.get((str(tx["to"]).lower(), data[:4]), "call 0x" + data[:4].hex())
 
 
