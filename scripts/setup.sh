@@ -14,8 +14,10 @@ if [ "$(node_major)" -lt 22 ]; then
   source scripts/env.sh
 fi
 step "Node $(node --version); npm packages"
-npm ci --no-audit --no-fund --loglevel=error 2>&1 | grep -v 'Unknown user config' || true
-[ -x node_modules/.bin/hardhat ] || { echo "npm ci failed" >&2; exit 1; }
+# `npm install` rather than `npm ci`: npm 11 leaves other platforms' optional binaries (anvil, EDR) out of the
+# lock file and `npm ci` then refuses it; install still follows the lock file's versions.
+npm install --no-audit --no-fund --loglevel=error 2>&1 | grep -v 'Unknown user config' || true
+[ -x node_modules/.bin/hardhat ] && [ -x node_modules/.bin/anvil ] || { echo "npm install failed" >&2; exit 1; }
 
 step "Contract build (hardhat, solc-js)"
 npx hardhat build --quiet 2>&1 | grep -v 'Unknown user config' || true
