@@ -1,0 +1,265 @@
+"""Attacks over real HTTP on anvil: a malicious provider that tampers with its answers after
+signing, a client using someone else's channel, a request the deposit cannot cover, and a
+provider front-running a client's ``open`` with a price rise."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from reliakit import MESSAGES, MODEL, PRICES
+from tallystick.client import BillingDispute, PaymentRequired
+from tallystick.protocol import (
+    Prices,
+    UsageRecord,
+    cost_of,
+    make_bearer_token,
+    model_id,
+    sign_usage_record,
+)
+
+pytestmark = pytest.mark.chain
+
+DEPOSIT = 10**15
+Tamper = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+class Tampering:
+    """ASGI middleware: rewrites the JSON body of plain completions after the node signed it."""
+
+    def __init__(self, app: Any, tamper: Tamper) -> None:
+        self.app, self.tamper = app, tamper
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or not scope["path"].endswith("/completions"):
+            await self.app(scope, receive, send)
+            return
+        held: dict[str, Any] = {}
+        chunks: list[bytes] = []
+
+        async def capture(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                held.update(message)
+                return
+            chunks.append(message.get("body", b""))
+            if message.get("more_body"):
+                return
+            body = b"".join(chunks)
+            if held["status"] == 200:
+                body = json.dumps(self.tamper(json.loads(body))).encode()
+            headers = [(k, v) for k, v in held["headers"] if k.lower() != b"content-length"]
+            headers.append((b"content-length", str(len(body)).encode()))
+            await send({**held, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+
+        await self.app(scope, receive, capture)
+
+
+@pytest.fixture
+def malicious_node(market: Any, tmp_path: Any) -> Iterator[Callable[[Tamper], None]]:
+    """``malicious_node(tamper)``: the real node app behind ``Tampering``, on the listed port."""
+    from tallystick.node import Settings, create_app
+    from tallystick.node.engines import FakeEngine
+
+    servers: list[tuple[uvicorn.Server, threading.Thread]] = []
+
+    def start(tamper: Tamper) -> None:
+        settings = Settings(
+            rpc=market.anvil.url,
+            escrow=market.escrow.address,
+            registry=market.registry.address,
+            db=tmp_path / "evil.db",
+            port=market.port,
+            channel_cache_ttl=0,
+        )
+        app = create_app(
+            settings, engine=FakeEngine(), account=market.accounts.provider, run_worker=False
+        )
+        config = uvicorn.Config(
+            Tampering(app, tamper), host="127.0.0.1", port=market.port, log_level="warning"
+        )
+        server = uvicorn.Server(config)
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 20
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert server.started
+        servers.append((server, thread))
+
+    yield start
+    for server, thread in servers:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def _resign(market: Any, body: dict[str, Any], **changes: int) -> dict[str, Any]:
+    """The provider re-signs a record with inflated counts (it holds its own key)."""
+    ts = body["tallystick"]
+    record = UsageRecord.from_json(ts["record"])
+    record = replace(record, **changes)
+    signed = sign_usage_record(market.accounts.provider, market.escrow.domain, record)
+    ts["record"], ts["signature"] = signed.record.to_json(), "0x" + signed.signature.hex()
+    return body
+
+
+def _assert_nothing_signed(market: Any, client: Any, info: Any) -> None:
+    tally = client.store.tally(info.channel_id)
+    assert tally.seq == 0 and tally.receipt is None  # countersigned nothing
+    (dispute,) = client.store.disputes(info.channel_id)
+    assert dispute.evidence["tallystick"]["record"]["seq"] == 1  # the signed record, kept
+    bearer = client.biller.bearer(info)
+    view = httpx.get(
+        f"{market.endpoint}/v1/tally/channels/{info.hex_id}",
+        headers={"Authorization": f"Bearer {bearer}"},
+    ).json()
+    assert view["countersigned"]["seq"] == 0 and view["lastSeq"] == 1
+    assert market.escrow.get_channel(info.channel_id).paid == 0
+
+
+@pytest.mark.parametrize(
+    "attack",
+    ["changed_text", "inflated_prompt", "inflated_completion", "extra_ids"],
+)
+def test_a_provider_tampering_after_signing_gets_a_billing_dispute_and_no_receipt(
+    market: Any, malicious_node: Any, make_client: Any, attack: str
+) -> None:
+    def tamper(body: dict[str, Any]) -> dict[str, Any]:
+        rec = body["tallystick"]["record"]
+        if attack == "changed_text":
+            body["choices"][0]["message"]["content"] += " (and a word we did not generate)"
+        elif attack == "inflated_prompt":
+            body = _resign(
+                market,
+                body,
+                prompt_tokens=rec["promptTokens"] + 7,
+                input_tokens=rec["inputTokens"] + 7,
+            )
+        elif attack == "inflated_completion":
+            body = _resign(
+                market,
+                body,
+                completion_tokens=rec["completionTokens"] + 9,
+                output_tokens=rec["outputTokens"] + 9,
+            )
+        else:  # ids the client never received as text, with counts to match
+            body["tallystick"]["completion_token_ids"] += [72, 105]
+            body = _resign(
+                market,
+                body,
+                completion_tokens=rec["completionTokens"] + 2,
+                output_tokens=rec["outputTokens"] + 2,
+            )
+        return body
+
+    malicious_node(tamper)
+    client = make_client(market.accounts.client, "client")
+    info = client.channels.open(MODEL, DEPOSIT)
+    earnings = market.earnings()
+    with pytest.raises(BillingDispute) as caught:
+        client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=16)
+    assert caught.value.seq == 1 and caught.value.mismatches
+    _assert_nothing_signed(market, client, info)
+    assert market.earnings() == earnings
+
+
+def test_a_bearer_token_for_someone_elses_channel_is_401(
+    market: Any, start_node: Any, make_client: Any
+) -> None:
+    start_node()
+    victim = make_client(market.accounts.client, "victim")
+    info = victim.channels.open(MODEL, DEPOSIT)
+    thief = market.accounts.client2
+    token = make_bearer_token(thief, market.escrow.domain, info.channel_id, 600).encode()
+    body = {"model": MODEL, "messages": MESSAGES, "max_tokens": 8}
+    resp = httpx.post(
+        f"{market.endpoint}/v1/chat/completions",
+        json=body,
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    assert resp.status_code == 401, resp.text
+    error = resp.json()["error"]
+    assert error["code"] == "invalid_signer" and thief.address in error["message"]
+    assert victim.store.tally(info.channel_id).seq == 0
+    view = httpx.get(
+        f"{market.endpoint}/v1/tally/channels/{info.hex_id}",
+        headers={"Authorization": f"Bearer {victim.biller.bearer(info)}"},
+    ).json()
+    assert view["lastSeq"] == 0  # nothing served, nothing signed
+
+
+def test_max_tokens_whose_worst_case_exceeds_the_deposit_is_402(
+    market: Any, start_node: Any, make_client: Any
+) -> None:
+    start_node()
+    client = make_client(market.accounts.client, "client")
+    deposit = 10**6  # 1000 output tokens at 3000 wei would cost 3 * 10**6
+    info = client.channels.open(MODEL, deposit)
+    with pytest.raises(PaymentRequired) as caught:
+        client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=1000)
+    assert caught.value.status == 402 and caught.value.code == "insufficient_deposit"
+    assert client.store.tally(info.channel_id).seq == 0
+    reply = client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=16)
+    assert reply.tally is not None and reply.tally.cost <= deposit
+
+
+def _front_run(market: Any, client: Any, raised: Prices) -> None:
+    """The provider's set_price is mined just before the client's open (same client code)."""
+    chain = client.chain
+    original = chain.open_channel
+
+    def open_after_price_change(*args: Any, **kwargs: Any) -> Any:
+        market.registry.set_price(market.accounts.provider, model_id(MODEL), raised)
+        return original(*args, **kwargs)
+
+    chain.open_channel = open_after_price_change
+
+
+def test_front_run_price_rise_is_billed_at_the_snapshot_and_visible_in_the_store(
+    market: Any, start_node: Any, make_client: Any
+) -> None:
+    """What happens today: the channel opens at the raised prices (not refused)."""
+    start_node()
+    client = make_client(market.accounts.client, "client")
+    (offer,) = client.providers(MODEL)
+    assert offer.prices == PRICES
+    raised = Prices(PRICES.input_per_m * 10, PRICES.output_per_m * 10)
+    _front_run(market, client, raised)
+    info = client.channels.open(
+        MODEL,
+        DEPOSIT,
+        max_input_price=PRICES.input_per_m,
+        max_output_price=PRICES.output_per_m,
+    )
+    # The escrow snapshotted the raised prices; the SDK records those, so every bill it
+    # verifies is priced honestly, but the client's price bounds were not enforced.
+    assert market.escrow.get_channel(info.channel_id).prices == raised
+    assert info.prices == raised
+    reply = client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=16)
+    rec = reply.tally.record.record
+    assert reply.tally.cost == cost_of(rec.input_tokens, rec.output_tokens, raised)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="open() has no max-price bounds: neither TallyEscrow.open nor the SDK refuses a "
+    "snapshot above the prices the client discovered or capped (docs/security.md)",
+)
+def test_front_run_price_rise_is_refused(market: Any, start_node: Any, make_client: Any) -> None:
+    start_node()
+    client = make_client(market.accounts.client, "client")
+    raised = Prices(PRICES.input_per_m * 10, PRICES.output_per_m * 10)
+    _front_run(market, client, raised)
+    balance = int(market.w3.eth.get_balance(market.accounts.client.address))
+    with pytest.raises(Exception):  # noqa: B017 - any refusal; today nothing is raised
+        client.channels.open(
+            MODEL, DEPOSIT, max_input_price=PRICES.input_per_m, max_output_price=PRICES.output_per_m
+        )
+    assert int(market.w3.eth.get_balance(market.accounts.client.address)) > balance - DEPOSIT
