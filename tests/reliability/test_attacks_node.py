@@ -63,14 +63,15 @@ class Tampering:
 
 
 @pytest.fixture
-def malicious_node(market: Any, tmp_path: Any) -> Iterator[Callable[[Tamper], None]]:
-    """``malicious_node(tamper)``: the real node app behind ``Tampering``, on the listed port."""
+def malicious_node(market: Any, tmp_path: Any) -> Iterator[Callable[[Tamper | None], None]]:
+    """``malicious_node(tamper)``: the real node app (in this process, on the listed port)
+    behind ``Tampering``, or honest with ``None`` (cheaper than a process for one request)."""
     from tallystick.node import Settings, create_app
     from tallystick.node.engines import FakeEngine
 
     servers: list[tuple[uvicorn.Server, threading.Thread]] = []
 
-    def start(tamper: Tamper) -> None:
+    def start(tamper: Tamper | None) -> None:
         settings = Settings(
             rpc=market.anvil.url,
             escrow=market.escrow.address,
@@ -83,7 +84,10 @@ def malicious_node(market: Any, tmp_path: Any) -> Iterator[Callable[[Tamper], No
             settings, engine=FakeEngine(), account=market.accounts.provider, run_worker=False
         )
         config = uvicorn.Config(
-            Tampering(app, tamper), host="127.0.0.1", port=market.port, log_level="warning"
+            app if tamper is None else Tampering(app, tamper),
+            host="127.0.0.1",
+            port=market.port,
+            log_level="warning",
         )
         server = uvicorn.Server(config)
         thread = threading.Thread(target=server.run, daemon=True)
@@ -171,9 +175,9 @@ def test_a_provider_tampering_after_signing_gets_a_billing_dispute_and_no_receip
 
 
 def test_a_bearer_token_for_someone_elses_channel_is_401(
-    market: Any, start_node: Any, make_client: Any
+    market: Any, malicious_node: Any, make_client: Any
 ) -> None:
-    start_node()
+    malicious_node(None)
     victim = make_client(market.accounts.client, "victim")
     info = victim.channels.open(MODEL, DEPOSIT)
     thief = market.accounts.client2
@@ -196,9 +200,9 @@ def test_a_bearer_token_for_someone_elses_channel_is_401(
 
 
 def test_max_tokens_whose_worst_case_exceeds_the_deposit_is_402(
-    market: Any, start_node: Any, make_client: Any
+    market: Any, malicious_node: Any, make_client: Any
 ) -> None:
-    start_node()
+    malicious_node(None)
     client = make_client(market.accounts.client, "client")
     deposit = 10**6  # 1000 output tokens at 3000 wei would cost 3 * 10**6
     info = client.channels.open(MODEL, deposit)
@@ -223,10 +227,10 @@ def _front_run(market: Any, client: Any, raised: Prices) -> None:
 
 
 def test_front_run_price_rise_is_billed_at_the_snapshot_and_visible_in_the_store(
-    market: Any, start_node: Any, make_client: Any
+    market: Any, malicious_node: Any, make_client: Any
 ) -> None:
     """What happens today: the channel opens at the raised prices (not refused)."""
-    start_node()
+    malicious_node(None)
     client = make_client(market.accounts.client, "client")
     (offer,) = client.providers(MODEL)
     assert offer.prices == PRICES
@@ -252,8 +256,10 @@ def test_front_run_price_rise_is_billed_at_the_snapshot_and_visible_in_the_store
     reason="open() has no max-price bounds: neither TallyEscrow.open nor the SDK refuses a "
     "snapshot above the prices the client discovered or capped (docs/security.md)",
 )
-def test_front_run_price_rise_is_refused(market: Any, start_node: Any, make_client: Any) -> None:
-    start_node()
+def test_front_run_price_rise_is_refused(
+    market: Any, malicious_node: Any, make_client: Any
+) -> None:
+    malicious_node(None)
     client = make_client(market.accounts.client, "client")
     raised = Prices(PRICES.input_per_m * 10, PRICES.output_per_m * 10)
     _front_run(market, client, raised)

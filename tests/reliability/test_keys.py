@@ -37,7 +37,9 @@ def _secrets(*accounts: Any) -> list[str]:
 
 
 def _write_keystore(path: Path, account: Any) -> Path:
-    path.write_text(json.dumps(Account.encrypt(account.key, PASSWORD)))
+    # A real scrypt keystore, with a cost factor low enough for a test (the default takes seconds).
+    keystore = Account.encrypt(account.key, PASSWORD, kdf="scrypt", iterations=2**12)
+    path.write_text(json.dumps(keystore))
     path.chmod(0o600)
     return path
 
