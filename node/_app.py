@@ -12,10 +12,10 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from eth_account.signers.local import LocalAccount
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Path, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -28,8 +28,9 @@ from ._gate import PaymentGate
 from ._keys import load_account
 from ._ledger import LedgerStore, SqliteLedger
 from ._metrics import CONTENT_TYPE, NodeMetrics
+from ._openapi import install_openapi
 from ._ratelimit import RateLimiter
-from ._schemas import ChatRequest, CompletionRequest, parse_body
+from ._schemas import INT64_MAX, ChatRequest, CompletionRequest, ReceiptBody, parse_body
 from ._serving import MeteredStream, prepare, run_plain, run_stream
 from ._settings import Settings
 from ._settlement import SettlementWorker
@@ -88,6 +89,7 @@ def create_app(
     app = FastAPI(
         title="tallystick-node", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
     )
+    install_openapi(app)
     app.state.metrics = metrics
     _install_errors(app)
     _install_routes(app)
@@ -170,7 +172,14 @@ def _install_errors(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> Response:
-        err = ApiError(400, f"invalid request: {exc.errors()[0].get('msg', 'bad input')}")
+        first = exc.errors()[0]
+        param = str(first.get("loc", ("", ""))[-1]) or None
+        err = ApiError(
+            400,
+            f"invalid value for {param}: {first.get('msg', 'bad input')}",
+            param=param,
+            code="invalid_value",
+        )
         return JSONResponse(err.envelope(), status_code=400)
 
     @app.exception_handler(Exception)
@@ -337,7 +346,7 @@ async def _tokenizer(request: Request, model: str) -> Response:
 
 
 async def _receipts(request: Request) -> Any:
-    body = await _json(request)
+    body = await _receipt_body(request)
     stored = await _node(request).gate.accept_receipt(body)
     return {"status": "stored", "channelId": "0x" + stored.channel_id.hex(), "seq": stored.seq}
 
@@ -348,7 +357,9 @@ async def _channel(request: Request, channel: str) -> Any:
     return node.gate.view(info)
 
 
-async def _record(request: Request, channel: str, seq: int) -> Any:
+async def _record(
+    request: Request, channel: str, seq: Annotated[int, Path(ge=1, le=INT64_MAX)]
+) -> Any:
     from ._serving import tallystick_object
 
     info = await _channel_auth(request, channel)
@@ -363,8 +374,8 @@ async def _record(request: Request, channel: str, seq: int) -> Any:
 async def _close(request: Request, channel: str) -> Any:
     node = _node(request)
     info = await _channel_auth(request, channel)
-    body = await _json(request)
-    if isinstance(body, dict) and body.get("channelId", "").lower() != "0x" + info.channel_id.hex():
+    body = await _receipt_body(request)
+    if body["channelId"].lower() != "0x" + info.channel_id.hex():
         raise ApiError(
             400, "the receipt is for another channel", param="channelId", code="invalid_receipt"
         )
@@ -383,16 +394,15 @@ async def _channel_auth(request: Request, channel: str) -> Any:
     return info
 
 
-async def _json(request: Request) -> Any:
-    import json
-
-    raw = await request.body()
+async def _receipt_body(request: Request) -> dict[str, Any]:
+    """The receipt JSON of §8, its shape checked; the gate checks the rest."""
     try:
-        return json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        body = parse_body(await request.body(), ReceiptBody)
+    except ApiError as exc:
         raise ApiError(
-            400, f"the body is not valid UTF-8 JSON: {exc}", code="invalid_json"
+            400, f"malformed receipt: {exc.message}", param=exc.param, code="invalid_receipt"
         ) from None
+    return body.model_dump()
 
 
 async def _health(request: Request) -> Any:

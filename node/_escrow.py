@@ -22,6 +22,7 @@ from tallystick.protocol import (
 )
 
 from ._chain import ClaimOutcome, CloseRequest, ListingInfo
+from ._errors import ConfigError
 from ._settings import Settings
 from ._types import ZERO_ADDRESS, ChannelInfo, ChannelStatus
 
@@ -51,6 +52,24 @@ class EscrowChain:
             return cls(Escrow(w3, settings.escrow), Registry(w3, settings.registry), account)
 
         return await asyncio.to_thread(build)
+
+    async def check(self, settings: Settings) -> None:
+        """``ConfigError`` unless both addresses hold the contracts and belong together."""
+        await asyncio.to_thread(self._check, settings)
+
+    def _check(self, settings: Settings) -> None:
+        w3 = self.escrow.w3
+        for flag, address in (("--escrow", settings.escrow), ("--registry", settings.registry)):
+            if not _rpc(lambda a=address: bytes(w3.eth.get_code(a))):
+                raise ConfigError(f"{flag} {address}: no contract at this address on this chain")
+        try:
+            linked = self.escrow.registry.address
+        except ContractError:
+            raise ConfigError(f"--escrow {settings.escrow} is not a TallyEscrow") from None
+        if linked.lower() != settings.registry.lower():
+            raise ConfigError(
+                f"--registry {settings.registry} is not the escrow's registry ({linked})"
+            )
 
     async def channel(self, channel_id: bytes) -> ChannelInfo | None:
         return await asyncio.to_thread(self._channel, channel_id)

@@ -1,17 +1,45 @@
-"""OpenAI request bodies (the fields the node supports; unknown fields are ignored)."""
+"""Request bodies (the OpenAI fields the node supports; unknown fields are ignored).
+
+The same pydantic models validate requests and describe them in ``/openapi.json``, so the
+published schema is exactly what the node accepts (the API fuzz test relies on it).
+"""
 
 from __future__ import annotations
 
 import json
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from ._errors import ApiError
 
-__all__ = ["ChatRequest", "CompletionRequest", "parse_body"]
+__all__ = [
+    "ChatRequest",
+    "CompletionRequest",
+    "ErrorEnvelope",
+    "ReceiptBody",
+    "parse_body",
+    "parse_json",
+]
 
 M = TypeVar("M", bound=BaseModel)
+
+INT64_MAX = 2**63 - 1
+UINT32_MAX = 2**32 - 1
+UINT64_MAX = 2**64 - 1
+MAX_CHOICES = 16
+StopString = Annotated[str, Field(min_length=1)]
+
+
+def _integral(value: Any) -> Any:
+    # JSON has one number type: 2.0 is the integer 2 (JSON Schema agrees), 2.5 is not.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+Int = Annotated[int, BeforeValidator(_integral)]
+Hex32 = Annotated[str, Field(pattern=r"^0x[0-9a-fA-F]{64}$")]
 
 
 class _Lenient(BaseModel):
@@ -48,25 +76,15 @@ class StreamOptions(_Lenient):
 
 class _Sampling(_Lenient):
     model: str
-    max_tokens: int | None = Field(default=None, ge=1)
+    max_tokens: Int | None = Field(default=None, ge=1, le=UINT32_MAX)
     temperature: float = Field(default=1.0, ge=0, le=2)
     top_p: float = Field(default=1.0, gt=0, le=1)
-    seed: int | None = None
-    stop: str | list[str] | None = None
-    n: int = Field(default=1, ge=1)
+    seed: Int | None = Field(default=None, ge=-INT64_MAX - 1, le=INT64_MAX)
+    stop: StopString | Annotated[list[StopString], Field(max_length=4)] | None = None
+    n: Int = Field(default=1, ge=1, le=MAX_CHOICES)
     user: str | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
-
-    @field_validator("stop")
-    @classmethod
-    def _stops(cls, value: str | list[str] | None) -> str | list[str] | None:
-        stops = [value] if isinstance(value, str) else (value or [])
-        if len(stops) > 4:
-            raise ValueError("at most 4 stop sequences")
-        if any(s == "" for s in stops):
-            raise ValueError("stop sequences must not be empty")
-        return value
 
     def stop_tuple(self) -> tuple[str, ...]:
         if self.stop is None:
@@ -85,7 +103,7 @@ class _Sampling(_Lenient):
 
 class ChatRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: Int | None = Field(default=None, ge=1, le=UINT32_MAX)
 
     def limit(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
@@ -96,14 +114,7 @@ class ChatRequest(_Sampling):
 
 
 class CompletionRequest(_Sampling):
-    prompt: str | list[str]
-
-    @field_validator("prompt")
-    @classmethod
-    def _one_prompt(cls, value: str | list[str]) -> str | list[str]:
-        if isinstance(value, list) and len(value) != 1:
-            raise ValueError("send exactly one prompt string")
-        return value
+    prompt: str | Annotated[list[str], Field(min_length=1, max_length=1)]
 
     def text(self) -> str:
         return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
@@ -112,8 +123,42 @@ class CompletionRequest(_Sampling):
         return self.max_tokens
 
 
+class ReceiptBody(_Lenient):
+    """A countersigned cumulative Receipt (docs/protocol.md §8)."""
+
+    channelId: Hex32
+    inputTokens: Int = Field(ge=0, le=UINT64_MAX)
+    outputTokens: Int = Field(ge=0, le=UINT64_MAX)
+    usageRoot: Hex32
+    signature: Annotated[str, Field(pattern=r"^0x[0-9a-fA-F]{130}$")]
+
+
+class ErrorBody(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorEnvelope(BaseModel):
+    """The OpenAI error envelope every error response carries."""
+
+    error: ErrorBody
+
+
 def parse_body(raw: bytes, model: type[M]) -> M:
     """Strict UTF-8, then JSON, then the schema; every failure is a 400 envelope."""
+    data = parse_json(raw)
+    if not isinstance(data, dict):
+        raise ApiError(400, "the body must be a JSON object", code="invalid_json")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise _validation_error(exc) from None
+
+
+def parse_json(raw: bytes) -> Any:
+    """Strict UTF-8 JSON without NaN/Infinity; nesting too deep for the parser is a 400."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -121,19 +166,23 @@ def parse_body(raw: bytes, model: type[M]) -> M:
             400, f"the body is not valid UTF-8 (byte {exc.start})", code="invalid_encoding"
         ) from None
     try:
-        data = json.loads(text)
+        return json.loads(text, parse_constant=_no_constant)
     except json.JSONDecodeError as exc:
         raise ApiError(
             400,
             f"the body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
             code="invalid_json",
         ) from None
-    if not isinstance(data, dict):
-        raise ApiError(400, "the body must be a JSON object", code="invalid_json")
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise _validation_error(exc) from None
+    except RecursionError:
+        raise ApiError(400, "the body's JSON is nested too deeply", code="invalid_json") from None
+
+
+def _no_constant(name: str) -> Any:
+    # Python's json accepts NaN and Infinity; JSON (RFC 8259) does not, and a NaN temperature
+    # would slip through every range check.
+    raise ApiError(
+        400, f"the body is not valid JSON: {name} is not a JSON value", code="invalid_json"
+    )
 
 
 def _validation_error(exc: ValidationError) -> ApiError:

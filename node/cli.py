@@ -23,6 +23,7 @@ __all__ = ["main"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 ETH = "0x0000000000000000000000000000000000000000"
+_PRICE = click.IntRange(min=0, max=2**96 - 1)  # uint96 on-chain
 
 
 def _chain_options(fn: F) -> F:
@@ -63,23 +64,40 @@ def _one_line_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except (ConfigError, KeyLoadError) as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(2)
+            _fail(str(exc), 2)
+        except ValueError as exc:  # a malformed address or amount, caught by the bindings
+            _fail(str(exc), 2)
         except ChainError as exc:
-            click.echo(f"error: {_chain_message(exc)}", err=True)
-            sys.exit(1)
+            _fail(_chain_message(exc), 1)
         except TallystickError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(1)
+            _fail(str(exc), 1)
 
     return wrapper  # type: ignore[return-value]
 
 
+def _fail(message: str, code: int) -> None:
+    # One line: RPC errors can quote multi-line server answers.
+    click.echo("error: " + " ".join(message.split()), err=True)
+    sys.exit(code)
+
+
+_HINTS = {
+    "RegistryNotRegistered": "this key is not a registered provider; "
+    "run `tallystick-node register`",
+    "RegistryAlreadyRegistered": "this key is already registered",
+    "RegistryModelNotListed": "this model is not listed by this key; run "
+    "`tallystick-node list-model`",
+    "RegistryEmptyEndpoint": "the endpoint must not be empty",
+    "EscrowNothingToWithdraw": "nothing to withdraw in this token",
+}
+
+
 def _chain_message(exc: ChainError) -> str:
     name = getattr(exc, "name", None)
-    if name == "RegistryNotRegistered":
-        return f"{exc}: this key is not a registered provider; run `tallystick-node register`"
-    return f"contract error {exc}" if name else str(exc)
+    if name is None:
+        return str(exc)
+    hint = _HINTS.get(name)
+    return f"contract error {exc}" + (f": {hint}" if hint else "")
 
 
 def _settings(cli: dict[str, Any]) -> Settings:
@@ -130,7 +148,10 @@ def serve(**cli: Any) -> None:
     settings = _settings(cli)
     configure_logging(settings.log_level, settings.log_format)
     account = _account(settings)
-    app = create_app(settings, account=account)
+    # Connect and load before uvicorn starts: a failure in its lifespan prints a traceback,
+    # here it is one line and an exit code.
+    chain, engine = asyncio.run(_preflight(settings, account))
+    app = create_app(settings, account=account, chain=chain, engine=engine)
     uvicorn.run(
         app,
         host=settings.host,
@@ -138,6 +159,18 @@ def serve(**cli: Any) -> None:
         log_config=None,
         log_level=settings.log_level.lower(),
     )
+
+
+async def _preflight(settings: Settings, account: Any) -> tuple[Any, Any]:
+    from ._engine_factory import build_engine
+    from ._escrow import EscrowChain
+
+    chain = await EscrowChain.connect(settings, account)
+    await chain.check(settings)
+    # The in-process engine holds no event-loop state until it starts; an upstream engine's
+    # HTTP client belongs to the serving loop, so the lifespan builds that one.
+    engine = await build_engine(settings) if settings.engine == "transformers" else None
+    return chain, engine
 
 
 @main.command()
@@ -158,90 +191,139 @@ def register(endpoint: str, metadata: str, **cli: Any) -> None:
 
 @main.command("list-model")
 @_chain_options
-@click.option("--model", "name", required=True, help="Model name (the id served).")
-@click.option("--input-price", type=int, required=True, help="Per million input tokens.")
-@click.option("--output-price", type=int, required=True, help="Per million output tokens.")
+@click.option(
+    "--model",
+    help="Model folder, .gguf file or hub id: the tokenizer hash, the name "
+    "and the context length are read from it, as `serve --model` would serve them.",
+)
+@click.option("--model-name", help="The id served in /v1/models (default: from --model).")
+@click.option("--input-price", type=_PRICE, required=True, help="Per million input tokens.")
+@click.option("--output-price", type=_PRICE, required=True, help="Per million output tokens.")
 @click.option("--token", default=ETH, show_default=True, help="Payment token (0x0 = ETH).")
-@click.option("--tokenizer-hash", help="0x-hex keccak of the tokenizer bundle.")
-@click.option("--model-path", help="Compute the tokenizer hash from this model instead.")
-@click.option("--context-length", type=int, required=True)
+@click.option("--tokenizer-hash", help="0x-hex keccak of the tokenizer bundle (without --model).")
+@click.option("--context-length", type=click.IntRange(min=1), help="Default: from --model.")
 @_one_line_errors
 def list_model(
-    name: str,
+    model: str | None,
+    model_name: str | None,
     input_price: int,
     output_price: int,
     token: str,
     tokenizer_hash: str | None,
-    model_path: str | None,
-    context_length: int,
+    context_length: int | None,
     **cli: Any,
 ) -> None:
     """List (or re-list) a model with its prices and tokenizer hash."""
-    digest = _tokenizer_hash(tokenizer_hash, model_path)
-    account, registry, _ = _bindings(_settings(cli))
+    settings = _settings(cli)
+    name = _model_name(model, model_name)
+    digest, context = _listing_facts(model, tokenizer_hash, context_length)
+    account, registry, _ = _bindings(settings)
     tx = registry.list_model(
         account,
         name,
         Prices(input_price, output_price),
         token=token,
         tokenizer_hash=digest,
-        context_length=context_length,
+        context_length=context,
     )
     click.echo(
         f"listed {name} (modelId 0x{model_id(name).hex()}, tokenizerHash "
-        f"0x{digest.hex()}, tx 0x{tx.tx_hash.hex()})"
+        f"0x{digest.hex()}, context {context}, tx 0x{tx.tx_hash.hex()})"
     )
 
 
-def _tokenizer_hash(given: str | None, model_path: str | None) -> bytes:
-    if (given is None) == (model_path is None):
-        raise ConfigError("give exactly one of --tokenizer-hash and --model-path")
-    if given is not None:
-        raw = given.removeprefix("0x")
-        if len(raw) != 64:
-            raise ConfigError("--tokenizer-hash must be 32 bytes of hex")
-        try:
-            return bytes.fromhex(raw)
-        except ValueError:
-            raise ConfigError("--tokenizer-hash must be 32 bytes of hex") from None
-    return _bundle_of(str(model_path)).hash()
+def _model_name(model: str | None, model_name: str | None) -> str:
+    if model_name:
+        return model_name
+    if not model:
+        raise ConfigError("give --model PATH or --model-name NAME")
+    from .engines import default_model_name
+
+    return default_model_name(model)
 
 
-def _bundle_of(source: str) -> Any:
+def _listing_facts(
+    model: str | None, given_hash: str | None, context_length: int | None
+) -> tuple[bytes, int]:
+    """The tokenizer hash and context length: given, or read from the model."""
+    if (given_hash is None) == (model is None):
+        raise ConfigError("give exactly one of --model and --tokenizer-hash")
+    if given_hash is not None:
+        if context_length is None:
+            raise ConfigError("--context-length is required with --tokenizer-hash")
+        return _parse_hash(given_hash), context_length
+    bundle, model_context = _model_facts(str(model))
+    return bundle.hash(), context_length or model_context
+
+
+def _parse_hash(given: str) -> bytes:
+    raw = given.removeprefix("0x")
+    try:
+        digest = bytes.fromhex(raw)
+    except ValueError:
+        digest = b""
+    if len(digest) != 32:
+        raise ConfigError("--tokenizer-hash must be 32 bytes of hex")
+    return digest
+
+
+def _model_facts(source: str) -> tuple[Any, int]:
+    """The tokenizer bundle the node would serve for ``source``, and its context length.
+
+    Loaded the way the transformers engine loads them (same folder/GGUF resolution), without
+    the weights, so the hash listed on-chain is the hash of the bundle the node serves.
+    """
     from tallystick.protocol import TokenizerBundle
-    from transformers import AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
 
     path = Path(source).expanduser()
     kwargs: dict[str, Any] = {}
     folder = source
     if path.is_file():
         folder, kwargs["gguf_file"] = str(path.parent), path.name
+    elif not path.is_dir() and (source.startswith((".", "/", "~")) or source.count("/") > 1):
+        raise ConfigError(f"model path {source} does not exist")
     try:
-        return TokenizerBundle.from_hf(AutoTokenizer.from_pretrained(folder, **kwargs))
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot load the tokenizer of {source}: {exc}") from exc
+        bundle = TokenizerBundle.from_hf(AutoTokenizer.from_pretrained(folder, **kwargs))
+        config = AutoConfig.from_pretrained(folder, **kwargs)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise ConfigError(f"cannot load the tokenizer of {source}: {_first_line(exc)}") from exc
+    return bundle, int(getattr(config, "max_position_embeddings", 2048))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 @main.command("set-price")
 @_chain_options
-@click.option("--model", "name", required=True)
-@click.option("--input-price", type=int, required=True)
-@click.option("--output-price", type=int, required=True)
+@click.option("--model", help="Model path (the name is derived as for serve).")
+@click.option("--model-name", help="The listed model name.")
+@click.option("--input-price", type=_PRICE, required=True)
+@click.option("--output-price", type=_PRICE, required=True)
 @_one_line_errors
-def set_price(name: str, input_price: int, output_price: int, **cli: Any) -> None:
+def set_price(
+    model: str | None, model_name: str | None, input_price: int, output_price: int, **cli: Any
+) -> None:
     """Change a listing's prices (new channels only)."""
-    account, registry, _ = _bindings(_settings(cli))
+    settings = _settings(cli)
+    name = _model_name(model, model_name)
+    account, registry, _ = _bindings(settings)
     tx = registry.set_price(account, model_id(name), Prices(input_price, output_price))
     click.echo(f"{name}: {input_price}/{output_price} per million (tx 0x{tx.tx_hash.hex()})")
 
 
 @main.command()
 @_chain_options
-@click.option("--model", "name", required=True)
+@click.option("--model", help="Model path (the name is derived as for serve).")
+@click.option("--model-name", help="The listed model name.")
 @_one_line_errors
-def delist(name: str, **cli: Any) -> None:
+def delist(model: str | None, model_name: str | None, **cli: Any) -> None:
     """Stop new channels for a model (open channels are unaffected)."""
-    account, registry, _ = _bindings(_settings(cli))
+    settings = _settings(cli)
+    name = _model_name(model, model_name)
+    account, registry, _ = _bindings(settings)
     tx = registry.delist(account, model_id(name))
     click.echo(f"delisted {name} (tx 0x{tx.tx_hash.hex()})")
 
