@@ -21,7 +21,8 @@ def show_status(settings: Settings, provider: str, registry: Any, escrow: Any) -
     info = registry.get_provider(provider)
     console.print(
         f"provider {provider}: "
-        + (f"registered at {info.endpoint}" if info.registered else "NOT registered")
+        + (f"registered at {info.endpoint}" if info.registered else "NOT registered"),
+        soft_wrap=True,  # one line, whatever the terminal width: scripts grep it
     )
     listings = Table(title="listings")
     for col in ("model", "input/M", "output/M", "token", "context", "active"):

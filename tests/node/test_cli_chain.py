@@ -1,0 +1,190 @@
+"""``tallystick-node`` listing, earnings and status commands against anvil and the real contracts.
+
+Each command's success changes the chain as it says; each failure is one ``error:`` line on
+stderr naming the contract's custom error (or the setting at fault), a non-zero exit code,
+and no traceback.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+from eth_account import Account
+from nodekit_chain import ETH, chain_args, key_hex
+from tallystick.node.cli import main
+from tallystick.protocol import Receipt, model_id, sign_receipt
+
+pytestmark = pytest.mark.chain
+
+NAME = "fake-model"
+HASH = "0x" + "ab" * 32
+
+
+@pytest.fixture
+def cli(anvil: Any, deployment: Any, accounts: Any, tmp_path: Any) -> Any:
+    """``cli(command, *args, account=provider)``: run a command with the chain options."""
+
+    def run(*args: str, account: Any = None) -> Result:
+        base = chain_args(anvil.url, deployment, account or accounts.provider, tmp_path / "n.db")
+        return CliRunner().invoke(main, [args[0], *base, *args[1:]])
+
+    return run
+
+
+def ok(result: Result) -> str:
+    assert result.exit_code == 0, result.output
+    assert result.stderr == "", result.stderr
+    return result.stdout
+
+
+def fails(result: Result, code: int, *fragments: str) -> str:
+    """One ``error:`` line on stderr containing every fragment; no traceback, no key."""
+    assert result.exit_code == code, (result.exit_code, result.output)
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+LIST = ("--model-name", NAME, "--tokenizer-hash", HASH, "--context-length", "2048")
+PRICE = ("--input-price", "100", "--output-price", "300")
+
+
+def test_register_list_reprice_delist_and_status(cli, deployment, accounts):
+    registry, provider = deployment.registry, accounts.provider.address
+    assert "NOT registered" in ok(cli("status"))
+    fails(
+        cli("list-model", *LIST, *PRICE),
+        1,
+        "RegistryNotRegistered(",
+        "tallystick-node register",
+    )
+    fails(cli("register", "--endpoint", ""), 1, "RegistryEmptyEndpoint()")
+    assert f"registered {provider} at http://node.example" in ok(
+        cli("register", "--endpoint", "http://node.example")
+    )
+    assert "endpoint updated to http://node2.example" in ok(
+        cli("register", "--endpoint", "http://node2.example")
+    )
+    assert registry.get_provider(provider).endpoint == "http://node2.example"
+
+    out = ok(cli("list-model", *LIST, *PRICE))
+    assert f"listed {NAME} (modelId 0x{model_id(NAME).hex()}, tokenizerHash {HASH}" in out
+    listing = registry.get_listing(provider, model_id(NAME))
+    assert (listing.input_price_per_m, listing.output_price_per_m) == (100, 300)
+    assert listing.tokenizer_hash == bytes.fromhex(HASH[2:]) and listing.context_length == 2048
+
+    assert "fake-model: 7/9 per million" in ok(
+        cli("set-price", "--model-name", NAME, "--input-price", "7", "--output-price", "9")
+    )
+    listing = registry.get_listing(provider, model_id(NAME))
+    assert (listing.input_price_per_m, listing.output_price_per_m) == (7, 9)
+    fails(
+        cli("set-price", "--model-name", "other", "--input-price", "1", "--output-price", "1"),
+        1,
+        "RegistryModelNotListed(",
+        "tallystick-node list-model",
+    )
+    status = ok(cli("status"))
+    assert "registered at http://node2.example" in status and NAME in status
+
+    assert f"delisted {NAME}" in ok(cli("delist", "--model-name", NAME))
+    assert not registry.is_listed(provider, model_id(NAME))
+    fails(cli("delist", "--model-name", "other"), 1, "RegistryModelNotListed(")
+
+
+def test_listing_arguments_are_checked_before_any_transaction(cli):
+    fails(
+        cli("list-model", "--model-name", NAME, *PRICE, "--context-length", "9"), 2, "exactly one"
+    )
+    short_hash = ("--tokenizer-hash", "0x12", "--context-length", "1")
+    fails(
+        cli("list-model", "--model-name", NAME, *short_hash, *PRICE),
+        2,
+        "--tokenizer-hash must be 32 bytes",
+    )
+    fails(
+        cli("list-model", "--model-name", NAME, "--tokenizer-hash", HASH, *PRICE),
+        2,
+        "--context-length",
+    )
+    fails(cli("list-model", "--model", "/no/such/model.gguf", *PRICE), 2, "does not exist")
+    fails(cli("set-price", *PRICE), 2, "--model PATH or --model-name")
+    result = cli("list-model", *LIST, "--input-price", "-1", "--output-price", "1")
+    assert result.exit_code == 2 and "Traceback" not in result.output  # click's range check
+    fails(cli("list-model", *LIST, *PRICE, "--token", "0xnot-an-address"), 2, "token")
+
+
+def test_withdraw_pays_out_claimed_earnings(cli, deployment, accounts, w3):
+    registry, escrow = deployment.registry, deployment.escrow
+    provider, client = accounts.provider, accounts.client
+    fails(cli("withdraw"), 1, "EscrowNothingToWithdraw(", "nothing to withdraw")
+    registry.register(provider, "http://node.example")
+    registry.list_model(provider, NAME, _prices(), tokenizer_hash=bytes(32), context_length=2048)
+    cid = bytes(escrow.open(client, provider.address, model_id(NAME), 10**15).value)
+    receipt = Receipt(cid, 1000, 500, b"\x01" * 32)
+    escrow.claim(provider, sign_receipt(client, escrow.domain, receipt))
+    earned = escrow.earnings(provider.address, ETH)
+    assert earned > 0
+    to = accounts.other.address
+    before = w3.eth.get_balance(to)
+    assert f"withdrew {earned} of {ETH}" in ok(cli("withdraw", "--to", to))
+    assert w3.eth.get_balance(to) - before == earned
+    assert escrow.earnings(provider.address, ETH) == 0
+    assert "nothing to claim" in ok(cli("settle"))
+
+
+def test_chain_and_key_errors_are_one_line(cli, anvil, deployment, accounts, tmp_path):
+    stranger = Account.create()
+    fails(cli("list-model", *LIST, *PRICE, account=stranger), 1, "RegistryNotRegistered(")
+    fails(cli("delist", "--model-name", NAME, account=stranger), 1, "RegistryModelNotListed(")
+    db = str(tmp_path / "x.db")
+    base = ["--escrow", deployment.escrow.address, "--registry", deployment.registry.address]
+    down = ["--rpc", "http://127.0.0.1:9", *base, "--key", key_hex(accounts.provider), "--db", db]
+    for command in (["status"], ["settle"], ["withdraw"], ["delist", "--model-name", NAME]):
+        fails(CliRunner().invoke(main, [*command, *down]), 1, "cannot reach the chain")
+    bad_key = ["--rpc", anvil.url, *base, "--key", "0x1234", "--db", db]
+    line = fails(CliRunner().invoke(main, ["status", *bad_key]), 2, "--key", "64 hex")
+    assert "1234" not in line
+    typo = key_hex(accounts.provider)[:-1] + "z"
+    line = fails(
+        CliRunner().invoke(main, ["status", "--rpc", anvil.url, *base, "--key", typo]), 2, "--key"
+    )
+    assert typo[2:20] not in line
+    no_key = ["--rpc", anvil.url, *base, "--db", db]
+    fails(CliRunner().invoke(main, ["status", *no_key], env={}), 2, "--key HEX or --keystore")
+    missing = CliRunner().invoke(main, ["status", "--key", key_hex(accounts.provider)], env={})
+    fails(missing, 2, "--rpc is required")
+
+
+def test_serve_refuses_a_wrong_chain_setup_in_one_line(anvil, deployment, accounts, tmp_path):
+    key = key_hex(accounts.provider)
+    common = ["--key", key, "--db", str(tmp_path / "s.db"), "--engine", "upstream"]
+    not_contract = accounts.other.address
+    escrow, registry = deployment.escrow.address, ["--registry", deployment.registry.address]
+    result = CliRunner().invoke(
+        main,
+        ["serve", "--rpc", anvil.url, "--escrow", not_contract, *registry, *common],
+    )
+    fails(result, 2, "--escrow", "no contract at this address")
+    swapped = CliRunner().invoke(
+        main,
+        ["serve", "--rpc", anvil.url, "--escrow", escrow, "--registry", escrow, *common],
+    )
+    fails(swapped, 2, "--registry", "is not the escrow's registry")
+    down = CliRunner().invoke(
+        main,
+        ["serve", "--rpc", "http://127.0.0.1:9", "--escrow", escrow, *registry, *common],
+    )
+    fails(down, 1, "cannot reach the chain")
+
+
+def _prices() -> Any:
+    from tallystick.protocol import Prices
+
+    return Prices(10**12, 2 * 10**12)
