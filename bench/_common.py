@@ -132,11 +132,13 @@ def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> 
 
 def save(name: str, data: dict[str, Any]) -> Path:
     """Write ``bench/results/<name>.json`` (the checked-in latest figures)."""
+    # RESULTS is read at call time so tests can point it at a temporary folder.
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
     stamped = {"generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **data}
     path.write_text(json.dumps(stamped, indent=2, default=_plain) + "\n")
-    console.print(f"[dim]wrote {path.relative_to(ROOT)}[/]")
+    shown = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+    console.print(f"[dim]wrote {shown}[/]")
     return path
 
 
