@@ -399,6 +399,8 @@ async def _receipt_body(request: Request) -> dict[str, Any]:
     try:
         body = parse_body(await request.body(), ReceiptBody)
     except ApiError as exc:
+        if exc.code not in ("invalid_value", "missing_required_parameter"):
+            raise  # not JSON at all: keep invalid_json / invalid_encoding
         raise ApiError(
             400, f"malformed receipt: {exc.message}", param=exc.param, code="invalid_receipt"
         ) from None

@@ -7,6 +7,8 @@ published schema is exactly what the node accepts (the API fuzz test relies on i
 from __future__ import annotations
 
 import json
+import re
+from itertools import accumulate
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
@@ -39,6 +41,11 @@ def _integral(value: Any) -> Any:
 
 
 Int = Annotated[int, BeforeValidator(_integral)]
+
+MAX_JSON_DEPTH = 64
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
 Hex32 = Annotated[str, Field(pattern=r"^0x[0-9a-fA-F]{64}$")]
 
 
@@ -165,6 +172,7 @@ def parse_json(raw: bytes) -> Any:
         raise ApiError(
             400, f"the body is not valid UTF-8 (byte {exc.start})", code="invalid_encoding"
         ) from None
+    _check_depth(text)
     try:
         return json.loads(text, parse_constant=_no_constant)
     except json.JSONDecodeError as exc:
@@ -177,6 +185,25 @@ def parse_json(raw: bytes) -> Any:
         raise ApiError(400, "the body's JSON is nested too deeply", code="invalid_json") from None
 
 
+def _check_depth(text: str) -> None:
+    """Refuse JSON nested deeper than ``MAX_JSON_DEPTH`` before parsing it.
+
+    json's C decoder recurses once per level and trusts the interpreter's recursion limit,
+    which web3 raises to 100000: a 4 MiB body of ``[`` would overflow the C stack and kill
+    the process (a segfault, not a RecursionError).
+    """
+    if text.count("[") + text.count("{") <= MAX_JSON_DEPTH:
+        return  # cannot be deeper than the number of openers: the usual case, O(n) in C
+    brackets = _NOT_BRACKET.sub("", _STRING.sub("", text))  # strings may hold brackets
+    # accumulate/map run in C: a 4 MiB body of brackets is scanned in well under a second.
+    if any(map(MAX_JSON_DEPTH.__lt__, accumulate(map(_STEP.__getitem__, brackets)))):
+        raise ApiError(
+            400,
+            f"the body's JSON is nested deeper than {MAX_JSON_DEPTH} levels",
+            code="invalid_json",
+        )
+
+
 def _no_constant(name: str) -> Any:
     # Python's json accepts NaN and Infinity; JSON (RFC 8259) does not, and a NaN temperature
     # would slip through every range check.
@@ -185,9 +212,12 @@ def _no_constant(name: str) -> Any:
     )
 
 
+_TYPE_NAMES = {"str", "int", "float", "bool", "list", "dict", "none", "function-before"}
+
+
 def _validation_error(exc: ValidationError) -> ApiError:
-    err = exc.errors(include_url=False, include_input=False)[0]
-    loc = [str(p) for p in err["loc"]]
+    err = _most_telling(exc.errors(include_url=False, include_input=False))
+    loc = [str(p) for p in err["loc"] if not _is_branch_tag(p)]
     param = loc[0] if loc else None
     where = ".".join(loc)
     message = err["msg"].removeprefix("Value error, ")
@@ -199,3 +229,18 @@ def _validation_error(exc: ValidationError) -> ApiError:
             code="missing_required_parameter",
         )
     return ApiError(400, f"invalid value for {where}: {message}", param=param, code="invalid_value")
+
+
+def _most_telling(errors: list[Any]) -> Any:
+    """Of a union's errors, one from the branch the value's type matched (its range, say)."""
+    field = errors[0]["loc"][:1]
+    same = [e for e in errors if e["loc"][:1] == field]
+    specific = [e for e in same if not str(e["type"]).endswith("_type")]
+    return (specific or same)[0]
+
+
+def _is_branch_tag(part: Any) -> bool:
+    # pydantic names union branches in the location ("stop.list[constrained-str]"); users
+    # know fields and indexes only.
+    text = str(part)
+    return not isinstance(part, int) and ("[" in text or "-" in text or text in _TYPE_NAMES)
