@@ -502,7 +502,7 @@ def _chain_flags(run: _Run) -> list[str]:
 
 def _node_env(run: _Run) -> dict[str, str]:
     # The key travels in the environment, not argv, so `ps` does not show it.
-    return {**os.environ, "TALLYSTICK_NODE_KEY": run.provider.key.hex(), "PYTHONUNBUFFERED": "1"}
+    return {**os.environ, "TALLYSTICK_NODE_KEY": _hex_key(run.provider), "PYTHONUNBUFFERED": "1"}
 
 
 _PROGRESS = re.compile(r"(\d+)/(\d+) \[")
@@ -957,11 +957,19 @@ def _print_keep(run: _Run) -> None:
         "TALLYSTICK_RPC": run.rpc,
         "TALLYSTICK_REGISTRY": run.d.registry.address,
         "TALLYSTICK_ESCROW": run.d.escrow.address,
-        "TALLYSTICK_KEY": run.client.key.hex(),
+        "TALLYSTICK_KEY": _hex_key(run.client),
         "TALLYSTICK_STORE": str(run.workdir / "client.db"),
     }
+    node_env = {  # the provider's side, for tallystick-node status/settle/withdraw
+        "TALLYSTICK_NODE_RPC": run.rpc,
+        "TALLYSTICK_NODE_REGISTRY": run.d.registry.address,
+        "TALLYSTICK_NODE_ESCROW": run.d.escrow.address,
+        "TALLYSTICK_NODE_KEY": _hex_key(run.provider),
+        "TALLYSTICK_NODE_DB": str(run.workdir / "node.db"),
+    }
     env_file = run.workdir / "demo.env"
-    env_file.write_text("".join(f"export {k}={v}\n" for k, v in env.items()))
+    lines = [f"export {k}={v}\n" for k, v in {**env, **node_env}.items()]
+    env_file.write_text("".join(lines))
     env_file.chmod(0o600)
     pids = " ".join(f"-{p.popen.pid}" for p in run.procs.procs)
     run.console.print(
@@ -970,7 +978,7 @@ def _print_keep(run: _Run) -> None:
                 env_file=env_file,
                 endpoint=run.endpoint,
                 model=MODEL_NAME,
-                provider_key=run.provider.key.hex(),
+                provider_key=_hex_key(run.provider),
                 workdir=run.workdir,
                 pids=pids,
                 **env,
@@ -994,10 +1002,15 @@ SDK:     from tallystick.client import Chain, Tallystick, Wallet
          c = Tallystick(Wallet.from_key(KEY), STORE, chain=Chain.connect(RPC, REGISTRY, ESCROW))
          c.chat.completions.create(model="{model}", messages=[...], max_tokens=48).tally
 openai:  c.openai(model="{model}").chat.completions.create(model="{model}", messages=[...])
+node:    tallystick-node status   (after `source`; also settle, withdraw --token USDC)
 stop:    kill -- {pids}   (logs in {workdir})"""
 
 
 # ---------------------------------------------------------------------------- formatting
+
+
+def _hex_key(account: LocalAccount) -> str:
+    return "0x" + bytes(account.key).hex()
 
 
 def _short(hex_text: str) -> str:
