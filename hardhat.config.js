@@ -31,7 +31,7 @@ export default {
   test: {
     solidity: {
       fuzz: { runs: long ? 10_000 : 1_000, seed: process.env.TALLY_FUZZ_SEED },
-      invariant: long ? { runs: 256, depth: 64, failOnRevert: false } : { runs: 32, depth: 40, failOnRevert: false },
+      invariant: long ? { runs: 256, depth: 64, failOnRevert: false } : { runs: 64, depth: 50, failOnRevert: false },
     },
   },
 };
