@@ -1,9 +1,17 @@
-"""Builds the engine named in the settings (imports torch only when it is needed)."""
+"""Builds the engine named in the settings (imports torch only when it is needed).
+
+- ``transformers``: ``--model PATH|HUB_ID`` is loaded in-process (in a thread: it takes
+  seconds), ``--model-name`` overrides the served id.
+- ``upstream``: ``--upstream-url URL`` is the OpenAI-compatible server that generates;
+  ``--model PATH|HUB_ID`` is still required, for the tokenizer and chat template the node
+  meters with (docs/protocol.md §6) and serves at ``/v1/tally/tokenizer``.
+"""
 
 from __future__ import annotations
 
 import asyncio
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from ._errors import ConfigError
 
@@ -11,33 +19,60 @@ if TYPE_CHECKING:
     from ._settings import Settings
     from .engines import Engine
 
-__all__ = ["build_engine"]
+__all__ = ["build_engine", "check_engine_settings"]
+
+
+def check_engine_settings(settings: Settings) -> None:
+    """``ConfigError`` for a missing or malformed engine option, before anything loads."""
+    if not settings.model:
+        raise ConfigError(
+            "--model PATH|HUB_ID is required (with --engine upstream: for its tokenizer)"
+        )
+    if settings.engine == "upstream":
+        _upstream_url(settings.upstream_url)
 
 
 async def build_engine(settings: Settings) -> Engine:
-    """Load the model (in a thread: it takes seconds) or connect to the upstream server."""
+    """The engine ``settings`` name; ``ConfigError`` for a missing or malformed option."""
     from . import engines
 
-    if settings.engine == "upstream":
-        if not settings.upstream_url:
-            raise ConfigError("--engine upstream needs --upstream-url")
-        upstream = getattr(engines, "UpstreamEngine", None)
-        if upstream is None:
-            raise ConfigError("this build has no upstream engine; use --engine transformers")
-        engine: Engine = await upstream.connect(
-            settings.upstream_url,
-            model_name=settings.model_name or settings.model,
+    check_engine_settings(settings)
+    source = str(settings.model)
+    try:
+        if settings.engine == "upstream":
+            return await _upstream(settings, _upstream_url(settings.upstream_url))
+        from .engines._transformers import TransformersEngine
+
+        return await asyncio.to_thread(
+            TransformersEngine.load,
+            source,
+            model_name=settings.model_name,
+            max_batch=settings.max_batch,
             max_queue=settings.max_queue,
         )
-        return engine
-    if not settings.model:
-        raise ConfigError("--model PATH|HUB_ID is required for the transformers engine")
-    from .engines._transformers import TransformersEngine
+    except engines.ModelLoadError as exc:
+        raise ConfigError(f"--model {settings.model}: {exc}") from exc
 
-    return await asyncio.to_thread(
-        TransformersEngine.load,
-        settings.model,
+
+def _upstream_url(url: str | None) -> str:
+    if not url:
+        raise ConfigError("--engine upstream needs --upstream-url URL")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"--upstream-url {url!r} is not an http(s) URL")
+    return url
+
+
+async def _upstream(settings: Settings, url: str) -> Engine:
+    from . import engines
+
+    upstream = getattr(engines, "UpstreamEngine", None)
+    if upstream is None:
+        raise ConfigError("this build has no upstream engine; use --engine transformers")
+    engine: Engine = await upstream.connect(
+        url,
+        str(settings.model),
         model_name=settings.model_name,
-        max_batch=settings.max_batch,
         max_queue=settings.max_queue,
     )
+    return engine

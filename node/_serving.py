@@ -191,9 +191,29 @@ def _start_engine(
     except PromptTooLong as exc:
         raise ApiError(400, str(exc), param="messages", code="context_length_exceeded") from exc
     except EngineError as exc:
-        raise ApiError(
-            500, f"the engine failed: {exc}", type="server_error", code="engine_error"
-        ) from exc
+        raise engine_failure(exc) from exc
+
+
+def engine_failure(exc: Exception) -> ApiError:
+    """An engine error as the client sees it: the upstream server's fault is a 502/503."""
+    from .engines import UpstreamError, UpstreamUnavailable
+
+    if isinstance(exc, UpstreamUnavailable):
+        return ApiError(
+            503,
+            f"the upstream inference server is unavailable: {exc}",
+            type="server_error",
+            code="upstream_unavailable",
+            headers={"retry-after": "5"},
+        )
+    if isinstance(exc, UpstreamError):
+        return ApiError(
+            502,
+            f"the upstream inference server failed: {exc}",
+            type="server_error",
+            code="upstream_error",
+        )
+    return ApiError(500, f"the engine failed: {exc}", type="server_error", code="engine_error")
 
 
 async def _translated(stream: AsyncIterator[TokenEvent]) -> AsyncIterator[TokenEvent]:
@@ -203,9 +223,7 @@ async def _translated(stream: AsyncIterator[TokenEvent]) -> AsyncIterator[TokenE
         async for event in stream:
             yield event
     except EngineError as exc:
-        raise ApiError(
-            500, f"the engine failed: {exc}", type="server_error", code="engine_error"
-        ) from exc
+        raise engine_failure(exc) from exc
     finally:
         await stream.aclose()  # type: ignore[attr-defined]
 

@@ -162,9 +162,10 @@ def serve(**cli: Any) -> None:
 
 
 async def _preflight(settings: Settings, account: Any) -> tuple[Any, Any]:
-    from ._engine_factory import build_engine
+    from ._engine_factory import build_engine, check_engine_settings
     from ._escrow import EscrowChain
 
+    check_engine_settings(settings)
     chain = await EscrowChain.connect(settings, account)
     await chain.check(settings)
     # The in-process engine holds no event-loop state until it starts; an upstream engine's

@@ -493,3 +493,34 @@ async def test_a_client_that_disconnects_mid_stream_pays_only_what_it_received(m
             f"/v1/tally/channels/0x{h.channel_id.hex()}/records/1", headers=h.auth()
         )
         assert got.json()["completion_token_ids"] == stored.completion_ids
+
+
+class _UpstreamDown(FakeEngine):
+    def __init__(self, error: Exception) -> None:
+        super().__init__()
+        self._error = error
+
+    def generate(self, prompt, params):
+        raise self._error
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "code"),
+    [
+        ("unavailable", 503, "upstream_unavailable"),
+        ("error", 502, "upstream_error"),
+    ],
+)
+async def test_upstream_failures_are_502_or_503_and_bill_nothing(make_node, error, status, code):
+    from tallystick.node.engines import UpstreamError, UpstreamUnavailable
+
+    exc = (
+        UpstreamUnavailable("connection refused")
+        if error == "unavailable"
+        else UpstreamError("bad gateway", 500)
+    )
+    async with make_node(engine=_UpstreamDown(exc)) as h:
+        r = await h.chat()
+        assert r.status_code == status and r.json()["error"]["code"] == code
+        assert h.ledger.last_record(h.channel_id) is None
+        assert (await h.chat()).status_code == status  # the reservation was released

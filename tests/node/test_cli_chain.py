@@ -165,6 +165,7 @@ def test_chain_and_key_errors_are_one_line(cli, anvil, deployment, accounts, tmp
 def test_serve_refuses_a_wrong_chain_setup_in_one_line(anvil, deployment, accounts, tmp_path):
     key = key_hex(accounts.provider)
     common = ["--key", key, "--db", str(tmp_path / "s.db"), "--engine", "upstream"]
+    common += ["--model", str(tmp_path), "--upstream-url", "http://127.0.0.1:9"]
     not_contract = accounts.other.address
     escrow, registry = deployment.escrow.address, ["--registry", deployment.registry.address]
     result = CliRunner().invoke(
@@ -188,3 +189,26 @@ def _prices() -> Any:
     from tallystick.protocol import Prices
 
     return Prices(10**12, 2 * 10**12)
+
+
+@pytest.mark.parametrize(
+    ("engine_args", "fragment"),
+    [
+        (["--engine", "upstream", "--model", "m"], "--upstream-url URL"),
+        (["--engine", "upstream", "--model", "m", "--upstream-url", "ftp://x"], "http(s) URL"),
+        (["--engine", "upstream", "--upstream-url", "http://127.0.0.1:9"], "--model PATH"),
+        ([], "--model PATH"),
+    ],
+)
+def test_serve_checks_engine_options_first(engine_args, fragment, tmp_path):
+    # No chain is reachable at this RPC: the engine options are checked before connecting.
+    chain = ["--rpc", "http://127.0.0.1:9", "--escrow", ETH, "--registry", ETH]
+    key = ["--key", "0x" + "11" * 32, "--db", str(tmp_path / "s.db")]
+    result = CliRunner().invoke(main, ["serve", *chain, *key, *engine_args])
+    fails(result, 2, fragment)
+
+
+def test_serve_reports_a_missing_model_in_one_line(anvil, deployment, accounts, tmp_path):
+    args = chain_args(anvil.url, deployment, accounts.provider, tmp_path / "s.db")
+    result = CliRunner().invoke(main, ["serve", *args, "--model", str(tmp_path / "no.gguf")])
+    fails(result, 2, "--model", "does not exist")
