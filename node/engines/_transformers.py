@@ -72,7 +72,7 @@ class TransformersEngine:
         self._eos_ids = loaded.eos_ids | frozenset(self.counter.eos_token_ids)
         self._max_batch = max_batch
         self._max_queue = max_queue
-        self._threads = num_threads or os.cpu_count() or 1
+        self._threads = num_threads or default_threads()
         self._waiting: deque[_Request] = deque()
         self._running: list[_Request] = []
         self._wake = threading.Condition()
@@ -172,11 +172,10 @@ class TransformersEngine:
         if admitted:
             logits = batch.prefill(self._model, [r.prompt for r in admitted])
             self._running.extend(admitted)
-            self._emit(admitted, logits)
-            self._drop_done(batch)
+            self._publish(batch, self._sample(admitted, logits))
         if self._running:
             logits = batch.decode(self._model, [r.last_id for r in self._running])
-            self._emit(self._running, logits)
+            self._publish(batch, self._sample(self._running, logits))
 
     def _admit(self) -> list[_Request]:
         admitted: list[_Request] = []
@@ -188,12 +187,21 @@ class TransformersEngine:
                     admitted.append(request)
         return admitted
 
-    def _emit(self, requests: list[_Request], logits: torch.Tensor) -> None:
+    def _sample(
+        self, requests: list[_Request], logits: torch.Tensor
+    ) -> list[tuple[_Request, TokenEvent]]:
+        out = []
         for request, row in zip(requests, logits, strict=True):
-            if request.cancelled:
-                continue
-            request.last_id = sample(row, request.params, request.generator)
-            request.send(request.output.add(request.last_id))
+            if not request.cancelled:
+                request.last_id = sample(row, request.params, request.generator)
+                out.append((request, request.output.add(request.last_id)))
+        return out
+
+    def _publish(self, batch: Batch, events: list[tuple[_Request, TokenEvent]]) -> None:
+        # Finished sequences leave first, so stats() is exact when a final event arrives.
+        self._drop_done(batch)
+        for request, event in events:
+            request.send(event)
 
     def _drop_done(self, batch: Batch) -> None:
         rows = [i for i, r in enumerate(self._running) if not _done(r)]
@@ -208,6 +216,12 @@ class TransformersEngine:
         for request in doomed:
             if not _done(request):
                 request.send(error)
+
+
+def default_threads() -> int:
+    """All cores but one: the event loop (HTTP, tokenising, signing) needs a core of its own,
+    and torch's spinning worker threads slow down badly when they have to share cores."""
+    return max(1, (os.cpu_count() or 1) - 1)
 
 
 def _done(request: _Request) -> bool:

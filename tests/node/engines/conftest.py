@@ -2,7 +2,7 @@
 
 - ``tiny_dir``: a model folder (config, random weights, tokenizer with a ChatML template)
   saved once per session; loading it exercises the real folder path of ``load_model``.
-- ``tiny_model``: that folder loaded (a ``LoadedModel``).
+- ``tiny_model``: that folder loaded (a ``LoadedModel``); ``tiny_counter``: its TokenCounter.
 - ``bigram_model(script, after)``: the same architecture rewired into a deterministic bigram
   machine that, after the id ``after``, generates exactly ``script`` (one id each step), so
   EOS, stop strings and UTF-8 tests control what the real engine loop produces.
@@ -63,6 +63,14 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         model.lm_head.weight.mul_(20)
     model.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_counter() -> Any:
+    from tallystick.node.engines import tiny_tokenizer_bundle
+    from tallystick.protocol import TokenCounter
+
+    return TokenCounter(tiny_tokenizer_bundle())
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,155 @@
+"""Engine throughput and latency on the real model: the bare TransformersEngine at several
+concurrency levels (same prompts, greedy, ``max_tokens`` fixed).
+
+    python -m bench.engine [--model PATH] [--streams 1,4,8,16] [--max-tokens 64]
+
+Prints aggregate tokens/s, TTFT p50/p95, inter-token latency p50/p95 per level, and the
+8-stream / 1-stream throughput ratio against the 5x target.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_MODEL = ROOT / ".models" / "SmolLM2-135M-Instruct" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+TARGET_RATIO = 5.0
+QUESTIONS = (
+    "What is the capital of France?",
+    "Write a haiku about the sea.",
+    "Explain what a payment channel is in two sentences.",
+    "List three fruits that are red.",
+    "Why is the sky blue?",
+    "Give me a short tip for learning Python.",
+    "What does a tally stick record?",
+    "Name a famous scientist and one discovery.",
+)
+
+
+@dataclass(frozen=True)
+class LevelResult:
+    streams: int
+    tokens: int
+    wall_s: float
+    ttft_p50: float
+    ttft_p95: float
+    itl_p50: float
+    itl_p95: float
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.wall_s
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in [0, 100])."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    rank = max(1, round(q / 100 * len(ordered)))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+async def _one(engine: Any, prompt: Any, params: Any) -> tuple[int, Any]:
+    tokens, timing = 0, None
+    async for event in engine.generate(prompt, params):
+        tokens += len(event.token_ids)
+        timing = event.timing or timing
+    return tokens, timing
+
+
+async def run_level(engine: Any, streams: int, max_tokens: int) -> LevelResult:
+    """Run ``streams`` concurrent greedy requests once and measure them."""
+    from tallystick.node.engines import Prompt, SamplingParams
+
+    params = SamplingParams(max_tokens=max_tokens, temperature=0.0)
+    prompts = []
+    for i in range(streams):
+        messages = [{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}]
+        prompts.append(Prompt(ids=engine.counter.chat_prompt_ids(messages), messages=messages))
+    started = time.perf_counter()
+    results = await asyncio.gather(*(_one(engine, p, params) for p in prompts))
+    wall = time.perf_counter() - started
+    ttfts = [t.ttft_s for _, t in results]
+    itls = [gap for _, t in results for gap in t.inter_token_s]
+    return LevelResult(
+        streams=streams,
+        tokens=sum(n for n, _ in results),
+        wall_s=wall,
+        ttft_p50=percentile(ttfts, 50),
+        ttft_p95=percentile(ttfts, 95),
+        itl_p50=percentile(itls, 50),
+        itl_p95=percentile(itls, 95),
+    )
+
+
+async def bench_engine_async(
+    model: str = str(DEFAULT_MODEL),
+    levels: tuple[int, ...] = (1, 4, 8, 16),
+    max_tokens: int = 64,
+) -> list[LevelResult]:
+    from tallystick.node.engines import TransformersEngine
+
+    engine = TransformersEngine.load(model, max_batch=max(levels))
+    await engine.start()
+    try:
+        await run_level(engine, 2, 8)  # warm-up: first calls allocate and pick kernels
+        return [await run_level(engine, n, max_tokens) for n in levels]
+    finally:
+        await engine.stop()
+
+
+def bench_engine(
+    model: str = str(DEFAULT_MODEL),
+    levels: tuple[int, ...] = (1, 4, 8, 16),
+    max_tokens: int = 64,
+) -> dict[str, Any]:
+    """Run the engine bench, print its table and return the figures (for ``python -m bench``)."""
+    results = asyncio.run(bench_engine_async(model, levels, max_tokens))
+    report(results)
+    by_streams = {r.streams: r for r in results}
+    ratio = None
+    if 1 in by_streams and 8 in by_streams:
+        ratio = by_streams[8].tokens_per_s / by_streams[1].tokens_per_s
+    return {
+        "levels": [
+            {"streams": r.streams, "tokens_per_s": r.tokens_per_s, "ttft_p50_s": r.ttft_p50,
+             "ttft_p95_s": r.ttft_p95, "itl_p50_s": r.itl_p50, "itl_p95_s": r.itl_p95}
+            for r in results
+        ],
+        "ratio_8_to_1": ratio,
+        "target_ratio": TARGET_RATIO,
+    }  # fmt: skip
+
+
+def report(results: list[LevelResult]) -> None:
+    print(f"{'streams':>7} {'tokens':>6} {'tok/s':>7} {'TTFT p50':>9} {'TTFT p95':>9} "
+          f"{'ITL p50':>8} {'ITL p95':>8}")  # fmt: skip
+    for r in results:
+        ttft = f"{r.ttft_p50 * 1e3:>7.0f}ms {r.ttft_p95 * 1e3:>7.0f}ms"
+        itl = f"{r.itl_p50 * 1e3:>6.0f}ms {r.itl_p95 * 1e3:>6.0f}ms"
+        print(f"{r.streams:>7} {r.tokens:>6} {r.tokens_per_s:>7.1f} {ttft} {itl}")
+    by_streams = {r.streams: r for r in results}
+    if 1 in by_streams and 8 in by_streams:
+        ratio = by_streams[8].tokens_per_s / by_streams[1].tokens_per_s
+        verdict = "meets" if ratio >= TARGET_RATIO else "below"
+        print(f"8 streams / 1 stream: {ratio:.2f}x ({verdict} the {TARGET_RATIO:.0f}x target)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=str(DEFAULT_MODEL))
+    parser.add_argument("--streams", default="1,4,8,16")
+    parser.add_argument("--max-tokens", type=int, default=64)
+    args = parser.parse_args()
+    levels = tuple(int(s) for s in args.streams.split(","))
+    bench_engine(args.model, levels, args.max_tokens)
+
+
+if __name__ == "__main__":
+    main()
