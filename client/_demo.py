@@ -969,6 +969,7 @@ def _print_keep(run: _Run) -> None:
     }
     env_file = run.workdir / "demo.env"
     lines = [f"export {k}={v}\n" for k, v in {**env, **node_env}.items()]
+    env_file.touch(mode=0o600)  # keys inside: private before anything is written
     env_file.write_text("".join(lines))
     env_file.chmod(0o600)
     pids = " ".join(f"-{p.popen.pid}" for p in run.procs.procs)
