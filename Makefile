@@ -29,7 +29,7 @@ model:
 	@bash scripts/fetch-model.sh
 
 demo: setup model
-	@$(ENV) tallystick demo
+	@$(ENV) tallystick demo $(DEMO_ARGS)
 
 bench: setup model
 	@$(ENV) python -m bench

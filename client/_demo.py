@@ -92,6 +92,10 @@ class DemoError(TallystickError):
 class _Stop(KeyboardInterrupt):
     """SIGTERM/SIGHUP: unwind like Ctrl-C so every ``finally`` runs."""
 
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.exit_code = 128 + signum  # the shell's convention for "killed by signal N"
+
 
 @dataclass(frozen=True)
 class DemoOptions:
@@ -246,7 +250,7 @@ def _unwind_on_signals() -> Iterator[None]:
     """SIGTERM and SIGHUP unwind the stack like Ctrl-C, so the processes are stopped."""
 
     def handler(signum: int, frame: FrameType | None) -> None:
-        raise _Stop(signal.Signals(signum).name)
+        raise _Stop(signum)
 
     previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
     try:
@@ -315,7 +319,7 @@ def run_demo(options: DemoOptions, console: Console | None = None) -> int:
     except KeyboardInterrupt as exc:
         why = str(exc) or "Ctrl-C"
         console.print(f"\n[bold yellow]interrupted ({why})[/bold yellow]")
-        code = EXIT_INTERRUPTED
+        code = exc.exit_code if isinstance(exc, _Stop) else EXIT_INTERRUPTED
     except TallystickError as exc:
         console.print(f"\n[bold red]demo failed:[/bold red] {exc}")
         _show_node_log_tail(run)
