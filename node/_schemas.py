@@ -41,6 +41,10 @@ def _integral(value: Any) -> Any:
 
 
 Int = Annotated[int, BeforeValidator(_integral)]
+# Constraints inside the Annotated so the JSON schema renders them (minimum/maximum) even in
+# an optional field.
+TokenLimit = Annotated[int, Field(ge=1, le=UINT32_MAX), BeforeValidator(_integral)]
+Seed = Annotated[int, Field(ge=-INT64_MAX - 1, le=INT64_MAX), BeforeValidator(_integral)]
 
 MAX_JSON_DEPTH = 64
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
@@ -83,10 +87,10 @@ class StreamOptions(_Lenient):
 
 class _Sampling(_Lenient):
     model: str
-    max_tokens: Int | None = Field(default=None, ge=1, le=UINT32_MAX)
+    max_tokens: TokenLimit | None = None
     temperature: float = Field(default=1.0, ge=0, le=2)
     top_p: float = Field(default=1.0, gt=0, le=1)
-    seed: Int | None = Field(default=None, ge=-INT64_MAX - 1, le=INT64_MAX)
+    seed: Seed | None = None
     stop: StopString | Annotated[list[StopString], Field(max_length=4)] | None = None
     n: Int = Field(default=1, ge=1, le=MAX_CHOICES)
     user: str | None = None
@@ -110,7 +114,7 @@ class _Sampling(_Lenient):
 
 class ChatRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: Int | None = Field(default=None, ge=1, le=UINT32_MAX)
+    max_completion_tokens: TokenLimit | None = None
 
     def limit(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens

@@ -89,6 +89,10 @@ def test_the_schema_describes_the_bodies() -> None:
     assert {"model", "messages"} <= set(body["required"])
     assert body["properties"]["model"] == {"type": "string", "enum": ["fake-model"]}
     assert body["properties"]["temperature"]["maximum"] == 2
+    limit = body["properties"]["max_tokens"]["anyOf"][0]
+    assert (limit["type"], limit["minimum"], limit["maximum"]) == ("integer", 1, 2**32 - 1)
+    stop = body["properties"]["stop"]["anyOf"]
+    assert {"items": {"minLength": 1, "type": "string"}, "maxItems": 4, "type": "array"} in stop
     receipt = raw["paths"]["/v1/tally/receipts"]["post"]["requestBody"]
     assert receipt["required"] is True
     assert "422" not in chat["responses"]
