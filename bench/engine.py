@@ -1,7 +1,7 @@
 """Engine throughput and latency on the real model: the bare TransformersEngine at several
 concurrency levels (same prompts, greedy, ``max_tokens`` fixed).
 
-    python -m bench.engine [--model PATH] [--streams 1,4,8,16] [--max-tokens 64]
+    python -m bench.engine [--model PATH] [--streams 1,4,8,16] [--max-tokens 64] [--threads N]
 
 Prints aggregate tokens/s, TTFT p50/p95, inter-token latency p50/p95 per level, and the
 8-stream / 1-stream throughput ratio against the 5x target.
@@ -92,10 +92,11 @@ async def bench_engine_async(
     model: str = str(DEFAULT_MODEL),
     levels: tuple[int, ...] = (1, 4, 8, 16),
     max_tokens: int = 64,
+    num_threads: int | None = None,
 ) -> list[LevelResult]:
     from tallystick.node.engines import TransformersEngine
 
-    engine = TransformersEngine.load(model, max_batch=max(levels))
+    engine = TransformersEngine.load(model, max_batch=max(levels), num_threads=num_threads)
     await engine.start()
     try:
         await run_level(engine, 2, 8)  # warm-up: first calls allocate and pick kernels
@@ -108,9 +109,10 @@ def bench_engine(
     model: str = str(DEFAULT_MODEL),
     levels: tuple[int, ...] = (1, 4, 8, 16),
     max_tokens: int = 64,
+    num_threads: int | None = None,
 ) -> dict[str, Any]:
     """Run the engine bench, print its table and return the figures (for ``python -m bench``)."""
-    results = asyncio.run(bench_engine_async(model, levels, max_tokens))
+    results = asyncio.run(bench_engine_async(model, levels, max_tokens, num_threads))
     report(results)
     by_streams = {r.streams: r for r in results}
     ratio = None
@@ -146,9 +148,10 @@ def main() -> None:
     parser.add_argument("--model", default=str(DEFAULT_MODEL))
     parser.add_argument("--streams", default="1,4,8,16")
     parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads")
     args = parser.parse_args()
     levels = tuple(int(s) for s in args.streams.split(","))
-    bench_engine(args.model, levels, args.max_tokens)
+    bench_engine(args.model, levels, args.max_tokens, args.threads)
 
 
 if __name__ == "__main__":

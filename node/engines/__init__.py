@@ -18,8 +18,9 @@ from ._errors import (
     UpstreamUnavailable,
 )
 from ._fake import FakeEngine
-from ._loading import LoadedModel, default_model_name, load_model
+from ._loading import LoadedModel, LoadedTokenizer, default_model_name, load_model, load_tokenizer
 from ._tiny import TINY_CHAT_TEMPLATE, tiny_tokenizer_bundle, tiny_tokenizer_json
+from ._upstream import UpstreamEngine
 
 __all__ = [
     "TINY_CHAT_TEMPLATE",
@@ -30,6 +31,7 @@ __all__ = [
     "EngineStopped",
     "FakeEngine",
     "LoadedModel",
+    "LoadedTokenizer",
     "ModelLoadError",
     "Prompt",
     "PromptTooLong",
@@ -37,10 +39,12 @@ __all__ = [
     "Timing",
     "TokenEvent",
     "TransformersEngine",
+    "UpstreamEngine",
     "UpstreamError",
     "UpstreamUnavailable",
     "default_model_name",
     "load_model",
+    "load_tokenizer",
     "tiny_tokenizer_bundle",
     "tiny_tokenizer_json",
 ]

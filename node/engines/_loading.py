@@ -11,7 +11,7 @@ from typing import Any
 
 from ._errors import ModelLoadError
 
-__all__ = ["LoadedModel", "default_model_name", "load_model"]
+__all__ = ["LoadedModel", "LoadedTokenizer", "default_model_name", "load_model", "load_tokenizer"]
 
 log = logging.getLogger("tallystick.node.engines")
 
@@ -26,6 +26,26 @@ class LoadedModel:
     name: str
     context_length: int
     eos_ids: frozenset[int]
+
+
+@dataclass(frozen=True)
+class LoadedTokenizer:
+    tokenizer: Any  # a transformers tokenizer
+    name: str
+    context_length: int
+
+
+def load_tokenizer(source: str) -> LoadedTokenizer:
+    """Load only the tokenizer and config of ``source`` (for metering an upstream server)."""
+    folder, gguf_file = _locate(source)
+    log.info("loading tokenizer from %s", source)
+    tokenizer = _from_pretrained("AutoTokenizer", source, folder, gguf_file)
+    config = _from_pretrained("AutoConfig", source, folder, gguf_file)
+    return LoadedTokenizer(
+        tokenizer=tokenizer,
+        name=default_model_name(source),
+        context_length=int(getattr(config, "max_position_embeddings", 2048)),
+    )
 
 
 def default_model_name(source: str) -> str:

@@ -39,14 +39,18 @@ class SequenceOutput:
 
     def add(self, token_id: int) -> TokenEvent:
         """Record one generated id and return the event to send for it."""
+        return self.add_many([token_id])
+
+    def add_many(self, token_ids: list[int], upstream_finish: str | None = None) -> TokenEvent:
+        """Record ids that arrived together; ``upstream_finish`` ends the sequence as given."""
         self._clock()
-        self.generated += 1
-        text = self.detok.push([token_id])
-        finish = self._finish_reason(token_id)
+        self.generated += len(token_ids)
+        text = self.detok.push(token_ids)
+        finish = self._finish_reason(token_ids) or upstream_finish
         if finish is None:
-            return TokenEvent([token_id], text, None)
+            return TokenEvent(token_ids, text, None)
         self.finished = True
-        return TokenEvent([token_id], text + self.detok.flush(), finish, self.timing())
+        return TokenEvent(token_ids, text + self.detok.flush(), finish, self.timing())
 
     def timing(self) -> Timing:
         first = self._first if self._first is not None else time.perf_counter()
@@ -66,8 +70,8 @@ class SequenceOutput:
             self._gaps.append(now - self._last)
         self._last = now
 
-    def _finish_reason(self, token_id: int) -> str | None:
-        if token_id in self.eos_ids or self.detok.stopped:
+    def _finish_reason(self, token_ids: list[int]) -> str | None:
+        if self.detok.stopped or not self.eos_ids.isdisjoint(token_ids):
             return "stop"
         if self.generated >= self.budget:
             return "length"

@@ -1,0 +1,232 @@
+"""UpstreamEngine: metering with upstream token ids or re-tokenised text (MockTransport),
+errors, and an integration run against a real ``transformers serve`` on the tiny model."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from conftest import chat, run
+from tallystick.node.engines import (
+    Prompt,
+    SamplingParams,
+    TokenEvent,
+    UpstreamEngine,
+    UpstreamError,
+    UpstreamUnavailable,
+)
+
+
+def sse(*chunks: dict[str, Any]) -> bytes:
+    lines = [f"data: {json.dumps(c)}\n\n" for c in chunks]
+    return ("".join(lines) + "data: [DONE]\n\n").encode()
+
+
+def engine_with(handler: Any, tiny_dir: Path, **kwargs: Any) -> UpstreamEngine:
+    """An engine whose upstream is ``handler`` for completions (it lists the model "tiny")."""
+
+    def route(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/models":
+            return httpx.Response(200, json={"object": "list", "data": [{"id": "tiny"}]})
+        return handler(request)  # type: ignore[no-any-return]
+
+    return UpstreamEngine.from_source(
+        "http://upstream.test", str(tiny_dir), transport=httpx.MockTransport(route), **kwargs
+    )
+
+
+async def collect(engine: UpstreamEngine, prompt: Prompt, params: SamplingParams) -> list[Any]:
+    await engine.start()
+    try:
+        return [e async for e in engine.generate(prompt, params)]
+    finally:
+        await engine.stop()
+
+
+def ids_of(events: list[TokenEvent]) -> list[int]:
+    return [i for e in events for i in e.token_ids]
+
+
+def text_of(events: list[TokenEvent]) -> str:
+    return "".join(e.text for e in events)
+
+
+def test_uses_upstream_token_ids_when_returned(tiny_dir: Path, tiny_counter: Any) -> None:
+    hello, world = tiny_counter.text_prompt_ids("hello world")
+    eos = tiny_counter.eos_token_ids[0]
+    seen: list[dict[str, Any]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(json.loads(request.content))
+        body = sse(
+            {"choices": [{"delta": {"content": "hello"}, "token_ids": [hello]}]},
+            {"choices": [{"delta": {"content": " world"}, "token_ids": [world]}]},
+            {"choices": [{"delta": {}, "token_ids": [eos], "finish_reason": "stop"}]},
+        )
+        return httpx.Response(200, content=body)
+
+    engine = engine_with(handler, tiny_dir)
+    events = run(collect(engine, chat(tiny_counter, "hi"), SamplingParams(10, seed=3)))
+    assert ids_of(events) == [hello, world, eos]
+    assert text_of(events) == "hello world"
+    assert events[-1].finish_reason == "stop"
+    assert events[-1].timing is not None
+    assert seen[0]["return_token_ids"] is True
+    assert seen[0]["messages"] == [{"role": "user", "content": "hi"}]
+    assert (seen[0]["max_tokens"], seen[0]["seed"], seen[0]["model"]) == (10, 3, "tiny")
+
+
+def test_retokenises_text_and_falls_back_when_token_ids_are_refused(
+    tiny_dir: Path, tiny_counter: Any
+) -> None:
+    bodies: list[dict[str, Any]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        bodies.append(json.loads(request.content))
+        if "return_token_ids" in bodies[-1]:
+            return httpx.Response(422, json={"error": {"message": "unknown field"}})
+        words = ["The", " quick", " brown", " fox"]
+        chunks = [{"choices": [{"text": w}]} for w in words]
+        chunks.append({"choices": [{"text": "", "finish_reason": "length"}]})
+        return httpx.Response(200, content=sse(*chunks))
+
+    engine = engine_with(handler, tiny_dir)
+    prompt = Prompt(ids=tiny_counter.text_prompt_ids("Say:"), text="Say:")
+    events = run(collect(engine, prompt, SamplingParams(20)))
+    assert text_of(events) == "The quick brown fox"
+    assert ids_of(events) == tiny_counter.text_prompt_ids("The quick brown fox")
+    assert events[-1].finish_reason == "length"
+    assert [("return_token_ids" in b) for b in bodies] == [True, False]
+    assert bodies[-1]["prompt"] == "Say:"
+
+
+def test_never_meters_past_max_tokens(tiny_dir: Path, tiny_counter: Any) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        ids = tiny_counter.text_prompt_ids("hello world the quick brown fox")
+        chunks = [{"choices": [{"delta": {"content": "x"}, "token_ids": [i]}]} for i in ids]
+        return httpx.Response(200, content=sse(*chunks))
+
+    engine = engine_with(handler, tiny_dir)
+    events = run(collect(engine, chat(tiny_counter, "hi"), SamplingParams(3)))
+    assert len(ids_of(events)) == 3
+    assert events[-1].finish_reason == "length"
+
+
+def test_stop_strings_are_applied_locally(tiny_dir: Path, tiny_counter: Any) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        assert "stop" not in json.loads(request.content)
+        words = ["hello", " world", ", the", " quick", " brown"]
+        return httpx.Response(200, content=sse(*({"choices": [{"text": w}]} for w in words)))
+
+    engine = engine_with(handler, tiny_dir)
+    prompt = Prompt(ids=[1, 2], text="x")
+    events = run(collect(engine, prompt, SamplingParams(20, stop=(", the",))))
+    assert text_of(events) == "hello world"
+    assert events[-1].finish_reason == "stop"
+    assert ", the" in tiny_counter.decode(ids_of(events))
+
+
+def test_warns_when_upstream_counts_the_prompt_differently(
+    tiny_dir: Path, tiny_counter: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(
+            200,
+            content=sse(
+                {"choices": [{"text": "hello", "finish_reason": "stop"}]},
+                {"choices": [], "usage": {"prompt_tokens": 999, "completion_tokens": 1}},
+            ),
+        )
+
+    engine = engine_with(handler, tiny_dir)
+    with caplog.at_level(logging.WARNING, logger="tallystick.node.engines"):
+        events = run(collect(engine, Prompt(ids=[5, 6, 7], text="abc"), SamplingParams(5)))
+    assert text_of(events) == "hello"
+    assert "counted 999 prompt tokens, the counting rule gives 3" in caplog.text
+
+
+def test_upstream_error_status_is_translated(tiny_dir: Path) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(503, json={"error": {"message": "model is loading"}})
+
+    engine = engine_with(handler, tiny_dir)
+    with pytest.raises(UpstreamError) as info:
+        run(collect(engine, Prompt(ids=[1], text="x"), SamplingParams(5)))
+    assert (info.value.status, info.value.message) == (503, "model is loading")
+
+
+def test_upstream_down_fails_start_clearly(tiny_dir: Path) -> None:
+    port = _free_port()
+    engine = UpstreamEngine.from_source(f"http://127.0.0.1:{port}", str(tiny_dir))
+    with pytest.raises(UpstreamUnavailable, match=f"127.0.0.1:{port}"):
+        run(engine.start())
+
+
+# --- integration: a real `transformers serve` on this machine ---
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def served(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = _free_port()
+    cache = tmp_path_factory.mktemp("hf-cache")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache)}
+    cli = Path(sys.executable).with_name("transformers")
+    cmd = [str(cli), "serve", str(tiny_dir), "--port", str(port), "--device", "cpu"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(url, proc)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            err = proc.stderr.read().decode() if proc.stderr else ""
+            pytest.fail(f"transformers serve exited: {err[-2000:]}")
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    pytest.fail("transformers serve did not become healthy")
+
+
+def test_meters_a_real_transformers_serve(served: str, tiny_dir: Path, tiny_counter: Any) -> None:
+    async def body() -> tuple[list[TokenEvent], list[TokenEvent]]:
+        engine = UpstreamEngine.from_source(served, str(tiny_dir), upstream_model=str(tiny_dir))
+        await engine.start()
+        greedy = SamplingParams(max_tokens=12, temperature=0.0)
+        chat_events = [e async for e in engine.generate(chat(tiny_counter, "hello"), greedy)]
+        text = Prompt(ids=tiny_counter.text_prompt_ids("the quick"), text="the quick")
+        text_events = [e async for e in engine.generate(text, greedy)]
+        await engine.stop()
+        return chat_events, text_events
+
+    for events in run(body()):
+        ids = ids_of(events)
+        assert 1 <= len(ids) <= 12
+        assert text_of(events) == tiny_counter.decode(ids)
+        assert events[-1].finish_reason in ("length", "stop")
+        assert all(e.token_ids for e in events)
