@@ -19,15 +19,16 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = ROOT / ".models" / "SmolLM2-135M-Instruct" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 TARGET_RATIO = 5.0
+# Open-ended requests, so that every stream runs to max_tokens rather than stopping early.
 QUESTIONS = (
-    "What is the capital of France?",
-    "Write a haiku about the sea.",
-    "Explain what a payment channel is in two sentences.",
-    "List three fruits that are red.",
-    "Why is the sky blue?",
-    "Give me a short tip for learning Python.",
-    "What does a tally stick record?",
-    "Name a famous scientist and one discovery.",
+    "Write a long story about a lighthouse keeper.",
+    "Explain in detail how a payment channel works.",
+    "Describe a walk through a busy market, in detail.",
+    "Write a long essay about the history of bread.",
+    "Explain step by step how to plant a vegetable garden.",
+    "Tell a long story about a dragon who learns to cook.",
+    "Describe the water cycle in great detail.",
+    "Write a detailed guide to learning a new language.",
 )
 
 

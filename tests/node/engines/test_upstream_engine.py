@@ -38,7 +38,8 @@ def engine_with(handler: Any, tiny_dir: Path, **kwargs: Any) -> UpstreamEngine:
     def route(request: httpx.Request) -> httpx.Response:
         if request.url.path == "/v1/models":
             return httpx.Response(200, json={"object": "list", "data": [{"id": "tiny"}]})
-        return handler(request)  # type: ignore[no-any-return]
+        response: httpx.Response = handler(request)
+        return response
 
     return UpstreamEngine.from_source(
         "http://upstream.test", str(tiny_dir), transport=httpx.MockTransport(route), **kwargs
