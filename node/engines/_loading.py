@@ -16,7 +16,7 @@ __all__ = ["LoadedModel", "LoadedTokenizer", "default_model_name", "load_model",
 log = logging.getLogger("tallystick.node.engines")
 
 # Quantisation suffixes of GGUF file names: "Q4_1", "Q4_K_M", "IQ3_XS", "F16", "BF16", ...
-_QUANT_SUFFIX = re.compile(r"[.\-_](?:I?Q\d[\w]*|[BF]F?16|F32)$", re.IGNORECASE)
+_QUANT_SUFFIX = re.compile(r"[.\-_](?:I?Q\d\w*|BF16|FP?16|FP?32)$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
