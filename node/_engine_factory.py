@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from ._errors import ConfigError
@@ -64,15 +64,13 @@ def _upstream_url(url: str | None) -> str:
 
 
 async def _upstream(settings: Settings, url: str) -> Engine:
-    from . import engines
+    from .engines import UpstreamEngine
 
-    upstream = getattr(engines, "UpstreamEngine", None)
-    if upstream is None:
-        raise ConfigError("this build has no upstream engine; use --engine transformers")
-    engine: Engine = await upstream.connect(
-        url,
-        str(settings.model),
-        model_name=settings.model_name,
-        max_queue=settings.max_queue,
-    )
-    return engine
+    options: dict[str, Any] = {
+        "upstream_model": settings.upstream_model,
+        # The upstream server queues and batches; the node bounds what it has in flight.
+        "max_concurrency": settings.max_batch + settings.max_queue,
+    }
+    if settings.model_name:
+        options["model_name"] = settings.model_name
+    return await asyncio.to_thread(UpstreamEngine.from_source, url, str(settings.model), **options)

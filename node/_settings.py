@@ -38,6 +38,7 @@ class Settings(BaseModel):
     model_name: str | None = None
     engine: Literal["transformers", "upstream"] = "transformers"
     upstream_url: str | None = None
+    upstream_model: str | None = None  # the id the upstream serves (default: its first)
     max_batch: int = Field(default=8, ge=1)
     max_queue: int = Field(default=64, ge=1)
     # http

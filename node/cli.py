@@ -128,6 +128,7 @@ def main() -> None:
 @click.option("--model-name", help="The id served in /v1/models (default: from the path).")
 @click.option("--engine", type=click.Choice(["transformers", "upstream"]))
 @click.option("--upstream-url", help="OpenAI-compatible server to meter (--engine upstream).")
+@click.option("--upstream-model", help="Model id on the upstream server (default: its first).")
 @click.option("--host")
 @click.option("--port", type=int)
 @click.option("--credit-requests", type=int, help="Unpaid requests allowed per channel.")
@@ -168,9 +169,12 @@ async def _preflight(settings: Settings, account: Any) -> tuple[Any, Any]:
     check_engine_settings(settings)
     chain = await EscrowChain.connect(settings, account)
     await chain.check(settings)
-    # The in-process engine holds no event-loop state until it starts; an upstream engine's
-    # HTTP client belongs to the serving loop, so the lifespan builds that one.
-    engine = await build_engine(settings) if settings.engine == "transformers" else None
+    engine = await build_engine(settings)
+    if settings.engine == "upstream":
+        # Probe the upstream now (one line if it is down); its HTTP client belongs to the
+        # serving loop, so the app's lifespan starts it again there.
+        await engine.start()
+        await engine.stop()
     return chain, engine
 
 
