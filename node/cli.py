@@ -275,25 +275,18 @@ def _parse_hash(given: str) -> bytes:
 def _model_facts(source: str) -> tuple[Any, int]:
     """The tokenizer bundle the node would serve for ``source``, and its context length.
 
-    Loaded the way the transformers engine loads them (same folder/GGUF resolution), without
-    the weights, so the hash listed on-chain is the hash of the bundle the node serves.
+    Loaded by the engines' own loader, without the weights, so the hash listed on-chain is
+    the hash of the bundle ``serve --model`` serves.
     """
     from tallystick.protocol import TokenizerBundle
-    from transformers import AutoConfig, AutoTokenizer
 
-    path = Path(source).expanduser()
-    kwargs: dict[str, Any] = {}
-    folder = source
-    if path.is_file():
-        folder, kwargs["gguf_file"] = str(path.parent), path.name
-    elif not path.is_dir() and (source.startswith((".", "/", "~")) or source.count("/") > 1):
-        raise ConfigError(f"model path {source} does not exist")
+    from .engines import ModelLoadError, load_tokenizer
+
     try:
-        bundle = TokenizerBundle.from_hf(AutoTokenizer.from_pretrained(folder, **kwargs))
-        config = AutoConfig.from_pretrained(folder, **kwargs)
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        raise ConfigError(f"cannot load the tokenizer of {source}: {_first_line(exc)}") from exc
-    return bundle, int(getattr(config, "max_position_embeddings", 2048))
+        loaded = load_tokenizer(source)
+    except ModelLoadError as exc:
+        raise ConfigError(f"--model {source}: {_first_line(exc)}") from exc
+    return TokenizerBundle.from_hf(loaded.tokenizer), loaded.context_length
 
 
 def _first_line(exc: BaseException) -> str:
