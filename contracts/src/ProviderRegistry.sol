@@ -19,6 +19,9 @@ contract ProviderRegistry is IProviderRegistry {
         string name;
     }
 
+    /// @dev TallyEscrow packs a channel's output price into a uint88 beside its status.
+    uint96 private constant MAX_OUTPUT_PRICE_PER_M = type(uint88).max;
+
     mapping(address provider => Provider) private _providers;
     address[] private _providerList;
     mapping(address provider => bytes32[]) private _models;
@@ -61,6 +64,7 @@ contract ProviderRegistry is IProviderRegistry {
     ) external onlyRegistered returns (bytes32 modelId) {
         if (bytes(name).length == 0) revert RegistryEmptyModelName();
         if (contextLength == 0) revert RegistryZeroContextLength();
+        _checkOutputPrice(outputPricePerM);
         modelId = keccak256(bytes(name));
         StoredListing storage l = _listings[msg.sender][modelId];
         if (l.contextLength == 0) {
@@ -80,6 +84,7 @@ contract ProviderRegistry is IProviderRegistry {
 
     function setPrice(bytes32 modelId, uint96 inputPricePerM, uint96 outputPricePerM) external {
         StoredListing storage l = _activeListing(msg.sender, modelId);
+        _checkOutputPrice(outputPricePerM);
         l.inputPricePerM = inputPricePerM;
         l.outputPricePerM = outputPricePerM;
         emit PriceUpdated(msg.sender, modelId, inputPricePerM, outputPricePerM);
@@ -136,6 +141,12 @@ contract ProviderRegistry is IProviderRegistry {
     {
         StoredListing storage l = _activeListing(provider, modelId);
         return (l.inputPricePerM, l.outputPricePerM, l.token);
+    }
+
+    function _checkOutputPrice(uint96 outputPricePerM) private pure {
+        if (outputPricePerM > MAX_OUTPUT_PRICE_PER_M) {
+            revert RegistryOutputPriceTooLarge(outputPricePerM, MAX_OUTPUT_PRICE_PER_M);
+        }
     }
 
     function _activeListing(address provider, bytes32 modelId) private view returns (StoredListing storage l) {

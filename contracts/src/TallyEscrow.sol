@@ -26,7 +26,7 @@ contract TallyEscrow is ITallyEscrow, EIP712, ReentrancyGuardTransient {
         // slot A
         address client;
         uint96 inputPricePerM;
-        // slot B: uint88 leaves room for the status; `open` refuses larger output prices
+        // slot B: uint88 leaves room for the status; the registry and `open` refuse larger output prices
         address provider;
         uint88 outputPricePerM;
         Status status;
@@ -54,14 +54,20 @@ contract TallyEscrow is ITallyEscrow, EIP712, ReentrancyGuardTransient {
 
     // ---------------------------------------------------------------- client: open, top up, close
 
-    function open(address provider, bytes32 modelId, uint96 amount, address sessionKey)
-        external
-        payable
-        nonReentrant
-        returns (bytes32 channelId)
-    {
+    function open(
+        address provider,
+        bytes32 modelId,
+        uint96 amount,
+        address sessionKey,
+        uint96 maxInputPricePerM,
+        uint96 maxOutputPricePerM
+    ) external payable nonReentrant returns (bytes32 channelId) {
         if (amount == 0) revert EscrowZeroAmount();
         (uint96 inputPrice, uint96 outputPrice, address token) = IProviderRegistry(registry).quote(provider, modelId);
+        if (inputPrice > maxInputPricePerM || outputPrice > maxOutputPricePerM) {
+            revert EscrowPriceAboveLimit(inputPrice, outputPrice, maxInputPricePerM, maxOutputPricePerM);
+        }
+        // Defence in depth: the escrow may be deployed against any registry, and the cast below must not truncate.
         if (outputPrice > type(uint88).max) revert EscrowPriceTooLarge(outputPrice);
         _checkValue(token, amount);
         channelId = keccak256(abi.encode(address(this), msg.sender, provider, modelId, channelCount++));

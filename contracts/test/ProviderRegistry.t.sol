@@ -12,6 +12,7 @@ contract ProviderRegistryTest is Test {
     address internal constant USDC = address(0x05DC);
     bytes32 internal constant TOK = keccak256("tokenizer");
     string internal constant MODEL = "SmolLM2-135M-Instruct";
+    uint96 internal constant MAX_OUT = type(uint88).max;
 
     function setUp() public {
         registry = new ProviderRegistry();
@@ -150,6 +151,39 @@ contract ProviderRegistryTest is Test {
         registry.listModel(MODEL, 1, 1, address(0), TOK, 0);
     }
 
+    function test_listModel_acceptsTheLargestOutputPriceAChannelHolds() public {
+        _registerAlice();
+        vm.prank(ALICE);
+        bytes32 id = registry.listModel(MODEL, type(uint96).max, MAX_OUT, address(0), TOK, 1);
+        (uint96 pi, uint96 po,) = registry.quote(ALICE, id);
+        assertEq(pi, type(uint96).max, "input prices use the whole uint96");
+        assertEq(po, MAX_OUT);
+    }
+
+    /// A listing no TallyEscrow channel could hold (its output price is packed into a uint88) is refused.
+    function test_listModel_revertsOnAnOutputPriceAboveUint88() public {
+        _registerAlice();
+        vm.expectRevert(
+            abi.encodeWithSelector(IProviderRegistry.RegistryOutputPriceTooLarge.selector, MAX_OUT + 1, MAX_OUT)
+        );
+        vm.prank(ALICE);
+        registry.listModel(MODEL, 1, MAX_OUT + 1, address(0), TOK, 1);
+        assertEq(registry.modelsOf(ALICE).length, 0, "nothing listed");
+    }
+
+    function test_setPrice_revertsOnAnOutputPriceAboveUint88() public {
+        bytes32 id = _listAlice();
+        vm.expectRevert(
+            abi.encodeWithSelector(
+                IProviderRegistry.RegistryOutputPriceTooLarge.selector, type(uint96).max, MAX_OUT
+            )
+        );
+        vm.prank(ALICE);
+        registry.setPrice(id, 1, type(uint96).max);
+        (, uint96 po,) = registry.quote(ALICE, id);
+        assertEq(po, 20, "the price is unchanged");
+    }
+
     function test_setPrice_changesTheQuote() public {
         bytes32 id = _listAlice();
         vm.expectEmit(address(registry));
@@ -223,7 +257,7 @@ contract ProviderRegistryTest is Test {
         registry.quote(ALICE, bytes32(0));
     }
 
-    function testFuzz_listModel_anyNameIsListedUnderItsKeccak(string calldata name, uint96 pi, uint96 po) public {
+    function testFuzz_listModel_anyNameIsListedUnderItsKeccak(string calldata name, uint96 pi, uint88 po) public {
         vm.assume(bytes(name).length > 0);
         _registerAlice();
         vm.prank(ALICE);

@@ -24,7 +24,7 @@ contract ReentrancyTest is EscrowFixture {
 
     function _openEvil(uint96 amount) internal returns (bytes32) {
         vm.prank(client);
-        return escrow.open(provider, evilModel, amount, address(0));
+        return escrow.open(provider, evilModel, amount, address(0), PRICE_IN, PRICE_OUT);
     }
 
     function _assertBlocked() internal view {

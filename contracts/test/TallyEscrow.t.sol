@@ -10,12 +10,29 @@ import {FeeOnTransferToken} from "../src/mocks/FeeOnTransferToken.sol";
 
 /// @dev A client contract that refuses ETH, to exercise EscrowEthTransferFailed.
 contract EthRefuser {
-    function open(TallyEscrow escrow, address provider, bytes32 modelId) external payable returns (bytes32) {
-        return escrow.open{value: msg.value}(provider, modelId, uint96(msg.value), address(0));
+    function open(TallyEscrow escrow, address provider, bytes32 modelId, uint96 maxIn, uint96 maxOut)
+        external
+        payable
+        returns (bytes32)
+    {
+        return escrow.open{value: msg.value}(provider, modelId, uint96(msg.value), address(0), maxIn, maxOut);
     }
 
     function requestClose(TallyEscrow escrow, bytes32 channelId) external {
         escrow.requestClose(channelId);
+    }
+}
+
+/// @dev A registry quoting an output price above uint88 (ProviderRegistry refuses to list one).
+contract OversizedPriceRegistry {
+    uint96 internal immutable outputPrice;
+
+    constructor(uint96 outputPrice_) {
+        outputPrice = outputPrice_;
+    }
+
+    function quote(address, bytes32) external view returns (uint96, uint96, address) {
+        return (1, outputPrice, address(0));
     }
 }
 
@@ -83,14 +100,14 @@ contract TallyEscrowTest is EscrowFixture {
             keccak256(abi.encode(address(escrow), client, provider, ETH_MODEL, uint256(0))), session
         );
         vm.prank(client);
-        bytes32 id = escrow.open{value: DEPOSIT}(provider, ETH_MODEL, DEPOSIT, session);
+        bytes32 id = escrow.open{value: DEPOSIT}(provider, ETH_MODEL, DEPOSIT, session, PRICE_IN, PRICE_OUT);
         assertEq(escrow.getChannel(id).sessionKey, session);
     }
 
     function test_open_revertsOnZeroAmount() public {
         vm.expectRevert(abi.encodeWithSelector(ITallyEscrow.EscrowZeroAmount.selector));
         vm.prank(client);
-        escrow.open(provider, ETH_MODEL, 0, address(0));
+        escrow.open(provider, ETH_MODEL, 0, address(0), PRICE_IN, PRICE_OUT);
     }
 
     function test_open_revertsForAModelNeverListed() public {
@@ -99,7 +116,7 @@ contract TallyEscrowTest is EscrowFixture {
             abi.encodeWithSelector(IProviderRegistry.RegistryModelNotListed.selector, provider, unknown)
         );
         vm.prank(client);
-        escrow.open{value: 1}(provider, unknown, 1, address(0));
+        escrow.open{value: 1}(provider, unknown, 1, address(0), PRICE_IN, PRICE_OUT);
     }
 
     function test_open_revertsForADelistedModel() public {
@@ -109,19 +126,19 @@ contract TallyEscrowTest is EscrowFixture {
             abi.encodeWithSelector(IProviderRegistry.RegistryModelNotListed.selector, provider, ETH_MODEL)
         );
         vm.prank(client);
-        escrow.open{value: 1}(provider, ETH_MODEL, 1, address(0));
+        escrow.open{value: 1}(provider, ETH_MODEL, 1, address(0), PRICE_IN, PRICE_OUT);
     }
 
     function test_open_revertsWhenEthValueDiffersFromAmount() public {
         vm.expectRevert(abi.encodeWithSelector(ITallyEscrow.EscrowWrongValue.selector, 5, 6));
         vm.prank(client);
-        escrow.open{value: 5}(provider, ETH_MODEL, 6, address(0));
+        escrow.open{value: 5}(provider, ETH_MODEL, 6, address(0), PRICE_IN, PRICE_OUT);
     }
 
     function test_open_revertsWhenEthIsSentToATokenChannel() public {
         vm.expectRevert(abi.encodeWithSelector(ITallyEscrow.EscrowWrongValue.selector, 1, 0));
         vm.prank(client);
-        escrow.open{value: 1}(provider, USDC_MODEL, 1e6, address(0));
+        escrow.open{value: 1}(provider, USDC_MODEL, 1e6, address(0), PRICE_IN, PRICE_OUT);
     }
 
     function test_open_refusesAFeeOnTransferToken() public {
@@ -134,17 +151,83 @@ contract TallyEscrowTest is EscrowFixture {
         vm.expectRevert(
             abi.encodeWithSelector(ITallyEscrow.EscrowFeeOnTransfer.selector, address(fot), 1e6, 99e4)
         );
-        escrow.open(provider, model, 1e6, address(0));
+        escrow.open(provider, model, 1e6, address(0), PRICE_IN, PRICE_OUT);
         vm.stopPrank();
     }
 
-    function test_open_revertsWhenOutputPriceDoesNotFitTheChannel() public {
-        uint96 price = uint96(type(uint88).max) + 1;
+    function test_open_revertsWhenTheInputPriceIsAboveItsLimit() public {
+        vm.expectRevert(
+            abi.encodeWithSelector(
+                ITallyEscrow.EscrowPriceAboveLimit.selector, PRICE_IN, PRICE_OUT, PRICE_IN - 1, PRICE_OUT
+            )
+        );
+        vm.prank(client);
+        escrow.open{value: 1}(provider, ETH_MODEL, 1, address(0), PRICE_IN - 1, PRICE_OUT);
+    }
+
+    function test_open_revertsWhenTheOutputPriceIsAboveItsLimit() public {
+        vm.expectRevert(
+            abi.encodeWithSelector(ITallyEscrow.EscrowPriceAboveLimit.selector, PRICE_IN, PRICE_OUT, PRICE_IN, 0)
+        );
+        vm.prank(client);
+        escrow.open(provider, USDC_MODEL, 1e6, address(0), PRICE_IN, 0);
+    }
+
+    function test_open_snapshotsTheListingNotTheLimits() public {
+        vm.prank(client);
+        bytes32 id = escrow.open{value: 1}(
+            provider, ETH_MODEL, 1, address(0), type(uint96).max, type(uint96).max
+        );
+        ITallyEscrow.ChannelView memory c = escrow.getChannel(id);
+        assertEq(c.inputPricePerM, PRICE_IN, "a limit above the price is not the price");
+        assertEq(c.outputPricePerM, PRICE_OUT);
+    }
+
+    /// The client quotes, the provider raises its price in the block before the client's open: refused,
+    /// nothing moves, and the client can still open knowingly at the new prices.
+    function test_open_refusesAPriceRaisedBetweenQuoteAndOpen() public {
+        (uint96 quotedIn, uint96 quotedOut,) = registry.quote(provider, USDC_MODEL);
         vm.prank(provider);
-        registry.setPrice(ETH_MODEL, PRICE_IN, price);
+        registry.setPrice(USDC_MODEL, quotedIn, quotedOut * 3);
+        uint256 clientBefore = usdc.balanceOf(client);
+        vm.expectRevert(
+            abi.encodeWithSelector(
+                ITallyEscrow.EscrowPriceAboveLimit.selector, quotedIn, quotedOut * 3, quotedIn, quotedOut
+            )
+        );
+        vm.prank(client);
+        escrow.open(provider, USDC_MODEL, 5e6, address(0), quotedIn, quotedOut);
+        assertEq(usdc.balanceOf(client), clientBefore, "the deposit stayed with the client");
+        assertEq(usdc.balanceOf(address(escrow)), 0);
+        assertEq(escrow.channelCount(), 0, "no channel was opened");
+        vm.prank(client);
+        bytes32 id = escrow.open(provider, USDC_MODEL, 5e6, address(0), quotedIn, quotedOut * 3);
+        assertEq(escrow.getChannel(id).outputPricePerM, quotedOut * 3, "accepted knowingly");
+    }
+
+    function test_open_refusesAnEthPriceRaisedBetweenQuoteAndOpen() public {
+        vm.prank(provider);
+        registry.setPrice(ETH_MODEL, PRICE_IN + 1, PRICE_OUT);
+        uint256 clientBefore = client.balance;
+        vm.expectRevert(
+            abi.encodeWithSelector(
+                ITallyEscrow.EscrowPriceAboveLimit.selector, PRICE_IN + 1, PRICE_OUT, PRICE_IN, PRICE_OUT
+            )
+        );
+        vm.prank(client);
+        escrow.open{value: DEPOSIT}(provider, ETH_MODEL, DEPOSIT, address(0), PRICE_IN, PRICE_OUT);
+        assertEq(client.balance, clientBefore, "the value went back with the revert");
+        assertEq(address(escrow).balance, 0);
+    }
+
+    /// ProviderRegistry refuses such listings, but an escrow deployed against another registry must not
+    /// truncate the price into its uint88 slot.
+    function test_open_revertsWhenARegistryQuotesAnOutputPriceThatDoesNotFitTheChannel() public {
+        uint96 price = uint96(type(uint88).max) + 1;
+        TallyEscrow other = new TallyEscrow(address(new OversizedPriceRegistry(price)), CHALLENGE);
         vm.expectRevert(abi.encodeWithSelector(ITallyEscrow.EscrowPriceTooLarge.selector, uint256(price)));
         vm.prank(client);
-        escrow.open{value: 1}(provider, ETH_MODEL, 1, address(0));
+        other.open{value: 1}(provider, ETH_MODEL, 1, address(0), PRICE_IN, type(uint96).max);
     }
 
     function test_setPrice_doesNotLeakIntoAnOpenChannel() public {
@@ -241,7 +324,7 @@ contract TallyEscrowTest is EscrowFixture {
 
     function test_authorizeSessionKey_zeroRevokesTheKey() public {
         vm.prank(client);
-        bytes32 id = escrow.open{value: DEPOSIT}(provider, ETH_MODEL, DEPOSIT, session);
+        bytes32 id = escrow.open{value: DEPOSIT}(provider, ETH_MODEL, DEPOSIT, session, PRICE_IN, PRICE_OUT);
         vm.prank(client);
         escrow.authorizeSessionKey(id, address(0));
         ITallyEscrow.Receipt memory r = _receipt(id, 1e6, 0);
@@ -447,8 +530,8 @@ contract TallyEscrowTest is EscrowFixture {
 
     function test_claim_revertsOnTheSessionKeyOfAnotherChannel() public {
         vm.startPrank(client);
-        escrow.open{value: DEPOSIT}(provider, ETH_MODEL, DEPOSIT, session);
-        bytes32 b = escrow.open{value: DEPOSIT}(provider, ETH_MODEL, DEPOSIT, address(0));
+        escrow.open{value: DEPOSIT}(provider, ETH_MODEL, DEPOSIT, session, PRICE_IN, PRICE_OUT);
+        bytes32 b = escrow.open{value: DEPOSIT}(provider, ETH_MODEL, DEPOSIT, address(0), PRICE_IN, PRICE_OUT);
         vm.stopPrank();
         ITallyEscrow.Receipt memory r = _receipt(b, 1e6, 1e6);
         bytes memory sig = _sign(SESSION_KEY, r);
@@ -562,7 +645,7 @@ contract TallyEscrowTest is EscrowFixture {
 
     function test_closeCooperative_acceptsTheSessionKeyForTheClient() public {
         vm.prank(client);
-        bytes32 id = escrow.open{value: DEPOSIT}(provider, ETH_MODEL, DEPOSIT, session);
+        bytes32 id = escrow.open{value: DEPOSIT}(provider, ETH_MODEL, DEPOSIT, session, PRICE_IN, PRICE_OUT);
         ITallyEscrow.Receipt memory r = _receipt(id, 1e6, 0);
         escrow.closeCooperative(r, _sign(SESSION_KEY, r), _sign(PROVIDER_KEY, r));
         assertEq(uint256(_status(id)), uint256(ITallyEscrow.Status.Closed));
@@ -704,7 +787,7 @@ contract TallyEscrowTest is EscrowFixture {
 
     function test_finalize_revertsWhenTheClientRefusesEth() public {
         EthRefuser refuser = new EthRefuser();
-        bytes32 id = refuser.open{value: 1000}(escrow, provider, ETH_MODEL);
+        bytes32 id = refuser.open{value: 1000}(escrow, provider, ETH_MODEL, PRICE_IN, PRICE_OUT);
         refuser.requestClose(escrow, id);
         vm.warp(block.timestamp + CHALLENGE);
         vm.expectRevert(

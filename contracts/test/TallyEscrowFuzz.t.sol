@@ -12,8 +12,29 @@ contract TallyEscrowFuzzTest is EscrowFixture {
     }
 
     function _openAt(bytes32 model, uint96 deposit) internal returns (bytes32) {
+        (uint96 maxIn, uint96 maxOut,) = registry.quote(provider, model);
         vm.prank(client);
-        return escrow.open(provider, model, deposit, address(0));
+        return escrow.open(provider, model, deposit, address(0), maxIn, maxOut);
+    }
+
+    /// Opens exactly when both listed prices are within the limits, and then snapshots the listed prices.
+    function testFuzz_open_refusesAnyPriceAboveItsLimit(uint96 pi, uint88 po, uint96 maxIn, uint96 maxOut) public {
+        bytes32 model = _list(pi, po);
+        bool above = pi > maxIn || po > maxOut;
+        if (above) {
+            vm.expectRevert(
+                abi.encodeWithSelector(ITallyEscrow.EscrowPriceAboveLimit.selector, pi, uint96(po), maxIn, maxOut)
+            );
+        }
+        vm.prank(client);
+        bytes32 id = escrow.open(provider, model, 1e6, address(0), maxIn, maxOut);
+        if (above) {
+            assertEq(usdc.balanceOf(address(escrow)), 0, "nothing moved");
+        } else {
+            assertEq(escrow.getChannel(id).inputPricePerM, pi);
+            assertEq(escrow.getChannel(id).outputPricePerM, po);
+            assertEq(usdc.balanceOf(address(escrow)), 1e6);
+        }
     }
 
     function testFuzz_costOf_matchesTheReferenceFormula(uint64 i, uint64 o, uint96 pi, uint88 po) public {

@@ -28,6 +28,7 @@ contract EscrowHandler {
         uint64 claimedOut;
     }
 
+    ProviderRegistry public immutable registry;
     TallyEscrow public immutable escrow;
     MockUSDC public immutable usdc;
     uint32 public immutable challenge;
@@ -41,12 +42,15 @@ contract EscrowHandler {
     mapping(address client => mapping(address token => uint256)) public refunded;
     mapping(address provider => mapping(address token => uint256)) public withdrawn;
     bool public forgeryPaid;
+    /// Set if an open went through although a price was above the client's limit.
+    bool public openedAboveLimit;
     /// Set when a call the handler knew to be valid reverted (failOnRevert is off, so it is recorded here).
     string public unexpectedAction;
     bytes public unexpectedReason;
     mapping(bytes32 action => uint256) public calls;
 
-    constructor(ProviderRegistry registry, TallyEscrow escrow_, MockUSDC usdc_, uint32 challenge_) {
+    constructor(ProviderRegistry registry_, TallyEscrow escrow_, MockUSDC usdc_, uint32 challenge_) {
+        registry = registry_;
         escrow = escrow_;
         usdc = usdc_;
         challenge = challenge_;
@@ -55,10 +59,10 @@ contract EscrowHandler {
             providerKeys[p] = 0xF0 + p;
             address provider = vm.addr(providerKeys[p]);
             vm.startPrank(provider);
-            registry.register("https://node.example", "");
+            registry_.register("https://node.example", "");
             // Prices chosen so that the deposits below run out within a run, exercising the cap.
-            models[p][0] = registry.listModel("eth-model", 1e12 * uint96(p + 1), 4e12, ETH, bytes32(0), 1);
-            models[p][1] = registry.listModel("usdc-model", 3e5, 9e5 * uint96(p + 1), address(usdc), bytes32(0), 1);
+            models[p][0] = registry_.listModel("eth-model", 1e12 * uint96(p + 1), 4e12, ETH, bytes32(0), 1);
+            models[p][1] = registry_.listModel("usdc-model", 3e5, 9e5 * uint96(p + 1), address(usdc), bytes32(0), 1);
             vm.stopPrank();
         }
     }
@@ -88,13 +92,15 @@ contract EscrowHandler {
         address token = inUsdc ? address(usdc) : ETH;
         amount = uint96(_bound(amount, 1, inUsdc ? 1e13 : 100 ether));
         address sessionKey = withSessionKey ? vm.addr(_sessionKeyOf(c)) : address(0);
+        // The client's limits are the prices it was just quoted: the tightest limits that must pass.
+        (uint96 maxIn, uint96 maxOut,) = registry.quote(providerAt(p), models[p][inUsdc ? 1 : 0]);
         bytes32 id;
         if (inUsdc) {
             usdc.mint(client, amount);
             vm.prank(client);
             usdc.approve(address(escrow), amount);
             vm.prank(client);
-            try escrow.open(vm.addr(providerKeys[p]), models[p][1], amount, sessionKey) returns (bytes32 opened) {
+            try escrow.open(providerAt(p), models[p][1], amount, sessionKey, maxIn, maxOut) returns (bytes32 opened) {
                 id = opened;
             } catch (bytes memory reason) {
                 return _unexpected("open", reason);
@@ -102,7 +108,7 @@ contract EscrowHandler {
         } else {
             vm.deal(client, client.balance + amount);
             vm.prank(client);
-            try escrow.open{value: amount}(vm.addr(providerKeys[p]), models[p][0], amount, sessionKey) returns (
+            try escrow.open{value: amount}(providerAt(p), models[p][0], amount, sessionKey, maxIn, maxOut) returns (
                 bytes32 opened
             ) {
                 id = opened;
@@ -114,6 +120,44 @@ contract EscrowHandler {
         ghost[id] = Ghost(c, p, withSessionKey, 0, 0, 0, 0);
         deposited[client][token] += amount;
         ++calls["open"];
+    }
+
+    /// The provider raises a price between the client's quote and its open: the open must revert with
+    /// EscrowPriceAboveLimit and leave every balance as it was. The raised price stays for later opens.
+    function frontRunOpen(uint256 clientSeed, uint256 providerSeed, bool inUsdc, uint96 amount, uint64 raise)
+        external
+    {
+        uint256 p = providerSeed % N_PROVIDERS;
+        address client = clientAt(clientSeed % N_CLIENTS);
+        bytes32 model = models[p][inUsdc ? 1 : 0];
+        (uint96 maxIn, uint96 maxOut,) = registry.quote(providerAt(p), model);
+        // Raise the input, the output or both (never neither), by at most 1e12 per step.
+        uint96 newIn = maxIn + uint96(raise & 1 == 0 ? 0 : _bound(raise >> 2, 1, 1e12));
+        uint96 newOut = maxOut + uint96(raise & 1 == 1 && raise & 2 == 0 ? 0 : _bound(raise >> 2, 1, 1e12));
+        vm.prank(providerAt(p));
+        registry.setPrice(model, newIn, newOut);
+        amount = uint96(_bound(amount, 1, 1e13));
+        if (inUsdc) {
+            usdc.mint(client, amount);
+            vm.prank(client);
+            usdc.approve(address(escrow), amount);
+        } else {
+            vm.deal(client, client.balance + amount);
+        }
+        address token = inUsdc ? address(usdc) : ETH;
+        (uint256 clientBefore, uint256 escrowBefore) = (_balance(token, client), _balance(token, address(escrow)));
+        vm.prank(client);
+        try escrow.open{value: inUsdc ? 0 : amount}(providerAt(p), model, amount, address(0), maxIn, maxOut) {
+            openedAboveLimit = true;
+        } catch (bytes memory reason) {
+            bytes memory expected =
+                abi.encodeWithSelector(ITallyEscrow.EscrowPriceAboveLimit.selector, newIn, newOut, maxIn, maxOut);
+            if (keccak256(reason) != keccak256(expected)) return _unexpected("frontRunOpen", reason);
+        }
+        if (_balance(token, client) != clientBefore || _balance(token, address(escrow)) != escrowBefore) {
+            return _unexpected("frontRunOpen moved money", "");
+        }
+        ++calls["frontRunOpen"];
     }
 
     function topUp(uint256 chSeed, uint96 amount) external {
@@ -347,7 +391,7 @@ contract EscrowHandler {
     }
 }
 
-/// @notice Money invariants under random sequences of open/topUp/countersign/claim/claimMany/forgery/
+/// @notice Money invariants under random sequences of open/frontRunOpen/topUp/countersign/claim/claimMany/forgery/
 /// requestClose/warp/finalize/closeCooperative/withdraw (runs and depth: test.solidity.invariant in
 /// hardhat.config.js; TALLY_LONG=1 for the long campaign).
 contract TallyEscrowInvariantTest is Test {
@@ -389,10 +433,14 @@ contract TallyEscrowInvariantTest is Test {
         handler.finalize(2);
         handler.withdraw(0, false);
         handler.withdraw(1, true);
+        handler.frontRunOpen(0, 1, true, 5e9, 0); // output raised
+        handler.frontRunOpen(1, 0, false, 1 ether, 1); // input raised
+        handler.frontRunOpen(2, 1, false, 1 ether, 3 | (7 << 2)); // both raised
+        handler.open(1, 1, true, 5e9, false); // at the raised prices
         invariant_validCallsSucceedAndForgeriesNeverPay();
-        bytes32[10] memory actions = [
+        bytes32[11] memory actions = [
             bytes32("open"), "countersign", "claim", "forgeClaim", "claimMany", "topUp", "closeCooperative",
-            "requestClose", "finalize", "withdraw"
+            "requestClose", "finalize", "withdraw", "frontRunOpen"
         ];
         for (uint256 k; k < actions.length; ++k) assertGe(handler.calls(actions[k]), 1, string(abi.encode(actions[k])));
         invariant_tokenConservation();
@@ -404,6 +452,7 @@ contract TallyEscrowInvariantTest is Test {
     function invariant_validCallsSucceedAndForgeriesNeverPay() public view {
         assertEq(bytes(handler.unexpectedAction()), bytes(""), "a valid call reverted");
         assertFalse(handler.forgeryPaid(), "a receipt not signed by the client or its session key paid");
+        assertFalse(handler.openedAboveLimit(), "a channel opened at a price above the client's limit");
     }
 
     /// (1) For every token: balance == sum over Open/Closing channels of (deposit - paid) + unwithdrawn earnings.

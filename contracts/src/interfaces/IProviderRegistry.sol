@@ -43,6 +43,8 @@ interface IProviderRegistry {
     error RegistryZeroContextLength();
     error RegistryModelNotListed(address provider, bytes32 modelId);
     error RegistryIndexOutOfRange(uint256 index, uint256 count);
+    /// @dev An output price above uint88 (`max`) would not fit a TallyEscrow channel, so nobody could open one.
+    error RegistryOutputPriceTooLarge(uint96 outputPricePerM, uint96 max);
 
     function register(string calldata endpoint, string calldata metadata) external;
     function updateEndpoint(string calldata endpoint) external;

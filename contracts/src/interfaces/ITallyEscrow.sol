@@ -73,15 +73,27 @@ interface ITallyEscrow {
     error EscrowLengthMismatch(uint256 receipts, uint256 signatures);
     error EscrowNothingToWithdraw(address provider, address token);
     error EscrowEthTransferFailed(address to, uint256 amount);
-    /// @dev The listing's output price does not fit the channel's packed storage (uint88).
+    /// @dev The registry quoted an output price that does not fit the channel's packed storage (uint88).
+    /// `ProviderRegistry` refuses such listings; the escrow still checks, as it trusts no registry to.
     error EscrowPriceTooLarge(uint256 outputPricePerM);
+    /// @dev The listing's price at `open` is above the client's limit (e.g. raised in the block before).
+    error EscrowPriceAboveLimit(
+        uint96 inputPricePerM, uint96 outputPricePerM, uint96 maxInputPricePerM, uint96 maxOutputPricePerM
+    );
     error EscrowChannelNotClosing(bytes32 channelId, Status status);
     error EscrowZeroRecipient();
 
-    function open(address provider, bytes32 modelId, uint96 amount, address sessionKey)
-        external
-        payable
-        returns (bytes32 channelId);
+    /// @notice Escrows `amount` and snapshots the listing's prices, refused with EscrowPriceAboveLimit when
+    /// either is above the client's limit: pass the prices you were quoted, so a price raised between the
+    /// quote and this transaction cannot reach the channel (type(uint96).max means no limit).
+    function open(
+        address provider,
+        bytes32 modelId,
+        uint96 amount,
+        address sessionKey,
+        uint96 maxInputPricePerM,
+        uint96 maxOutputPricePerM
+    ) external payable returns (bytes32 channelId);
     function topUp(bytes32 channelId, uint96 amount) external payable;
     function authorizeSessionKey(bytes32 channelId, address sessionKey) external;
     function claim(Receipt calldata receipt, bytes calldata signature) external returns (uint96 amount);

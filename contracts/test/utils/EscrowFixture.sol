@@ -53,14 +53,17 @@ abstract contract EscrowFixture is Test {
         usdc.approve(address(escrow), type(uint256).max);
     }
 
+    /// @dev Opens as a client does: with the prices it was just quoted as its limits.
     function _openEth(uint96 amount) internal returns (bytes32) {
+        (uint96 maxIn, uint96 maxOut,) = registry.quote(provider, ETH_MODEL);
         vm.prank(client);
-        return escrow.open{value: amount}(provider, ETH_MODEL, amount, address(0));
+        return escrow.open{value: amount}(provider, ETH_MODEL, amount, address(0), maxIn, maxOut);
     }
 
     function _openUsdc(uint96 amount) internal returns (bytes32) {
+        (uint96 maxIn, uint96 maxOut,) = registry.quote(provider, USDC_MODEL);
         vm.prank(client);
-        return escrow.open(provider, USDC_MODEL, amount, address(0));
+        return escrow.open(provider, USDC_MODEL, amount, address(0), maxIn, maxOut);
     }
 
     function _receipt(bytes32 channelId, uint64 inputTokens, uint64 outputTokens)
