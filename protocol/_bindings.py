@@ -37,7 +37,7 @@ from web3.exceptions import (
 from ._abi import load_artifact
 from ._errors import ChainUnavailable, ContractError
 from ._revert import ARTIFACTS, decode_revert
-from ._types import Domain, Prices, Receipt, SignedReceipt, checksum
+from ._types import UINT96_MAX, Domain, Prices, Receipt, SignedReceipt, check_uint, checksum
 
 ETH = "0x0000000000000000000000000000000000000000"
 RECEIPT_TIMEOUT_S = 120
@@ -569,12 +569,26 @@ class Escrow:
         model_id: bytes,
         amount: int,
         session_key: str = ETH,
+        *,
+        max_input_price_per_m: int,
+        max_output_price_per_m: int,
     ) -> TxResult:
-        """Open a channel with ``amount`` (approving an ERC-20 first if needed); value = id."""
+        """Open a channel with ``amount`` (approving an ERC-20 first if needed); value = id.
+
+        The limits are required, with no default: pass the prices the caller was quoted, so
+        that a price raised before the transaction is mined reverts it
+        (``ContractError`` ``EscrowPriceAboveLimit(input, output, maxInput, maxOutput)``)
+        instead of reaching the channel. ``2**96 - 1`` is no limit, for a caller that says so.
+        """
         provider = checksum("provider", provider)
+        limits = (
+            check_uint("max_input_price_per_m", max_input_price_per_m, UINT96_MAX),
+            check_uint("max_output_price_per_m", max_output_price_per_m, UINT96_MAX),
+        )
         _, token = self.registry.quote(provider, model_id)
         value = self._fund(account, token, amount)
-        fn = self.contract.functions.open(provider, model_id, amount, checksum("key", session_key))
+        key = checksum("key", session_key)
+        fn = self.contract.functions.open(provider, model_id, amount, key, *limits)
         result = transact(self.w3, account, fn, value=value)
         return _with_value(result, result.event("ChannelOpened").args["channelId"])
 

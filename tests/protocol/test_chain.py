@@ -42,9 +42,20 @@ def list_eth_model(d: Any, provider: Any, name: str = MODEL, prices: Prices = PR
     return bytes(result.value)
 
 
+def limits(prices: Prices) -> dict[str, int]:
+    """``Escrow.open``'s price limits: the prices the client was quoted."""
+    return {
+        "max_input_price_per_m": prices.input_per_m,
+        "max_output_price_per_m": prices.output_per_m,
+    }
+
+
 def open_eth(d: Any, accounts: Any, amount: int = DEPOSIT) -> bytes:
     mid = list_eth_model(d, accounts.provider)
-    return bytes(d.escrow.open(accounts.client, accounts.provider.address, mid, amount).value)
+    opened = d.escrow.open(
+        accounts.client, accounts.provider.address, mid, amount, **limits(PRICES)
+    )
+    return bytes(opened.value)
 
 
 def signed(d: Any, signer: Any, cid: bytes, i: int, o: int, root: bytes = ZERO_ROOT):
@@ -102,7 +113,7 @@ def test_open_eth_channel(deployment: Any, accounts: Any, w3: Any) -> None:
     nonce = d.escrow.channel_count()
     before = balance(w3, d.escrow.address)
     start = d.escrow.block_number()
-    result = d.escrow.open(client, provider.address, mid, DEPOSIT)
+    result = d.escrow.open(client, provider.address, mid, DEPOSIT, **limits(PRICES))
     cid = result.value
     assert cid == channel_id(d.escrow.address, client.address, provider.address, mid, nonce)
     assert balance(w3, d.escrow.address) - before == DEPOSIT
@@ -131,7 +142,9 @@ def test_open_usdc_channel_approves_and_tops_up(deployment: Any, accounts: Any) 
         context_length=2048,
     ).value
     d.usdc.mint(client, client.address, 50_000_000)
-    result = d.escrow.open(client, provider.address, mid, 20_000_000)
+    result = d.escrow.open(
+        client, provider.address, mid, 20_000_000, **limits(Prices(2_000_000, 8_000_000))
+    )
     assert [e.name for e in result.events].count("Transfer") == 1
     cid = result.value
     state = d.escrow.get_channel(cid)
@@ -278,7 +291,9 @@ def test_reverts_are_decoded_with_exact_names_and_args(deployment: Any, accounts
         str(exc.value) == f"EscrowNotClient({accounts.client2.address}, {accounts.client.address})"
     )
     with pytest.raises(ContractError) as exc:
-        d.escrow.open(accounts.client, accounts.provider.address, model_id(MODEL), 0)
+        d.escrow.open(
+            accounts.client, accounts.provider.address, model_id(MODEL), 0, **limits(PRICES)
+        )
     assert (exc.value.name, exc.value.args) == ("EscrowZeroAmount", ())
     with pytest.raises(ContractError) as exc:
         d.registry.register(accounts.provider, "http://again")
@@ -291,12 +306,93 @@ def test_reverts_are_decoded_with_exact_names_and_args(deployment: Any, accounts
     assert (exc.value.name, exc.value.args) == ("EscrowChannelNotFound", (b"\x09" * 32,))
 
 
-def test_output_price_above_uint88_is_refused_at_open(deployment: Any, accounts: Any) -> None:
-    d = deployment
-    mid = list_eth_model(d, accounts.provider, "huge", Prices(1, 2**88))
+def test_output_price_above_uint88_is_refused_by_the_registry(
+    deployment: Any, accounts: Any
+) -> None:
+    """A listing no channel could hold is refused when listed or priced, not at open."""
+    d, provider = deployment, accounts.provider
     with pytest.raises(ContractError) as exc:
-        d.escrow.open(accounts.client, accounts.provider.address, mid, 1)
-    assert (exc.value.name, exc.value.args) == ("EscrowPriceTooLarge", (2**88,))
+        list_eth_model(d, provider, "huge", Prices(1, 2**88))
+    assert (exc.value.name, exc.value.args) == ("RegistryOutputPriceTooLarge", (2**88, 2**88 - 1))
+    mid = list_eth_model(d, provider, "largest", Prices(2**96 - 1, 2**88 - 1))
+    with pytest.raises(ContractError) as exc:
+        d.registry.set_price(provider, mid, Prices(1, 2**96 - 1))
+    assert (exc.value.name, exc.value.args) == (
+        "RegistryOutputPriceTooLarge",
+        (2**96 - 1, 2**88 - 1),
+    )
+    largest = Prices(2**96 - 1, 2**88 - 1)
+    cid = d.escrow.open(accounts.client, provider.address, mid, 1, **limits(largest)).value
+    assert d.escrow.get_channel(cid).prices == largest
+
+
+def test_open_is_refused_when_the_price_rose_after_the_quote(
+    deployment: Any, accounts: Any, w3: Any
+) -> None:
+    """Front-running: the provider raises its price between the client's quote and its open."""
+    d, client, provider = deployment, accounts.client, accounts.provider
+    mid = list_eth_model(d, provider)
+    quoted, _ = d.registry.quote(provider.address, mid)
+    raised = Prices(quoted.input_per_m, quoted.output_per_m * 2)
+    d.registry.set_price(provider, mid, raised)
+    nonce, held, own = (
+        d.escrow.channel_count(),
+        balance(w3, d.escrow.address),
+        balance(w3, client.address),
+    )
+    with pytest.raises(ContractError) as exc:
+        d.escrow.open(client, provider.address, mid, DEPOSIT, **limits(quoted))
+    assert (exc.value.name, exc.value.args) == (
+        "EscrowPriceAboveLimit",
+        (raised.input_per_m, raised.output_per_m, quoted.input_per_m, quoted.output_per_m),
+    )
+    assert str(exc.value) == (
+        f"EscrowPriceAboveLimit({raised.input_per_m}, {raised.output_per_m}, "
+        f"{quoted.input_per_m}, {quoted.output_per_m})"
+    )
+    assert d.escrow.channel_count() == nonce
+    assert balance(w3, d.escrow.address) == held
+    assert balance(w3, client.address) == own, "refused before any transaction was sent"
+    cid = d.escrow.open(client, provider.address, mid, DEPOSIT, **limits(raised)).value
+    assert d.escrow.get_channel(cid).prices == raised, "the client may accept the new price"
+
+
+def test_a_usdc_open_above_the_limit_moves_no_token(deployment: Any, accounts: Any) -> None:
+    d, client, provider = deployment, accounts.client, accounts.provider
+    d.registry.register(provider, "http://node")
+    quoted = Prices(2_000_000, 8_000_000)
+    mid = d.registry.list_model(
+        provider, "usdc-model", quoted, token=d.usdc.address, context_length=2048
+    ).value
+    d.registry.set_price(provider, mid, Prices(2_000_001, 8_000_000))
+    d.usdc.mint(client, client.address, 50_000_000)
+    with pytest.raises(ContractError) as exc:
+        d.escrow.open(client, provider.address, mid, 20_000_000, **limits(quoted))
+    assert (exc.value.name, exc.value.args) == (
+        "EscrowPriceAboveLimit",
+        (2_000_001, 8_000_000, 2_000_000, 8_000_000),
+    )
+    assert d.usdc.balance_of(client.address) == 50_000_000
+    assert d.usdc.balance_of(d.escrow.address) == 0
+
+
+def test_open_takes_no_default_price_limits(deployment: Any, accounts: Any) -> None:
+    d, client, provider = deployment, accounts.client, accounts.provider
+    mid = list_eth_model(d, provider)
+    with pytest.raises(TypeError, match="max_input_price_per_m"):
+        d.escrow.open(client, provider.address, mid, DEPOSIT)  # type: ignore[call-arg]
+    with pytest.raises(ValueError, match=r"max_output_price_per_m must be in \[0, "):
+        d.escrow.open(
+            client,
+            provider.address,
+            mid,
+            DEPOSIT,
+            max_input_price_per_m=1,
+            max_output_price_per_m=-1,
+        )
+    unlimited = {"max_input_price_per_m": 2**96 - 1, "max_output_price_per_m": 2**96 - 1}
+    cid = d.escrow.open(client, provider.address, mid, DEPOSIT, **unlimited).value
+    assert d.escrow.get_channel(cid).prices == PRICES, "the snapshot is the listing, not the limit"
 
 
 def test_a_mined_reverted_transaction_is_decoded(deployment: Any, accounts: Any) -> None:
@@ -331,7 +427,7 @@ def test_several_sends_in_a_row_from_threads(deployment: Any, accounts: Any) -> 
 )
 @given(
     input_price=st.integers(0, 2**96 - 1),
-    output_price=st.integers(0, 2**88 - 1),  # the escrow refuses larger output prices at open
+    output_price=st.integers(0, 2**88 - 1),  # the registry refuses larger output prices
     totals=st.lists(
         st.tuples(st.integers(0, 2**64 - 1), st.integers(0, 2**64 - 1)), min_size=1, max_size=4
     ),
@@ -342,7 +438,7 @@ def test_cost_of_equals_the_contract(
     d, provider = deployment, accounts.provider
     prices = Prices(input_price, output_price)
     mid = list_eth_model(d, provider, "prop", prices)
-    cid = d.escrow.open(accounts.client, provider.address, mid, 1).value
+    cid = d.escrow.open(accounts.client, provider.address, mid, 1, **limits(prices)).value
     assert d.escrow.get_channel(cid).prices == prices
     for i, o in [*totals, (0, 0), (2**64 - 1, 2**64 - 1), (1, 1)]:
         assert cost_of(i, o, prices) == d.escrow.cost_of(cid, i, o)
