@@ -46,7 +46,10 @@ class _Request:
     cancelled: bool = False  # set by the consumer when it closes the iterator
 
     def send(self, item: TokenEvent | BaseException) -> None:
-        self.loop.call_soon_threadsafe(self.events.put_nowait, item)
+        try:
+            self.loop.call_soon_threadsafe(self.events.put_nowait, item)
+        except RuntimeError:  # the consumer's event loop is closed: nobody is listening
+            self.cancelled = True
 
 
 class TransformersEngine:
