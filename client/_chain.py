@@ -16,6 +16,7 @@ from eth_utils import to_checksum_address
 from tallystick.protocol import (
     ChainUnavailable,
     ChannelState,
+    ContractError,
     Domain,
     Escrow,
     Prices,
@@ -28,6 +29,8 @@ from tallystick.protocol import (
 )
 from tallystick.protocol import Listing as ChainListing
 from web3 import Web3
+
+from ._errors import PriceChanged
 
 __all__ = ["ETH", "Chain", "Listing", "status_name"]
 
@@ -127,9 +130,29 @@ class Chain:
         model: str,
         amount: int,
         session_key: str = ETH,
+        *,
+        max_prices: Prices,
     ) -> tuple[bytes, TxResult]:
-        """Open a channel; return its id and the transaction."""
-        tx = self.escrow.open(account, provider, model_id(model), amount, session_key)
+        """Open a channel at no more than ``max_prices``; return its id and the transaction.
+
+        ``max_prices`` are the prices the client accepted: a price raised before the
+        transaction is mined makes the escrow refuse it, raised here as ``PriceChanged``.
+        """
+        try:
+            tx = self.escrow.open(
+                account,
+                provider,
+                model_id(model),
+                amount,
+                session_key,
+                max_input_price_per_m=max_prices.input_per_m,
+                max_output_price_per_m=max_prices.output_per_m,
+            )
+        except ContractError as exc:
+            if exc.name != "EscrowPriceAboveLimit":
+                raise
+            current = Prices(int(exc.args[0]), int(exc.args[1]))
+            raise PriceChanged(provider, model, max_prices, current) from exc
         return bytes(tx.value), tx
 
     def top_up(self, account: LocalAccount, channel_id: bytes, amount: int) -> TxResult:

@@ -73,6 +73,11 @@ class Channels:
     ) -> ChannelInfo:
         """Open a channel to ``provider`` (or the cheapest) for ``model`` with ``deposit``.
 
+        ``max_input_price``/``max_output_price`` bound the offers considered. The offer's own
+        prices (checked against the node's ``/v1/models``) are the limits of the ``open``
+        transaction, so a price raised before it is mined raises ``PriceChanged`` and nothing
+        is deposited.
+
         ``session_key=True`` authorises a fresh key for this channel alone in the same
         transaction; it signs the channel's bearer tokens and receipts, so the wallet's key is
         needed again only to top up or close (see ``Store.add_session_key`` for its storage).
@@ -92,7 +97,12 @@ class Channels:
         # The key is on disk before the transaction that authorises it is sent.
         key = self._client.store.new_session_key() if session_key else None
         cid, _ = self._chain.open_channel(
-            account, offer.provider, model, deposit, key.address if key else ETH
+            account,
+            offer.provider,
+            model,
+            deposit,
+            key.address if key else ETH,
+            max_prices=offer.prices,
         )
         info = self._info(cid, offer)
         self._client.store.add_channel(info)

@@ -6,6 +6,7 @@
         ├── StoreError               the local store refuses a write (e.g. lower totals)
         ├── ProviderNotFound         no provider lists the model (or not at that price)
         ├── ListingMismatch          a node's /v1/models disagrees with its on-chain listing
+        ├── PriceChanged             the price rose above the accepted offer before `open` ran
         ├── ChannelNotFound          no such channel in the local store (or not open)
         ├── ChannelStateError        the channel is not in a state that allows the operation
         ├── BillingDispute           a bill failed verification: nothing was countersigned
@@ -24,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from tallystick.protocol import TallystickError
+from tallystick.protocol import Prices, TallystickError
 
 __all__ = [
     "BillingDispute",
@@ -36,6 +37,7 @@ __all__ = [
     "NodeError",
     "NodeUnavailable",
     "PaymentRequired",
+    "PriceChanged",
     "ProviderNotFound",
     "StoreError",
     "WalletError",
@@ -60,6 +62,30 @@ class ProviderNotFound(ClientError):
 
 class ListingMismatch(ClientError):
     """A node advertises a model differently from its on-chain listing."""
+
+
+class PriceChanged(ClientError):
+    """The provider's price rose above the accepted offer before ``open`` was mined.
+
+    The escrow refused the open (``EscrowPriceAboveLimit``), so nothing was escrowed.
+    ``accepted`` are the prices the client discovered and used as its limits, ``current`` the
+    listing's prices when the transaction ran.
+    """
+
+    def __init__(self, provider: str, model: str, accepted: Prices, current: Prices) -> None:
+        self.provider = provider
+        self.model = model
+        self.accepted = accepted
+        self.current = current
+        super().__init__(
+            f"provider {provider} raised its price for {model!r} before the channel opened: "
+            f"accepted {_per_m(accepted)}, now {_per_m(current)}; the escrow refused the open and "
+            "nothing was deposited (open again to accept the new price)"
+        )
+
+
+def _per_m(prices: Prices) -> str:
+    return f"input {prices.input_per_m} / output {prices.output_per_m} per million tokens"
 
 
 class ChannelNotFound(ClientError):

@@ -120,16 +120,36 @@ def channel() -> None:
 @click.option("--deposit", type=int, required=True, help="base units (wei for ETH)")
 @click.option("--provider", help="provider address (default: the cheapest)")
 @click.option("--session-key", is_flag=True, help="sign requests with a per-channel key")
+@click.option("--max-input-price", type=int, help="per million input tokens, base units")
+@click.option("--max-output-price", type=int, help="per million output tokens, base units")
 @click.pass_obj
 def channel_open(
-    s: Settings, model: str, deposit: int, provider: str | None, session_key: bool
+    s: Settings,
+    model: str,
+    deposit: int,
+    provider: str | None,
+    session_key: bool,
+    max_input_price: int | None,
+    max_output_price: int | None,
 ) -> None:
-    """Escrow a deposit with a provider for one model."""
+    """Escrow a deposit with a provider for one model.
+
+    The open is refused, and nothing deposited, if the provider raises its price above the
+    listing found here (and checked against its node) before the transaction is mined.
+    """
     with s.client() as client:
-        info = client.channels.open(model, deposit, provider, session_key=session_key)
+        info = client.channels.open(
+            model,
+            deposit,
+            provider,
+            session_key=session_key,
+            max_input_price=max_input_price,
+            max_output_price=max_output_price,
+        )
     out.print(
         f"opened channel {info.hex_id} with {info.provider} for {info.model}: "
-        f"deposit {info.deposit} {_token(info.token)}"
+        f"deposit {info.deposit} {_token(info.token)}, per million tokens "
+        f"input {info.prices.input_per_m} / output {info.prices.output_per_m}"
     )
 
 

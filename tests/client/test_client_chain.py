@@ -12,11 +12,12 @@ from tallystick.client import (
     Chain,
     ChannelStateError,
     ListingMismatch,
+    PriceChanged,
     ProviderNotFound,
     Tallystick,
     Wallet,
 )
-from tallystick.protocol import ContractError, Prices, cost_of
+from tallystick.protocol import ContractError, Prices, cost_of, model_id
 
 pytestmark = pytest.mark.chain
 MESSAGES = [{"role": "user", "content": "hello"}]
@@ -138,3 +139,56 @@ def test_finalize_before_the_challenge_period_is_a_contract_error(
     with pytest.raises(ContractError) as caught:
         client.channels.finalize(info.channel_id)
     assert caught.value.name == "EscrowChallengeNotOver"
+
+
+def _front_run(client: Tallystick, world: dict[str, Any], provider: Any, raised: Prices) -> None:
+    """The provider's ``setPrice`` is mined after discovery and the node check, before ``open``."""
+    original = client.chain.open_channel
+
+    def open_after_price_change(*args: Any, **kwargs: Any) -> Any:
+        world["deployment"].registry.set_price(provider, model_id(MODEL), raised)
+        return original(*args, **kwargs)
+
+    client.chain.open_channel = open_after_price_change  # type: ignore[method-assign]
+
+
+def test_a_price_raised_between_discovery_and_open_is_refused(
+    client: Tallystick, world: dict[str, Any]
+) -> None:
+    a, d, w3 = world["accounts"], world["deployment"], world["w3"]
+    raised = Prices(PRICES.input_per_m, PRICES.output_per_m * 5)
+    _front_run(client, world, a.provider, raised)
+    nonce, own = d.escrow.channel_count(), int(w3.eth.get_balance(a.client.address))
+    with pytest.raises(PriceChanged) as caught:
+        # Caps far above the listing: the limits of the open are still the discovered prices.
+        client.channels.open(MODEL, 10**15, a.provider.address, max_output_price=10**30)
+    assert (caught.value.accepted, caught.value.current) == (PRICES, raised)
+    assert str(caught.value) == (
+        f"provider {a.provider.address} raised its price for {MODEL!r} before the channel "
+        f"opened: accepted input {PRICES.input_per_m} / output {PRICES.output_per_m} per "
+        f"million tokens, now input {raised.input_per_m} / output {raised.output_per_m} per "
+        "million tokens; the escrow refused the open and nothing was deposited (open again to "
+        "accept the new price)"
+    )
+    cause = caught.value.__cause__
+    assert isinstance(cause, ContractError) and cause.name == "EscrowPriceAboveLimit"
+    assert d.escrow.channel_count() == nonce
+    assert int(w3.eth.get_balance(a.client.address)) == own
+    assert client.channels.list() == []
+    del client.chain.open_channel  # the provider stops raising; the node shows the new price
+    world["fake"].prices = raised
+    info = client.channels.open(MODEL, 10**15, a.provider.address)
+    assert info.prices == raised == d.escrow.get_channel(info.channel_id).prices
+
+
+def test_a_usdc_open_refused_for_its_price_moves_no_token(
+    client: Tallystick, world: dict[str, Any]
+) -> None:
+    a, d = world["accounts"], world["deployment"]
+    world["fake"].prices = USDC_PRICES
+    before = d.usdc.balance_of(a.client.address)
+    _front_run(client, world, a.provider2, Prices(USDC_PRICES.input_per_m + 1, 0))
+    with pytest.raises(PriceChanged, match=r"now input 1000001 / output 0 per million"):
+        client.channels.open(MODEL, 10**6, a.provider2.address)
+    assert d.usdc.balance_of(a.client.address) == before
+    assert d.usdc.balance_of(d.escrow.address) == 0

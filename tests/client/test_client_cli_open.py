@@ -1,0 +1,85 @@
+"""``tallystick channel open`` on the real node and anvil: price caps and a front-run refused."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from client_nodekit import serve_node
+from tallystick.client import Chain
+from tallystick.client.cli import main
+from tallystick.protocol import Prices, model_id
+
+pytestmark = pytest.mark.chain
+PRICES = Prices(input_per_m=3_000_000_000, output_per_m=9_000_000_000)
+DEPOSIT = 10**15
+
+
+@pytest.fixture
+def args(deployment: Any, accounts: Any, anvil: Any, tmp_path: Path) -> Iterator[list[str]]:
+    """The CLI's global options for ``accounts.client``, with a real node listed at PRICES."""
+    from tallystick.node.engines import FakeEngine
+
+    with serve_node(
+        FakeEngine(model_name="fake-model"),
+        PRICES,
+        deployment=deployment,
+        provider=accounts.provider,
+        rpc=anvil.url,
+        db=tmp_path / "node.db",
+    ):
+        out = ["--rpc", anvil.url, "--registry", deployment.registry.address]
+        out += ["--escrow", deployment.escrow.address, "--store", str(tmp_path / "c.db")]
+        yield [*out, "--key", "0x" + accounts.client.key.hex().removeprefix("0x")]
+
+
+def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = 0
+    try:
+        main(argv)
+    except SystemExit as exc:  # main exits only on an error
+        code = int(exc.code or 0)
+    captured = capsys.readouterr()
+    return code, _flat(captured.out), captured.err
+
+
+def _flat(text: str) -> str:
+    return " ".join(text.split())
+
+
+def test_channel_open_prints_the_snapshot_prices_and_honours_the_caps(
+    args: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    open_ = [*args, "channel", "open", "--model", "fake-model", "--deposit", str(DEPOSIT)]
+    code, _, err = _run([*open_, "--max-output-price", str(PRICES.output_per_m - 1)], capsys)
+    assert code == 1 and err.count("\n") == 1 and "within the price limits" in err
+    code, out, _ = _run([*open_, "--max-output-price", str(PRICES.output_per_m)], capsys)
+    assert code == 0
+    assert f"input {PRICES.input_per_m} / output {PRICES.output_per_m}" in out
+
+
+def test_channel_open_refuses_a_price_raised_before_the_transaction(
+    args: list[str],
+    deployment: Any,
+    accounts: Any,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    raised = Prices(PRICES.input_per_m * 2, PRICES.output_per_m)
+    original = Chain.open_channel
+
+    def open_after_price_change(self: Chain, *a: Any, **kw: Any) -> Any:
+        deployment.registry.set_price(accounts.provider, model_id("fake-model"), raised)
+        return original(self, *a, **kw)
+
+    monkeypatch.setattr(Chain, "open_channel", open_after_price_change)
+    nonce = deployment.escrow.channel_count()
+    open_ = [*args, "channel", "open", "--model", "fake-model", "--deposit", str(DEPOSIT)]
+    code, _, err = _run(open_, capsys)
+    assert code == 1 and err.count("\n") == 1 and "Traceback" not in err
+    assert f"accepted input {PRICES.input_per_m} / output {PRICES.output_per_m}" in err
+    assert f"now input {raised.input_per_m} / output {raised.output_per_m}" in err
+    assert "nothing was deposited" in err
+    assert deployment.escrow.channel_count() == nonce
