@@ -207,14 +207,18 @@ class Bench:
 
     def open_eth(self, client: LocalAccount, label: str | None = None) -> bytes:
         amount = 10**18
-        call = self.c.escrow.functions.open(self.provider.address, self.model_eth, amount, ETH)
+        call = self.c.escrow.functions.open(
+            self.provider.address, self.model_eth, amount, ETH, PRICE_IN, PRICE_OUT
+        )
         return self.opened_id(self.send(client, call, value=amount, label=label))
 
     def open_usdc(self, client: LocalAccount, amount: int, label: str | None = None) -> bytes:
         # A client that keeps a balance and approves exactly the deposit (no refund for zeroing it).
         self.send(client, self.c.usdc.functions.mint(client.address, 2 * amount))
         self.send(client, self.c.usdc.functions.approve(self.c.escrow.address, amount))
-        call = self.c.escrow.functions.open(self.provider.address, self.model_usdc, amount, ETH)
+        call = self.c.escrow.functions.open(
+            self.provider.address, self.model_usdc, amount, ETH, PRICE_IN, PRICE_OUT
+        )
         return self.opened_id(self.send(client, call, label=label))
 
     def receipt(self, client: LocalAccount, channel: bytes, total: int) -> tuple[Any, bytes]:

@@ -50,7 +50,10 @@ class _Channels:
         from tallystick.protocol import ZERO_ROOT
 
         self.chain, self.client = chain, client
-        opened = [chain.escrow.open(client, provider.address, model, 10**17) for _ in range(n)]
+        limits = {"max_input_price_per_m": PRICES[0], "max_output_price_per_m": PRICES[1]}
+        opened = [
+            chain.escrow.open(client, provider.address, model, 10**17, **limits) for _ in range(n)
+        ]
         self.open_gas = [r.gas_used for r in opened]
         self.ids = [bytes(r.value) for r in opened]
         self.state = {cid: (0, 0, 0, ZERO_ROOT) for cid in self.ids}  # seq, I, O, root

@@ -73,7 +73,7 @@ def open_many(chain: Chain, clients: list[Any], provider: str, model: bytes, n: 
     hashes = []
     for i in range(n):
         client = clients[i % len(clients)]
-        fn = escrow.functions.open(provider, model, 10**16, "0x" + "00" * 20)
+        fn = escrow.functions.open(provider, model, 10**16, "0x" + "00" * 20, *PRICES)
         nonce = chain.w3.eth.get_transaction_count(client.address, "pending")
         tx = fn.build_transaction(
             {"from": client.address, "value": 10**16, "nonce": nonce, "gas": 300_000}
