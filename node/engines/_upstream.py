@@ -36,6 +36,7 @@ __all__ = ["UpstreamEngine"]
 log = logging.getLogger("tallystick.node.engines")
 
 _LAST_WORD = re.compile(r"\s+\S*\s*$")
+_MAX_TAIL = 64  # characters of upstream text held back at most, in re-tokenise mode
 
 
 class UpstreamEngine:
@@ -215,7 +216,8 @@ class _Meter:
         self._budget = budget
         self._pending: list[int] = []  # ids mode: the newest chunk's ids, not sent yet
         self._text = ""  # text mode: everything the upstream returned
-        self._committed: list[int] = []  # text mode: ids of the text sent so far
+        self._committed: list[int] = []  # text mode: ids sent so far ...
+        self._committed_text = ""  # ... and the upstream text they stand for
         self._ids_mode = False
         self._finish: str | None = None
 
@@ -239,18 +241,29 @@ class _Meter:
 
     def _stable_ids(self) -> list[int]:
         # Re-tokenise up to the last whitespace run before the last word: later text
-        # cannot change the ids of what comes before it.
+        # cannot change the ids of what comes before it. Text without spaces (e.g. CJK)
+        # is committed up to a short tail, so it still streams.
         last_word = _LAST_WORD.search(self._text)
-        return self._new_ids(self._text[: last_word.start()] if last_word else "")
+        cut = last_word.start() if last_word else 0
+        if len(self._text) - max(cut, len(self._committed_text)) > _MAX_TAIL:
+            cut = len(self._text) - _MAX_TAIL // 4
+        return self._new_ids(self._text[:cut])
 
     def _new_ids(self, text: str) -> list[int]:
-        ids = list(self._encoder.encode(text, add_special_tokens=False).ids) if text else []
-        if ids[: len(self._committed)] != self._committed:
-            log.warning("re-tokenised upstream text changed earlier ids; holding until the end")
+        done = self._committed_text
+        if len(text) <= len(done) or not text.startswith(done):
             return []
-        fresh = ids[len(self._committed) :]
+        ids = self._encode(text)
+        if ids[: len(self._committed)] == self._committed:
+            fresh = ids[len(self._committed) :]
+        else:  # a token boundary moved: tokenise the new text alone (decode is still the text)
+            fresh = self._encode(text[len(done) :])
         self._committed += fresh
+        self._committed_text = text
         return fresh
+
+    def _encode(self, text: str) -> list[int]:
+        return list(self._encoder.encode(text, add_special_tokens=False).ids)
 
     def _emit(self, ids: list[int], final: bool = False) -> list[TokenEvent]:
         room = self._budget - self._output.generated

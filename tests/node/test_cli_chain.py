@@ -125,8 +125,13 @@ def test_withdraw_pays_out_claimed_earnings(cli, deployment, accounts, w3):
     provider, client = accounts.provider, accounts.client
     fails(cli("withdraw"), 1, "EscrowNothingToWithdraw(", "nothing to withdraw")
     registry.register(provider, "http://node.example")
-    registry.list_model(provider, NAME, _prices(), tokenizer_hash=bytes(32), context_length=2048)
-    cid = bytes(escrow.open(client, provider.address, model_id(NAME), 10**15).value)
+    prices = _prices()
+    registry.list_model(provider, NAME, prices, tokenizer_hash=bytes(32), context_length=2048)
+    limits = {
+        "max_input_price_per_m": prices.input_per_m,
+        "max_output_price_per_m": prices.output_per_m,
+    }
+    cid = bytes(escrow.open(client, provider.address, model_id(NAME), 10**15, **limits).value)
     receipt = Receipt(cid, 1000, 500, b"\x01" * 32)
     escrow.claim(provider, sign_receipt(client, escrow.domain, receipt))
     earned = escrow.earnings(provider.address, ETH)

@@ -67,7 +67,14 @@ def served(
     assert listed.exit_code == 0, listed.output
     assert f"listed {NAME} " in listed.output
     cid = bytes(
-        deployment.escrow.open(accounts.client, provider.address, model_id(NAME), 10**17).value
+        deployment.escrow.open(
+            accounts.client,
+            provider.address,
+            model_id(NAME),
+            10**17,
+            max_input_price_per_m=PRICES.input_per_m,
+            max_output_price_per_m=PRICES.output_per_m,
+        ).value
     )
     port = free_port()
     log = (tmp_path / "node.log").open("wb")

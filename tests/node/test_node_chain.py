@@ -86,7 +86,14 @@ def market(deployment: Any, accounts: Any) -> Any:
         tokenizer_hash=engine.tokenizer_bundle.hash(),
         context_length=engine.context_length,
     )
-    cid = deployment.escrow.open(client, provider.address, model_id(MODEL), 10**17).value
+    cid = deployment.escrow.open(
+        client,
+        provider.address,
+        model_id(MODEL),
+        10**17,
+        max_input_price_per_m=PRICES.input_per_m,
+        max_output_price_per_m=PRICES.output_per_m,
+    ).value
     return deployment, engine, bytes(cid)
 
 

@@ -147,7 +147,11 @@ def test_upstream_engine_is_metered_countersigned_and_settled(
         ],
     )
     assert listed.exit_code == 0, listed.output
-    cid = bytes(escrow.open(client, provider.address, model_id(NAME), 10**17).value)
+    limits = {
+        "max_input_price_per_m": PRICES.input_per_m,
+        "max_output_price_per_m": PRICES.output_per_m,
+    }
+    cid = bytes(escrow.open(client, provider.address, model_id(NAME), 10**17, **limits).value)
     port = free_port()
     engine = ["--engine", "upstream", "--upstream-url", upstream, "--upstream-model", str(tiny_dir)]
     cmd = [str(BIN / "tallystick-node"), "serve", *args, *engine]

@@ -43,7 +43,14 @@ def _market(deployment: Any, accounts: Any, engine: FakeEngine, prices: Prices) 
         tokenizer_hash=engine.tokenizer_bundle.hash(),
         context_length=engine.context_length,
     )
-    opened = deployment.escrow.open(accounts.client, provider.address, model_id(MODEL), 10**18)
+    opened = deployment.escrow.open(
+        accounts.client,
+        provider.address,
+        model_id(MODEL),
+        10**18,
+        max_input_price_per_m=prices.input_per_m,
+        max_output_price_per_m=prices.output_per_m,
+    )
     return bytes(opened.value)
 
 

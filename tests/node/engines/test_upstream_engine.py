@@ -231,3 +231,17 @@ def test_meters_a_real_transformers_serve(served: str, tiny_dir: Path, tiny_coun
         assert text_of(events) == tiny_counter.decode(ids)
         assert events[-1].finish_reason in ("length", "stop")
         assert all(e.token_ids for e in events)
+
+
+def test_text_without_spaces_still_streams_and_is_metered_whole(
+    tiny_dir: Path, tiny_counter: Any
+) -> None:
+    pieces = ["日本語のテキスト" * 2] * 5  # 80 characters (240 byte ids), no whitespace
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=sse(*({"choices": [{"text": p}]} for p in pieces)))
+
+    engine = engine_with(handler, tiny_dir)
+    events = run(collect(engine, Prompt(ids=[1], text="x"), SamplingParams(2000)))
+    assert len(events) > 1  # streamed before the end
+    assert text_of(events) == "".join(pieces) == tiny_counter.decode(ids_of(events))
