@@ -305,12 +305,16 @@ def _wait_for_receipt(w3: Web3, tx_hash: Any) -> Any:
 
 
 def _replay_revert(w3: Web3, tx: dict[str, Any], receipt: Any) -> ContractError:
-    # A mined tx keeps no revert data; replaying it on the parent block's state recovers it.
+    # A mined tx keeps no revert data; replaying it on the parent block's state recovers it. When
+    # a transaction earlier in the same block caused the revert (a front-run `setPrice` before an
+    # `open`), only the block's own state reproduces it, so that is tried second.
     call = {k: tx[k] for k in ("from", "to", "data", "value", "gas") if k in tx}
-    try:
-        w3.eth.call(call, block_identifier=int(receipt["blockNumber"]) - 1)  # type: ignore[arg-type]
-    except (ContractCustomError, ContractLogicError, ContractPanicError) as exc:
-        return _contract_error(exc)
+    block = int(receipt["blockNumber"])
+    for state in (block - 1, block):
+        try:
+            w3.eth.call(call, block_identifier=state)  # type: ignore[arg-type]
+        except (ContractCustomError, ContractLogicError, ContractPanicError) as exc:
+            return _contract_error(exc)
     return ContractError("Reverted", (bytes(receipt["transactionHash"]),))
 
 
