@@ -233,3 +233,58 @@ def _reset(sock: socket.socket) -> None:
         sock.close()
     except OSError:
         pass
+
+
+# --- a front-run in the victim's own block ------------------------------------------------------
+
+
+def send_outbidding(w3: Any, account: Any, fn: Any, tip_gwei: int = 100) -> bytes:
+    """Send ``fn`` with a priority fee that puts it first in the next block; do not wait."""
+    base = int(w3.eth.get_block("latest")["baseFeePerGas"])
+    tip = tip_gwei * 10**9
+    tx = fn.build_transaction(
+        {
+            "from": account.address,
+            "nonce": w3.eth.get_transaction_count(account.address, "pending"),
+            "gas": 200_000,
+            "maxPriorityFeePerGas": tip,
+            "maxFeePerGas": 2 * base + tip,
+        }
+    )
+    return bytes(w3.eth.send_raw_transaction(account.sign_transaction(tx).raw_transaction))
+
+
+def same_block_front_run(w3: Any, victim: Callable[[], Any], front_run: Callable[[], Any]) -> Any:
+    """Run ``victim`` (one transaction, awaited) with automining off; once its transaction is in
+    the mempool, ``front_run`` sends one that outbids it, and a single block mines both.
+
+    This is the attack itself: a provider who watches the mempool gets its transaction mined
+    before the client's, in the same block. Returns what ``victim`` returned, or raises its error.
+    """
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = victim()
+        except BaseException as exc:  # handed to the test's thread below
+            outcome["error"] = exc
+
+    w3.provider.make_request("evm_setAutomine", [False])
+    thread = threading.Thread(target=run, daemon=True)
+    try:
+        thread.start()
+        wait_for(lambda: _pending(w3) >= 1 or not thread.is_alive(), 30, "the victim's tx")
+        if thread.is_alive():
+            front_run()
+            wait_for(lambda: _pending(w3) >= 2, 10, "the front-running tx")
+            w3.provider.make_request("evm_mine", [])
+    finally:
+        w3.provider.make_request("evm_setAutomine", [True])
+        thread.join(30)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("value")
+
+
+def _pending(w3: Any) -> int:
+    return int(w3.provider.make_request("txpool_status", [])["result"]["pending"], 16)

@@ -35,6 +35,11 @@ pytestmark = pytest.mark.chain
 DEPOSIT = 10**15
 ROOT = b"\x42" * 32
 SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+# The client's price limits at open: the listed prices it was quoted.
+LIMITS = {
+    "max_input_price_per_m": PRICES.input_per_m,
+    "max_output_price_per_m": PRICES.output_per_m,
+}
 
 
 @dataclass(frozen=True)
@@ -63,7 +68,8 @@ def refused(name: str, call: Any) -> ContractError:
 
 
 def _open(market: Any, account: Any) -> bytes:
-    result = market.escrow.open(account, market.accounts.provider.address, model_id(MODEL), DEPOSIT)
+    provider = market.accounts.provider.address
+    result = market.escrow.open(account, provider, model_id(MODEL), DEPOSIT, **LIMITS)
     return bytes(result.value)
 
 
@@ -117,7 +123,9 @@ def test_a_receipt_signed_for_another_chain_does_not_pay(
         accounts.provider, MODEL, PRICES, tokenizer_hash=b"\x11" * 32, context_length=2048
     )
     cid_b = bytes(
-        escrow_b.open(accounts.client, accounts.provider.address, model_id(MODEL), DEPOSIT).value
+        escrow_b.open(
+            accounts.client, accounts.provider.address, model_id(MODEL), DEPOSIT, **LIMITS
+        ).value
     )
     a, _ = channels
     assert escrow_b.address == market.escrow.address and cid_b == a  # identical but for chainId
@@ -221,7 +229,9 @@ def test_a_reentrant_token_cannot_withdraw_twice(market: Any) -> None:
         tokenizer_hash=b"\x11" * 32, context_length=2048,
     )  # fmt: skip
     cid = bytes(
-        escrow.open(accounts.client, accounts.provider.address, model_id("evil-model"), 10**9).value
+        escrow.open(
+            accounts.client, accounts.provider.address, model_id("evil-model"), 10**9, **LIMITS
+        ).value
     )
     escrow.claim(
         accounts.provider, sign_receipt(accounts.client, escrow.domain, _receipt(cid, 1000, 1000))

@@ -14,8 +14,8 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
-from reliakit import MESSAGES, MODEL, PRICES
-from tallystick.client import BillingDispute, PaymentRequired
+from reliakit import MESSAGES, MODEL, PRICES, same_block_front_run, send_outbidding
+from tallystick.client import BillingDispute, PaymentRequired, PriceChanged
 from tallystick.protocol import (
     Prices,
     UsageRecord,
@@ -214,58 +214,88 @@ def test_max_tokens_whose_worst_case_exceeds_the_deposit_is_402(
     assert reply.tally is not None and reply.tally.cost <= deposit
 
 
-def _front_run(market: Any, client: Any, raised: Prices) -> None:
+def _front_run(market: Any, client: Any, changed: Prices) -> None:
     """The provider's set_price is mined just before the client's open (same client code)."""
     chain = client.chain
     original = chain.open_channel
 
     def open_after_price_change(*args: Any, **kwargs: Any) -> Any:
-        market.registry.set_price(market.accounts.provider, model_id(MODEL), raised)
+        market.registry.set_price(market.accounts.provider, model_id(MODEL), changed)
         return original(*args, **kwargs)
 
     chain.open_channel = open_after_price_change
 
 
-def test_front_run_price_rise_is_billed_at_the_snapshot_and_visible_in_the_store(
-    market: Any, malicious_node: Any, make_client: Any
-) -> None:
-    """What happens today: the channel opens at the raised prices (not refused)."""
-    malicious_node(None)
-    client = make_client(market.accounts.client, "client")
-    (offer,) = client.providers(MODEL)
-    assert offer.prices == PRICES
-    raised = Prices(PRICES.input_per_m * 10, PRICES.output_per_m * 10)
-    _front_run(market, client, raised)
-    info = client.channels.open(
-        MODEL,
-        DEPOSIT,
-        max_input_price=PRICES.input_per_m,
-        max_output_price=PRICES.output_per_m,
-    )
-    # The escrow snapshotted the raised prices; the SDK records those, so every bill it
-    # verifies is priced honestly, but the client's price bounds were not enforced.
-    assert market.escrow.get_channel(info.channel_id).prices == raised
-    assert info.prices == raised
-    reply = client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=16)
-    rec = reply.tally.record.record
-    assert reply.tally.cost == cost_of(rec.input_tokens, rec.output_tokens, raised)
+def _nothing_moved(market: Any, client: Any, before: tuple[int, int]) -> None:
+    assert (market.escrow.channel_count(), _escrow_eth(market)) == before
+    assert client.channels.list() == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open() has no max-price bounds: neither TallyEscrow.open nor the SDK refuses a "
-    "snapshot above the prices the client discovered or capped (docs/security.md)",
-)
+def _escrow_eth(market: Any) -> int:
+    return int(market.w3.eth.get_balance(market.escrow.address))
+
+
 def test_front_run_price_rise_is_refused(
     market: Any, malicious_node: Any, make_client: Any
 ) -> None:
+    """setPrice mined in the block before the client's open: refused before anything is sent."""
     malicious_node(None)
     client = make_client(market.accounts.client, "client")
     raised = Prices(PRICES.input_per_m * 10, PRICES.output_per_m * 10)
     _front_run(market, client, raised)
+    before = (market.escrow.channel_count(), _escrow_eth(market))
     balance = int(market.w3.eth.get_balance(market.accounts.client.address))
-    with pytest.raises(Exception):  # noqa: B017 - any refusal; today nothing is raised
+    with pytest.raises(PriceChanged) as caught:
         client.channels.open(
             MODEL, DEPOSIT, max_input_price=PRICES.input_per_m, max_output_price=PRICES.output_per_m
         )
-    assert int(market.w3.eth.get_balance(market.accounts.client.address)) > balance - DEPOSIT
+    assert (caught.value.accepted, caught.value.current) == (PRICES, raised)
+    _nothing_moved(market, client, before)
+    # The gas estimate reverted, so no transaction was even sent: not a wei of gas was spent.
+    assert int(market.w3.eth.get_balance(market.accounts.client.address)) == balance
+
+
+def test_front_run_in_the_same_block_is_refused_and_costs_only_gas(
+    market: Any, malicious_node: Any, make_client: Any
+) -> None:
+    """The attack itself: the provider sees the client's open in the mempool and outbids it."""
+    malicious_node(None)
+    client = make_client(market.accounts.client, "client")
+    w3, provider = market.w3, market.accounts.provider
+    raised = Prices(PRICES.input_per_m, PRICES.output_per_m * 2)
+    set_price = market.registry.contract.functions.setPrice(
+        model_id(MODEL), raised.input_per_m, raised.output_per_m
+    )
+    before = (market.escrow.channel_count(), _escrow_eth(market))
+    balance = int(w3.eth.get_balance(market.accounts.client.address))
+    with pytest.raises(PriceChanged) as caught:
+        same_block_front_run(
+            w3,
+            lambda: client.channels.open(MODEL, DEPOSIT),
+            lambda: send_outbidding(w3, provider, set_price),
+        )
+    assert (caught.value.accepted, caught.value.current) == (PRICES, raised)
+    block = w3.eth.get_block("latest", full_transactions=True)
+    first, second = block["transactions"]
+    assert (first["from"], second["from"]) == (provider.address, market.accounts.client.address)
+    mined = w3.eth.get_transaction_receipt(second["hash"])
+    assert mined["status"] == 0, "the client's open was mined after the setPrice, and reverted"
+    _nothing_moved(market, client, before)
+    gas = int(mined["gasUsed"]) * int(mined["effectiveGasPrice"])
+    assert int(w3.eth.get_balance(market.accounts.client.address)) == balance - gas
+
+
+def test_a_price_lowered_before_open_is_taken_at_the_snapshot(
+    market: Any, malicious_node: Any, make_client: Any
+) -> None:
+    """The limits bound the price from above only: a cut before the open benefits the client."""
+    malicious_node(None)
+    client = make_client(market.accounts.client, "client")
+    lowered = Prices(PRICES.input_per_m // 2, PRICES.output_per_m // 3)
+    _front_run(market, client, lowered)
+    info = client.channels.open(MODEL, DEPOSIT)
+    assert market.escrow.get_channel(info.channel_id).prices == lowered
+    assert info.prices == lowered, "the store keeps the escrow's snapshot, not the offer"
+    reply = client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=16)
+    rec = reply.tally.record.record
+    assert reply.tally.cost == cost_of(rec.input_tokens, rec.output_tokens, lowered)
