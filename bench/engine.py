@@ -1,7 +1,8 @@
 """Engine throughput and latency on the real model: the bare TransformersEngine at several
 concurrency levels (same prompts, greedy, ``max_tokens`` fixed).
 
-    python -m bench.engine [--model PATH] [--streams 1,4,8,16] [--max-tokens 64] [--threads N]
+    python -m bench.engine [--model PATH] [--streams 1,4,8,16] [--max-tokens 64]
+                           [--threads N] [--baseline]
 
 Prints aggregate tokens/s, TTFT p50/p95, inter-token latency p50/p95 per level, and the
 8-stream / 1-stream throughput ratio against the 5x target.
@@ -94,6 +95,7 @@ async def bench_engine_async(
     levels: tuple[int, ...] = (1, 4, 8, 16),
     max_tokens: int = 64,
     num_threads: int | None = None,
+    baseline: bool = False,
 ) -> list[LevelResult]:
     from tallystick.node.engines import TransformersEngine
 
@@ -101,9 +103,43 @@ async def bench_engine_async(
     await engine.start()
     try:
         await run_level(engine, 2, 8)  # warm-up: first calls allocate and pick kernels
-        return [await run_level(engine, n, max_tokens) for n in levels]
+        results = [await run_level(engine, n, max_tokens) for n in levels]
     finally:
         await engine.stop()
+    if baseline:
+        for n in (1, 8):
+            rate = static_generate_baseline(engine, n, max_tokens)
+            print(f"reference: plain generate(), static batch of {n}: {rate:.1f} tok/s")
+    return results
+
+
+def static_generate_baseline(engine: Any, streams: int, max_tokens: int) -> float:
+    """tokens/s of plain ``model.generate`` on one static left-padded batch (a reference
+    measured under the same machine load as the engine)."""
+    import torch
+
+    tokenizer_prompts = []
+    for i in range(streams):
+        messages = [{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}]
+        tokenizer_prompts.append(engine.counter.chat_prompt_ids(messages))
+    width = max(len(p) for p in tokenizer_prompts)
+    ids = torch.zeros((streams, width), dtype=torch.long)  # (batch, width)
+    mask = torch.zeros((streams, width), dtype=torch.long)
+    for row, prompt in enumerate(tokenizer_prompts):
+        ids[row, width - len(prompt) :] = torch.tensor(prompt)
+        mask[row, width - len(prompt) :] = 1
+    model = engine._model
+    started = time.perf_counter()
+    with torch.inference_mode():
+        model.generate(
+            ids,
+            attention_mask=mask,
+            max_new_tokens=max_tokens,
+            min_new_tokens=max_tokens,
+            do_sample=False,
+            pad_token_id=0,
+        )
+    return streams * max_tokens / (time.perf_counter() - started)
 
 
 def bench_engine(
@@ -111,9 +147,10 @@ def bench_engine(
     levels: tuple[int, ...] = (1, 4, 8, 16),
     max_tokens: int = 64,
     num_threads: int | None = None,
+    baseline: bool = False,
 ) -> dict[str, Any]:
     """Run the engine bench, print its table and return the figures (for ``python -m bench``)."""
-    results = asyncio.run(bench_engine_async(model, levels, max_tokens, num_threads))
+    results = asyncio.run(bench_engine_async(model, levels, max_tokens, num_threads, baseline))
     report(results)
     by_streams = {r.streams: r for r in results}
     ratio = None
@@ -150,9 +187,10 @@ def main() -> None:
     parser.add_argument("--streams", default="1,4,8,16")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
+    parser.add_argument("--baseline", action="store_true", help="also time plain generate()")
     args = parser.parse_args()
     levels = tuple(int(s) for s in args.streams.split(","))
-    bench_engine(args.model, levels, args.max_tokens, args.threads)
+    bench_engine(args.model, levels, args.max_tokens, args.threads, args.baseline)
 
 
 if __name__ == "__main__":
