@@ -32,6 +32,8 @@ def main() -> None:
     from tallystick.node.cli import main as cli
 
     _engine_factory.build_engine = _fake_engine  # type: ignore[assignment]
+    # serve's preflight checks the real engine's options (--model) first; FakeEngine needs none.
+    _engine_factory.check_engine_settings = lambda settings: None
     cli()
 
 
