@@ -16,7 +16,7 @@ from ._ledger import ClaimItem, ClaimRow, LedgerStore, SqliteLedger
 from ._metrics import NodeMetrics
 from ._ratelimit import RateLimiter
 from ._settings import Settings, load_settings
-from ._settlement import Candidate, SettlementWorker
+from ._settlement import Candidate, SettlementWorker, plan_batches
 from ._types import ChannelInfo, ChannelStatus, StoredReceipt, StoredRecord
 
 __all__ = [
@@ -48,4 +48,5 @@ __all__ = [
     "create_app",
     "load_account",
     "load_settings",
+    "plan_batches",
 ]

@@ -23,7 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from tallystick.protocol import ChainError, Domain, model_id
 
 from ._chain import ChainView, ChannelCache
-from ._errors import ApiError
+from ._errors import ApiError, chain_unavailable
 from ._gate import PaymentGate
 from ._keys import load_account
 from ._ledger import LedgerStore, SqliteLedger
@@ -153,6 +153,13 @@ def _install_errors(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> Response:
         return JSONResponse(exc.envelope(), status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(ChainError)
+    async def chain_error(request: Request, exc: ChainError) -> Response:
+        # A route that needed the chain and found it down: transient, say when to retry.
+        log.warning("chain error on %s: %s", request.url.path, exc)
+        err = chain_unavailable(exc)
+        return JSONResponse(err.envelope(), status_code=err.status, headers=err.headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
@@ -354,7 +361,7 @@ async def _receipts(request: Request) -> Any:
 async def _channel(request: Request, channel: str) -> Any:
     node = _node(request)
     info = await _channel_auth(request, channel)
-    return node.gate.view(info)
+    return node.gate.view(await node.gate.fresh(info.channel_id))
 
 
 async def _record(
@@ -368,7 +375,7 @@ async def _record(
         raise ApiError(
             404, f"no record seq {seq} on this channel", param="seq", code="record_not_found"
         )
-    return {"model": stored.model, **tallystick_object(stored, {})}
+    return {"model": stored.model, **tallystick_object(stored)}
 
 
 async def _close(request: Request, channel: str) -> Any:

@@ -65,6 +65,10 @@ class ChainView(Protocol):
         """Fresh on-chain state, or None if the escrow never opened this id."""
         ...
 
+    async def read_channels(self, channel_ids: list[bytes]) -> dict[bytes, ChannelInfo | None]:
+        """``channel`` for many ids at once (batched reads; the settlement pass uses it)."""
+        ...
+
     async def listing(self, model_id: bytes) -> ListingInfo | None:
         """This provider's listing of ``model_id``, or None if it never listed it."""
         ...

@@ -17,7 +17,9 @@ from typing import Any
 
 from tallystick.protocol._errors import TallystickError
 
-__all__ = ["ApiError", "ConfigError", "KeyLoadError", "NodeError"]
+__all__ = ["ApiError", "ConfigError", "KeyLoadError", "NodeError", "chain_unavailable"]
+
+CHAIN_RETRY_AFTER_S = 5
 
 
 class NodeError(TallystickError):
@@ -77,3 +79,14 @@ class ApiError(NodeError):
                 "code": self.code,
             }
         }
+
+
+def chain_unavailable(exc: Exception) -> ApiError:
+    """503 for a request that needs the chain while its RPC does not answer."""
+    return ApiError(
+        503,
+        f"the node cannot read the chain right now ({exc}); retry shortly",
+        type="server_error",
+        code="chain_unavailable",
+        headers={"retry-after": str(CHAIN_RETRY_AFTER_S)},
+    )

@@ -11,11 +11,13 @@ import time
 from typing import Any
 
 from eth_account.signers.local import LocalAccount
+from eth_utils import event_abi_to_log_topic, to_checksum_address
 from tallystick.protocol import (
     ChainUnavailable,
     ContractError,
     Domain,
     Escrow,
+    Prices,
     Registry,
     SignedReceipt,
     connect,
@@ -28,7 +30,9 @@ from ._types import ZERO_ADDRESS, ChannelInfo, ChannelStatus
 
 __all__ = ["EscrowChain"]
 
-LISTING_TTL_S = 30.0
+CHANNEL_BATCH = 200  # getChannel calls per JSON-RPC batch request
+LISTING_TTL_S = 30.0  # a listing we found; registry events drop it sooner (``_close_requests``)
+MISSING_LISTING_TTL_S = 1.0  # a listing we did not find: it may be listed any moment
 
 
 class EscrowChain:
@@ -42,6 +46,7 @@ class EscrowChain:
         self.domain: Domain = escrow.domain
         self._model_ids: dict[bytes, bytes] = {}  # channel -> modelId (immutable once opened)
         self._listings: dict[bytes, tuple[float, ListingInfo | None]] = {}
+        self._opened_scan = 0  # next block to scan for ChannelOpened events of ours
 
     @classmethod
     async def connect(cls, settings: Settings, account: LocalAccount) -> EscrowChain:
@@ -94,6 +99,60 @@ class EscrowChain:
             session_key=None if state.session_key == ZERO_ADDRESS else state.session_key,
         )
 
+    async def read_channels(self, channel_ids: list[bytes]) -> dict[bytes, ChannelInfo | None]:
+        return await asyncio.to_thread(self._read_channels, list(channel_ids))
+
+    def _read_channels(self, channel_ids: list[bytes]) -> dict[bytes, ChannelInfo | None]:
+        # A settlement pass reads every channel with a receipt: one JSON-RPC batch per
+        # CHANNEL_BATCH getChannel calls, and the model ids of all our channels from one
+        # log query, instead of two round trips per channel.
+        self._learn_model_ids(channel_ids)
+        out: dict[bytes, ChannelInfo | None] = {}
+        for start in range(0, len(channel_ids), CHANNEL_BATCH):
+            chunk = channel_ids[start : start + CHANNEL_BATCH]
+            for cid, raw in zip(chunk, _rpc(lambda c=chunk: self._get_channels(c)), strict=True):
+                out[cid] = self._info(cid, raw)
+        return out
+
+    def _get_channels(self, chunk: list[bytes]) -> list[Any]:
+        getter = self.escrow.contract.functions.getChannel
+        with self.escrow.w3.batch_requests() as batch:
+            for cid in chunk:
+                batch.add(getter(cid))
+            return list(batch.execute())
+
+    def _info(self, channel_id: bytes, raw: Any) -> ChannelInfo | None:
+        client, provider, token, status, pi, po, deposit, paid, i, o, closes_at, key = raw
+        if int(status) == ChannelStatus.NONE:
+            return None
+        return ChannelInfo(
+            channel_id=channel_id,
+            client=to_checksum_address(client),
+            provider=to_checksum_address(provider),
+            token=to_checksum_address(token),
+            status=ChannelStatus(int(status)),
+            model_id=self._model_id(channel_id),
+            prices=Prices(int(pi), int(po)),
+            deposit=int(deposit),
+            paid=int(paid),
+            claimed_input=int(i),
+            claimed_output=int(o),
+            closes_at=int(closes_at),
+            session_key=None if int(key, 16) == 0 else to_checksum_address(key),
+        )
+
+    def _learn_model_ids(self, channel_ids: list[bytes]) -> None:
+        """Model ids of every channel opened with us since the last scan, in one log query."""
+        if all(cid in self._model_ids for cid in channel_ids):
+            return
+        head = self.escrow.block_number()
+        if head < self._opened_scan:
+            return
+        opened = self.escrow.channels_opened(self._opened_scan, head, provider=self.provider)
+        for event in opened:
+            self._model_ids[bytes(event.args["channelId"])] = bytes(event.args["modelId"])
+        self._opened_scan = head + 1
+
     def _model_id(self, channel_id: bytes) -> bytes:
         # ChannelView has no modelId; the ChannelOpened event does.
         if channel_id not in self._model_ids:
@@ -105,8 +164,10 @@ class EscrowChain:
 
     async def listing(self, model_id: bytes) -> ListingInfo | None:
         cached = self._listings.get(model_id)
-        if cached and time.monotonic() - cached[0] < LISTING_TTL_S:
-            return cached[1]
+        if cached:
+            ttl = MISSING_LISTING_TTL_S if cached[1] is None else LISTING_TTL_S
+            if time.monotonic() - cached[0] < ttl:
+                return cached[1]
         info = await asyncio.to_thread(self._listing, model_id)
         self._listings[model_id] = (time.monotonic(), info)
         return info
@@ -150,6 +211,7 @@ class EscrowChain:
         head = self.escrow.block_number()
         if head < from_block:
             return [], from_block
+        self._drop_changed_listings(from_block, head)
         out = []
         for event in self.escrow.close_requests(from_block, head):
             cid = bytes(event.args["channelId"])
@@ -157,10 +219,40 @@ class EscrowChain:
                 out.append(CloseRequest(cid, int(event.args["closesAt"]), event.block_number))
         return out, head + 1
 
+    def _drop_changed_listings(self, from_block: int, to_block: int) -> None:
+        # One eth_getLogs for ModelListed/PriceUpdated/ModelDelisted of this provider, so
+        # /v1/models shows a new price within a poll interval, not after the 30 s TTL.
+        if not self._listings:
+            return
+        logs = _rpc(
+            lambda: self.registry.w3.eth.get_logs(
+                {
+                    "address": self.registry.address,
+                    "fromBlock": from_block,
+                    "toBlock": to_block,
+                    "topics": [_listing_topics(self.registry), _address_topic(self.provider)],
+                }
+            )
+        )
+        for log in logs:
+            self._listings.pop(bytes(log["topics"][2]), None)
+
     async def timestamp(self) -> int:
         return await asyncio.to_thread(
             _rpc, lambda: int(self.escrow.w3.eth.get_block("latest")["timestamp"])
         )
+
+
+_LISTING_EVENTS = ("ModelListed", "PriceUpdated", "ModelDelisted")
+
+
+def _listing_topics(registry: Registry) -> list[str]:
+    events = [e for e in registry.contract.abi if e.get("type") == "event"]
+    return ["0x" + event_abi_to_log_topic(e).hex() for e in events if e["name"] in _LISTING_EVENTS]
+
+
+def _address_topic(address: str) -> str:
+    return "0x" + "00" * 12 + address.lower().removeprefix("0x")
 
 
 def _rpc(call: Any) -> Any:

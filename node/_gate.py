@@ -17,10 +17,12 @@ from eth_account.signers.local import LocalAccount
 from tallystick.protocol import (
     ZERO_ROOT,
     BearerToken,
+    ChainError,
     Domain,
     InvalidBearerToken,
     InvalidSignature,
     ProtocolError,
+    Receipt,
     SignedReceipt,
     UsageRecord,
     cost_of,
@@ -32,7 +34,7 @@ from tallystick.protocol import (
 )
 
 from ._chain import ChannelCache
-from ._errors import ApiError
+from ._errors import ApiError, chain_unavailable
 from ._ledger import LedgerStore
 from ._types import ChannelInfo, ChannelStatus, StoredReceipt, StoredRecord
 
@@ -135,7 +137,12 @@ class PaymentGate:
         return channel
 
     async def _channel(self, channel_id: bytes, *, refresh: bool = False) -> ChannelInfo:
-        channel = await self._cache.get(channel_id, refresh=refresh)
+        try:
+            channel = await self._cache.get(channel_id, refresh=refresh)
+        except ChainError as exc:
+            # Only a channel the node has never seen gets here (the cache serves known ones
+            # from their last state): a transient outage, not the client's fault.
+            raise chain_unavailable(exc) from exc
         if channel is None or channel.status == ChannelStatus.NONE:
             raise ApiError(
                 401, f"channel 0x{channel_id.hex()} does not exist", code="channel_not_found"
@@ -220,7 +227,12 @@ class PaymentGate:
         book.reserved_output -= reservation.max_tokens
 
     def finalize(
-        self, reservation: Reservation, model: str, prompt_ids: list[int], completion_ids: list[int]
+        self,
+        reservation: Reservation,
+        model: str,
+        prompt_ids: list[int],
+        completion_ids: list[int],
+        timings: dict[str, float] | None = None,
     ) -> StoredRecord:
         """Sign and store the record of a finished (or cut-short) request; no awaits inside."""
         self.release(reservation)
@@ -239,7 +251,7 @@ class PaymentGate:
             prev_root=prev_root,
         )
         signed = sign_usage_record(self._account, self.domain, record)
-        stored = StoredRecord(signed, list(completion_ids), model, time.time())
+        stored = StoredRecord(signed, list(completion_ids), model, time.time(), timings or {})
         self._ledger.add_record(stored)
         book.last = stored
         return stored
@@ -248,10 +260,11 @@ class PaymentGate:
 
     async def accept_receipt(self, raw: Any) -> StoredReceipt:
         """Verify a countersigned receipt against our records and store it (durably)."""
-        try:
-            signed = SignedReceipt.from_json(raw)
-        except (ProtocolError, ValueError) as exc:
-            raise ApiError(400, f"malformed receipt: {exc}", code="invalid_receipt") from exc
+        signed = _parse_receipt(raw)
+        await self._check_receipt_signer(signed)
+        return self._store_receipt(signed)
+
+    async def _check_receipt_signer(self, signed: SignedReceipt) -> None:
         channel = await self._channel(signed.receipt.channel_id)
         signer = self._receipt_signer(signed)
         if not channel.may_sign(signer):
@@ -262,7 +275,6 @@ class PaymentGate:
                 f"the receipt is signed by {signer}, not by the channel's client or session key",
                 code="receipt_signer_mismatch",
             )
-        return self._store_receipt(signed)
 
     def _receipt_signer(self, signed: SignedReceipt) -> str:
         try:
@@ -303,14 +315,25 @@ class PaymentGate:
         return stored
 
     async def countersign_close(self, raw: Any) -> tuple[StoredReceipt, bytes]:
-        """The provider's signature on the client's final receipt (for ``closeCooperative``)."""
-        stored = await self.accept_receipt(raw)
+        """The provider's signature on the client's final receipt (for ``closeCooperative``).
+
+        The zero receipt ``(channelId, 0, 0, 0x00..)`` of a channel that served nothing and
+        has nothing in flight is countersigned too: it closes the channel with a full refund.
+        """
+        signed = _parse_receipt(raw)
+        if _is_zero(signed.receipt):
+            # Nothing to store: the contract accepts totals equal to the (zero) claimed ones,
+            # and the seq check below refuses it once any record exists.
+            await self._check_receipt_signer(signed)
+            stored = StoredReceipt(signed, 0, time.time())
+        else:
+            stored = await self.accept_receipt(raw)
         book = self._book(stored.channel_id)
         if stored.seq != book.seq or book.in_flight:
             raise ApiError(
                 409,
-                f"the final receipt must cover the last record (seq {book.seq}); it covers "
-                f"seq {stored.seq}",
+                f"the final receipt must cover the last record (seq {book.seq}) with no request "
+                f"in flight ({book.in_flight} now); it covers seq {stored.seq}",
                 code="receipt_not_final",
             )
         book.closing = True  # serve nothing more: the channel is about to close
@@ -319,21 +342,26 @@ class PaymentGate:
 
     # views ---------------------------------------------------------------------------------
 
+    async def fresh(self, channel_id: bytes) -> ChannelInfo:
+        """The channel as the chain has it now (the last known state during an outage)."""
+        return await self._channel(channel_id, refresh=True)
+
     def view(self, channel: ChannelInfo) -> dict[str, Any]:
         """``GET /v1/tally/channels/{id}``: served, countersigned and claimed totals, credit."""
         book = self._book(channel.channel_id)
         served_in, served_out = book.totals
         receipt = self._ledger.last_receipt(channel.channel_id)
-        signed_in, signed_out = (
-            (receipt.signed.receipt.input_tokens, receipt.signed.receipt.output_tokens)
-            if receipt
-            else (0, 0)
-        )
+        signed = receipt.signed.receipt if receipt else Receipt(channel.channel_id, 0, 0, ZERO_ROOT)
+        served_root = book.last.usage_root if book.last else ZERO_ROOT
         served_cost = cost_of(served_in, served_out, channel.prices)
-        signed_cost = cost_of(signed_in, signed_out, channel.prices)
+        signed_cost = cost_of(signed.input_tokens, signed.output_tokens, channel.prices)
+        worst_cost = cost_of(
+            served_in + book.reserved_input, served_out + book.reserved_output, channel.prices
+        )
         return {
             "channelId": "0x" + channel.channel_id.hex(),
-            "status": "closing" if book.closing else channel.status.name.lower(),
+            "status": channel.status.name.lower(),
+            "closeAgreed": book.closing,
             "client": channel.client,
             "provider": channel.provider,
             "sessionKey": channel.session_key,
@@ -345,25 +373,41 @@ class PaymentGate:
                 "outputPerM": channel.prices.output_per_m,
             },
             "lastSeq": book.seq,
-            "served": _totals(served_in, served_out, served_cost),
+            "served": {
+                **_totals(served_in, served_out, served_cost),
+                "usageRoot": "0x" + served_root.hex(),
+            },
             "countersigned": {
-                **_totals(signed_in, signed_out, signed_cost),
+                **_totals(signed.input_tokens, signed.output_tokens, signed_cost),
                 "seq": book.countersigned_seq,
+                "usageRoot": "0x" + signed.usage_root.hex(),
             },
             "claimed": _totals(
                 channel.claimed_input,
                 channel.claimed_output,
                 cost_of(channel.claimed_input, channel.claimed_output, channel.prices),
             ),
-            "usageRoot": "0x" + (book.last.usage_root if book.last else ZERO_ROOT).hex(),
+            "usageRoot": "0x" + served_root.hex(),  # = served.usageRoot (kept for old clients)
             "unpaid": served_cost - signed_cost,
-            "creditLeft": max(channel.deposit - served_cost, 0),
+            "inFlight": book.in_flight,
+            "creditLeft": max(channel.deposit - worst_cost, 0),
             "creditRequests": self.credit_requests,
         }
 
 
 def _totals(input_tokens: int, output_tokens: int, cost: int) -> dict[str, int]:
     return {"inputTokens": input_tokens, "outputTokens": output_tokens, "cost": cost}
+
+
+def _parse_receipt(raw: Any) -> SignedReceipt:
+    try:
+        return SignedReceipt.from_json(raw)
+    except (ProtocolError, ValueError) as exc:
+        raise ApiError(400, f"malformed receipt: {exc}", code="invalid_receipt") from exc
+
+
+def _is_zero(receipt: Receipt) -> bool:
+    return (receipt.input_tokens, receipt.output_tokens, receipt.usage_root) == (0, 0, ZERO_ROOT)
 
 
 def _parse_bearer(authorization: str | None) -> BearerToken:

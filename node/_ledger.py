@@ -92,7 +92,8 @@ CREATE TABLE IF NOT EXISTS channels (
 CREATE TABLE IF NOT EXISTS records (
     channel_id BLOB NOT NULL, seq INTEGER NOT NULL, record TEXT NOT NULL,
     signature BLOB NOT NULL, usage_root BLOB NOT NULL, completion_ids TEXT NOT NULL,
-    model TEXT NOT NULL, created_at REAL NOT NULL, PRIMARY KEY (channel_id, seq));
+    model TEXT NOT NULL, created_at REAL NOT NULL, timings TEXT,
+    PRIMARY KEY (channel_id, seq));
 CREATE UNIQUE INDEX IF NOT EXISTS records_root ON records (channel_id, usage_root);
 CREATE TABLE IF NOT EXISTS receipts (
     channel_id BLOB NOT NULL, seq INTEGER NOT NULL, input_tokens INTEGER NOT NULL,
@@ -121,6 +122,13 @@ class SqliteLedger:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(_SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        # Ledgers written before records kept their timings: add the column (NULL = none).
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(records)")}
+        if "timings" not in columns:
+            self._db.execute("ALTER TABLE records ADD COLUMN timings TEXT")
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -143,7 +151,7 @@ class SqliteLedger:
         rec = stored.signed.record
         with self._write() as db:
             db.execute(
-                "INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     rec.channel_id,
                     rec.seq,
@@ -153,6 +161,7 @@ class SqliteLedger:
                     json.dumps(stored.completion_ids),
                     stored.model,
                     stored.created_at,
+                    json.dumps(stored.timings),
                 ),
             )
 
@@ -323,7 +332,7 @@ class SqliteLedger:
             self._db.close()
 
 
-_RECORD_SQL = "SELECT record, signature, completion_ids, model, created_at FROM records"
+_RECORD_SQL = "SELECT record, signature, completion_ids, model, created_at, timings FROM records"
 _RECEIPT_SQL = (
     "SELECT channel_id, seq, input_tokens, output_tokens, usage_root, signature, received_at "
     "FROM receipts"
@@ -341,6 +350,7 @@ def _record(row: tuple[Any, ...]) -> StoredRecord:
         completion_ids=json.loads(row[2]),
         model=row[3],
         created_at=row[4],
+        timings=json.loads(row[5]) if row[5] else {},
     )
 
 

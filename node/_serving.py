@@ -69,11 +69,13 @@ class Completion:
         self.finish_reason = event.finish_reason or self.finish_reason
 
     def finish(self) -> StoredRecord:
-        """Sign and store the record for the ids collected so far; observe metrics."""
+        """Sign and store the record (and its timings) for the ids collected; observe metrics."""
         node = self.node
-        stored = node.gate.finalize(self.reservation, self.request.model, self.prompt.ids, self.ids)
-        self.ticket.settle(len(self.prompt.ids) + len(self.ids))
         t = self.timings()
+        stored = node.gate.finalize(
+            self.reservation, self.request.model, self.prompt.ids, self.ids, t
+        )
+        self.ticket.settle(len(self.prompt.ids) + len(self.ids))
         node.metrics.observe_request(
             self.request.model,
             len(self.prompt.ids),
@@ -127,7 +129,7 @@ class Completion:
             **self._head(stream=False),
             "choices": [choice],
             "usage": self.usage(),
-            "tallystick": tallystick_object(stored, self.timings()),
+            "tallystick": tallystick_object(stored),
         }
 
     def chunk(self, text: str, finish_reason: str | None, *, first: bool = False) -> bytes:
@@ -153,7 +155,7 @@ class Completion:
                 **self._head(stream=True),
                 "choices": [],
                 "usage": self.usage(),
-                "tallystick": tallystick_object(stored, self.timings()),
+                "tallystick": tallystick_object(stored),
             }
         )
 
@@ -228,15 +230,15 @@ async def _translated(stream: AsyncIterator[TokenEvent]) -> AsyncIterator[TokenE
         await stream.aclose()  # type: ignore[attr-defined]
 
 
-def tallystick_object(stored: StoredRecord, timings: dict[str, float]) -> dict[str, Any]:
-    """The ``tallystick`` member of a completion response (§8)."""
+def tallystick_object(stored: StoredRecord) -> dict[str, Any]:
+    """The ``tallystick`` member of a completion response (§8), timings as stored."""
     record = stored.signed.record
     return {
         "record": record.to_json(),
         "signature": "0x" + stored.signed.signature.hex(),
         "completion_token_ids": stored.completion_ids,
         "prompt_token_ids_hash": "0x" + record.prompt_hash.hex(),
-        "timings": timings,
+        "timings": stored.timings,
     }
 
 

@@ -56,6 +56,8 @@ class Settings(BaseModel):
     settle_interval: float = Field(default=300.0, gt=0)
     claim_gas_multiple: float = Field(default=5.0, ge=0)
     poll_interval: float = Field(default=2.0, gt=0)
+    settle_max_gas_per_tx: int = Field(default=10_000_000, ge=100_000)  # per claimMany
+    settle_max_backoff: float = Field(default=15.0, gt=0)  # retry cap after a chain error
     # logging
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "kv"] = "kv"

@@ -1,9 +1,11 @@
-"""The settlement worker (§9): claims countersigned receipts with one ``claimMany``.
+"""The settlement worker (§9): claims countersigned receipts with ``claimMany``.
 
 It claims when the unclaimed value exceeds ``claim_gas_multiple`` x the estimated gas cost
 (checked every ``settle_interval`` seconds), on demand (``settle(force=True)``), and at once
 for a channel whose client requested a close (it watches ``CloseRequested``), so no receipt
-is lost to the challenge period. Idempotent across restarts: candidates come from the ledger
+is lost to the challenge period. A pass splits its receipts into several ``claimMany``
+transactions of at most ``settle_max_gas_per_tx`` (estimated) so each fits in a block, the
+most urgent first. Idempotent across restarts: candidates come from the ledger
 and are compared with the totals the escrow has already claimed.
 """
 
@@ -23,12 +25,16 @@ from ._metrics import NodeMetrics
 from ._settings import Settings
 from ._types import ChannelInfo, ChannelStatus, StoredReceipt
 
-__all__ = ["Candidate", "SettlementWorker"]
+__all__ = ["Candidate", "SettlementWorker", "plan_batches", "receipt_gas"]
 
 log = logging.getLogger("tallystick.node.settlement")
 
 SCAN_KEY = "close_scan_block"
-MAX_BACKOFF_S = 60.0
+# Gas model for splitting claims into blocks (measured on anvil by bench/gas.py: ~38,900 per
+# first claim of a channel at batch 1,000, ~23,400 per later claim at batch 50), with margin.
+GAS_BASE = 60_000
+GAS_FIRST_CLAIM = 45_000
+GAS_LATER_CLAIM = 30_000
 
 
 @dataclass(frozen=True)
@@ -63,6 +69,8 @@ class SettlementWorker:
         self._interval = settings.settle_interval
         self._poll = settings.poll_interval
         self._multiple = settings.claim_gas_multiple
+        self._max_backoff = settings.settle_max_backoff
+        self._max_gas = settings.settle_max_gas_per_tx
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
@@ -94,10 +102,10 @@ class SettlementWorker:
                     next_settle = time.monotonic() + self._interval
                 delay = self._poll
             except ChainError as exc:
-                delay = min(delay * 2, MAX_BACKOFF_S)
+                delay = min(delay * 2, self._max_backoff)
                 log.warning("settlement: chain error (%s); retrying in %.0fs", exc, delay)
             except Exception:
-                delay = min(delay * 2, MAX_BACKOFF_S)
+                delay = min(delay * 2, self._max_backoff)
                 log.exception("settlement: unexpected error; retrying in %.0fs", delay)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=delay)
@@ -117,25 +125,37 @@ class SettlementWorker:
         return len(events)
 
     async def candidates(self) -> list[Candidate]:
-        """Receipts the escrow would still pay for, with fresh on-chain state."""
+        """Receipts the escrow would still pay for, with fresh on-chain state (batched reads)."""
+        latest = self._ledger.latest_receipts()
+        if not latest:
+            return []
         now = await self._chain.timestamp()
+        states = await self._chain.read_channels([r.channel_id for r in latest])
         out = []
-        for stored in self._ledger.latest_receipts():
-            info = await self._chain.channel(stored.channel_id)
+        for stored in latest:
+            info = states.get(stored.channel_id)
             self._cache.put(stored.channel_id, info)
             if info is not None and _claimable(stored, info, now):
                 out.append(Candidate(stored, info, _value(stored, info)))
         return out
 
-    async def settle(self, *, force: bool) -> ClaimOutcome | None:
-        """Claim every candidate in one ``claimMany`` if worth it (always when ``force``)."""
+    async def settle(self, *, force: bool) -> list[ClaimOutcome]:
+        """Claim the candidates in ``claimMany`` batches that fit ``settle_max_gas_per_tx``.
+
+        Batches go out most urgent first (closest ``closesAt``, then highest value); each is
+        sent when worth its gas (always when ``force`` or when it holds a closing channel).
+        A chain error stops the pass (raised); batches already mined stay claimed.
+        """
         async with self._lock:
             found = await self.candidates()
-            if not found:
-                return None
-            if not force and not any(c.urgent for c in found) and not await self._worth_it(found):
-                return None
-            return await self._claim(found)
+            outcomes = []
+            for batch in plan_batches(found, self._max_gas):
+                urgent = any(c.urgent for c in batch)
+                if force or urgent or await self._worth_it(batch):
+                    outcomes.append(await self._claim(batch))
+            if outcomes:
+                await self._refresh_claimed([c for o in outcomes for c in o.claimed])
+            return outcomes
 
     async def _worth_it(self, found: list[Candidate]) -> bool:
         value = sum(c.value for c in found)
@@ -189,10 +209,17 @@ class SettlementWorker:
             len(found),
             outcome.gas_used,
         )
-        for c in found:
-            self._cache.put(c.receipt.channel_id, await self._chain.channel(c.receipt.channel_id))
-        self.refresh_unclaimed_metric()
         return outcome
+
+    async def _refresh_claimed(self, channel_ids: list[bytes]) -> None:
+        try:
+            states = await self._chain.read_channels(channel_ids)
+        except ChainError as exc:  # the claims are mined; the next pass reads them again
+            log.warning("settlement: cannot re-read claimed channels: %s", exc)
+            return
+        for channel_id, info in states.items():
+            self._cache.put(channel_id, info)
+        self.refresh_unclaimed_metric()
 
     def refresh_unclaimed_metric(self) -> None:
         """Countersigned but unclaimed value per token, from the ledger's channel cache."""
@@ -203,6 +230,34 @@ class SettlementWorker:
                 totals[info.token] = totals.get(info.token, 0) + _value(stored, info)
         for token, value in totals.items():
             self._metrics.earnings_unclaimed.labels(token).set(value)
+
+
+def receipt_gas(candidate: Candidate) -> int:
+    """A conservative gas estimate for one receipt in a ``claimMany`` (docs/protocol.md §7.2)."""
+    first = (candidate.channel.claimed_input, candidate.channel.claimed_output) == (0, 0)
+    return GAS_FIRST_CLAIM if first else GAS_LATER_CLAIM
+
+
+def plan_batches(found: list[Candidate], max_gas: int) -> list[list[Candidate]]:
+    """Split candidates into batches of at most ``max_gas`` (estimated), most urgent first."""
+    batches: list[list[Candidate]] = []
+    gas = max_gas  # forces a new batch for the first candidate
+    for c in sorted(found, key=_priority):
+        need = receipt_gas(c)
+        if gas + need > max_gas:
+            batches.append([])
+            gas = GAS_BASE
+        batches[-1].append(c)
+        gas += need
+    return batches
+
+
+def _priority(c: Candidate) -> tuple[int, int, int]:
+    # Closing channels first, soonest closesAt first (a missed challenge period loses the
+    # receipt); then the most valuable receipts, so a pass cut short still claimed the most.
+    if c.urgent:
+        return (0, c.channel.closes_at, -c.value)
+    return (1, 0, -c.value)
 
 
 def _claimable(stored: StoredReceipt, info: ChannelInfo, now: int) -> bool:

@@ -54,6 +54,9 @@ class StoredRecord:
     completion_ids: list[int] = field(repr=False)
     model: str
     created_at: float
+    # {"ttft_ms", "itl_ms", "total_ms"} as sent with the completion ({} for records that
+    # older nodes stored without them)
+    timings: dict[str, float] = field(default_factory=dict)
 
     @property
     def seq(self) -> int:

@@ -340,14 +340,19 @@ def withdraw(token: str, to: str | None, **cli: Any) -> None:
 
 @main.command()
 @_chain_options
+@click.option(
+    "--settle-max-gas-per-tx",
+    type=int,
+    help="Gas budget of one claimMany; more receipts go in several transactions.",
+)
 @_one_line_errors
 def settle(**cli: Any) -> None:
-    """Claim every countersigned receipt now, in one claimMany."""
+    """Claim every countersigned receipt now (claimMany batches that fit in a block)."""
     settings = _settings(cli)
-    outcome = asyncio.run(_settle(settings, _account(settings)))
-    if outcome is None:
+    outcomes = asyncio.run(_settle(settings, _account(settings)))
+    if not outcomes:
         click.echo("nothing to claim")
-    else:
+    for outcome in outcomes:
         click.echo(
             f"claimed {outcome.amount} over {len(outcome.claimed)} channel(s), "
             f"{len(outcome.skipped)} skipped (tx {outcome.tx_hash}, gas {outcome.gas_used})"

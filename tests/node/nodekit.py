@@ -50,10 +50,24 @@ class FakeChain:
     fail_claims: int = 0  # the next n claim_many calls raise ChainUnavailable
     claim_calls: list[list[SignedReceipt]] = field(default_factory=list)
     reads: int = 0
+    batch_reads: int = 0
+    down: bool = False  # the RPC is unreachable: channel reads raise ChainUnavailable
 
     async def channel(self, channel_id: bytes) -> ChannelInfo | None:
+        self._rpc()
         self.reads += 1
         return self.channels.get(channel_id)
+
+    async def read_channels(self, channel_ids: list[bytes]) -> dict[bytes, ChannelInfo | None]:
+        self._rpc()
+        self.batch_reads += 1
+        return {cid: self.channels.get(cid) for cid in channel_ids}
+
+    def _rpc(self) -> None:
+        from tallystick.protocol import ChainUnavailable
+
+        if self.down:
+            raise ChainUnavailable("chain RPC failed: connection refused")
 
     async def listing(self, model: bytes) -> ListingInfo | None:
         if model != model_id(MODEL):

@@ -72,14 +72,14 @@ async def test_worker_claims_once_worth_it_and_retries_after_rpc_failure(make_no
         await h.paid_chat()
         worker = h.node.worker
         h.chain.gas_cost = 10**9  # far more than the receipt's value: wait
-        assert await worker.settle(force=False) is None
+        assert await worker.settle(force=False) == []
         h.chain.gas_cost = 1
         h.chain.fail_claims = 1
         with pytest.raises(ChainUnavailable):
             await worker.settle(force=False)
         assert h.ledger.claims()[0].status == "failed"
-        outcome = await worker.settle(force=False)
-        assert outcome is not None and outcome.amount > 0
+        [outcome] = await worker.settle(force=False)
+        assert outcome.amount > 0
         info = h.chain.channels[h.channel_id]
         receipt = h.ledger.last_receipt(h.channel_id).signed.receipt
         assert (info.claimed_input, info.claimed_output) == (
@@ -87,7 +87,7 @@ async def test_worker_claims_once_worth_it_and_retries_after_rpc_failure(make_no
             receipt.output_tokens,
         )
         assert h.ledger.claims()[0].status == "confirmed"
-        assert await worker.settle(force=True) is None  # idempotent: nothing newer
+        assert await worker.settle(force=True) == []  # idempotent: nothing newer
 
 
 async def test_close_request_is_claimed_regardless_of_gas(make_node):
@@ -95,9 +95,9 @@ async def test_close_request_is_claimed_regardless_of_gas(make_node):
         await h.paid_chat()
         h.chain.gas_cost = 10**9
         worker = h.node.worker
-        assert await worker.settle(force=False) is None
+        assert await worker.settle(force=False) == []
         h.chain.request_close(h.channel_id)
         assert await worker.scan_close_requests() == 1
-        outcome = await worker.settle(force=False)
-        assert outcome is not None and h.channel_id in outcome.claimed
+        [outcome] = await worker.settle(force=False)
+        assert h.channel_id in outcome.claimed
         assert await worker.scan_close_requests() == 0  # the scan cursor moved on
