@@ -15,7 +15,7 @@ Foreign errors (torch, transformers, httpx) are translated at the boundary with
 
 from __future__ import annotations
 
-from tallystick.protocol._errors import TallystickError
+from tallystick.protocol import TallystickError
 
 __all__ = [
     "EngineError",
