@@ -130,6 +130,15 @@ class ChannelCache:
         if info is not None and info.status != ChannelStatus.NONE:
             self._ledger.put_channel(info)
 
+    def put_many(self, states: dict[bytes, ChannelInfo | None]) -> None:
+        """Record a batch of fresh states, mirrored to the ledger in one transaction."""
+        now = time.monotonic()
+        for channel_id, info in states.items():
+            self._entries[channel_id] = (now, info)
+        known = [i for i in states.values() if i is not None and i.status != ChannelStatus.NONE]
+        if known:
+            self._ledger.put_channels(known)
+
     def mark_closing(self, channel_id: bytes, closes_at: int) -> None:
         """Apply a ``CloseRequested`` event without waiting for the next read."""
         entry = self._entries.get(channel_id)

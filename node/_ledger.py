@@ -62,6 +62,7 @@ class LedgerStore(Protocol):
     def last_receipt(self, channel_id: bytes) -> StoredReceipt | None: ...
     def latest_receipts(self) -> list[StoredReceipt]: ...
     def put_channel(self, info: ChannelInfo) -> None: ...
+    def put_channels(self, infos: list[ChannelInfo]) -> None: ...
     def get_channel(self, channel_id: bytes) -> ChannelInfo | None: ...
     def channels(self) -> list[ChannelInfo]: ...
     def add_claim(self, items: list[ClaimItem]) -> int: ...
@@ -212,27 +213,16 @@ class SqliteLedger:
     # channels ------------------------------------------------------------------------------
 
     def put_channel(self, info: ChannelInfo) -> None:
+        self.put_channels([info])
+
+    def put_channels(self, infos: list[ChannelInfo]) -> None:
+        """Several channels in one transaction (one fsync for a whole settlement pass)."""
+        now = time.time()
         with self._write() as db:
-            db.execute(
+            db.executemany(
                 "INSERT OR REPLACE INTO channels VALUES "
                 "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    info.channel_id,
-                    info.client,
-                    info.provider,
-                    info.token,
-                    int(info.status),
-                    info.model_id,
-                    str(info.prices.input_per_m),
-                    str(info.prices.output_per_m),
-                    str(info.deposit),
-                    str(info.paid),
-                    info.claimed_input,
-                    info.claimed_output,
-                    info.closes_at,
-                    info.session_key,
-                    time.time(),
-                ),
+                [_channel_row(info, now) for info in infos],
             )
 
     def get_channel(self, channel_id: bytes) -> ChannelInfo | None:
@@ -357,6 +347,26 @@ def _record(row: tuple[Any, ...]) -> StoredRecord:
 def _receipt(row: tuple[Any, ...]) -> StoredReceipt:
     receipt = Receipt(bytes(row[0]), row[2], row[3], bytes(row[4]))
     return StoredReceipt(SignedReceipt(receipt, bytes(row[5])), seq=row[1], received_at=row[6])
+
+
+def _channel_row(info: ChannelInfo, now: float) -> tuple[Any, ...]:
+    return (
+        info.channel_id,
+        info.client,
+        info.provider,
+        info.token,
+        int(info.status),
+        info.model_id,
+        str(info.prices.input_per_m),
+        str(info.prices.output_per_m),
+        str(info.deposit),
+        str(info.paid),
+        info.claimed_input,
+        info.claimed_output,
+        info.closes_at,
+        info.session_key,
+        now,
+    )
 
 
 def _channel(row: tuple[Any, ...]) -> ChannelInfo:

@@ -131,10 +131,10 @@ class SettlementWorker:
             return []
         now = await self._chain.timestamp()
         states = await self._chain.read_channels([r.channel_id for r in latest])
+        self._cache.put_many(states)
         out = []
         for stored in latest:
             info = states.get(stored.channel_id)
-            self._cache.put(stored.channel_id, info)
             if info is not None and _claimable(stored, info, now):
                 out.append(Candidate(stored, info, _value(stored, info)))
         return out
@@ -217,8 +217,7 @@ class SettlementWorker:
         except ChainError as exc:  # the claims are mined; the next pass reads them again
             log.warning("settlement: cannot re-read claimed channels: %s", exc)
             return
-        for channel_id, info in states.items():
-            self._cache.put(channel_id, info)
+        self._cache.put_many(states)
         self.refresh_unclaimed_metric()
 
     def refresh_unclaimed_metric(self) -> None:
