@@ -8,7 +8,6 @@ verified and countersigned.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -18,6 +17,7 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from pydantic import BaseModel
 from tallystick.protocol import ProtocolError
 
+from ._json import loads
 from ._node import node_error, send
 from ._store import ChannelInfo
 from ._transport import BILL_EXTENSION, BillSlot
@@ -57,7 +57,7 @@ class TallyStream(Generic[T]):
 
     def _chunk(self, data: str) -> T:
         try:
-            chunk = self._type.model_validate(json.loads(data))
+            chunk = self._type.model_validate(loads(data, "a stream chunk"))
         except ValueError as exc:
             raise ProtocolError(f"the node sent a malformed stream chunk: {exc}") from exc
         if isinstance(chunk.model_extra, dict) and "tallystick" in chunk.model_extra:
@@ -92,7 +92,6 @@ class _Endpoint:
         request = http.build_request("POST", info.endpoint.rstrip("/") + path, json=body)
         response = send(http, request, stream=True)
         if response.status_code >= 400:
-            response.read()
             raise node_error(response)
         slot = response.extensions[BILL_EXTENSION]
         if body.get("stream"):
@@ -184,8 +183,10 @@ def _parse(response: httpx.Response, result: type[BaseModel], slot: BillSlot) ->
         response.read()  # verifies and countersigns (TallyTransport), or raises BillingDispute
     finally:
         response.close()
+    # The transport parsed (and depth-checked) the body while verifying the bill.
+    payload = slot.payload if slot.payload is not None else loads(response.content, "completion")
     try:
-        obj = result.model_validate(response.json())
+        obj = result.model_validate(payload)
     except ValueError as exc:
         raise ProtocolError(f"the node's completion is not OpenAI JSON: {exc}") from exc
     _attach(obj, slot)

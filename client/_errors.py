@@ -12,7 +12,9 @@
         ├── BillingDispute           a bill failed verification: nothing was countersigned
         ├── NodeUnavailable          the provider's node cannot be reached
         └── NodeError                the node answered with an OpenAI error envelope
-            └── PaymentRequired      402: the channel must be countersigned or topped up
+            ├── PaymentRequired      402: the channel must be countersigned or topped up
+            └── InvalidResponse      an answer the protocol does not allow: not JSON, nested
+                                     too deeply, too large (also a ``ProtocolError``)
 
 Protocol and chain errors (``ProtocolError``, ``ChainError``, ``ContractError``,
 ``ChainUnavailable``) come from ``tallystick.protocol`` and share the ``TallystickError`` root,
@@ -25,13 +27,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from tallystick.protocol import Prices, TallystickError
+from tallystick.protocol import Prices, ProtocolError, TallystickError
 
 __all__ = [
     "BillingDispute",
     "ChannelNotFound",
     "ChannelStateError",
     "ClientError",
+    "InvalidResponse",
     "ListingMismatch",
     "Mismatch",
     "NodeError",
@@ -158,6 +161,17 @@ class NodeError(ClientError):
 
 class PaymentRequired(NodeError):
     """402: the node wants the last receipt countersigned (``receipt_required``) or more deposit."""
+
+
+class InvalidResponse(NodeError, ProtocolError):
+    """The node's answer is not one the protocol allows: malformed, nested too deeply, too large.
+
+    Raised before the answer is parsed any further, so nothing in it is countersigned. Also a
+    ``ProtocolError``: a node that breaks the wire format breaks the protocol.
+    """
+
+    def __init__(self, message: str, status: int = 200) -> None:
+        super().__init__(status, message, "invalid_response")
 
 
 def _jsonable(value: Any) -> Any:

@@ -1,7 +1,8 @@
 """HTTP calls to a provider's node other than completions (docs/protocol.md §8), and error mapping.
 
 httpx errors become ``NodeUnavailable``; error responses become ``NodeError`` (402 →
-``PaymentRequired``) carrying the node's OpenAI error envelope.
+``PaymentRequired``) carrying the node's OpenAI error envelope. Bodies are read up to a size
+limit and depth-checked before they are parsed (``_json.py``): ``InvalidResponse`` otherwise.
 """
 
 from __future__ import annotations
@@ -12,7 +13,16 @@ from typing import Any
 import httpx
 from tallystick.protocol import ProtocolError, SignedReceipt
 
-from ._errors import NodeError, NodeUnavailable, PaymentRequired
+from ._errors import InvalidResponse, NodeError, NodeUnavailable, PaymentRequired
+from ._json import (
+    MAX_BODY_BYTES,
+    MAX_ERROR_BYTES,
+    MAX_JSON_DEPTH,
+    MAX_TOKENIZER_BYTES,
+    loads,
+    read_capped,
+    too_deep,
+)
 
 __all__ = ["NodeClient", "node_error", "send"]
 
@@ -29,7 +39,7 @@ class NodeClient:
 
     def models(self) -> list[dict[str, Any]]:
         """``GET /v1/models``: the ``data`` list."""
-        body = _json(self.request("GET", "/v1/models"))
+        body = loads(self.request("GET", "/v1/models"), "the model list")
         data = body.get("data") if isinstance(body, dict) else None
         if not isinstance(data, list):
             raise ProtocolError(f"{self.url('/v1/models')} did not return a model list")
@@ -37,7 +47,8 @@ class NodeClient:
 
     def tokenizer_bytes(self, model: str) -> bytes:
         """``GET /v1/tally/tokenizer/{model}``: the raw bytes (hashed as received, §6.1)."""
-        return self.request("GET", f"/v1/tally/tokenizer/{model}").content
+        path = f"/v1/tally/tokenizer/{model}"
+        return self.request("GET", path, limit=MAX_TOKENIZER_BYTES)
 
     def post_receipt(self, receipt: SignedReceipt, bearer: str) -> None:
         """``POST /v1/tally/receipts``; returns once the node has it on disk."""
@@ -46,7 +57,7 @@ class NodeClient:
     def close(self, receipt: SignedReceipt, bearer: str) -> bytes:
         """Ask the node to countersign the final receipt; return the provider's signature."""
         path = f"/v1/tally/channels/0x{receipt.receipt.channel_id.hex()}/close"
-        body = _json(self.request("POST", path, json=receipt.to_json(), bearer=bearer))
+        body = loads(self.request("POST", path, json=receipt.to_json(), bearer=bearer), "close")
         sig = None
         if isinstance(body, dict):
             sig = body.get("providerSignature") or body.get("provider_signature")
@@ -58,26 +69,33 @@ class NodeClient:
     def record(self, channel_id: bytes, seq: int, bearer: str) -> dict[str, Any]:
         """``GET /v1/tally/channels/{id}/records/{seq}``: a signed record and its ids."""
         path = f"/v1/tally/channels/0x{channel_id.hex()}/records/{seq}"
-        body = _json(self.request("GET", path, bearer=bearer))
+        body = loads(self.request("GET", path, bearer=bearer), "the record")
         if not isinstance(body, dict):
             raise ProtocolError(f"{self.url(path)} did not return a record object")
         return body
 
     def channel(self, channel_id: bytes, bearer: str) -> dict[str, Any]:
         """``GET /v1/tally/channels/{id}``: the node's view of the channel."""
-        body = _json(self.request("GET", f"/v1/tally/channels/0x{channel_id.hex()}", bearer=bearer))
+        path = f"/v1/tally/channels/0x{channel_id.hex()}"
+        body = loads(self.request("GET", path, bearer=bearer), "the channel")
         return body if isinstance(body, dict) else {}
 
     def request(
-        self, method: str, path: str, *, json: Any = None, bearer: str | None = None
-    ) -> httpx.Response:
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        bearer: str | None = None,
+        limit: int = MAX_BODY_BYTES,
+    ) -> bytes:
+        """The body of a successful answer (at most ``limit`` bytes); ``NodeError`` otherwise."""
         headers = {"Authorization": f"Bearer {bearer}"} if bearer else {}
         request = self._http.build_request(method, self.url(path), json=json, headers=headers)
-        response = send(self._http, request)
-        response.read()
+        response = send(self._http, request, stream=True)
         if response.status_code >= 400:
             raise node_error(response)
-        return response
+        return read_capped(response, limit, f"the answer to {method} {path}")
 
 
 def send(http: httpx.Client, request: httpx.Request, *, stream: bool = False) -> httpx.Response:
@@ -91,24 +109,26 @@ def send(http: httpx.Client, request: httpx.Request, *, stream: bool = False) ->
 
 
 def node_error(response: httpx.Response) -> NodeError:
-    """The ``NodeError`` for an error response (its body must already be read)."""
-    message, code, kind = response.reason_phrase or "error", None, None
+    """The ``NodeError`` for an error response, reading (at most 1 MiB of) its body.
+
+    ``InvalidResponse`` when the body is too large or nested too deeply to be parsed.
+    """
+    status = response.status_code
+    what = f"the node's {status} answer"
+    body = read_capped(response, MAX_ERROR_BYTES, what)
+    if too_deep(body):
+        raise InvalidResponse(f"{what} is nested deeper than {MAX_JSON_DEPTH} levels", status)
     try:
-        err = response.json().get("error")
-    except (ValueError, AttributeError):
-        err = None
+        envelope = json.loads(body)
+    except ValueError:
+        envelope = None  # not JSON: a proxy's error page, say
+    err = envelope.get("error") if isinstance(envelope, dict) else None
+    message, code, kind = response.reason_phrase or "error", None, None
     if isinstance(err, dict):
         message = str(err.get("message") or message)
         code = err.get("code") if isinstance(err.get("code"), str) else None
         kind = err.get("type") if isinstance(err.get("type"), str) else None
-    elif response.text:
-        message = response.text[:300]
-    cls = PaymentRequired if response.status_code == 402 else NodeError
-    return cls(response.status_code, message, code, kind)
-
-
-def _json(response: httpx.Response) -> Any:
-    try:
-        return response.json()
-    except json.JSONDecodeError as exc:
-        raise ProtocolError(f"{response.request.url} returned non-JSON: {exc}") from exc
+    elif body:
+        message = body[:300].decode("utf-8", "replace")
+    cls = PaymentRequired if status == 402 else NodeError
+    return cls(status, message, code, kind)

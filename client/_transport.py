@@ -6,6 +6,10 @@ undelivered receipt, and verifies the bill of every completion before the caller
 answer (streaming: before ``[DONE]`` is passed on). A bill that does not verify raises
 ``BillingDispute`` out of the OpenAI call; nothing is countersigned.
 
+Everything the node sends is bounded in size and depth-checked before anything parses it
+(``_json.py``), including the answers passed straight through to the OpenAI client: a node
+cannot crash the process with deeply nested JSON (``InvalidResponse`` instead).
+
 A request is stored as pending before it is sent. When its answer ends without a record
 (the caller closed the stream early, the connection dropped), what was received is stored
 with it, and the next request on the channel first settles it from the node's signed record.
@@ -23,7 +27,8 @@ import httpx
 from tallystick.protocol import ProtocolError
 
 from ._billing import RECEIPT_HEADER, Biller
-from ._errors import ClientError
+from ._errors import ClientError, InvalidResponse
+from ._json import MAX_BODY_BYTES, MAX_EVENT_BYTES, MAX_JSON_DEPTH, loads, read_capped, too_deep
 from ._store import ChannelInfo
 from ._verify import Served, VerifiedBill
 
@@ -31,6 +36,8 @@ __all__ = ["BILL_EXTENSION", "BillSlot", "TallyTransport"]
 
 BILL_EXTENSION = "tallystick.bill"  # response.extensions key holding a BillSlot
 LOCK_TIMEOUT_S = 900.0
+# Headers that describe the bytes as the node sent them, not the decoded bytes passed on.
+_WIRE_HEADERS = frozenset({"content-length", "content-encoding", "transfer-encoding"})
 
 
 @dataclass
@@ -39,6 +46,7 @@ class BillSlot:
 
     bill: VerifiedBill | None = None
     tallystick: dict[str, Any] = field(default_factory=dict)
+    payload: Any = None  # a plain completion's parsed JSON, so it is not parsed twice
 
 
 class TallyTransport(httpx.BaseTransport):
@@ -53,7 +61,7 @@ class TallyTransport(httpx.BaseTransport):
         request.headers["Authorization"] = f"Bearer {self.biller.bearer(self.channel)}"
         kind = _kind(request)
         if kind is None:
-            return self.inner.handle_request(request)
+            return _checked(self.inner.handle_request(request))
         body = _request_json(request)
         served = self._served(kind, body)
         lock = self.biller.channel_lock(self.channel.channel_id)
@@ -91,16 +99,14 @@ class TallyTransport(httpx.BaseTransport):
             self.biller.store.mark_delivered(self.channel.channel_id, _seq_of(self.biller, self))
         if response.status_code >= 400:
             self.biller.store.clear_pending(self.channel.channel_id, seq)  # refused: no record
+            checked = _checked(response)  # on failure, handle_request releases the lock
             lock.release()
-            return response
+            return checked
         slot = BillSlot()
         stream = _VerifyingStream(self, kind, body, served, response, slot, lock, seq)
-        headers = [
-            (k, v) for k, v in response.headers.multi_items() if k.lower() != "content-length"
-        ]
         return httpx.Response(
             response.status_code,
-            headers=headers,
+            headers=_decoded_headers(response),
             stream=stream,
             extensions={**response.extensions, BILL_EXTENSION: slot},
         )
@@ -199,12 +205,13 @@ class _VerifyingStream(httpx.SyncByteStream):
             self.lock = None
 
     def _plain(self) -> bytes:
-        content = self.response.read()
+        content = read_capped(self.response, MAX_BODY_BYTES, "the completion")
+        payload = loads(content, "the completion")
         try:
-            payload = json.loads(content)
             choice = payload["choices"][0]
-        except (ValueError, KeyError, IndexError, TypeError) as exc:
+        except (KeyError, IndexError, TypeError) as exc:
             raise ProtocolError(f"the node's completion is not OpenAI JSON: {exc}") from exc
+        self.slot.payload = payload
         text = _choice_text(self.kind, choice, delta=False)
         tallystick = payload.get("tallystick")
         evidence = {"request": self.body, "response": payload}
@@ -251,8 +258,11 @@ def _kind(request: httpx.Request) -> str | None:
 
 
 def _request_json(request: httpx.Request) -> dict[str, Any]:
+    raw = request.read()
+    if too_deep(raw):  # the caller's own JSON, but the same C stack
+        raise ClientError(f"the completion request is nested deeper than {MAX_JSON_DEPTH} levels")
     try:
-        body = json.loads(request.read())
+        body = json.loads(raw)
     except ValueError as exc:
         raise ClientError(f"the completion request is not JSON: {exc}") from exc
     if not isinstance(body, dict):
@@ -267,29 +277,73 @@ def _choice_text(kind: str, choice: dict[str, Any], *, delta: bool) -> str:
     return str(part.get("content") or "")
 
 
-def _sse_events(chunks: Iterator[bytes]) -> Iterator[bytes]:
-    """Split a byte stream into complete SSE events (each ending in a blank line)."""
-    buffer = b""
+def _sse_events(chunks: Iterator[bytes], limit: int = MAX_EVENT_BYTES) -> Iterator[bytes]:
+    """Split a byte stream into complete SSE events (each ending in a blank line).
+
+    Line ends are normalised to ``\\n`` in what is passed on (SSE also allows ``\\r`` and
+    ``\\r\\n``), so the events the caller's SSE parser sees are exactly the ones checked here.
+    An event longer than ``limit`` raises ``InvalidResponse``.
+    """
+    buffer = bytearray()
+    carry_cr = False  # a chunk ending in \r may be the first half of a \r\n
     for chunk in chunks:
-        buffer += chunk.replace(b"\r\n", b"\n")
-        while b"\n\n" in buffer:
-            event, buffer = buffer.split(b"\n\n", 1)
-            yield event + b"\n\n"
+        text, carry_cr = _normalise_newlines(chunk, carry_cr)
+        start = max(len(buffer) - 1, 0)  # a separator may straddle the chunks
+        buffer += text
+        while (end := buffer.find(b"\n\n", start)) != -1:
+            yield bytes(buffer[: end + 2])
+            del buffer[: end + 2]
+            start = 0
+        if len(buffer) > limit:
+            raise InvalidResponse(f"a stream event is larger than {limit >> 20} MiB")
+    if carry_cr:
+        buffer += b"\n"
     if buffer.strip():
-        yield buffer
+        yield bytes(buffer)
+
+
+def _normalise_newlines(chunk: bytes, carry_cr: bool) -> tuple[bytes, bool]:
+    if carry_cr:
+        chunk = b"\r" + chunk
+    carry = chunk.endswith(b"\r")
+    if carry:
+        chunk = chunk[:-1]
+    return chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n"), carry
 
 
 def _sse_data(event: bytes) -> str | None:
-    lines = [ln[5:].lstrip() for ln in event.decode("utf-8").split("\n") if ln.startswith("data:")]
+    try:
+        text = event.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidResponse(f"a stream event is not UTF-8: {exc}") from exc
+    lines = [ln[5:].lstrip() for ln in text.split("\n") if ln.startswith("data:")]
     return "\n".join(lines) if lines else None
 
 
 def _loads(data: str) -> dict[str, Any]:
-    try:
-        obj = json.loads(data)
-    except ValueError as exc:
-        raise ProtocolError(f"the node sent a malformed stream chunk: {exc}") from exc
+    obj = loads(data, "a stream chunk")
     return obj if isinstance(obj, dict) else {}
+
+
+def _checked(response: httpx.Response) -> httpx.Response:
+    """``response`` read (bounded) and depth-checked, for the caller's client to parse."""
+    body = read_capped(response, MAX_BODY_BYTES, f"the node's {response.status_code} answer")
+    if too_deep(body):
+        raise InvalidResponse(
+            f"the node's {response.status_code} answer is nested deeper than {MAX_JSON_DEPTH} "
+            "levels",
+            response.status_code,
+        )
+    return httpx.Response(
+        response.status_code,
+        headers=_decoded_headers(response),
+        content=body,
+        extensions=response.extensions,
+    )
+
+
+def _decoded_headers(response: httpx.Response) -> list[tuple[str, str]]:
+    return [(k, v) for k, v in response.headers.multi_items() if k.lower() not in _WIRE_HEADERS]
 
 
 def _seq_of(biller: Biller, transport: TallyTransport) -> int:
