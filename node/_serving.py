@@ -8,6 +8,7 @@ client that disconnects is billed for the ids it received and nothing more (§6)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
@@ -404,14 +405,7 @@ class MeteredStream(Response):
         headers += [(k.encode(), v.encode()) for k, v in self._extra_headers.items()]
 
         async def send_chunk(data: bytes) -> bool:
-            if gone.is_set():
-                return False
-            try:
-                await send({"type": "http.response.body", "body": data, "more_body": True})
-            except OSError:
-                gone.set()
-                return False
-            return True  # the bytes left: the client is billed for them
+            return await _send_metered(send, data, gone)
 
         try:
             await send({"type": "http.response.start", "status": 200, "headers": headers})
@@ -422,6 +416,40 @@ class MeteredStream(Response):
             pass
         finally:
             watcher.cancel()
+
+
+async def _send_metered(send: Send, data: bytes, gone: asyncio.Event) -> bool:
+    """Send one chunk; True when the transport accepted it (so the client is billed for it).
+
+    A send still blocked (the transport's buffer is full: the client stopped reading) when
+    the client goes is abandoned and not billed: those bytes never left the node. After an
+    accepted send the loop runs once, so a disconnect that arrived meanwhile stops the
+    stream before the next token is sent: at most one chunk goes out after the server saw
+    the client go.
+    """
+    if gone.is_set():
+        return False
+    sending = asyncio.ensure_future(
+        send({"type": "http.response.body", "body": data, "more_body": True})
+    )
+    waiting = asyncio.ensure_future(gone.wait())
+    try:
+        await asyncio.wait((sending, waiting), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiting.cancel()
+    if not sending.done():
+        sending.cancel()
+        with contextlib.suppress(asyncio.CancelledError, OSError):
+            await sending
+        return False
+    error = sending.exception()
+    if error is not None:
+        gone.set()
+        if isinstance(error, OSError):
+            return False
+        raise error  # not a transport error: a bug, let it surface
+    await asyncio.sleep(0)  # let a pending http.disconnect reach the watcher
+    return True
 
 
 async def _watch_disconnect(receive: Receive, gone: asyncio.Event) -> None:
