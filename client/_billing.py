@@ -27,6 +27,7 @@ from tallystick.protocol import (
     sign_receipt,
 )
 
+from ._counting import PromptCounter
 from ._errors import BillingDispute, ClientError, Mismatch, NodeError, WalletError
 from ._node import NodeClient
 from ._store import ChannelInfo, Pending, Store
@@ -105,7 +106,12 @@ class Biller:
             self._tokens.pop(channel_id, None)
 
     def counter(self, channel: ChannelInfo) -> TokenCounter:
-        return self.tokenizers.counter(self.node(channel), channel.model, channel.tokenizer_hash)
+        return self.prompt_counter(channel).counter
+
+    def prompt_counter(self, channel: ChannelInfo) -> PromptCounter:
+        """Counts chat prompts by the protocol's rule, re-encoding only text not seen before."""
+        node = self.node(channel)
+        return self.tokenizers.prompt_counter(node, channel.model, channel.tokenizer_hash)
 
     def pending_receipt(self, channel: ChannelInfo) -> str | None:
         """The ``X-Tally-Receipt`` value when the last receipt has not reached the node."""

@@ -16,6 +16,7 @@ from pathlib import Path
 import jinja2
 from tallystick.protocol import TokenCounter, TokenizerBundle
 
+from ._counting import PromptCounter
 from ._errors import InvalidResponse
 from ._json import MAX_JSON_DEPTH, too_deep
 from ._node import NodeClient
@@ -41,11 +42,15 @@ class TokenizerCache:
 
     def __init__(self, directory: str | Path) -> None:
         self.directory = Path(directory)
-        self._counters: dict[bytes, TokenCounter] = {}
+        self._counters: dict[bytes, PromptCounter] = {}
         self._lock = threading.Lock()
 
     def counter(self, node: NodeClient, model: str, expected_hash: bytes) -> TokenCounter:
         """The counter for ``model``; raises ``TokenizerMismatch`` if the node serves another."""
+        return self.prompt_counter(node, model, expected_hash).counter
+
+    def prompt_counter(self, node: NodeClient, model: str, expected_hash: bytes) -> PromptCounter:
+        """The cached chat-prompt counter of ``model`` (one per bundle, shared by channels)."""
         with self._lock:
             if expected_hash in self._counters:
                 return self._counters[expected_hash]
@@ -54,10 +59,9 @@ class TokenizerCache:
             data = node.tokenizer_bytes(model)
             bundle = _load(data, expected_hash)
             self._to_disk(expected_hash, data)
-        counter = _counter(bundle)
+        counter = PromptCounter(_counter(bundle))
         with self._lock:
-            self._counters[expected_hash] = counter
-        return counter
+            return self._counters.setdefault(expected_hash, counter)
 
     def _path(self, expected_hash: bytes) -> Path:
         return self.directory / f"{expected_hash.hex()}.json"

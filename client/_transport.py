@@ -119,14 +119,14 @@ class TallyTransport(httpx.BaseTransport):
             )
         if body.get("n", 1) != 1:
             raise ClientError("Tallystick verifies one choice per request: n must be 1")
-        counter = self.biller.counter(self.channel)
+        counter = self.biller.prompt_counter(self.channel)
         if kind == "chat":
             prompt_ids = counter.chat_prompt_ids(body.get("messages") or [])
         else:
             prompt = body.get("prompt")
             if not isinstance(prompt, str):
                 raise ClientError("Tallystick verifies a single string prompt per completion")
-            prompt_ids = counter.text_prompt_ids(prompt)
+            prompt_ids = counter.counter.text_prompt_ids(prompt)
         stop = body.get("stop") or ()
         max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
         return Served(

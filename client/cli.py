@@ -120,8 +120,12 @@ def channel() -> None:
 @click.option("--deposit", type=int, required=True, help="base units (wei for ETH)")
 @click.option("--provider", help="provider address (default: the cheapest)")
 @click.option("--session-key", is_flag=True, help="sign requests with a per-channel key")
-@click.option("--max-input-price", type=int, help="per million input tokens, base units")
-@click.option("--max-output-price", type=int, help="per million output tokens, base units")
+@click.option(
+    "--max-input-price", type=int, help="only offers at most this per million input tokens"
+)
+@click.option(
+    "--max-output-price", type=int, help="only offers at most this per million output tokens"
+)
 @click.pass_obj
 def channel_open(
     s: Settings,
@@ -132,10 +136,12 @@ def channel_open(
     max_input_price: int | None,
     max_output_price: int | None,
 ) -> None:
-    """Escrow a deposit with a provider for one model.
+    """Escrow a deposit with a provider for one model, at the prices it lists now.
 
-    The open is refused, and nothing deposited, if the provider raises its price above the
-    listing found here (and checked against its node) before the transaction is mined.
+    Prices are in base units of the listing's token per million tokens. The open is refused,
+    and nothing deposited, if the provider raises its price above the listing found here (and
+    checked against its node) before the transaction is mined; the prices printed are the ones
+    the escrow snapshotted for the channel.
     """
     with s.client() as client:
         info = client.channels.open(

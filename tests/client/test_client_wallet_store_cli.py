@@ -96,3 +96,13 @@ def test_cli_bill_table(wallet: Wallet, fake: FakeNode, tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["--key", key, "--store", str(store), "bill"])
     assert result.exit_code == 0, result.output
     assert str(bill.cost) in result.output and "total" in result.output
+
+
+def test_channel_open_help_names_the_price_caps_and_the_snapshot() -> None:
+    from click.testing import CliRunner
+    from tallystick.client.cli import cli
+
+    text = " ".join(CliRunner().invoke(cli, ["channel", "open", "--help"]).output.split())
+    assert "--max-input-price INTEGER only offers at most this per million input tokens" in text
+    assert "--max-output-price INTEGER only offers at most this per million output tokens" in text
+    assert "refused, and nothing deposited" in text and "snapshotted" in text
