@@ -18,6 +18,7 @@ from ._errors import (
     UpstreamUnavailable,
 )
 from ._fake import FakeEngine
+from ._gguf_cache import cache_root, cached_gguf_folder, convert_gguf, gguf_cache_entry
 from ._loading import LoadedModel, LoadedTokenizer, default_model_name, load_model, load_tokenizer
 from ._tiny import TINY_CHAT_TEMPLATE, tiny_tokenizer_bundle, tiny_tokenizer_json
 from ._upstream import UpstreamEngine
@@ -42,7 +43,11 @@ __all__ = [
     "UpstreamEngine",
     "UpstreamError",
     "UpstreamUnavailable",
+    "cache_root",
+    "cached_gguf_folder",
+    "convert_gguf",
     "default_model_name",
+    "gguf_cache_entry",
     "load_model",
     "load_tokenizer",
     "tiny_tokenizer_bundle",

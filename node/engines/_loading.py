@@ -35,12 +35,20 @@ class LoadedTokenizer:
     context_length: int
 
 
-def load_tokenizer(source: str) -> LoadedTokenizer:
-    """Load only the tokenizer and config of ``source`` (for metering an upstream server)."""
+def load_tokenizer(source: str, *, cache: bool = True) -> LoadedTokenizer:
+    """Load only the tokenizer and config of ``source`` (for metering an upstream server).
+
+    A GGUF converted by an earlier ``load_model`` is read from the cache; otherwise the GGUF
+    itself is read (converting all its weights just for the tokenizer would not pay).
+    """
     folder, gguf_file = _locate(source)
+    if gguf_file and cache:
+        cached = _cached(Path(folder) / gguf_file)
+        if cached is not None:
+            folder, gguf_file = str(cached), None
     log.info("loading tokenizer from %s", source)
-    tokenizer = _from_pretrained("AutoTokenizer", source, folder, gguf_file)
-    config = _from_pretrained("AutoConfig", source, folder, gguf_file)
+    tokenizer = from_pretrained("AutoTokenizer", source, folder, gguf_file)
+    config = from_pretrained("AutoConfig", source, folder, gguf_file)
     return LoadedTokenizer(
         tokenizer=tokenizer,
         name=default_model_name(source),
@@ -56,17 +64,23 @@ def default_model_name(source: str) -> str:
     return _QUANT_SUFFIX.sub("", stem) or stem
 
 
-def load_model(source: str, *, dtype: str = "float32") -> LoadedModel:
-    """Load ``source`` (a model folder, a ``.gguf`` file, or a hub id) for CPU inference."""
+def load_model(source: str, *, dtype: str = "float32", cache: bool = True) -> LoadedModel:
+    """Load ``source`` (a model folder, a ``.gguf`` file, or a hub id) for CPU inference.
+
+    A GGUF is dequantised once into the conversion cache (``_gguf_cache.py``) and read from
+    there; ``cache=False`` (or an unwritable cache) reads the GGUF itself every time.
+    """
     folder, gguf_file = _locate(source)
     started = time.perf_counter()
-    log.info("loading tokenizer from %s", source)
-    tokenizer = _from_pretrained("AutoTokenizer", source, folder, gguf_file)
+    if gguf_file and cache:
+        folder, gguf_file = _converted(source, Path(folder) / gguf_file, dtype)
+    log.info("loading tokenizer from %s", folder if not gguf_file else source)
+    tokenizer = from_pretrained("AutoTokenizer", source, folder, gguf_file)
     if gguf_file:
         log.info("loading weights from %s (dequantising GGUF to %s)", gguf_file, dtype)
     else:
-        log.info("loading weights from %s", source)
-    model = _from_pretrained("AutoModelForCausalLM", source, folder, gguf_file, dtype=dtype)
+        log.info("loading weights from %s", folder)
+    model = from_pretrained("AutoModelForCausalLM", source, folder, gguf_file, dtype=dtype)
     model.eval()
     params = sum(p.numel() for p in model.parameters())
     log.info("loaded %s: %.1fM parameters in %.1fs", source, params / 1e6, _since(started))
@@ -94,6 +108,29 @@ def eos_ids_of(model: Any, tokenizer: Any) -> frozenset[int]:
     return frozenset(ids)
 
 
+def _converted(source: str, gguf: Path, dtype: str) -> tuple[str, str | None]:
+    """The cached folder of ``gguf`` (converting it on first use), or the GGUF itself when
+    the cache cannot be written."""
+    from ._gguf_cache import convert_gguf
+
+    try:
+        return str(convert_gguf(gguf, dtype)), None
+    except OSError as exc:
+        log.warning(
+            "cannot cache the conversion of %s (%s): reading the GGUF directly", source, exc
+        )
+        return str(gguf.parent), gguf.name
+
+
+def _cached(gguf: Path) -> Path | None:
+    from ._gguf_cache import cached_gguf_folder
+
+    try:
+        return cached_gguf_folder(gguf)
+    except OSError:  # unreadable GGUF: the direct load reports it
+        return None
+
+
 def _locate(source: str) -> tuple[str, str | None]:
     path = Path(source).expanduser()
     if path.is_file():
@@ -107,9 +144,10 @@ def _locate(source: str) -> tuple[str, str | None]:
     return source, None  # a hub id
 
 
-def _from_pretrained(
+def from_pretrained(
     kind: str, source: str, folder: str, gguf_file: str | None, **kwargs: Any
 ) -> Any:
+    """``transformers.<kind>.from_pretrained``, its errors as ``ModelLoadError``."""
     import transformers
 
     cls = getattr(transformers, kind)
