@@ -63,7 +63,7 @@ class Timing:
 class TokenEvent:
     """Ids generated since the previous event, the text they add, and why generation ended."""
 
-    token_ids: list[int]  # >= 1 id
+    token_ids: list[int]  # >= 1 id; none only on the final event of an empty upstream answer
     text: str  # "" while a UTF-8 char or a possible stop string is held back
     finish_reason: str | None  # None, "stop" (EOS or stop string; text cut before it), "length"
     timing: Timing | None = None  # set on the final event only

@@ -208,7 +208,7 @@ class UpstreamEngine:
 
 class _Meter:
     """Turns upstream chunks into metered TokenEvents, holding back the newest ids so the
-    final event always carries at least one id."""
+    final event carries at least one id (none only when the upstream generated nothing)."""
 
     def __init__(self, encoder: Any, output: SequenceOutput, budget: int) -> None:
         self._encoder = encoder
@@ -269,9 +269,11 @@ class _Meter:
         room = self._budget - self._output.generated
         if len(ids) >= room:  # never bill past the budget, whatever the upstream sent
             ids, final = ids[:room], True
-        if not ids:
-            return []  # an upstream that generated nothing: nothing to send or bill
-        finish = (self._finish or "length") if final else None
+        if not ids and not final:
+            return []
+        # The stream always ends with a finish_reason: with no ids when the upstream
+        # generated nothing (nothing is billed for it, but the caller learns why it ended).
+        finish = (self._finish or ("length" if ids else "stop")) if final else None
         return [self._output.add_many(ids, finish)]
 
 

@@ -123,6 +123,27 @@ def test_never_meters_past_max_tokens(tiny_dir: Path, tiny_counter: Any) -> None
     assert events[-1].finish_reason == "length"
 
 
+@pytest.mark.parametrize(
+    ("chunks", "reason"),
+    [
+        ([], "stop"),  # only [DONE]
+        ([{"choices": [{"delta": {"content": ""}, "finish_reason": "stop"}]}], "stop"),
+        ([{"choices": [{"text": "", "finish_reason": "length"}]}], "length"),
+        ([{"choices": [{"delta": {}, "token_ids": [], "finish_reason": None}]}], "stop"),
+    ],
+)
+def test_empty_upstream_answer_ends_with_a_final_event_without_ids(
+    tiny_dir: Path, tiny_counter: Any, chunks: list[dict[str, Any]], reason: str
+) -> None:
+    engine = engine_with(lambda _: httpx.Response(200, content=sse(*chunks)), tiny_dir)
+    events = run(collect(engine, chat(tiny_counter, "hi"), SamplingParams(10)))
+    assert len(events) == 1
+    final = events[0]
+    assert (final.token_ids, final.text, final.finish_reason) == ([], "", reason)
+    assert final.timing is not None
+    assert final.timing.inter_token_s == ()
+
+
 def test_stop_strings_are_applied_locally(tiny_dir: Path, tiny_counter: Any) -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         assert "stop" not in json.loads(request.content)
