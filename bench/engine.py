@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,14 +66,19 @@ async def _one(engine: Any, prompt: Any, params: Any) -> tuple[int, Any]:
     return tokens, timing
 
 
-async def run_level(engine: Any, streams: int, max_tokens: int) -> LevelResult:
-    """Run ``streams`` concurrent greedy requests once and measure them."""
+async def run_level(
+    engine: Any, streams: int, max_tokens: int, questions: Sequence[str] = QUESTIONS
+) -> LevelResult:
+    """Run ``streams`` concurrent greedy requests once and measure them; stream ``i`` asks
+    ``questions[i % len(questions)]`` as a one-message chat."""
     from tallystick.node.engines import Prompt, SamplingParams
 
+    if not questions:
+        raise ValueError("run_level needs at least one question")
     params = SamplingParams(max_tokens=max_tokens, temperature=0.0)
     prompts = []
     for i in range(streams):
-        messages = [{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}]
+        messages = [{"role": "user", "content": questions[i % len(questions)]}]
         prompts.append(Prompt(ids=engine.counter.chat_prompt_ids(messages), messages=messages))
     started = time.perf_counter()
     results = await asyncio.gather(*(_one(engine, p, params) for p in prompts))
@@ -90,9 +96,15 @@ async def run_level(engine: Any, streams: int, max_tokens: int) -> LevelResult:
     )
 
 
-async def best_of(engine: Any, streams: int, max_tokens: int, repeats: int) -> LevelResult:
+async def best_of(
+    engine: Any,
+    streams: int,
+    max_tokens: int,
+    repeats: int,
+    questions: Sequence[str] = QUESTIONS,
+) -> LevelResult:
     """The fastest of ``repeats`` runs: on a shared machine, slower runs measure the neighbours."""
-    runs = [await run_level(engine, streams, max_tokens) for _ in range(max(1, repeats))]
+    runs = [await run_level(engine, streams, max_tokens, questions) for _ in range(max(1, repeats))]
     return max(runs, key=lambda r: r.tokens_per_s)
 
 
