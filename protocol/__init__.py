@@ -38,6 +38,8 @@ from ._errors import (
     ChainUnavailable,
     ContractError,
     InvalidBearerToken,
+    InvalidChatTemplate,
+    InvalidJSON,
     InvalidSignature,
     ProtocolError,
     TallystickError,
@@ -48,6 +50,15 @@ from ._pricing import cost_of
 from ._revert import decode_revert
 from ._tokenizer import TokenCounter, TokenizerBundle
 from ._types import Domain, Prices, Receipt, SignedReceipt
+from ._untrusted import (
+    MAX_JSON_BYTES,
+    MAX_JSON_DEPTH,
+    MAX_TAG_OPERATORS,
+    MAX_TEMPLATE_NESTING,
+    check_chat_template,
+    json_too_deep,
+    loads_untrusted,
+)
 from ._usage import (
     ZERO_ROOT,
     SignedUsageRecord,
@@ -57,6 +68,10 @@ from ._usage import (
 )
 
 __all__ = [
+    "MAX_JSON_BYTES",
+    "MAX_JSON_DEPTH",
+    "MAX_TAG_OPERATORS",
+    "MAX_TEMPLATE_NESTING",
     "ZERO_ROOT",
     "BearerToken",
     "ChainError",
@@ -69,6 +84,8 @@ __all__ = [
     "Escrow",
     "Event",
     "InvalidBearerToken",
+    "InvalidChatTemplate",
+    "InvalidJSON",
     "InvalidSignature",
     "Listing",
     "Prices",
@@ -89,12 +106,15 @@ __all__ = [
     "bearer_message",
     "bench_signing",
     "channel_id",
+    "check_chat_template",
     "connect",
     "cost_of",
     "decode_revert",
     "deploy",
     "hash_token_ids",
+    "json_too_deep",
     "load_artifact",
+    "loads_untrusted",
     "make_bearer_token",
     "model_id",
     "next_usage_root",

@@ -4,6 +4,9 @@
     ├── ProtocolError            a message or artefact breaks docs/protocol.md
     │   ├── InvalidSignature     malformed signature, or one that does not recover
     │   ├── InvalidBearerToken   an ``Authorization`` token that cannot be parsed
+    │   ├── InvalidJSON          another party's JSON: too large, nested too deeply, malformed
+    │   ├── InvalidChatTemplate  a chat template too deep to compile safely, or that fails to
+    │   │                        compile or recurses too deeply when rendered
     │   └── TokenizerMismatch    a tokenizer bundle whose hash is not the expected one
     └── ChainError               anything that went wrong talking to the chain
         ├── ContractError        a contract reverted; ``name`` and ``args`` of its custom error
@@ -32,6 +35,14 @@ class InvalidSignature(ProtocolError):
 
 class InvalidBearerToken(ProtocolError):
     """A bearer token is not of the form ``tsk1.<channelId>.<expiresAt>.<signature>``."""
+
+
+class InvalidJSON(ProtocolError):
+    """Another party's JSON is too large, nested too deeply to parse safely, or malformed."""
+
+
+class InvalidChatTemplate(ProtocolError):
+    """A chat template nests too deeply to compile safely, does not compile, or recurses."""
 
 
 class TokenizerMismatch(ProtocolError):

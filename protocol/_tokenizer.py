@@ -27,10 +27,16 @@ from eth_utils import keccak
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer
 
-from ._errors import ProtocolError, TokenizerMismatch
+from ._errors import InvalidChatTemplate, ProtocolError, TokenizerMismatch
 from ._types import hex32
+from ._untrusted import check_chat_template, loads_untrusted
 
 _BUNDLE_KEYS = ("bos_token", "chat_template", "eos_token", "tokenizer_json")
+MAX_BUNDLE_BYTES = 256 << 20  # the largest real tokenizer.json files are ~35 MB
+# Nested calls (macros, recursive loops, caller()) a template may make while rendering: real
+# templates nest a handful; each level costs C stack, and a macro calling itself would
+# otherwise recurse until web3's recursion limit of 100000 overflows it.
+MAX_TEMPLATE_CALL_DEPTH = 64
 
 
 @dataclass(frozen=True)
@@ -68,15 +74,16 @@ class TokenizerBundle:
 
     @classmethod
     def from_bytes(cls, data: bytes, expected_hash: bytes | None = None) -> TokenizerBundle:
-        """Parse served bytes; they must be canonical, so the hash is that of the bytes received."""
+        """Parse served bytes; they must be canonical, so the hash is that of the bytes received.
+
+        A matching hash proves nothing about safety (the provider chose it), so the bytes are
+        size- and depth-checked before parsing: ``InvalidJSON``, a ``ProtocolError``.
+        """
         if expected_hash is not None and keccak(data) != expected_hash:
             raise TokenizerMismatch(
                 f"tokenizer bundle hashes to {hex32(keccak(data))}, expected {hex32(expected_hash)}"
             )
-        try:
-            obj = json.loads(data.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ProtocolError(f"tokenizer bundle is not UTF-8 JSON: {exc}") from exc
+        obj = loads_untrusted(data, what="the tokenizer bundle", max_bytes=MAX_BUNDLE_BYTES)
         if not isinstance(obj, dict) or sorted(obj) != list(_BUNDLE_KEYS):
             raise ProtocolError(f"tokenizer bundle must have exactly the keys {list(_BUNDLE_KEYS)}")
         try:
@@ -138,6 +145,8 @@ class TokenCounter:
                 context[name] = getattr(self.bundle, name)
         try:
             return self._template.render(**context)
+        except _TooDeep as exc:
+            raise InvalidChatTemplate(str(exc)) from exc
         except Exception as exc:  # a template is code: it can fail with any error (TypeError, ...)
             raise ProtocolError(f"chat template refused the messages: {exc}") from exc
 
@@ -231,14 +240,38 @@ def _load_tokenizer(bundle: TokenizerBundle) -> Tokenizer:
 
 @lru_cache(maxsize=32)
 def _compile_template(source: str) -> jinja2.Template:
+    # The bundle comes from the provider: its template is checked for nesting before Jinja's
+    # parser and CPython's compiler (both recursive) see it.
+    check_chat_template(source)
     try:
         return _environment().from_string(source)
-    except jinja2.TemplateSyntaxError as exc:
-        raise ProtocolError(f"chat template does not compile: {exc}") from exc
+    except (jinja2.TemplateSyntaxError, SyntaxError, RecursionError, MemoryError) as exc:
+        # Jinja turns the template into Python; CPython may refuse what Jinja accepted.
+        raise InvalidChatTemplate(f"the chat template does not compile: {exc}") from exc
+
+
+class _ChatSandbox(ImmutableSandboxedEnvironment):
+    """The sandbox, with nested calls from templates bounded (a macro may call itself)."""
+
+    _depth = threading.local()
+
+    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
+        depth = getattr(__self._depth, "n", 0)
+        if depth >= MAX_TEMPLATE_CALL_DEPTH:
+            raise _TooDeep(f"the chat template nests calls deeper than {MAX_TEMPLATE_CALL_DEPTH}")
+        __self._depth.n = depth + 1
+        try:
+            return super().call(__context, __obj, *args, **kwargs)
+        finally:
+            __self._depth.n = depth
+
+
+class _TooDeep(jinja2.exceptions.SecurityError):
+    pass
 
 
 def _environment() -> ImmutableSandboxedEnvironment:
-    env = ImmutableSandboxedEnvironment(
+    env = _ChatSandbox(
         trim_blocks=True,
         lstrip_blocks=True,
         extensions=[_GenerationTag, jinja2.ext.loopcontrols],

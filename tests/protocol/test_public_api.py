@@ -19,9 +19,13 @@ DOCUMENTED = {
     # chain
     "connect", "Registry", "Escrow", "ProviderInfo", "Listing", "ChannelState", "TxResult",
     "deploy", "Deployment", "load_artifact",
+    # untrusted input
+    "loads_untrusted", "json_too_deep", "check_chat_template", "MAX_JSON_DEPTH", "MAX_JSON_BYTES",
+    "MAX_TEMPLATE_NESTING", "MAX_TAG_OPERATORS",
     # errors
     "TallystickError", "ProtocolError", "InvalidSignature", "InvalidBearerToken",
-    "TokenizerMismatch", "ChainError", "ContractError", "ChainUnavailable",
+    "TokenizerMismatch", "InvalidJSON", "InvalidChatTemplate", "ChainError", "ContractError",
+    "ChainUnavailable",
 }  # fmt: skip
 EXTRA = {
     "recover_message_signer", "recover_bearer_signer", "bench_signing", "ChannelStatus",

@@ -10,7 +10,13 @@ from typing import Any
 
 import pytest
 from eth_utils import keccak
-from tallystick.protocol import ProtocolError, TokenCounter, TokenizerBundle, TokenizerMismatch
+from tallystick.protocol import (
+    InvalidJSON,
+    ProtocolError,
+    TokenCounter,
+    TokenizerBundle,
+    TokenizerMismatch,
+)
 
 TINY_TEMPLATE = """\
 {%- set ns = namespace(system=false) -%}
@@ -200,7 +206,7 @@ def test_from_bytes_refuses_bad_input() -> None:
         TokenizerBundle.from_bytes(pretty)
     with pytest.raises(ProtocolError, match="exactly the keys"):
         TokenizerBundle.from_bytes(b'{"chat_template":"t"}')
-    with pytest.raises(ProtocolError, match="not UTF-8 JSON"):
+    with pytest.raises(InvalidJSON, match="tokenizer bundle is not JSON"):
         TokenizerBundle.from_bytes(b"\xff")
     with pytest.raises(ProtocolError, match="must be a string"):
         TokenizerBundle.from_bytes(
