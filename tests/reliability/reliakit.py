@@ -4,14 +4,16 @@
   ``fake-model`` (the tiny tokenizer) at ``PRICES`` in ETH.
 - ``NodeProcess``: ``tallystick-node serve`` as a subprocess (``_fake_node.py``: the real CLI
   with FakeEngine), which a test can SIGKILL and restart on the same ledger.
-- ``TcpProxy``: a TCP relay (node -> anvil) that a test can cut and restore.
+- ``TcpProxy``: a TCP relay (node -> anvil) that a test can cut, black-hole and restore.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -153,13 +155,23 @@ class NodeProcess:
 
 
 class TcpProxy:
-    """Relays 127.0.0.1:port to ``target``; ``cut()`` resets and refuses connections."""
+    """Relays 127.0.0.1:port to ``target``; a test can cut it or turn it into a black hole.
+
+    - ``cut()``: every open connection is reset (RST) and new ones are reset on accept, as
+      when the RPC process dies or its host goes down.
+    - ``blackhole()``: connections stay open but nothing is forwarded either way, and new ones
+      are accepted and never answered, as in a network partition or a wedged RPC server.
+      Only the client's own timeouts can notice this.
+    - ``restore()``: forwarding again; connections left over from a black hole are reset
+      (their requests were dropped, as TCP would eventually give up on them too).
+    """
+
+    UP, CUT, BLACKHOLE = "up", "cut", "blackhole"
 
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
         self.port = free_port()
-        self._up = threading.Event()
-        self._up.set()
+        self.mode = self.UP
         self._conns: set[socket.socket] = set()
         self._lock = threading.Lock()
         self._server = socket.create_server(("127.0.0.1", self.port))
@@ -172,19 +184,30 @@ class TcpProxy:
         return f"http://127.0.0.1:{self.port}"
 
     def cut(self) -> None:
-        self._up.clear()
+        self._switch(self.CUT)
+
+    def blackhole(self) -> None:
         with self._lock:
-            for conn in list(self._conns):
-                _reset(conn)
-            self._conns.clear()
+            self.mode = self.BLACKHOLE
 
     def restore(self) -> None:
-        self._up.set()
+        self._switch(self.UP)
 
     def close(self) -> None:
         self._closed = True
         self.cut()
         self._server.close()
+
+    def _switch(self, mode: str) -> None:
+        with self._lock:
+            stale = self.mode != self.UP
+            self.mode = mode
+            # Restoring a cut proxy has nothing to reset; restoring a black hole resets the
+            # connections whose requests it swallowed.
+            if mode == self.CUT or stale:
+                for conn in self._conns:
+                    _reset(conn)
+                self._conns.clear()
 
     def _accept(self) -> None:
         while not self._closed:
@@ -192,30 +215,38 @@ class TcpProxy:
                 client, _ = self._server.accept()
             except OSError:
                 return
-            if not self._up.is_set():
-                _reset(client)  # the chain is "down": connection reset at once
-                continue
-            try:
-                upstream = socket.create_connection(("127.0.0.1", self.target_port))
-            except OSError:
-                _reset(client)
-                continue
+            upstream = None
+            if self.mode == self.UP:
+                try:
+                    upstream = socket.create_connection(("127.0.0.1", self.target_port))
+                except OSError:
+                    _reset(client)
+                    continue
+            # Registered under the lock that cut() holds, so no connection escapes a cut.
             with self._lock:
-                self._conns.update((client, upstream))
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+                if self.mode == self.CUT or (self.mode == self.UP and upstream is None):
+                    _reset(client)
+                    if upstream is not None:
+                        _reset(upstream)
+                    continue
+                pairs = [(client, upstream), (upstream, client)] if upstream else [(client, None)]
+                self._conns.update(s for s in (client, upstream) if s is not None)
+            for src, dst in pairs:
+                threading.Thread(target=self._pipe, args=(src, dst), daemon=True).start()
 
-    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
+    def _pipe(self, src: socket.socket, dst: socket.socket | None) -> None:
         try:
             while data := src.recv(65536):
-                dst.sendall(data)
+                if dst is not None and self.mode == self.UP:
+                    dst.sendall(data)  # in a black hole the bytes are dropped
         except OSError:
             pass
         finally:
             for s in (src, dst):
-                with self._lock:
-                    self._conns.discard(s)
-                _reset(s)
+                if s is not None:
+                    with self._lock:
+                        self._conns.discard(s)
+                    _reset(s)
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
@@ -228,11 +259,19 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
 
 
 def _reset(sock: socket.socket) -> None:
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    """Abort ``sock`` with an RST, even while another thread is blocked in ``recv`` on it.
+
+    close() alone is not enough: Linux keeps a socket open, silently ESTABLISHED, for as long
+    as another thread is inside recv() on it, so a request in flight at the cut would wait for
+    the client's read timeout instead of failing. shutdown(SHUT_RD) wakes that recv (it
+    returns b"", sending nothing); the last close, with SO_LINGER 0, then sends the RST.
+    """
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RD)
+    with contextlib.suppress(OSError):
         sock.close()
-    except OSError:
-        pass
 
 
 # --- a front-run in the victim's own block ------------------------------------------------------
