@@ -4,7 +4,9 @@ The hash does not make a bundle safe to load: the provider chose it when it list
 So the bundle is size-bounded and depth-checked before its JSON is parsed, and its chat
 template is checked for nesting before Jinja compiles it: Jinja's parser and CPython's compiler
 recurse once per level and trust the recursion limit web3 raises to 100000, so a template of a
-few thousand nested ``not`` or ``{% for %}`` overflows the C stack and kills the process.
+few thousand nested ``not`` or ``{% for %}`` overflows the C stack and kills the process. The
+checks are the protocol's (``TokenizerBundle.from_bytes``, ``check_chat_template``); their
+errors become ``InvalidResponse`` here, and the template is checked before anything is cached.
 """
 
 from __future__ import annotations
@@ -13,28 +15,21 @@ import os
 import threading
 from pathlib import Path
 
-import jinja2
-from tallystick.protocol import TokenCounter, TokenizerBundle
+from tallystick.protocol import (
+    MAX_TAG_OPERATORS,
+    MAX_TEMPLATE_NESTING,
+    InvalidChatTemplate,
+    InvalidJSON,
+    TokenCounter,
+    TokenizerBundle,
+)
+from tallystick.protocol import check_chat_template as _check_chat_template
 
 from ._counting import PromptCounter
 from ._errors import InvalidResponse
-from ._json import MAX_JSON_DEPTH, too_deep
 from ._node import NodeClient
 
 __all__ = ["MAX_TAG_OPERATORS", "MAX_TEMPLATE_NESTING", "TokenizerCache", "check_chat_template"]
-
-# Real chat templates nest blocks ~6 deep and use ~20 operators in their longest tag. Below
-# these, Jinja compiles without crashing and within CPython's own static limits (20 nested
-# loops, 200 nested parentheses), which raise SyntaxError rather than ProtocolError.
-MAX_TEMPLATE_NESTING = 16
-MAX_TAG_OPERATORS = 128
-_BLOCK_OPENERS = frozenset(
-    {"if", "for", "macro", "call", "filter", "with", "block", "autoescape", "generation", "set"}
-)
-# Names that are operators in Jinja expressions: each may add a level to the parse tree.
-_WORD_OPERATORS = frozenset({"not", "and", "or", "if", "else", "is", "in"})
-# Operators that separate or close and add no level: a long list literal is one level deep.
-_FLAT_OPERATORS = frozenset({",", ":", ")", "]", "}", "="})
 
 
 class TokenizerCache:
@@ -81,10 +76,11 @@ class TokenizerCache:
 
 
 def _load(data: bytes, expected_hash: bytes) -> TokenizerBundle:
-    """A bundle from served bytes, checked for depth, hash and template nesting, in that order."""
-    if too_deep(data):
-        raise InvalidResponse(f"the tokenizer bundle is nested deeper than {MAX_JSON_DEPTH} levels")
-    bundle = TokenizerBundle.from_bytes(data, expected_hash)
+    """A bundle from served bytes, checked for hash, depth and template nesting, in that order."""
+    try:
+        bundle = TokenizerBundle.from_bytes(data, expected_hash)
+    except InvalidJSON as exc:
+        raise InvalidResponse(str(exc)) from exc
     check_chat_template(bundle.chat_template)
     return bundle
 
@@ -92,37 +88,13 @@ def _load(data: bytes, expected_hash: bytes) -> TokenizerBundle:
 def _counter(bundle: TokenizerBundle) -> TokenCounter:
     try:
         return TokenCounter(bundle)
-    except (SyntaxError, RecursionError, MemoryError) as exc:
-        # Jinja turns the template into Python; CPython may refuse what Jinja accepted.
-        raise InvalidResponse(f"the chat template does not compile: {exc}") from exc
+    except InvalidChatTemplate as exc:  # e.g. CPython refused what Jinja accepted
+        raise InvalidResponse(str(exc)) from exc
 
 
 def check_chat_template(source: str) -> None:
-    """``InvalidResponse`` unless the template's blocks and expressions nest within bounds.
-
-    Walks Jinja's lexer (a flat token stream, no recursion): blocks may nest at most
-    ``MAX_TEMPLATE_NESTING`` deep, and one tag may hold at most ``MAX_TAG_OPERATORS``
-    operators and opening brackets, which bounds how deep its expression can nest.
-    """
-    depth = 0
-    keyword: str | None = None  # the first name of the current {% %} tag
-    expect_keyword, assigns, operators = False, False, 0
+    """``InvalidResponse`` unless the template nests within the protocol's bounds."""
     try:
-        for _, kind, value in jinja2.Environment().lex(source):
-            if kind in ("block_begin", "variable_begin"):
-                expect_keyword, keyword, assigns, operators = kind == "block_begin", None, False, 0
-            elif kind == "name" and expect_keyword:
-                keyword, expect_keyword = value, False
-                depth -= value.startswith("end")
-            elif kind == "operator" or (kind == "name" and value in _WORD_OPERATORS):
-                operators += value not in _FLAT_OPERATORS
-                assigns = assigns or value == "="
-            elif kind == "block_end" and keyword in _BLOCK_OPENERS:
-                depth += not (keyword == "set" and assigns)  # {% set x = ... %} opens nothing
-            if depth > MAX_TEMPLATE_NESTING or operators > MAX_TAG_OPERATORS:
-                raise InvalidResponse(
-                    "the chat template nests too deeply to compile safely (more than "
-                    f"{MAX_TEMPLATE_NESTING} blocks or {MAX_TAG_OPERATORS} operators in a tag)"
-                )
-    except jinja2.TemplateSyntaxError as exc:
-        raise InvalidResponse(f"the chat template does not compile: {exc}") from exc
+        _check_chat_template(source)
+    except InvalidChatTemplate as exc:
+        raise InvalidResponse(str(exc)) from exc

@@ -7,11 +7,10 @@ published schema is exactly what the node accepts (the API fuzz test relies on i
 from __future__ import annotations
 
 import json
-import re
-from itertools import accumulate
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from tallystick.protocol import MAX_JSON_DEPTH, json_too_deep
 
 from ._errors import ApiError
 
@@ -46,10 +45,6 @@ Int = Annotated[int, BeforeValidator(_integral)]
 TokenLimit = Annotated[int, Field(ge=1, le=UINT32_MAX), BeforeValidator(_integral)]
 Seed = Annotated[int, Field(ge=-INT64_MAX - 1, le=INT64_MAX), BeforeValidator(_integral)]
 
-MAX_JSON_DEPTH = 64
-_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
-_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
-_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
 Hex32 = Annotated[str, Field(pattern=r"^0x[0-9a-fA-F]{64}$")]
 
 
@@ -196,11 +191,7 @@ def _check_depth(text: str) -> None:
     which web3 raises to 100000: a 4 MiB body of ``[`` would overflow the C stack and kill
     the process (a segfault, not a RecursionError).
     """
-    if text.count("[") + text.count("{") <= MAX_JSON_DEPTH:
-        return  # cannot be deeper than the number of openers: the usual case, O(n) in C
-    brackets = _NOT_BRACKET.sub("", _STRING.sub("", text))  # strings may hold brackets
-    # accumulate/map run in C: a 4 MiB body of brackets is scanned in well under a second.
-    if any(map(MAX_JSON_DEPTH.__lt__, accumulate(map(_STEP.__getitem__, brackets)))):
+    if json_too_deep(text):  # the protocol's rule, shared with the client
         raise ApiError(
             400,
             f"the body's JSON is nested deeper than {MAX_JSON_DEPTH} levels",
