@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -37,6 +38,13 @@ class Load:
     errors: list[str] = field(default_factory=list)
 
     def run(self, stop: threading.Event) -> None:
+        try:
+            self._run(stop)
+        except BaseException as exc:  # shown by the served == target assertion, not lost
+            self.errors.append(f"load thread died: {type(exc).__name__}: {exc}")
+            raise
+
+    def _run(self, stop: threading.Event) -> None:
         while self.served < self.target and not stop.is_set():
             try:
                 reply = self.client.chat.completions.create(
@@ -60,14 +68,17 @@ def _view(client: Tallystick, info: Any, url: str) -> dict[str, Any]:
 
 
 def test_sigkill_under_load_loses_no_receipt_and_bills_nothing_twice(
-    market: Any, start_node: Any, make_client: Any
+    market: Any, start_node: Any, make_client: Any, tmp_path: Path
 ) -> None:
     accounts = market.accounts
     node = start_node(env={"TALLY_FAKE_TOKEN_DELAY": "0.002"})
     wallets = [accounts.client, accounts.client2, accounts[6], accounts[7]]
     loads = []
     for i, account in enumerate(wallets):
-        client = make_client(account, f"client{i}")
+        # Four users, four machines: each its own store and tokenizer cache. (Clients in one
+        # process sharing a tokenizer directory race on its temporary file: client/_tokenizers
+        # names it by pid only, so concurrent first requests fail with FileNotFoundError.)
+        client = make_client(account, f"client{i}", tokenizer_dir=tmp_path / f"tokenizers{i}")
         info = client.channels.open(MODEL, DEPOSIT)
         loads.append(Load(client, info, TOTAL // CLIENTS))
     earnings_before = market.earnings()
