@@ -17,7 +17,14 @@ from tallystick.protocol import ChainError, Domain, SignedReceipt
 from ._ledger import LedgerStore
 from ._types import ChannelInfo, ChannelStatus
 
-__all__ = ["ChainView", "ChannelCache", "ClaimOutcome", "CloseRequest", "ListingInfo"]
+__all__ = [
+    "STALE_PATIENCE_S",
+    "ChainView",
+    "ChannelCache",
+    "ClaimOutcome",
+    "CloseRequest",
+    "ListingInfo",
+]
 
 
 @dataclass(frozen=True)
@@ -90,39 +97,55 @@ class ChainView(Protocol):
         ...
 
 
-class ChannelCache:
-    """Channel state for ``ttl`` seconds; one fetch at a time per channel."""
+STALE_PATIENCE_S = 1.0  # how long a request waits for a refresh when it has a last state
 
-    def __init__(self, chain: ChainView, ledger: LedgerStore, ttl: float) -> None:
+
+class ChannelCache:
+    """Channel state for ``ttl`` seconds; one fetch at a time per channel.
+
+    A request that knows a channel's last state waits at most ``patience`` seconds for a
+    refresh, then goes on with that state while the fetch finishes in the background (a
+    black-holed RPC only fails after the node's ``rpc_timeout``; serving must not wait for it).
+    """
+
+    def __init__(
+        self, chain: ChainView, ledger: LedgerStore, ttl: float, patience: float = STALE_PATIENCE_S
+    ) -> None:
         self._chain = chain
         self._ledger = ledger
         self._ttl = ttl
+        self._patience = patience
         self._entries: dict[bytes, tuple[float, ChannelInfo | None]] = {}
-        self._locks: dict[bytes, asyncio.Lock] = {}
+        self._fetches: dict[bytes, asyncio.Task[ChannelInfo | None]] = {}
 
     async def get(self, channel_id: bytes, *, refresh: bool = False) -> ChannelInfo | None:
         """The channel, from cache unless stale or ``refresh``."""
-        asked_at = time.monotonic()
         entry = self._entries.get(channel_id)
-        if not refresh and entry and asked_at - entry[0] < self._ttl:
+        if not refresh and entry and time.monotonic() - entry[0] < self._ttl:
             return entry[1]
-        lock = self._locks.setdefault(channel_id, asyncio.Lock())
-        async with lock:
-            # Another caller may have fetched while we waited for the lock.
-            entry = self._entries.get(channel_id)
-            if entry and entry[0] >= asked_at:
-                return entry[1]
-            try:
-                info = await self._chain.channel(channel_id)
-            except ChainError:
-                # RPC down: serve on the last state seen (a deposit only grows while the
-                # channel is open; the credit rule bounds what a stale view can cost us).
-                stale = entry[1] if entry else self._ledger.get_channel(channel_id)
-                if stale is None:
-                    raise
-                return stale
+        # Callers join the fetch in flight rather than starting one each.
+        fetch = self._fetches.get(channel_id)
+        if fetch is None:
+            fetch = asyncio.create_task(self._fetch(channel_id))
+            fetch.add_done_callback(_retrieve)
+            self._fetches[channel_id] = fetch
+        # RPC down or slow: serve on the last state seen (a deposit only grows while the
+        # channel is open; the credit rule bounds what a stale view can cost us).
+        stale = entry[1] if entry else self._ledger.get_channel(channel_id)
+        if stale is None:
+            return await asyncio.shield(fetch)
+        try:
+            return await asyncio.wait_for(asyncio.shield(fetch), self._patience)
+        except (ChainError, TimeoutError):
+            return stale
+
+    async def _fetch(self, channel_id: bytes) -> ChannelInfo | None:
+        try:
+            info = await self._chain.channel(channel_id)
             self.put(channel_id, info)
             return info
+        finally:
+            self._fetches.pop(channel_id, None)
 
     def put(self, channel_id: bytes, info: ChannelInfo | None) -> None:
         """Record fresh state (from a read or an event)."""
@@ -145,3 +168,10 @@ class ChannelCache:
         info = entry[1] if entry else self._ledger.get_channel(channel_id)
         if info is not None and info.status == ChannelStatus.OPEN:
             self.put(channel_id, replace(info, status=ChannelStatus.CLOSING, closes_at=closes_at))
+
+
+def _retrieve(task: asyncio.Task[ChannelInfo | None]) -> None:
+    # A fetch whose waiters all went on with stale state: its error is expected (RPC down),
+    # not an "exception was never retrieved".
+    if not task.cancelled():
+        task.exception()

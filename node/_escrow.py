@@ -10,6 +10,7 @@ import asyncio
 import time
 from typing import Any
 
+import requests
 from eth_abi import decode as abi_decode
 from eth_account.signers.local import LocalAccount
 from eth_utils import event_abi_to_log_topic, function_abi_to_4byte_selector, to_checksum_address
@@ -25,6 +26,8 @@ from tallystick.protocol import (
     connect,
     load_artifact,
 )
+from web3 import HTTPProvider, Web3
+from web3.providers.rpc.utils import ExceptionRetryConfiguration
 from web3.types import RPCEndpoint
 
 from ._chain import ClaimOutcome, CloseRequest, ListingInfo
@@ -32,7 +35,7 @@ from ._errors import ConfigError
 from ._settings import Settings
 from ._types import ZERO_ADDRESS, ChannelInfo, ChannelStatus
 
-__all__ = ["EscrowChain"]
+__all__ = ["EscrowChain", "connect_node"]
 
 CHANNEL_BATCH = 200  # getChannel calls per JSON-RPC batch request
 LISTING_TTL_S = 30.0  # a listing we found; registry events drop it sooner (``_close_requests``)
@@ -57,7 +60,7 @@ class EscrowChain:
         """Connect and read the chain id; ``ChainUnavailable`` if the RPC does not answer."""
 
         def build() -> EscrowChain:
-            w3 = connect(settings.rpc)
+            w3 = connect_node(settings)
             return cls(Escrow(w3, settings.escrow), Registry(w3, settings.registry), account)
 
         return await asyncio.to_thread(build)
@@ -291,6 +294,23 @@ def _listing_topics(registry: Registry) -> list[str]:
 
 def _address_topic(address: str) -> str:
     return "0x" + "00" * 12 + address.lower().removeprefix("0x")
+
+
+def connect_node(settings: Settings) -> Web3:
+    """The node's Web3: ``rpc_timeout`` per request, and no retry of a timed-out call.
+
+    web3 retries idempotent calls 5 times on a timeout: on a black-holed RPC one read would
+    block its thread for 5 x the timeout. The worker retries on its own capped backoff and the
+    serving path falls back to cached channel state, so a timeout is reported at once; HTTP
+    errors (a hosted RPC's 429 or 502) still get web3's quick retries.
+    """
+    w3 = connect(settings.rpc, settings.rpc_timeout)
+    provider = w3.provider
+    if isinstance(provider, HTTPProvider):
+        provider.exception_retry_configuration = ExceptionRetryConfiguration(
+            errors=(requests.HTTPError,)
+        )
+    return w3
 
 
 def _rpc(call: Any) -> Any:

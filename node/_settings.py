@@ -58,6 +58,10 @@ class Settings(BaseModel):
     poll_interval: float = Field(default=2.0, gt=0)
     settle_max_gas_per_tx: int = Field(default=10_000_000, ge=100_000)  # per claimMany
     settle_max_backoff: float = Field(default=15.0, gt=0)  # retry cap after a chain error
+    # Seconds one RPC request may take (connect, then each read). A dead or black-holed RPC
+    # costs the settlement worker this much per call; a slow but healthy one (a hosted RPC,
+    # a large eth_getLogs) answers well within it. Timed-out calls are not retried.
+    rpc_timeout: float = Field(default=15.0, gt=0)
     # logging
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "kv"] = "kv"

@@ -37,6 +37,11 @@ def _chain_options(fn: F) -> F:
             click.option("--rpc", help="Chain RPC URL."),
             click.option("--escrow", help="TallyEscrow address."),
             click.option("--registry", help="ProviderRegistry address."),
+            click.option(
+                "--rpc-timeout",
+                type=float,
+                help="Seconds one RPC request may take (default 15); timeouts are not retried.",
+            ),
             click.option("--key", help="Provider private key (hex). Prefer --keystore."),
             click.option(
                 "--keystore",
@@ -110,10 +115,12 @@ def _account(settings: Settings) -> Any:
 
 
 def _bindings(settings: Settings) -> tuple[Any, Any, Any]:
-    from tallystick.protocol import Escrow, Registry, connect
+    from tallystick.protocol import Escrow, Registry
+
+    from ._escrow import connect_node
 
     account = _account(settings)
-    w3 = connect(settings.rpc)
+    w3 = connect_node(settings)
     return account, Registry(w3, settings.registry), Escrow(w3, settings.escrow)
 
 

@@ -82,3 +82,47 @@ def test_node_serves_through_an_rpc_outage_and_settles_when_the_chain_is_back(
     # And the node serves new requests on fresh chain state.
     reply = client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=16)
     assert reply.tally is not None
+
+
+def test_a_black_holed_rpc_costs_the_node_one_timeout_and_never_stalls_serving(
+    market: Any, start_node: Any, make_client: Any, rpc_proxy: Any, long_mode: bool
+) -> None:
+    """The RPC swallows requests without an answer or a reset (a partition, a wedged server):
+    only the node's ``rpc_timeout`` can notice. Serving goes on from cached state without
+    waiting for it, settlement logs the timeout and retries, and claims once the RPC is back."""
+    rpc_timeout = 3.0
+    node = start_node(rpc=rpc_proxy.url, env={"TALLYSTICK_NODE_RPC_TIMEOUT": str(rpc_timeout)})
+    client = make_client(market.accounts.client, "client")
+    info = client.channels.open(MODEL, DEPOSIT)
+    for _ in range(3):
+        client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=16)
+    earnings_before = market.earnings()
+
+    rpc_proxy.blackhole()
+    ends = time.monotonic() + (30.0 if long_mode else 2 * rpc_timeout)
+    slowest = 0.0
+    served = 0
+    while time.monotonic() < ends:
+        asked = time.monotonic()
+        reply = client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=16)
+        slowest = max(slowest, time.monotonic() - asked)
+        assert reply.tally is not None
+        served += 1
+        time.sleep(0.1)
+    # A request waits a second at most for a channel refresh, never for the RPC's timeout.
+    assert slowest < rpc_timeout - 0.5, slowest
+    assert served >= 5
+    wait_for(lambda: "settlement: chain error" in node.log(), 2 * rpc_timeout, "a chain error")
+    assert "timed out" in node.log()
+    assert market.earnings() == earnings_before
+
+    rpc_proxy.restore()
+    tally = client.store.tally(info.channel_id)
+    spent = cost_of(tally.input_tokens, tally.output_tokens, PRICES)
+
+    def settled() -> bool:
+        return bool(market.escrow.get_channel(info.channel_id).paid == spent)
+
+    wait_for(settled, 30 + 2 * rpc_timeout, "the worker to claim after the outage")
+    state = market.escrow.get_channel(info.channel_id)
+    assert (state.input_tokens, state.output_tokens) == (tally.input_tokens, tally.output_tokens)
