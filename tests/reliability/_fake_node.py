@@ -31,7 +31,7 @@ def main() -> None:
     from tallystick.node import _engine_factory
     from tallystick.node.cli import main as cli
 
-    _engine_factory.build_engine = _fake_engine  # type: ignore[assignment]
+    _engine_factory.build_engine = _fake_engine
     # serve's preflight checks the real engine's options (--model) first; FakeEngine needs none.
     _engine_factory.check_engine_settings = lambda settings: None
     cli()
