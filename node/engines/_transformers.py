@@ -31,6 +31,8 @@ __all__ = ["TransformersEngine"]
 
 log = logging.getLogger("tallystick.node.engines")
 
+THREADS_ENV = "TALLYSTICK_THREADS"
+
 
 @dataclass(eq=False)
 class _Request:
@@ -90,11 +92,15 @@ class TransformersEngine:
     async def start(self) -> None:
         if self._worker is not None:
             return
-        torch.set_num_threads(self._threads)
         self._stopping = False
         self._worker = threading.Thread(target=self._work, name="tallystick-engine", daemon=True)
         self._worker.start()
-        log.info("engine %s started (max batch %d)", self.model_name, self._max_batch)
+        log.info(
+            "engine %s started (max batch %d, %d torch threads)",
+            self.model_name,
+            self._max_batch,
+            self._threads,
+        )
 
     async def stop(self) -> None:
         worker, self._worker = self._worker, None
@@ -152,6 +158,8 @@ class TransformersEngine:
     # --- the worker thread -------------------------------------------------------------
 
     def _work(self) -> None:
+        # OpenMP's thread count is per calling thread: set it where the model runs.
+        torch.set_num_threads(self._threads)
         batch = Batch()
         with torch.inference_mode():
             while self._next_step(batch):
@@ -222,8 +230,18 @@ class TransformersEngine:
 
 
 def default_threads() -> int:
-    """All cores but one: the event loop (HTTP, tokenising, signing) needs a core of its own,
-    and torch's spinning worker threads slow down badly when they have to share cores."""
+    """``$TALLYSTICK_THREADS`` when set, else all cores but one (at least one).
+
+    The event loop (HTTP, tokenising, signing) needs a core of its own, and torch's OpenMP
+    team stalls at every op's barrier when one of its threads is descheduled. Measured on
+    the 2-core box (docs/internals.md): 2 threads instead of 1 gain nothing at batch 1 and
+    at best nothing at batch 8 with torch in the worker thread, and run 2-5x slower as soon
+    as anything else wants a core."""
+    value = os.environ.get(THREADS_ENV)
+    if value:
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+        log.warning("%s=%r is not a positive integer: ignored", THREADS_ENV, value)
     return max(1, (os.cpu_count() or 1) - 1)
 
 

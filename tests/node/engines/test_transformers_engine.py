@@ -329,3 +329,47 @@ def test_engine_exposes_model_metadata(tiny_model: LoadedModel, tiny_dir: Any) -
     assert engine.tokenizer_bundle.eos_token == "<|im_end|>"
     named = TransformersEngine(tiny_model, model_name="tiny", context_length=128)
     assert (named.model_name, named.context_length) == ("tiny", 128)
+
+
+def test_default_threads_leave_a_core_and_follow_the_setting(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import os
+
+    from tallystick.node.engines._transformers import default_threads
+
+    monkeypatch.delenv("TALLYSTICK_THREADS", raising=False)
+    assert default_threads() == max(1, (os.cpu_count() or 1) - 1)
+    monkeypatch.setenv("TALLYSTICK_THREADS", "3")
+    assert default_threads() == 3
+    for bad in ("0", "two", "-1"):
+        monkeypatch.setenv("TALLYSTICK_THREADS", bad)
+        assert default_threads() == max(1, (os.cpu_count() or 1) - 1)
+        assert f"TALLYSTICK_THREADS={bad!r} is not a positive integer" in caplog.text
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_worker_runs_the_model_with_the_thread_count(
+    tiny_model: LoadedModel, threads: int
+) -> None:
+    import torch
+
+    seen: list[int] = []
+    before = torch.get_num_threads()
+    hook = tiny_model.model.register_forward_pre_hook(
+        lambda *_: seen.append(torch.get_num_threads())
+    )
+
+    async def body() -> None:
+        engine = TransformersEngine(tiny_model, num_threads=threads)
+        await engine.start()
+        await collect(engine, chat(engine.counter, "hi"), SamplingParams(2, 0.0))
+        await engine.stop()
+
+    try:
+        torch.set_num_threads(3 - threads)  # the caller's setting must not leak in
+        run(body())
+    finally:
+        hook.remove()
+        torch.set_num_threads(before)
+    assert seen and set(seen) == {threads}
