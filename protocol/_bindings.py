@@ -22,7 +22,7 @@ import requests
 from eth_account.signers.local import LocalAccount
 from eth_typing import ChecksumAddress, HexAddress, HexStr
 from eth_utils import event_abi_to_log_topic, to_checksum_address
-from web3 import Web3
+from web3 import HTTPProvider, Web3
 from web3._utils.events import get_event_data
 from web3.contract import Contract
 from web3.exceptions import (
@@ -35,9 +35,10 @@ from web3.exceptions import (
 )
 
 from ._abi import load_artifact
-from ._errors import ChainUnavailable, ContractError
+from ._errors import ChainError, ChainUnavailable, ContractError
 from ._revert import ARTIFACTS, decode_revert
 from ._types import UINT96_MAX, Domain, Prices, Receipt, SignedReceipt, check_uint, checksum
+from ._untrusted import json_too_deep
 
 ETH = "0x0000000000000000000000000000000000000000"
 RECEIPT_TIMEOUT_S = 120
@@ -161,9 +162,27 @@ class ChannelState:
 # ------------------------------------------------------------------------------ connection
 
 
+class _CheckedHTTPProvider(HTTPProvider):
+    """web3's HTTP provider, refusing answers nested too deeply before json decodes them.
+
+    An RPC endpoint is another party (a public or compromised one can answer anything), and
+    web3 raised the recursion limit that json's C decoder trusts: ~200,000 ``[`` would crash
+    the process instead of raising.
+    """
+
+    @staticmethod
+    def decode_rpc_response(raw_response: bytes) -> Any:
+        if json_too_deep(raw_response):
+            raise ChainError("the chain RPC answered with JSON nested too deeply to parse")
+        return HTTPProvider.decode_rpc_response(raw_response)
+
+
 def connect(rpc_url: str, timeout_s: float = 30.0) -> Web3:
-    """A Web3 on ``rpc_url`` that answered ``eth_chainId``; ``ChainUnavailable`` otherwise."""
-    w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": timeout_s}))
+    """A Web3 on ``rpc_url`` that answered ``eth_chainId``; ``ChainUnavailable`` otherwise.
+
+    Its answers are depth-checked before they are parsed: ``ChainError`` if nested too deeply.
+    """
+    w3 = Web3(_CheckedHTTPProvider(rpc_url, request_kwargs={"timeout": timeout_s}))
     try:
         w3.eth.chain_id  # noqa: B018 (the call is the reachability check)
     except (requests.RequestException, OSError, ValueError, Web3RPCError) as exc:
