@@ -12,6 +12,7 @@ errors become ``InvalidResponse`` here, and the template is checked before anyth
 from __future__ import annotations
 
 import os
+import tempfile
 import threading
 from pathlib import Path
 
@@ -70,9 +71,11 @@ class TokenizerCache:
 
     def _to_disk(self, expected_hash: bytes, data: bytes) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        tmp = self._path(expected_hash).with_suffix(f".tmp{os.getpid()}")
-        tmp.write_bytes(data)
-        tmp.replace(self._path(expected_hash))
+        # A name unique to this call: clients sharing the folder must not rename each other's file.
+        fd, name = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
+        with os.fdopen(fd, "wb") as tmp:
+            tmp.write(data)
+        os.replace(name, self._path(expected_hash))
 
 
 def _load(data: bytes, expected_hash: bytes) -> TokenizerBundle:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
-from tallystick.protocol import ProtocolError
+from tallystick.protocol import MAX_JSON_DEPTH, ProtocolError, json_too_deep
 
 from ._errors import ApiError
 from ._schemas import ChatRequest, CompletionRequest
@@ -335,6 +335,12 @@ def _max_tokens(node: NodeState, request: Request, prompt_tokens: int) -> int:
 
 
 def _receipt_json(header: str) -> Any:
+    if json_too_deep(header):  # json.loads would overflow the C stack under web3's recursion limit
+        raise ApiError(
+            400,
+            f"X-Tally-Receipt is nested deeper than {MAX_JSON_DEPTH} levels",
+            code="invalid_receipt",
+        )
     try:
         return json.loads(header)
     except json.JSONDecodeError as exc:

@@ -13,7 +13,8 @@ from tallystick.client._counting import PromptCounter
 from tallystick.node.engines import tiny_tokenizer_bundle
 from tallystick.protocol import TokenCounter, TokenizerBundle
 
-REAL = Path(__file__).parents[2] / ".models" / "SmolLM2-135M-Instruct-hf"
+MODEL_DIR = Path(__file__).parents[2] / ".models" / "SmolLM2-135M-Instruct"
+MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SPECIAL = ["<|im_start|>", "<|im_end|>", "<|endoftext|>", "<|im_", "|>"]
 
 TEXT = st.lists(
@@ -130,6 +131,9 @@ def _real() -> PromptCounter:
     if not _REAL:
         from transformers import AutoTokenizer
 
-        bundle = TokenizerBundle.from_hf(AutoTokenizer.from_pretrained(REAL))
+        if not (MODEL_DIR / MODEL_FILE).exists():
+            pytest.skip("model not found: run `make model`")
+        tokenizer = AutoTokenizer.from_pretrained(MODEL_DIR, gguf_file=MODEL_FILE)
+        bundle = TokenizerBundle.from_hf(tokenizer)
         _REAL.append(PromptCounter(TokenCounter(bundle)))
     return _REAL[0]

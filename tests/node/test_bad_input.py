@@ -162,6 +162,11 @@ async def test_bad_path_parameters_and_headers(make_node):
             "/v1/chat/completions", json={"model": MODEL, "messages": MSG}, headers=headers
         )
         envelope(resp, 400, "invalid_receipt")
+        headers = {**h.auth(), "X-Tally-Receipt": "[" * 20_000}
+        resp = await h.http.post(
+            "/v1/chat/completions", json={"model": MODEL, "messages": MSG}, headers=headers
+        )
+        assert "nested deeper" in envelope(resp, 400, "invalid_receipt")
         close = await h.http.post(f"/v1/tally/channels/{cid}/close", json=[1], headers=h.auth())
         assert "JSON object" in envelope(close, 400, "invalid_json")
         close = await h.http.post(
