@@ -170,9 +170,11 @@ async def _stage(
     rss = rss_bytes()
     console.print(f"  {n} channels: settlement pass (claimMany of {n} receipts)")
     started = time.perf_counter()
-    outcome = await app.state.node.worker.settle(force=True)
+    # The worker splits a pass into claimMany transactions that each fit its gas budget.
+    outcomes = await app.state.node.worker.settle(force=True)
     settle_s = time.perf_counter() - started
-    claimed = 0 if outcome is None else len(outcome.claimed)
+    claimed = sum(len(o.claimed) for o in outcomes)
+    gas = sum(o.gas_used for o in outcomes)
     if claimed != n:
         raise RuntimeError(f"the settlement pass claimed {claimed} of {n} receipts")
     return {
@@ -184,9 +186,10 @@ async def _stage(
         "rss_per_channel_kib": (rss - base_rss) / 2**10 / n,
         "ledger_mib": _ledger_bytes(workdir) / 2**20,
         "settle_s": settle_s,
-        "settle_gas": outcome.gas_used if outcome else 0,
-        "settle_gas_per_receipt": (outcome.gas_used / n) if outcome else 0,
-        "fits_30m_block": bool(outcome and outcome.gas_used <= BLOCK_GAS_LIMIT),
+        "settle_txs": len(outcomes),
+        "settle_gas": gas,
+        "settle_gas_per_receipt": gas / n,
+        "fits_30m_block": all(o.gas_used <= BLOCK_GAS_LIMIT for o in outcomes),
     }
 
 
@@ -242,13 +245,13 @@ def _print(channels: list[dict[str, Any]], verify: list[dict[str, Any]]) -> None
             f"{c['ledger_mib']:.2f}",
             f"{c['requests_per_s']:.0f}",
             f"{c['settle_s']:.2f}",
-            f"{c['settle_gas']:,}",
+            f"{c['settle_gas']:,} in {c['settle_txs']} tx",
             "yes" if c["fits_30m_block"] else "NO",
         ]
         for c in channels
     ]
     cols = ["open channels", "RSS growth MiB", "KiB/channel", "ledger MiB", "paid req/s",
-            "settle pass s", "claimMany gas", "fits 30M block"]  # fmt: skip
+            "settle pass s", "claimMany gas", "each tx fits 30M"]  # fmt: skip
     console.print(table("Node growth with open channels", cols, rows))
     rows = [
         [v["prompt_tokens"], f"{v['p50_ms']:.2f}", f"{v['p95_ms']:.2f}",
