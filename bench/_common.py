@@ -23,7 +23,6 @@ from rich.console import Console
 from rich.table import Table
 
 __all__ = [
-    "HF_MODEL_DIR",
     "MODEL_FILE",
     "MODEL_GGUF",
     "MODEL_NAME",
@@ -53,7 +52,6 @@ MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL_GGUF = ROOT / ".models" / MODEL_NAME / MODEL_FILE
 # The GGUF dequantised and saved as a plain transformers folder, for servers that cannot load
 # a GGUF without a config (transformers serve); same weights, same tokenizer.
-HF_MODEL_DIR = ROOT / ".models" / f"{MODEL_NAME}-hf"
 ANVIL = ROOT / "node_modules" / ".bin" / "anvil"
 
 # Wide enough for the tables when the output is a file or a CI log (no terminal width).

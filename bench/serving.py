@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 from ._common import (
-    HF_MODEL_DIR,
     MODEL_GGUF,
     MODEL_NAME,
     BenchError,
@@ -359,33 +358,15 @@ def _node_request(clients: list[tuple[Any, Any]], config: Config) -> Callable[[i
 # --- (c) transformers serve ------------------------------------------------------------
 
 
-def ensure_hf_model(gguf: Path = MODEL_GGUF, dest: Path = HF_MODEL_DIR) -> Path:
-    """The GGUF dequantised into a plain transformers folder (once; cached in .models/).
+def ensure_hf_model(gguf: Path = MODEL_GGUF) -> Path:
+    """The GGUF as a plain transformers folder: the engines' conversion cache (once per GGUF).
 
-    ``transformers serve`` cannot load this GGUF directly (its config has no
-    ``architectures``), so it serves the same weights and tokenizer from a saved folder.
+    ``transformers serve`` cannot load this GGUF directly (its config has no ``architectures``),
+    so it serves the same weights and tokenizer from the folder the node itself loads.
     """
-    if (dest / "config.json").exists() and (dest / "model.safetensors").exists():
-        return dest
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from tallystick.node.engines import convert_gguf
 
-    console.print(f"  converting {gguf.name} to a transformers folder at {dest} (once)")
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype="float32")
-    config = loaded.config
-    # A GGUF-loaded model is marked quantised and refuses save_pretrained; a fresh model of the
-    # same config holding the dequantised weights saves normally.
-    if hasattr(config, "quantization_config"):
-        delattr(config, "quantization_config")
-    config.architectures = [type(loaded).__name__]
-    plain = AutoModelForCausalLM.from_config(config, dtype="float32")
-    plain.load_state_dict(loaded.state_dict(), strict=True)
-    plain.generation_config = loaded.generation_config
-    tmp = dest.with_name(dest.name + ".tmp")
-    plain.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    tmp.rename(dest)
-    return dest
+    return convert_gguf(gguf)
 
 
 def _peer_command() -> list[str]:
