@@ -384,7 +384,11 @@ def run_peer(config: Config, workdir: Path) -> list[LevelResult]:
     cmd = [*_peer_command(), "serve", str(folder), "--host", "127.0.0.1", "--port", str(port)]
     if config.peer_continuous_batching:
         cmd.append("--continuous-batching")
+    # Its /v1/models scans the hub cache and answers 500 when that folder does not exist.
+    hub_cache = workdir / "hf-hub"
+    hub_cache.mkdir(exist_ok=True)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    env["HF_HUB_CACHE"] = str(hub_cache)
     log = workdir / "transformers-serve.log"
     console.print(f"  starting transformers serve on port {port} (log {log})")
     with _process(cmd, log, env) as proc:
