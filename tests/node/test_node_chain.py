@@ -7,16 +7,14 @@ the provider's on-chain earnings must equal the cost of the countersigned totals
 from __future__ import annotations
 
 import json
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from click.testing import CliRunner
+from nodekit_chain import Server
 from tallystick.node import Settings, create_app
 from tallystick.node.cli import main
 from tallystick.node.engines import FakeEngine
@@ -35,42 +33,6 @@ pytestmark = pytest.mark.chain
 MODEL = "fake-model"
 ETH = "0x0000000000000000000000000000000000000000"
 PRICES = Prices(input_per_m=10**12, output_per_m=2 * 10**12)  # 1e6 / 2e6 wei per token
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Server:
-    """A real uvicorn server in a thread."""
-
-    def __init__(self, app: Any) -> None:
-        self.port = _free_port()
-        self.app = app
-        config = uvicorn.Config(
-            app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on"
-        )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> Server:
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
 
 
 @pytest.fixture
