@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 from click.testing import CliRunner
-from nodekit_chain import Server
+from nodekit_chain import ETH, Server
 from tallystick.node import Settings, create_app
 from tallystick.node.cli import main
 from tallystick.node.engines import FakeEngine
@@ -31,7 +31,6 @@ from tallystick.protocol import (
 pytestmark = pytest.mark.chain
 
 MODEL = "fake-model"
-ETH = "0x0000000000000000000000000000000000000000"
 PRICES = Prices(input_per_m=10**12, output_per_m=2 * 10**12)  # 1e6 / 2e6 wei per token
 
 
