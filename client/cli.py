@@ -303,6 +303,13 @@ def demo(
     sys.exit(run_demo(options, out))
 
 
+from ._gateway._cli import gateway as _gateway_cmd  # noqa: E402
+from ._gateway._cli import usage as _usage_cmd  # noqa: E402
+
+cli.add_command(_gateway_cmd, "gateway")
+cli.add_command(_usage_cmd, "usage")
+
+
 def _bill_table(client: Tallystick, info: ChannelInfo) -> Table:
     table = Table(
         "seq",

@@ -1,0 +1,47 @@
+"""Gateway fixtures: a module's market (fresh contracts, two provider node processes) and the
+gateway as a real ``tallystick gateway`` process in front of them (see gatewaykit.py)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "reliability"))  # reliakit
+
+from gatewaykit import CHEAP, DEAR, GatewayMarket, GatewayProcess  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def gw_market(
+    anvil: Any, w3: Any, accounts: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GatewayMarket]:
+    """Fresh contracts and two providers (cheap: accounts.provider, dear: accounts.provider2)."""
+    from tallystick.protocol import deploy
+
+    deployment = deploy(w3, accounts.deployer, challenge_period=3600)
+    market = GatewayMarket(deployment, accounts, anvil, w3, tmp_path_factory.mktemp("gateway"))
+    try:
+        market.add_provider(accounts.provider, CHEAP).node.start()
+        market.add_provider(accounts.provider2, DEAR).node.start()
+        yield market
+    finally:
+        market.stop()
+
+
+@pytest.fixture(scope="module")
+def gateway(gw_market: GatewayMarket, accounts: Any) -> Iterator[GatewayProcess]:
+    """``tallystick gateway`` paying from accounts.client, in front of ``gw_market``."""
+    process = GatewayProcess(gw_market, accounts.client)
+    try:
+        yield process.start()
+    finally:
+        process.stop()
+
+
+@pytest.fixture(scope="module")
+def api_key(gateway: GatewayProcess) -> str:
+    return gateway.create_key("tests")
