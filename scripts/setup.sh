@@ -27,5 +27,5 @@ if [ ! -x .venv/bin/python ]; then python3 -m venv .venv; fi
 .venv/bin/pip install --quiet --upgrade pip
 # torch first and pinned: the CPU wheel is on disk; an open range would pull CUDA builds.
 .venv/bin/pip install --quiet "torch==2.13.0"
-.venv/bin/pip install --quiet -e ".[node,dev]"
+.venv/bin/pip install --quiet -e ".[node,gateway,dev]"
 step "Setup done"

@@ -12,12 +12,22 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "reliability"))  # reliakit
 
-from gatewaykit import CHEAP, DEAR, GatewayMarket, GatewayProcess  # noqa: E402
+from gatewaykit import CHEAP, DEAR, GatewayMarket, GatewayProcess
+
+
+@pytest.fixture(scope="module")
+def token_delay() -> float:
+    """Seconds per generated token at the provider nodes (a module may override it)."""
+    return 0.0
 
 
 @pytest.fixture(scope="module")
 def gw_market(
-    anvil: Any, w3: Any, accounts: Any, tmp_path_factory: pytest.TempPathFactory
+    anvil: Any,
+    w3: Any,
+    accounts: Any,
+    tmp_path_factory: pytest.TempPathFactory,
+    token_delay: float,
 ) -> Iterator[GatewayMarket]:
     """Fresh contracts and two providers (cheap: accounts.provider, dear: accounts.provider2)."""
     from tallystick.protocol import deploy
@@ -25,8 +35,8 @@ def gw_market(
     deployment = deploy(w3, accounts.deployer, challenge_period=3600)
     market = GatewayMarket(deployment, accounts, anvil, w3, tmp_path_factory.mktemp("gateway"))
     try:
-        market.add_provider(accounts.provider, CHEAP).node.start()
-        market.add_provider(accounts.provider2, DEAR).node.start()
+        market.add_provider(accounts.provider, CHEAP, delay=token_delay).node.start()
+        market.add_provider(accounts.provider2, DEAR, delay=token_delay).node.start()
         yield market
     finally:
         market.stop()
