@@ -1,7 +1,8 @@
 """``tallystick.node``: the provider daemon (``tallystick-node``).
 
 The FastAPI app (``create_app``), the payment gate (§8.1), the ledger (``LedgerStore``,
-``SqliteLedger``), the settlement worker (§9), metrics, and the CLI in ``cli.py``. Engines
+``SqliteLedger``, ``PostgresLedger`` for replicas, ``open_ledger``), the settlement worker
+(§9), metrics, and the CLI in ``cli.py``. Engines
 live in ``tallystick.node.engines`` (imported lazily: they pull in torch).
 
 Errors: see ``_errors.py`` (``NodeError`` → ``ConfigError``, ``KeyLoadError``, ``ApiError``).
@@ -12,7 +13,15 @@ from ._chain import ChainView, ChannelCache, ClaimOutcome, CloseRequest, Listing
 from ._errors import ApiError, ConfigError, KeyLoadError, NodeError
 from ._gate import PaymentGate, Reservation
 from ._keys import load_account
-from ._ledger import ClaimItem, ClaimRow, LedgerStore, SqliteLedger
+from ._ledger import (
+    Book,
+    ClaimItem,
+    ClaimRow,
+    LedgerStore,
+    PostgresLedger,
+    SqliteLedger,
+    open_ledger,
+)
 from ._metrics import NodeMetrics
 from ._ratelimit import RateLimiter
 from ._settings import Settings, load_settings
@@ -21,6 +30,7 @@ from ._types import ChannelInfo, ChannelStatus, StoredReceipt, StoredRecord
 
 __all__ = [
     "ApiError",
+    "Book",
     "Candidate",
     "ChainView",
     "ChannelCache",
@@ -38,6 +48,7 @@ __all__ = [
     "NodeMetrics",
     "NodeState",
     "PaymentGate",
+    "PostgresLedger",
     "RateLimiter",
     "Reservation",
     "Settings",
@@ -48,5 +59,6 @@ __all__ = [
     "create_app",
     "load_account",
     "load_settings",
+    "open_ledger",
     "plan_batches",
 ]

@@ -7,6 +7,7 @@ in-memory chain). Every error leaves as an OpenAI envelope, never a stack trace.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -26,7 +27,7 @@ from ._chain import ChainView, ChannelCache
 from ._errors import ApiError, chain_unavailable
 from ._gate import PaymentGate
 from ._keys import load_account
-from ._ledger import LedgerStore, SqliteLedger
+from ._ledger import LedgerStore, open_ledger
 from ._metrics import CONTENT_TYPE, NodeMetrics
 from ._openapi import install_openapi
 from ._ratelimit import RateLimiter
@@ -77,10 +78,12 @@ def create_app(
         app.state.node = node
         if run_worker:
             node.worker.start()
+        heartbeat = asyncio.create_task(_heartbeat(node), name="heartbeat")
         log.info("serving model=%s provider=%s", node.engine.model_name, node.provider)
         try:
             yield
         finally:
+            heartbeat.cancel()
             await node.worker.stop()
             await node.engine.stop()
             if store is None:
@@ -111,7 +114,7 @@ async def _build(
         from ._escrow import EscrowChain
 
         chain = await EscrowChain.connect(settings, account)
-    ledger = store or SqliteLedger(settings.db)
+    ledger = store or open_ledger(settings.ledger_location)
     if engine is None:
         from ._engine_factory import build_engine
 
@@ -128,9 +131,15 @@ async def _build(
         cache=cache,
         ledger=ledger,
         credit_requests=settings.credit_requests,
+        replica_ttl=settings.replica_ttl,
     )
     worker = SettlementWorker(
-        chain=chain, ledger=ledger, cache=cache, metrics=metrics, settings=settings
+        chain=chain,
+        ledger=ledger,
+        cache=cache,
+        metrics=metrics,
+        settings=settings,
+        owner=gate.owner,
     )
     return NodeState(
         settings,
@@ -144,6 +153,16 @@ async def _build(
         chain.domain,
         account.address,
     )
+
+
+async def _heartbeat(node: NodeState) -> None:
+    # The gate's reservations stay counted by every replica only while this beats.
+    while True:
+        await asyncio.sleep(node.settings.replica_ttl / 3)
+        try:
+            node.gate.heartbeat()
+        except Exception:
+            log.exception("ledger heartbeat failed; retrying")
 
 
 # errors ------------------------------------------------------------------------------------

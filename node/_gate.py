@@ -1,16 +1,22 @@
 """The payment gate (§8.1): bearer tokens, the credit rule, receipts, and signing records.
 
-Per channel, an asyncio lock serialises the checks that read the chain; the bookkeeping that
-follows them (reserve, finalize, accept a receipt) has no ``await`` in it, so it is atomic on
-the event loop. A request reserves its worst case (prompt + max_tokens) before generating and
-settles to its real counts after, so concurrent requests can never overdraw the deposit.
+A channel's book (last record, countersigned seq, reservations in flight, closing flag) lives
+in the ledger, so several replicas sharing one ledger apply one credit rule and one usage
+chain. Each step that reads the book and writes it runs inside ``ledger.channel_lock``, a
+transaction holding the channel against every other process; no ``await`` happens inside
+it. A request reserves its worst case (prompt + max_tokens) before generating and settles to
+its real counts after, so concurrent requests, on any replica, can never overdraw the deposit.
+A per-channel asyncio lock in front keeps this process's requests from refreshing the chain
+all at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass, field
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass
 from typing import Any
 
 from eth_account.signers.local import LocalAccount
@@ -35,32 +41,10 @@ from tallystick.protocol import (
 
 from ._chain import ChannelCache
 from ._errors import ApiError, chain_unavailable
-from ._ledger import LedgerStore
+from ._ledger import Book, LedgerStore
 from ._types import ChannelInfo, ChannelStatus, StoredReceipt, StoredRecord
 
 __all__ = ["PaymentGate", "Reservation"]
-
-
-@dataclass
-class _Book:
-    """The node's running view of one channel (rebuilt from the ledger on first use)."""
-
-    last: StoredRecord | None
-    countersigned_seq: int
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    in_flight: int = 0
-    reserved_input: int = 0
-    reserved_output: int = 0
-    closing: bool = False  # the provider countersigned the final receipt
-
-    @property
-    def seq(self) -> int:
-        return self.last.seq if self.last else 0
-
-    @property
-    def totals(self) -> tuple[int, int]:
-        rec = self.last.signed.record if self.last else None
-        return (rec.input_tokens, rec.output_tokens) if rec else (0, 0)
 
 
 @dataclass
@@ -70,6 +54,7 @@ class Reservation:
     channel: ChannelInfo
     prompt_tokens: int
     max_tokens: int
+    reservation_id: int
     done: bool = False
 
 
@@ -84,6 +69,7 @@ class PaymentGate:
         cache: ChannelCache,
         ledger: LedgerStore,
         credit_requests: int = 1,
+        replica_ttl: float = 10.0,
     ) -> None:
         self._account = account
         self.domain = domain
@@ -91,15 +77,15 @@ class PaymentGate:
         self._cache = cache
         self._ledger = ledger
         self.credit_requests = credit_requests
-        self._books: dict[bytes, _Book] = {}
+        # This process's name in the ledger: its reservations count while it heartbeats.
+        self.owner = uuid.uuid4().hex
+        self.replica_ttl = replica_ttl
+        self._locks: defaultdict[bytes, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self.heartbeat()
 
-    def _book(self, channel_id: bytes) -> _Book:
-        book = self._books.get(channel_id)
-        if book is None:
-            receipt = self._ledger.last_receipt(channel_id)
-            book = _Book(self._ledger.last_record(channel_id), receipt.seq if receipt else 0)
-            self._books[channel_id] = book
-        return book
+    def heartbeat(self) -> None:
+        """Say this replica is alive; drop the reservations of replicas that died."""
+        self._ledger.heartbeat(self.owner, time.time(), self.replica_ttl)
 
     # auth ----------------------------------------------------------------------------------
 
@@ -162,29 +148,31 @@ class PaymentGate:
         self, channel: ChannelInfo, prompt_tokens: int, max_tokens: int
     ) -> Reservation:
         """Hold the request's worst case, or raise 402 saying what the client must do."""
-        book = self._book(channel.channel_id)
-        async with book.lock:
-            self._check_open(channel, book)
-            self._check_credit(channel, book)
-            if self._shortfall(channel, book, prompt_tokens, max_tokens) > 0:
-                # A top-up may have landed since we cached the deposit.
-                channel = await self._channel(channel.channel_id, refresh=True)
-                self._check_open(channel, book)
-            need = self._shortfall(channel, book, prompt_tokens, max_tokens)
-            if need > 0:
-                raise ApiError(
-                    402,
-                    f"the channel's deposit ({channel.deposit}) does not cover this request's "
-                    f"worst case (needs {channel.deposit + need}); top up the channel or lower "
-                    "max_tokens",
-                    code="insufficient_deposit",
-                )
-            book.in_flight += 1
-            book.reserved_input += prompt_tokens
-            book.reserved_output += max_tokens
-            return Reservation(channel, prompt_tokens, max_tokens)
+        cid = channel.channel_id
+        async with self._locks[cid]:
+            for refreshed in (False, True):
+                if refreshed:
+                    # A top-up may have landed since we cached the deposit.
+                    channel = await self._channel(cid, refresh=True)
+                with self._ledger.channel_lock(cid):
+                    book = self._ledger.book(cid)
+                    self._check_open(channel, book)
+                    self._check_credit(book)
+                    need = self._shortfall(channel, book, prompt_tokens, max_tokens)
+                    if need <= 0:
+                        rid = self._ledger.add_reservation(
+                            cid, self.owner, prompt_tokens, max_tokens
+                        )
+                        return Reservation(channel, prompt_tokens, max_tokens, rid)
+            raise ApiError(
+                402,
+                f"the channel's deposit ({channel.deposit}) does not cover this request's "
+                f"worst case (needs {channel.deposit + need}); top up the channel or lower "
+                "max_tokens",
+                code="insufficient_deposit",
+            )
 
-    def _check_open(self, channel: ChannelInfo, book: _Book) -> None:
+    def _check_open(self, channel: ChannelInfo, book: Book) -> None:
         if book.closing or channel.status == ChannelStatus.CLOSING:
             raise ApiError(
                 402,
@@ -196,7 +184,7 @@ class PaymentGate:
                 402, "the channel is closed; open a new channel to continue", code="channel_closed"
             )
 
-    def _check_credit(self, channel: ChannelInfo, book: _Book) -> None:
+    def _check_credit(self, book: Book) -> None:
         unsigned = book.seq - book.countersigned_seq + book.in_flight
         if unsigned + 1 > self.credit_requests:
             raise ApiError(
@@ -207,7 +195,7 @@ class PaymentGate:
                 code="receipt_required",
             )
 
-    def _shortfall(self, channel: ChannelInfo, book: _Book, prompt: int, max_tokens: int) -> int:
+    def _shortfall(self, channel: ChannelInfo, book: Book, prompt: int, max_tokens: int) -> int:
         served_in, served_out = book.totals
         worst = cost_of(
             served_in + book.reserved_input + prompt,
@@ -221,10 +209,7 @@ class PaymentGate:
         if reservation.done:
             return
         reservation.done = True
-        book = self._book(reservation.channel.channel_id)
-        book.in_flight -= 1
-        book.reserved_input -= reservation.prompt_tokens
-        book.reserved_output -= reservation.max_tokens
+        self._ledger.drop_reservation(reservation.reservation_id)
 
     def finalize(
         self,
@@ -235,8 +220,19 @@ class PaymentGate:
         timings: dict[str, float] | None = None,
     ) -> StoredRecord:
         """Sign and store the record of a finished (or cut-short) request; no awaits inside."""
-        self.release(reservation)
-        book = self._book(reservation.channel.channel_id)
+        with self._ledger.channel_lock(reservation.channel.channel_id):
+            self.release(reservation)
+            return self._sign_next(reservation, model, prompt_ids, completion_ids, timings)
+
+    def _sign_next(
+        self,
+        reservation: Reservation,
+        model: str,
+        prompt_ids: list[int],
+        completion_ids: list[int],
+        timings: dict[str, float] | None,
+    ) -> StoredRecord:
+        book = self._ledger.book(reservation.channel.channel_id)
         served_in, served_out = book.totals
         prev_root = book.last.usage_root if book.last else ZERO_ROOT
         record = UsageRecord(
@@ -253,7 +249,6 @@ class PaymentGate:
         signed = sign_usage_record(self._account, self.domain, record)
         stored = StoredRecord(signed, list(completion_ids), model, time.time(), timings or {})
         self._ledger.add_record(stored)
-        book.last = stored
         return stored
 
     # receipts ------------------------------------------------------------------------------
@@ -300,7 +295,11 @@ class PaymentGate:
                 "the receipt's totals and usageRoot match no usage record this node issued",
                 code="receipt_mismatch",
             )
-        book = self._book(receipt.channel_id)
+        with self._ledger.channel_lock(receipt.channel_id):
+            return self._store_newer(signed, record)
+
+    def _store_newer(self, signed: SignedReceipt, record: StoredRecord) -> StoredReceipt:
+        book = self._ledger.book(signed.receipt.channel_id)
         if record.seq < book.countersigned_seq:
             raise ApiError(
                 409,
@@ -311,7 +310,6 @@ class PaymentGate:
         stored = StoredReceipt(signed, record.seq, time.time())
         if record.seq > book.countersigned_seq:
             self._ledger.add_receipt(stored)  # durable before we acknowledge
-            book.countersigned_seq = record.seq
         return stored
 
     async def countersign_close(self, raw: Any) -> tuple[StoredReceipt, bytes]:
@@ -328,15 +326,16 @@ class PaymentGate:
             stored = StoredReceipt(signed, 0, time.time())
         else:
             stored = await self.accept_receipt(raw)
-        book = self._book(stored.channel_id)
-        if stored.seq != book.seq or book.in_flight:
-            raise ApiError(
-                409,
-                f"the final receipt must cover the last record (seq {book.seq}) with no request "
-                f"in flight ({book.in_flight} now); it covers seq {stored.seq}",
-                code="receipt_not_final",
-            )
-        book.closing = True  # serve nothing more: the channel is about to close
+        with self._ledger.channel_lock(stored.channel_id):
+            book = self._ledger.book(stored.channel_id)
+            if stored.seq != book.seq or book.in_flight:
+                raise ApiError(
+                    409,
+                    f"the final receipt must cover the last record (seq {book.seq}) with no "
+                    f"request in flight ({book.in_flight} now); it covers seq {stored.seq}",
+                    code="receipt_not_final",
+                )
+            self._ledger.set_closing(stored.channel_id)  # serve nothing more, on any replica
         provider_sig = sign_receipt(self._account, self.domain, stored.signed.receipt)
         return stored, provider_sig.signature
 
@@ -348,7 +347,7 @@ class PaymentGate:
 
     def view(self, channel: ChannelInfo) -> dict[str, Any]:
         """``GET /v1/tally/channels/{id}``: served, countersigned and claimed totals, credit."""
-        book = self._book(channel.channel_id)
+        book = self._ledger.book(channel.channel_id)
         served_in, served_out = book.totals
         receipt = self._ledger.last_receipt(channel.channel_id)
         signed = receipt.signed.receipt if receipt else Receipt(channel.channel_id, 0, 0, ZERO_ROOT)

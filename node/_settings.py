@@ -53,6 +53,11 @@ class Settings(BaseModel):
     tpm_limit: int = Field(default=0, ge=0)
     # ledger / settlement
     db: Path = Path("tallystick-node.db")
+    # A postgresql:// URL shares one ledger between replicas (overrides ``db``); a path is SQLite.
+    ledger: str | None = None
+    # A replica silent this long is dead: its reservations are dropped and another replica
+    # takes over the settlement lease. Heartbeats go out every third of it.
+    replica_ttl: float = Field(default=10.0, gt=0)
     settle_interval: float = Field(default=300.0, gt=0)
     claim_gas_multiple: float = Field(default=5.0, ge=0)
     poll_interval: float = Field(default=2.0, gt=0)
@@ -65,6 +70,11 @@ class Settings(BaseModel):
     # logging
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "kv"] = "kv"
+
+    @property
+    def ledger_location(self) -> str | Path:
+        """Where the ledger lives: ``ledger`` when given, else the SQLite file ``db``."""
+        return self.ledger or self.db
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -7,6 +7,10 @@ is lost to the challenge period. A pass splits its receipts into several ``claim
 transactions of at most ``settle_max_gas_per_tx`` (estimated) so each fits in a block, the
 most urgent first. Idempotent across restarts: candidates come from the ledger
 and are compared with the totals the escrow has already claimed.
+
+Replicas sharing one ledger settle once per provider: the background loop works only while
+it holds the ledger's ``settlement`` lease (renewed every poll, lapsing ``replica_ttl``
+seconds after its holder dies, when another replica's loop takes it).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from dataclasses import dataclass
 
 from tallystick.protocol import ChainError, cost_of
@@ -30,6 +35,7 @@ __all__ = ["Candidate", "SettlementWorker", "plan_batches", "receipt_gas"]
 log = logging.getLogger("tallystick.node.settlement")
 
 SCAN_KEY = "close_scan_block"
+LEASE = "settlement"
 # Gas model for splitting claims into blocks, with margin: on anvil a channel's first claim
 # costs ~39,900 gas in a claimMany of 220 (8.78M gas), a later one ~23,400 at batch 50.
 GAS_BASE = 60_000
@@ -61,7 +67,10 @@ class SettlementWorker:
         cache: ChannelCache,
         metrics: NodeMetrics,
         settings: Settings,
+        owner: str | None = None,
     ) -> None:
+        self._owner = owner or uuid.uuid4().hex
+        self._lease_ttl = settings.replica_ttl
         self._chain = chain
         self._ledger = ledger
         self._cache = cache
@@ -84,6 +93,12 @@ class SettlementWorker:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        with contextlib.suppress(Exception):  # a dead ledger lets the lease lapse instead
+            self._ledger.release_lease(LEASE, self._owner)
+
+    def holds_lease(self) -> bool:
+        """Take or renew the settlement lease; False while another replica holds it."""
+        return self._ledger.acquire_lease(LEASE, self._owner, time.time(), self._lease_ttl)
 
     def wake(self) -> None:
         """Run a settle pass now (used after a close request)."""
@@ -94,6 +109,9 @@ class SettlementWorker:
         delay = self._poll
         while True:
             try:
+                if not self.holds_lease():
+                    await asyncio.sleep(self._poll)
+                    continue
                 urgent = await self.scan_close_requests()
                 due = time.monotonic() >= next_settle or self._wake.is_set()
                 self._wake.clear()

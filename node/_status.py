@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.table import Table
 from tallystick.protocol import cost_of
 
-from ._ledger import SqliteLedger
+from ._ledger import open_ledger
 from ._settings import Settings
 from ._types import ChannelStatus
 
@@ -63,7 +63,7 @@ def _channels(
     ):
         table.add_column(col)
     unclaimed: dict[str, int] = {}
-    ledger = SqliteLedger(settings.db)
+    ledger = open_ledger(settings.ledger_location)
     try:
         for cached in ledger.channels():
             state = escrow.get_channel(cached.channel_id)

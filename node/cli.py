@@ -53,6 +53,11 @@ def _chain_options(fn: F) -> F:
                 type=click.Path(dir_okay=False, path_type=Path),
                 help="Ledger file (SQLite).",
             ),
+            click.option(
+                "--ledger",
+                help="Ledger location: a postgresql://user@host:port/db URL shared by several "
+                "replicas, or a SQLite file (overrides --db).",
+            ),
             click.option("--log-level", help="DEBUG, INFO, WARNING or ERROR."),
             click.option(
                 "--log-format", type=click.Choice(["json", "kv"]), help="Log line format."
@@ -140,6 +145,11 @@ def main() -> None:
 @click.option("--port", type=int)
 @click.option("--credit-requests", type=int, help="Unpaid requests allowed per channel.")
 @click.option("--settle-interval", type=float, help="Seconds between settlement passes.")
+@click.option(
+    "--replica-ttl",
+    type=float,
+    help="Seconds of silence after which a replica sharing the ledger counts as dead.",
+)
 @click.option("--claim-gas-multiple", type=float, help="Claim when unclaimed > this x gas cost.")
 @click.option("--rpm-limit", type=int, help="Requests per minute per channel (0 = off).")
 @click.option("--tpm-limit", type=int, help="Tokens per minute per channel (0 = off).")
@@ -172,8 +182,10 @@ def serve(**cli: Any) -> None:
 async def _preflight(settings: Settings, account: Any) -> tuple[Any, Any]:
     from ._engine_factory import build_engine, check_engine_settings
     from ._escrow import EscrowChain
+    from ._ledger import open_ledger
 
     check_engine_settings(settings)
+    open_ledger(settings.ledger_location).close()  # an unreachable ledger: one line, exit 2
     chain = await EscrowChain.connect(settings, account)
     await chain.check(settings)
     engine = await build_engine(settings)
@@ -371,12 +383,12 @@ def settle(**cli: Any) -> None:
 async def _settle(settings: Settings, account: Any) -> Any:
     from ._chain import ChannelCache
     from ._escrow import EscrowChain
-    from ._ledger import SqliteLedger
+    from ._ledger import open_ledger
     from ._metrics import NodeMetrics
     from ._settlement import SettlementWorker
 
     chain = await EscrowChain.connect(settings, account)
-    ledger = SqliteLedger(settings.db)
+    ledger = open_ledger(settings.ledger_location)
     try:
         cache = ChannelCache(chain, ledger, 0)
         worker = SettlementWorker(

@@ -22,6 +22,13 @@ npm install --no-audit --no-fund --loglevel=error 2>&1 | grep -v 'Unknown user c
 step "Contract build (hardhat, solc-js)"
 npx hardhat build --quiet 2>&1 | grep -v 'Unknown user config' || true
 
+# The PostgreSQL ledger's tests start a throw-away cluster with the server's initdb/pg_ctl.
+if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  step "PostgreSQL server (apt-get install postgresql)"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq postgresql
+fi
+
 step "Python virtual environment (.venv)"
 if [ ! -x .venv/bin/python ]; then python3 -m venv .venv; fi
 .venv/bin/pip install --quiet --upgrade pip

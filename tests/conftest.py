@@ -6,6 +6,8 @@ deployment of the contracts, and the path of the real model.
 - ``deployment``: ProviderRegistry, TallyEscrow (challenge period 3600 s) and MockUSDC,
   deployed once per session; every test that uses it runs between ``evm_snapshot`` and
   ``evm_revert``, so it sees a fresh chain state.
+- ``postgres``: a throw-away PostgreSQL cluster per session (``pgkit.py``); ``pg_url``: a
+  fresh empty database on it.
 - ``model_dir``: the SmolLM2 GGUF folder (skips when absent).
 Options: ``--long`` runs the soak tests marked ``slow``.
 """
@@ -201,6 +203,27 @@ def advance_time(w3: Any) -> Any:
         return int(w3.eth.get_block("latest")["timestamp"])
 
     return advance
+
+
+# --- PostgreSQL ---
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Any]:
+    """A throw-away PostgreSQL cluster for the session (``pgkit.PgCluster``)."""
+    from pgkit import PgCluster
+
+    cluster = PgCluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def pg_url(postgres: Any) -> str:
+    """The URL of an empty database on the session's cluster."""
+    return str(postgres.new_database())
 
 
 # --- model ---

@@ -9,7 +9,7 @@ import httpx
 import pytest
 from eth_account import Account
 from nodekit import ESCROW, FakeChain, Harness, open_channel, settings
-from tallystick.node import SqliteLedger, create_app
+from tallystick.node import LedgerStore, PostgresLedger, SqliteLedger, create_app
 from tallystick.node.engines import FakeEngine
 from tallystick.protocol import Domain
 
@@ -20,20 +20,38 @@ def anyio_backend() -> str:
 
 
 @pytest.fixture
-def make_node(tmp_path: Any) -> Callable[..., Any]:
-    """An async context factory: ``async with make_node(engine=..., **settings) as h``."""
+def make_ledger(tmp_path: Any, request: pytest.FixtureRequest) -> Callable[[str], LedgerStore]:
+    """``make_ledger("sqlite" | "postgresql")``: a fresh, empty store of that kind."""
+
+    def factory(kind: str) -> LedgerStore:
+        if kind == "postgresql":
+            return PostgresLedger(request.getfixturevalue("postgres").new_database())
+        return SqliteLedger(tmp_path / f"ledger-{len(list(tmp_path.iterdir()))}.db")
+
+    return factory
+
+
+@pytest.fixture
+def make_node(make_ledger: Callable[[str], LedgerStore]) -> Callable[..., Any]:
+    """An async context factory: ``async with make_node(engine=..., **settings) as h``.
+
+    ``store="postgresql"`` runs the node on a PostgreSQL ledger (default: SQLite).
+    """
     from contextlib import asynccontextmanager
 
     @asynccontextmanager
     async def factory(
-        engine: FakeEngine | None = None, run_worker: bool = False, **overrides: Any
+        engine: FakeEngine | None = None,
+        run_worker: bool = False,
+        store: str = "sqlite",
+        **overrides: Any,
     ) -> AsyncIterator[Harness]:
         provider = Account.from_key("0x" + "11" * 32)
         client = Account.from_key("0x" + "22" * 32)
         chain = FakeChain(Domain(31337, ESCROW), provider.address)
         cid = open_channel(chain, client)
         engine = engine or FakeEngine(reply="Hello there, friend.")
-        ledger = SqliteLedger(tmp_path / "ledger.db")
+        ledger = make_ledger(store)
         app = create_app(
             settings(**overrides),
             engine=engine,

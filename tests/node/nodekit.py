@@ -13,9 +13,9 @@ from tallystick.node import (
     ChannelStatus,
     ClaimOutcome,
     CloseRequest,
+    LedgerStore,
     ListingInfo,
     Settings,
-    SqliteLedger,
 )
 from tallystick.node.engines import FakeEngine
 from tallystick.protocol import (
@@ -32,6 +32,7 @@ from tallystick.protocol import (
 )
 
 ESCROW = "0x00000000000000000000000000000000000e5c40"
+STORES = ["sqlite", "postgresql"]  # the ledger stores the gate tests run against
 TOKEN = "0x0000000000000000000000000000000000000000"
 MODEL = "fake-model"
 PRICES = Prices(input_per_m=1_000_000, output_per_m=2_000_000)  # 1 and 2 units per token
@@ -120,7 +121,7 @@ class Harness:
     http: httpx.AsyncClient
     chain: FakeChain
     engine: FakeEngine
-    ledger: SqliteLedger
+    ledger: LedgerStore
     provider: LocalAccount
     client: LocalAccount
     channel_id: bytes

@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import pytest
 from eth_account import Account
-from nodekit import MODEL, open_channel
+from nodekit import MODEL, STORES, open_channel
 from tallystick.node import ChannelStatus
 from tallystick.node.engines import FakeEngine
 from tallystick.protocol import SignedUsageRecord, UsageRecord, recover_usage_record_signer
@@ -80,8 +80,9 @@ async def test_text_completion(make_node):
         assert body["usage"]["prompt_tokens"] == len(h.engine.counter.text_prompt_ids("Once"))
 
 
-async def test_credit_rule_requires_the_previous_receipt(make_node):
-    async with make_node() as h:
+@pytest.mark.parametrize("store", STORES)
+async def test_credit_rule_requires_the_previous_receipt(make_node, store):
+    async with make_node(store=store) as h:
         first = (await h.chat()).json()
         refused = await h.chat()
         assert refused.status_code == 402
@@ -97,15 +98,17 @@ async def test_credit_rule_requires_the_previous_receipt(make_node):
         )
 
 
-async def test_credit_requests_allows_several_unpaid(make_node):
-    async with make_node(credit_requests=2) as h:
+@pytest.mark.parametrize("store", STORES)
+async def test_credit_requests_allows_several_unpaid(make_node, store):
+    async with make_node(credit_requests=2, store=store) as h:
         assert (await h.chat()).status_code == 200
         assert (await h.chat()).status_code == 200
         assert (await h.chat()).json()["error"]["code"] == "receipt_required"
 
 
-async def test_insufficient_deposit(make_node):
-    async with make_node() as h:
+@pytest.mark.parametrize("store", STORES)
+async def test_insufficient_deposit(make_node, store):
+    async with make_node(store=store) as h:
         h.chain.channels[h.channel_id] = replace(h.chain.channels[h.channel_id], deposit=50)
         h.node.gate._cache.put(h.channel_id, h.chain.channels[h.channel_id])
         resp = await h.chat(max_tokens=100)
@@ -115,8 +118,9 @@ async def test_insufficient_deposit(make_node):
         assert (await h.chat(max_tokens=10)).status_code == 200
 
 
-async def test_top_up_is_seen_without_waiting_for_the_cache(make_node):
-    async with make_node() as h:
+@pytest.mark.parametrize("store", STORES)
+async def test_top_up_is_seen_without_waiting_for_the_cache(make_node, store):
+    async with make_node(store=store) as h:
         h.chain.channels[h.channel_id] = replace(h.chain.channels[h.channel_id], deposit=50)
         h.node.gate._cache.put(h.channel_id, h.chain.channels[h.channel_id])
         h.chain.channels[h.channel_id] = replace(h.chain.channels[h.channel_id], deposit=10_000)
@@ -297,8 +301,9 @@ async def test_engine_queue_full_is_503(make_node):
         assert 503 in codes and 200 in codes
 
 
-async def test_receipts_are_checked_against_issued_records(make_node):
-    async with make_node(credit_requests=3) as h:
+@pytest.mark.parametrize("store", STORES)
+async def test_receipts_are_checked_against_issued_records(make_node, store):
+    async with make_node(credit_requests=3, store=store) as h:
         first = (await h.chat()).json()
         second = (await h.chat()).json()
         # lower totals than a record we issued: no match
@@ -338,8 +343,9 @@ def _resign(h, wire):
     return sign_receipt(h.client, h.chain.domain, receipt).to_json()
 
 
-async def test_channel_view_records_and_cooperative_close(make_node):
-    async with make_node() as h:
+@pytest.mark.parametrize("store", STORES)
+async def test_channel_view_records_and_cooperative_close(make_node, store):
+    async with make_node(store=store) as h:
         body = await h.paid_chat()
         cid = "0x" + h.channel_id.hex()
         view = (await h.http.get(f"/v1/tally/channels/{cid}", headers=h.auth())).json()
@@ -371,8 +377,9 @@ async def test_channel_view_records_and_cooperative_close(make_node):
         assert after.status_code == 402 and after.json()["error"]["code"] == "channel_closing"
 
 
-async def test_close_refuses_a_receipt_that_is_not_the_last(make_node):
-    async with make_node(credit_requests=2) as h:
+@pytest.mark.parametrize("store", STORES)
+async def test_close_refuses_a_receipt_that_is_not_the_last(make_node, store):
+    async with make_node(credit_requests=2, store=store) as h:
         first = (await h.chat()).json()
         await h.chat()
         cid = "0x" + h.channel_id.hex()

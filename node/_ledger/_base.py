@@ -1,28 +1,31 @@
-"""The node's ledger: signed records, countersigned receipts, channel cache and claims.
+"""The ledger's interface and the SQL both stores share.
 
-``LedgerStore`` is the small interface the app and the settlement worker use, so a
-PostgreSQL store can implement it later for several replicas. ``SqliteLedger`` is the default:
-one connection in WAL mode with ``synchronous=FULL`` (a commit is fsync'd before it returns,
-so a receipt acknowledged over HTTP survives a crash), writes serialised by a lock.
+``LedgerStore`` is what the gate, the cache and the settlement worker use. ``SqlLedger``
+implements it once over a DB-API connection; a store adds its dialect (schema, how a
+transaction begins, how one channel is locked). SQL here is written with ``?`` placeholders
+and in the dialect both SQLite (>= 3.35) and PostgreSQL understand (``ON CONFLICT``,
+``RETURNING``, row-value ``IN``).
+
+Transactions nest: a call made inside ``channel_lock()`` by the same thread joins its
+transaction, so the gate reads a channel's book and writes its record atomically while the
+database holds that channel for it (other processes wait at the lock, not just other tasks).
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 from tallystick.protocol import Prices, Receipt, SignedReceipt, SignedUsageRecord, UsageRecord
 
-from ._types import ChannelInfo, ChannelStatus, StoredReceipt, StoredRecord
+from .._types import ChannelInfo, ChannelStatus, StoredReceipt, StoredRecord
 
-__all__ = ["ClaimItem", "ClaimRow", "LedgerStore", "SqliteLedger"]
+__all__ = ["Book", "ClaimItem", "ClaimRow", "LedgerStore", "SqlLedger"]
 
 
 @dataclass(frozen=True)
@@ -51,9 +54,42 @@ class ClaimRow:
     items: tuple[ClaimItem, ...]
 
 
-class LedgerStore(Protocol):
-    """What the node keeps on disk; every write is durable when the call returns."""
+@dataclass(frozen=True)
+class Book:
+    """One channel's bookkeeping as the ledger holds it (read under ``channel_lock``)."""
 
+    last: StoredRecord | None  # the last record signed, by any replica
+    countersigned_seq: int
+    in_flight: int  # live reservations: requests generating now, on any live replica
+    reserved_input: int
+    reserved_output: int
+    closing: bool  # the provider countersigned the final receipt
+
+    @property
+    def seq(self) -> int:
+        return self.last.seq if self.last else 0
+
+    @property
+    def totals(self) -> tuple[int, int]:
+        rec = self.last.signed.record if self.last else None
+        return (rec.input_tokens, rec.output_tokens) if rec else (0, 0)
+
+
+class LedgerStore(Protocol):
+    """What the node keeps; every write is durable when the call (or its lock) returns."""
+
+    url: str
+
+    def channel_lock(self, channel_id: bytes) -> AbstractContextManager[None]: ...
+    def book(self, channel_id: bytes) -> Book: ...
+    def add_reservation(
+        self, channel_id: bytes, owner: str, prompt: int, max_tokens: int
+    ) -> int: ...
+    def drop_reservation(self, reservation_id: int) -> None: ...
+    def set_closing(self, channel_id: bytes) -> None: ...
+    def heartbeat(self, owner: str, now: float, ttl: float) -> None: ...
+    def acquire_lease(self, name: str, owner: str, now: float, ttl: float) -> bool: ...
+    def release_lease(self, name: str, owner: str) -> None: ...
     def add_record(self, stored: StoredRecord) -> None: ...
     def get_record(self, channel_id: bytes, seq: int) -> StoredRecord | None: ...
     def last_record(self, channel_id: bytes) -> StoredRecord | None: ...
@@ -83,75 +119,136 @@ class LedgerStore(Protocol):
     def close(self) -> None: ...
 
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS channels (
-    channel_id BLOB PRIMARY KEY, client TEXT NOT NULL, provider TEXT NOT NULL,
-    token TEXT NOT NULL, status INTEGER NOT NULL, model_id BLOB NOT NULL,
-    input_price TEXT NOT NULL, output_price TEXT NOT NULL, deposit TEXT NOT NULL,
-    paid TEXT NOT NULL, claimed_input INTEGER NOT NULL, claimed_output INTEGER NOT NULL,
-    closes_at INTEGER NOT NULL, session_key TEXT, updated_at REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS records (
-    channel_id BLOB NOT NULL, seq INTEGER NOT NULL, record TEXT NOT NULL,
-    signature BLOB NOT NULL, usage_root BLOB NOT NULL, completion_ids TEXT NOT NULL,
-    model TEXT NOT NULL, created_at REAL NOT NULL, timings TEXT,
-    PRIMARY KEY (channel_id, seq));
-CREATE UNIQUE INDEX IF NOT EXISTS records_root ON records (channel_id, usage_root);
-CREATE TABLE IF NOT EXISTS receipts (
-    channel_id BLOB NOT NULL, seq INTEGER NOT NULL, input_tokens INTEGER NOT NULL,
-    output_tokens INTEGER NOT NULL, usage_root BLOB NOT NULL, signature BLOB NOT NULL,
-    received_at REAL NOT NULL, PRIMARY KEY (channel_id, seq));
-CREATE TABLE IF NOT EXISTS claims (
-    claim_id INTEGER PRIMARY KEY AUTOINCREMENT, tx_hash TEXT, status TEXT NOT NULL,
-    created_at REAL NOT NULL, gas_used INTEGER, amount TEXT, error TEXT);
-CREATE TABLE IF NOT EXISTS claim_items (
-    claim_id INTEGER NOT NULL, channel_id BLOB NOT NULL, seq INTEGER NOT NULL,
-    input_tokens INTEGER NOT NULL, output_tokens INTEGER NOT NULL, status TEXT NOT NULL,
-    reason TEXT, PRIMARY KEY (claim_id, channel_id));
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-"""
+class SqlLedger:
+    """``LedgerStore`` over one connection; subclasses supply the dialect hooks below."""
 
+    url: str
 
-class SqliteLedger:
-    """``LedgerStore`` on one SQLite file (``":memory:"`` for tests)."""
-
-    def __init__(self, path: Path | str) -> None:
-        self.path = str(path)
-        # One connection shared by the event loop and worker threads; the lock serialises it.
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+    def __init__(self) -> None:
+        # One connection per process, shared by the event loop and worker threads.
         self._lock = threading.RLock()
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA busy_timeout=5000")
-        self._db.executescript(_SCHEMA)
-        self._migrate()
+        self._depth = 0
 
-    def _migrate(self) -> None:
-        # Ledgers written before records kept their timings: add the column (NULL = none).
-        columns = {row[1] for row in self._db.execute("PRAGMA table_info(records)")}
-        if "timings" not in columns:
-            self._db.execute("ALTER TABLE records ADD COLUMN timings TEXT")
+    # dialect hooks -------------------------------------------------------------------------
+
+    def _begin(self) -> None:
+        raise NotImplementedError
+
+    def _lock_channel(self, channel_id: bytes) -> None:
+        raise NotImplementedError
+
+    def _commit(self) -> None:
+        raise NotImplementedError
+
+    def _rollback(self) -> None:
+        raise NotImplementedError
+
+    def _execute(self, sql: str, args: tuple[Any, ...] = ()) -> Any:
+        raise NotImplementedError  # a cursor
+
+    def _executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        raise NotImplementedError
+
+    # transactions --------------------------------------------------------------------------
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
+    def _tx(self, channel_id: bytes | None = None) -> Iterator[None]:
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+            outer = self._depth == 0
+            if outer:
+                self._begin()
+            self._depth += 1
             try:
-                yield self._db
+                if channel_id is not None:
+                    self._lock_channel(channel_id)
+                yield
             except BaseException:
-                self._db.execute("ROLLBACK")
+                self._depth -= 1
+                if outer:
+                    self._rollback()
                 raise
-            self._db.execute("COMMIT")
+            self._depth -= 1
+            if outer:
+                self._commit()
+
+    def channel_lock(self, channel_id: bytes) -> AbstractContextManager[None]:
+        """A transaction that holds ``channel_id`` against every other process and thread."""
+        return self._tx(channel_id)
 
     def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
-            return self._db.execute(sql, args).fetchall()
+            return list(self._execute(sql, args).fetchall())
+
+    # the book (§8.1 across replicas) -------------------------------------------------------
+
+    def book(self, channel_id: bytes) -> Book:
+        with self._tx():
+            last = self.last_record(channel_id)
+            signed = self._read("SELECT MAX(seq) FROM receipts WHERE channel_id = ?", (channel_id,))
+            held = self._read(
+                "SELECT COUNT(*), COALESCE(SUM(prompt), 0), COALESCE(SUM(max_tokens), 0) "
+                "FROM reservations WHERE channel_id = ?",
+                (channel_id,),
+            )[0]
+            closing = self._read("SELECT 1 FROM closing WHERE channel_id = ?", (channel_id,))
+        in_flight, reserved_input, reserved_output = (int(v) for v in held)
+        return Book(
+            last, int(signed[0][0] or 0), in_flight, reserved_input, reserved_output, bool(closing)
+        )
+
+    def add_reservation(self, channel_id: bytes, owner: str, prompt: int, max_tokens: int) -> int:
+        with self._tx():
+            row = self._execute(
+                "INSERT INTO reservations (channel_id, owner, prompt, max_tokens) "
+                "VALUES (?, ?, ?, ?) RETURNING id",
+                (channel_id, owner, prompt, max_tokens),
+            ).fetchone()
+        return int(row[0])
+
+    def drop_reservation(self, reservation_id: int) -> None:
+        with self._tx():
+            self._execute("DELETE FROM reservations WHERE id = ?", (reservation_id,))
+
+    def set_closing(self, channel_id: bytes) -> None:
+        with self._tx():
+            self._execute(
+                "INSERT INTO closing VALUES (?) ON CONFLICT (channel_id) DO NOTHING", (channel_id,)
+            )
+
+    def heartbeat(self, owner: str, now: float, ttl: float) -> None:
+        """``owner`` is alive; forget the reservations of replicas silent for ``ttl`` seconds."""
+        with self._tx():
+            self._execute(
+                "INSERT INTO replicas VALUES (?, ?) "
+                "ON CONFLICT (owner) DO UPDATE SET seen_at = excluded.seen_at",
+                (owner, now),
+            )
+            dead = "SELECT owner FROM replicas WHERE seen_at < ?"
+            self._execute(f"DELETE FROM reservations WHERE owner IN ({dead})", (now - ttl,))
+            self._execute("DELETE FROM replicas WHERE seen_at < ?", (now - ttl,))
+
+    def acquire_lease(self, name: str, owner: str, now: float, ttl: float) -> bool:
+        """Take or renew the lease ``name`` for ``ttl`` seconds; False while another holds it."""
+        with self._tx():
+            self._execute(
+                "INSERT INTO leases VALUES (?, ?, ?) ON CONFLICT (name) DO UPDATE "
+                "SET owner = excluded.owner, expires_at = excluded.expires_at "
+                "WHERE leases.owner = excluded.owner OR leases.expires_at < ?",
+                (name, owner, now + ttl, now),
+            )
+            holder = self._read("SELECT owner FROM leases WHERE name = ?", (name,))
+        return bool(holder) and holder[0][0] == owner
+
+    def release_lease(self, name: str, owner: str) -> None:
+        with self._tx():
+            self._execute("DELETE FROM leases WHERE name = ? AND owner = ?", (name, owner))
 
     # records -------------------------------------------------------------------------------
 
     def add_record(self, stored: StoredRecord) -> None:
         rec = stored.signed.record
-        with self._write() as db:
-            db.execute(
+        with self._tx():
+            self._execute(
                 "INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     rec.channel_id,
@@ -184,9 +281,9 @@ class SqliteLedger:
 
     def add_receipt(self, stored: StoredReceipt) -> None:
         r = stored.signed.receipt
-        with self._write() as db:
-            db.execute(
-                "INSERT OR IGNORE INTO receipts VALUES (?, ?, ?, ?, ?, ?, ?)",
+        with self._tx():
+            self._execute(
+                "INSERT INTO receipts VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 (
                     r.channel_id,
                     stored.seq,
@@ -218,12 +315,8 @@ class SqliteLedger:
     def put_channels(self, infos: list[ChannelInfo]) -> None:
         """Several channels in one transaction (one fsync for a whole settlement pass)."""
         now = time.time()
-        with self._write() as db:
-            db.executemany(
-                "INSERT OR REPLACE INTO channels VALUES "
-                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [_channel_row(info, now) for info in infos],
-            )
+        with self._tx():
+            self._executemany(_PUT_CHANNEL_SQL, [_channel_row(info, now) for info in infos])
 
     def get_channel(self, channel_id: bytes) -> ChannelInfo | None:
         rows = self._read(_CHANNEL_SQL + " WHERE channel_id = ?", (channel_id,))
@@ -235,12 +328,13 @@ class SqliteLedger:
     # claims --------------------------------------------------------------------------------
 
     def add_claim(self, items: list[ClaimItem]) -> int:
-        with self._write() as db:
-            cur = db.execute(
-                "INSERT INTO claims (status, created_at) VALUES ('pending', ?)", (time.time(),)
-            )
-            claim_id = int(cur.lastrowid or 0)
-            db.executemany(
+        with self._tx():
+            row = self._execute(
+                "INSERT INTO claims (status, created_at) VALUES ('pending', ?) RETURNING claim_id",
+                (time.time(),),
+            ).fetchone()
+            claim_id = int(row[0])
+            self._executemany(
                 "INSERT INTO claim_items VALUES (?, ?, ?, ?, ?, 'pending', NULL)",
                 [(claim_id, i.channel_id, i.seq, i.input_tokens, i.output_tokens) for i in items],
             )
@@ -259,8 +353,8 @@ class SqliteLedger:
     ) -> None:
         skipped = skipped or {}
         item_status = "claimed" if status == "confirmed" else "failed"
-        with self._write() as db:
-            db.execute(
+        with self._tx():
+            self._execute(
                 "UPDATE claims SET status = ?, tx_hash = ?, gas_used = ?, amount = ?, error = ? "
                 "WHERE claim_id = ?",
                 (
@@ -272,11 +366,11 @@ class SqliteLedger:
                     claim_id,
                 ),
             )
-            db.execute(
+            self._execute(
                 "UPDATE claim_items SET status = ? WHERE claim_id = ?", (item_status, claim_id)
             )
             for channel_id, reason in skipped.items():
-                db.execute(
+                self._execute(
                     "UPDATE claim_items SET status = 'skipped', reason = ? "
                     "WHERE claim_id = ? AND channel_id = ?",
                     (reason, claim_id, channel_id),
@@ -314,12 +408,12 @@ class SqliteLedger:
         return str(rows[0][0]) if rows else None
 
     def set_meta(self, key: str, value: str) -> None:
-        with self._write() as db:
-            db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        with self._tx():
+            self._execute(
+                "INSERT INTO meta VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (key, value),
+            )
 
 
 _RECORD_SQL = "SELECT record, signature, completion_ids, model, created_at, timings FROM records"
@@ -327,9 +421,15 @@ _RECEIPT_SQL = (
     "SELECT channel_id, seq, input_tokens, output_tokens, usage_root, signature, received_at "
     "FROM receipts"
 )
-_CHANNEL_SQL = (
-    "SELECT channel_id, client, provider, token, status, model_id, input_price, output_price, "
-    "deposit, paid, claimed_input, claimed_output, closes_at, session_key FROM channels"
+_CHANNEL_COLUMNS = (
+    "channel_id, client, provider, token, status, model_id, input_price, output_price, "
+    "deposit, paid, claimed_input, claimed_output, closes_at, session_key"
+)
+_CHANNEL_SQL = f"SELECT {_CHANNEL_COLUMNS} FROM channels"
+_PUT_CHANNEL_SQL = (
+    f"INSERT INTO channels ({_CHANNEL_COLUMNS}, updated_at) VALUES "
+    "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (channel_id) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in (_CHANNEL_COLUMNS + ", updated_at").split(", ")[1:])
 )
 
 
