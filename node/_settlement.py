@@ -71,6 +71,7 @@ class SettlementWorker:
     ) -> None:
         self._owner = owner or uuid.uuid4().hex
         self._lease_ttl = settings.replica_ttl
+        self._leader = False
         self._chain = chain
         self._ledger = ledger
         self._cache = cache
@@ -98,7 +99,11 @@ class SettlementWorker:
 
     def holds_lease(self) -> bool:
         """Take or renew the settlement lease; False while another replica holds it."""
-        return self._ledger.acquire_lease(LEASE, self._owner, time.time(), self._lease_ttl)
+        held = self._ledger.acquire_lease(LEASE, self._owner, time.time(), self._lease_ttl)
+        if held != self._leader:
+            self._leader = held
+            log.info("settlement lease %s by replica %s", "taken" if held else "lost", self._owner)
+        return held
 
     def wake(self) -> None:
         """Run a settle pass now (used after a close request)."""
