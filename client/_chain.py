@@ -106,8 +106,15 @@ class Chain:
         endpoint = self.registry.get_provider(provider).endpoint
         return Listing.of(self.registry.get_listing(provider, model_id(model)), endpoint)
 
-    def channel(self, channel_id: bytes) -> ChannelState:
-        return self.escrow.get_channel(channel_id)
+    def channel(self, channel_id: bytes, confirmations: int = 0) -> ChannelState:
+        """The channel ``confirmations`` blocks below the head (0: the head)."""
+        if confirmations == 0:
+            return self.escrow.get_channel(channel_id)
+        try:
+            head = int(self.w3.eth.block_number)
+        except (requests.RequestException, OSError) as exc:
+            raise ChainUnavailable(f"chain RPC failed: {exc}") from exc
+        return self.escrow.get_channel(channel_id, max(head - confirmations, 0))
 
     def challenge_period(self) -> int:
         return self.escrow.challenge_period()

@@ -129,6 +129,19 @@ class Channels:
         self._client.store.update_channel(info.channel_id, deposit=deposit)
         return self._client.channel(info.channel_id)
 
+    def sync(self, channel: bytes | str, confirmations: int = 0) -> ChannelInfo:
+        """Store the channel's deposit and status as the chain has them ``confirmations`` deep.
+
+        The chain, not the store, is the truth: after a reorg dropped a top-up (or an open
+        turned out to be shallower than thought), this brings the store back to it.
+        """
+        info = self._client.channel(channel)
+        state = self._chain.channel(info.channel_id, confirmations)
+        self._client.store.update_channel(
+            info.channel_id, deposit=state.deposit, status=status_name(state)
+        )
+        return self._client.channel(info.channel_id)
+
     def close(self, channel: bytes | str) -> Closed:
         """Cooperative close: the node countersigns the final receipt, then ``closeCooperative``."""
         info = self._client.channel(channel)

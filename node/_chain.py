@@ -67,13 +67,14 @@ class ChainView(Protocol):
 
     domain: Domain
     provider: str  # this node's address
+    confirmations: int  # blocks deep ``channel`` reads (0: the head)
 
     async def channel(self, channel_id: bytes) -> ChannelInfo | None:
-        """Fresh on-chain state, or None if the escrow never opened this id."""
+        """On-chain state ``confirmations`` blocks deep, or None if not opened by then."""
         ...
 
     async def read_channels(self, channel_ids: list[bytes]) -> dict[bytes, ChannelInfo | None]:
-        """``channel`` for many ids at once (batched reads; the settlement pass uses it)."""
+        """The channels at the head, many at once (the settlement pass checks claims on it)."""
         ...
 
     async def listing(self, model_id: bytes) -> ListingInfo | None:
@@ -154,10 +155,15 @@ class ChannelCache:
             self._ledger.put_channel(info)
 
     def put_many(self, states: dict[bytes, ChannelInfo | None]) -> None:
-        """Record a batch of fresh states, mirrored to the ledger in one transaction."""
+        """Record a batch of head states, mirrored to the ledger in one transaction.
+
+        With confirmations, serving waits for its own deep read: a head state may hold a
+        top-up that a reorg drops.
+        """
         now = time.monotonic()
-        for channel_id, info in states.items():
-            self._entries[channel_id] = (now, info)
+        if self._chain.confirmations == 0:
+            for channel_id, info in states.items():
+                self._entries[channel_id] = (now, info)
         known = [i for i in states.values() if i is not None and i.status != ChannelStatus.NONE]
         if known:
             self._ledger.put_channels(known)

@@ -45,8 +45,11 @@ MISSING_LISTING_TTL_S = 1.0  # a listing we did not find: it may be listed any m
 class EscrowChain:
     """The escrow and registry at the configured addresses, seen by this provider."""
 
-    def __init__(self, escrow: Escrow, registry: Registry, account: LocalAccount) -> None:
+    def __init__(
+        self, escrow: Escrow, registry: Registry, account: LocalAccount, confirmations: int = 0
+    ) -> None:
         self.escrow = escrow
+        self.confirmations = confirmations
         self.registry = registry
         self._account = account
         self.provider: str = account.address
@@ -61,7 +64,8 @@ class EscrowChain:
 
         def build() -> EscrowChain:
             w3 = connect_node(settings)
-            return cls(Escrow(w3, settings.escrow), Registry(w3, settings.registry), account)
+            escrow, registry = Escrow(w3, settings.escrow), Registry(w3, settings.registry)
+            return cls(escrow, registry, account, settings.confirmations)
 
         return await asyncio.to_thread(build)
 
@@ -87,7 +91,9 @@ class EscrowChain:
         return await asyncio.to_thread(self._channel, channel_id)
 
     def _channel(self, channel_id: bytes) -> ChannelInfo | None:
-        state = self.escrow.get_channel(channel_id)
+        # Serving reads the channel ``confirmations`` blocks deep: an open or a top-up a
+        # reorg could still drop is not there yet.
+        state = self.escrow.get_channel(channel_id, self._final_block())
         if int(state.status) == ChannelStatus.NONE:
             return None
         return ChannelInfo(
@@ -105,6 +111,12 @@ class EscrowChain:
             closes_at=state.closes_at,
             session_key=None if state.session_key == ZERO_ADDRESS else state.session_key,
         )
+
+    def _final_block(self) -> int | str:
+        if self.confirmations == 0:
+            return "latest"
+        head = _rpc(lambda: int(self.escrow.w3.eth.block_number))
+        return max(head - self.confirmations, 0)
 
     async def read_channels(self, channel_ids: list[bytes]) -> dict[bytes, ChannelInfo | None]:
         return await asyncio.to_thread(self._read_channels, list(channel_ids))

@@ -67,6 +67,10 @@ class Settings(BaseModel):
     # costs the settlement worker this much per call; a slow but healthy one (a hosted RPC,
     # a large eth_getLogs) answers well within it. Timed-out calls are not retried.
     rpc_timeout: float = Field(default=15.0, gt=0)
+    # Blocks on top of an open or a top-up before the node serves on it (a reorg can drop a
+    # shallower one). Claims are checked against the head: a claim a reorg dropped is simply
+    # unclaimed again, and the next pass claims it again.
+    confirmations: int = Field(default=0, ge=0)
     # logging
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "kv"] = "kv"

@@ -146,6 +146,11 @@ def main() -> None:
 @click.option("--credit-requests", type=int, help="Unpaid requests allowed per channel.")
 @click.option("--settle-interval", type=float, help="Seconds between settlement passes.")
 @click.option(
+    "--confirmations",
+    type=int,
+    help="Blocks on top of an open or top-up before it is served on (default 0).",
+)
+@click.option(
     "--replica-ttl",
     type=float,
     help="Seconds of silence after which a replica sharing the ledger counts as dead.",

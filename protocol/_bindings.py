@@ -550,8 +550,9 @@ class Escrow:
     def channel_count(self) -> int:
         return int(_call(self.contract.functions.channelCount()))
 
-    def get_channel(self, channel_id: bytes) -> ChannelState:
-        raw = _call(self.contract.functions.getChannel(channel_id))
+    def get_channel(self, channel_id: bytes, block: int | str = "latest") -> ChannelState:
+        """The channel as of ``block`` (a number, or "latest"/"safe"/"finalized")."""
+        raw = _call(self.contract.functions.getChannel(channel_id), block)
         client, provider, token, status, pi, po, deposit, paid, i, o, closes_at, key = raw
         return ChannelState(
             channel_id=bytes(channel_id),

@@ -192,3 +192,21 @@ def test_a_usdc_open_refused_for_its_price_moves_no_token(
         client.channels.open(MODEL, 10**6, a.provider2.address)
     assert d.usdc.balance_of(a.client.address) == before
     assert d.usdc.balance_of(d.escrow.address) == 0
+
+
+def test_the_store_follows_the_chain_back_after_a_reorg_drops_a_top_up(
+    client: Tallystick, world: dict[str, Any]
+) -> None:
+    a, d, w3 = world["accounts"], world["deployment"], world["w3"]
+    info = client.channels.open(MODEL, 10**15, a.provider.address)
+    assert client.channels.top_up(info.channel_id, 5 * 10**14).deposit == 15 * 10**14
+    # A real reorg: the block holding the top-up is replaced by an empty one (anvil_reorg).
+    w3.provider.make_request("anvil_reorg", [1, []])
+    assert d.escrow.get_channel(info.channel_id).deposit == 10**15
+    assert client.channel(info.channel_id).deposit == 15 * 10**14  # the store still has it
+    assert client.channels.sync(info.channel_id).deposit == 10**15
+    # With confirmations, a top-up counts only once that many blocks sit on top of it.
+    client.channels.top_up(info.channel_id, 2 * 10**14)
+    assert client.channels.sync(info.channel_id, confirmations=2).deposit == 10**15
+    w3.provider.make_request("anvil_mine", [2])
+    assert client.channels.sync(info.channel_id, confirmations=2).deposit == 12 * 10**14

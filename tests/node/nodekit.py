@@ -53,6 +53,7 @@ class FakeChain:
     reads: int = 0
     batch_reads: int = 0
     down: bool = False  # the RPC is unreachable: channel reads raise ChainUnavailable
+    confirmations: int = 0
 
     async def channel(self, channel_id: bytes) -> ChannelInfo | None:
         self._rpc()
