@@ -343,7 +343,32 @@ def _steps(run: _Run) -> int:
         _step_open(run, client)
         _step_requests(run, client)
         _step_settle(run, command, client)
-    return _step_bill(run)
+    code = _step_bill(run)
+    return _step_gateway(run) if code == EXIT_OK else code
+
+
+def _step_gateway(run: _Run) -> int:
+    from ._gateway._demo import gateway_step
+
+    run.console.rule("[bold]9 · Any OpenAI client: the same request through `tallystick gateway`")
+    gateway_step(
+        run.console,
+        wallet=Wallet(run.client),
+        chain=Chain.connect(run.rpc, run.d.registry.address, run.d.escrow.address),
+        token=run.d.usdc.address,
+        budget=DEPOSIT,
+        store=run.workdir / "gateway.db",
+        model=MODEL_NAME,
+        prompt=PROMPTS[0],
+        max_tokens=MAX_TOKENS,
+        temperature=0.7,  # as the first request of step 6 (_ask)
+        seed=0,
+    )
+    run.console.print(
+        "[bold green]The plain openai SDK paid through Tallystick:[/bold green] same request, "
+        "bill verified and countersigned by the gateway."
+    )
+    return EXIT_OK
 
 
 def _finish(run: _Run, code: int) -> None:

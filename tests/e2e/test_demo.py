@@ -76,6 +76,8 @@ def test_demo_runs_to_a_bill_that_adds_up(model_dir: Path) -> None:
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-4000:]
     assert "The bill adds up: 2 requests cost" in output
+    assert "The plain openai SDK paid through Tallystick" in output  # the gateway step
+    assert "gateway channel closed cooperatively" in output
     assert "✗" not in output  # every check of the bill passed
     for step in ("escrow.open", "escrow.claimMany", "escrow.closeCooperative", "withdraw"):
         assert step in output, f"{step} missing from the gas table"
