@@ -8,6 +8,7 @@ balance read that covers ETH as well as ERC-20 tokens.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import requests
@@ -19,6 +20,7 @@ from tallystick.protocol import (
     ContractError,
     Domain,
     Escrow,
+    FailoverHTTPProvider,
     Prices,
     Registry,
     SignedReceipt,
@@ -80,8 +82,9 @@ class Chain:
         self.escrow = Escrow(w3, escrow)
 
     @classmethod
-    def connect(cls, rpc_url: str, registry: str, escrow: str) -> Chain:
-        """Connect over HTTP; ``ChainUnavailable`` when nothing answers at ``rpc_url``."""
+    def connect(cls, rpc_url: str | Sequence[str], registry: str, escrow: str) -> Chain:
+        """Connect over HTTP to one RPC URL or several (``"a,b"``: failover between them);
+        ``ChainUnavailable`` when none answers."""
         return cls(connect(rpc_url), registry, escrow)
 
     @property
@@ -105,6 +108,11 @@ class Chain:
     def listing(self, provider: str, model: str) -> Listing:
         endpoint = self.registry.get_provider(provider).endpoint
         return Listing.of(self.registry.get_listing(provider, model_id(model)), endpoint)
+
+    def rpc_failures(self) -> dict[tuple[str, str], int]:
+        """Transport failures per (RPC URL label, kind) since connecting (failover counts)."""
+        provider = self.w3.provider
+        return dict(provider.failures) if isinstance(provider, FailoverHTTPProvider) else {}
 
     def channel(self, channel_id: bytes, confirmations: int = 0) -> ChannelState:
         """The channel ``confirmations`` blocks below the head (0: the head)."""

@@ -72,7 +72,11 @@ class Settings:
 
 
 @click.group(context_settings={"auto_envvar_prefix": "TALLYSTICK", "show_default": True})
-@click.option("--rpc", default="http://127.0.0.1:8545", help="chain JSON-RPC URL")
+@click.option(
+    "--rpc",
+    default="http://127.0.0.1:8545",
+    help="chain JSON-RPC URL, or several separated by commas (failover)",
+)
 @click.option("--registry", help="ProviderRegistry address")
 @click.option("--escrow", help="TallyEscrow address")
 @click.option("--key", help="client private key (hex); prefer --keystore")

@@ -124,6 +124,7 @@ async def _build(
     await engine.start()
     log.info("model ready in %.1fs", time.perf_counter() - started)
     metrics.watch_engine(engine.stats)
+    metrics.watch_rpc(chain.rpc_failures)
     cache = ChannelCache(chain, ledger, settings.channel_cache_ttl)
     gate = PaymentGate(
         account=account,

@@ -69,6 +69,10 @@ class ChainView(Protocol):
     provider: str  # this node's address
     confirmations: int  # blocks deep ``channel`` reads (0: the head)
 
+    def rpc_failures(self) -> dict[tuple[str, str], int]:
+        """Transport failures per (RPC URL label, kind) since start."""
+        ...
+
     async def channel(self, channel_id: bytes) -> ChannelInfo | None:
         """On-chain state ``confirmations`` blocks deep, or None if not opened by then."""
         ...

@@ -7,6 +7,7 @@ arrive already translated into ``ChainError`` subclasses by the bindings.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any
 
@@ -20,6 +21,7 @@ from tallystick.protocol import (
     ContractError,
     Domain,
     Escrow,
+    FailoverHTTPProvider,
     Prices,
     Registry,
     SignedReceipt,
@@ -36,6 +38,8 @@ from ._settings import Settings
 from ._types import ZERO_ADDRESS, ChannelInfo, ChannelStatus
 
 __all__ = ["EscrowChain", "connect_node"]
+
+log = logging.getLogger("tallystick.node.chain")
 
 CHANNEL_BATCH = 200  # getChannel calls per JSON-RPC batch request
 LISTING_TTL_S = 30.0  # a listing we found; registry events drop it sooner (``_close_requests``)
@@ -86,6 +90,11 @@ class EscrowChain:
             raise ConfigError(
                 f"--registry {settings.registry} is not the escrow's registry ({linked})"
             )
+
+    def rpc_failures(self) -> dict[tuple[str, str], int]:
+        """Transport failures per RPC URL label and kind, since start (for the metric)."""
+        provider = self.escrow.w3.provider
+        return dict(provider.failures) if isinstance(provider, FailoverHTTPProvider) else {}
 
     async def channel(self, channel_id: bytes) -> ChannelInfo | None:
         return await asyncio.to_thread(self._channel, channel_id)
@@ -316,13 +325,17 @@ def connect_node(settings: Settings) -> Web3:
     serving path falls back to cached channel state, so a timeout is reported at once; HTTP
     errors (a hosted RPC's 429 or 502) still get web3's quick retries.
     """
-    w3 = connect(settings.rpc, settings.rpc_timeout)
+    w3 = connect(settings.rpc, settings.rpc_timeout, on_failure=_log_failure)
     provider = w3.provider
     if isinstance(provider, HTTPProvider):
         provider.exception_retry_configuration = ExceptionRetryConfiguration(
             errors=(requests.HTTPError,)
         )
     return w3
+
+
+def _log_failure(label: str, kind: str, exc: BaseException) -> None:
+    log.warning("chain RPC %s failed (%s): %s; trying the next URL", label, kind, exc)
 
 
 def _rpc(call: Any) -> Any:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 __all__ = ["CONTENT_TYPE", "NodeMetrics"]
 
@@ -75,6 +77,10 @@ class NodeMetrics:
         self.queue_depth.set_function(lambda: float(stats().get("queued", 0)))
         self.batch_size.set_function(lambda: float(stats().get("running", 0)))
 
+    def watch_rpc(self, failures: Callable[[], dict[tuple[str, str], int]]) -> None:
+        """``tallystick_rpc_failures_total{rpc, kind}``, read from the chain at scrape time."""
+        self.registry.register(_RpcFailures(failures))
+
     def observe_request(
         self,
         model: str,
@@ -95,3 +101,18 @@ class NodeMetrics:
     def exposition(self) -> bytes:
         """The text format Prometheus scrapes."""
         return generate_latest(self.registry)
+
+
+class _RpcFailures(Collector):
+    def __init__(self, failures: Callable[[], dict[tuple[str, str], int]]) -> None:
+        self._failures = failures
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            "tallystick_rpc_failures",
+            "Chain RPC requests that failed at the transport, per RPC URL and kind.",
+            labels=["rpc", "kind"],
+        )
+        for (label, kind), count in sorted(self._failures().items()):
+            family.add_metric([label, kind], count)
+        yield family

@@ -28,7 +28,7 @@ class Settings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     # chain
-    rpc: str
+    rpc: str  # one URL, or several separated by commas: the node fails over between them
     escrow: str
     registry: str
     key: SecretStr | None = None

@@ -34,7 +34,7 @@ def _chain_options(fn: F) -> F:
                 type=click.Path(dir_okay=False, path_type=Path),
                 help="TOML settings file.",
             ),
-            click.option("--rpc", help="Chain RPC URL."),
+            click.option("--rpc", help="Chain RPC URL, or several separated by commas (failover)."),
             click.option("--escrow", help="TallyEscrow address."),
             click.option("--registry", help="ProviderRegistry address."),
             click.option(

@@ -48,6 +48,7 @@ from ._errors import (
 from ._ids import channel_id, model_id
 from ._pricing import cost_of
 from ._revert import decode_revert
+from ._rpc import FailoverHTTPProvider, rpc_label, split_rpc_urls
 from ._tokenizer import TokenCounter, TokenizerBundle
 from ._types import Domain, Prices, Receipt, SignedReceipt
 from ._untrusted import (
@@ -83,6 +84,7 @@ __all__ = [
     "Domain",
     "Escrow",
     "Event",
+    "FailoverHTTPProvider",
     "InvalidBearerToken",
     "InvalidChatTemplate",
     "InvalidJSON",
@@ -123,7 +125,9 @@ __all__ = [
     "recover_message_signer",
     "recover_receipt_signer",
     "recover_usage_record_signer",
+    "rpc_label",
     "sign_receipt",
     "sign_usage_record",
+    "split_rpc_urls",
     "usage_record_message",
 ]

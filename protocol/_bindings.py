@@ -22,7 +22,7 @@ import requests
 from eth_account.signers.local import LocalAccount
 from eth_typing import ChecksumAddress, HexAddress, HexStr
 from eth_utils import event_abi_to_log_topic, to_checksum_address
-from web3 import HTTPProvider, Web3
+from web3 import Web3
 from web3._utils.events import get_event_data
 from web3.contract import Contract
 from web3.exceptions import (
@@ -37,8 +37,8 @@ from web3.exceptions import (
 from ._abi import load_artifact
 from ._errors import ChainError, ChainUnavailable, ContractError
 from ._revert import ARTIFACTS, decode_revert
+from ._rpc import FailoverHTTPProvider, OnFailure, split_rpc_urls
 from ._types import UINT96_MAX, Domain, Prices, Receipt, SignedReceipt, check_uint, checksum
-from ._untrusted import json_too_deep
 
 ETH = "0x0000000000000000000000000000000000000000"
 RECEIPT_TIMEOUT_S = 120
@@ -162,32 +162,48 @@ class ChannelState:
 # ------------------------------------------------------------------------------ connection
 
 
-class _CheckedHTTPProvider(HTTPProvider):
-    """web3's HTTP provider, refusing answers nested too deeply before json decodes them.
+def connect(
+    rpc_url: str | Sequence[str],
+    timeout_s: float = 30.0,
+    *,
+    on_failure: OnFailure | None = None,
+) -> Web3:
+    """A Web3 on one or several RPC URLs (``"a,b"`` or a list) that answered ``eth_chainId``.
 
-    An RPC endpoint is another party (a public or compromised one can answer anything), and
-    web3 raised the recursion limit that json's C decoder trusts: ~200,000 ``[`` would crash
-    the process instead of raising.
+    Its provider is a ``FailoverHTTPProvider``: a URL that fails at the transport is counted
+    (``provider.failures``, ``on_failure``) and the request goes to the next one. Answers are
+    depth-checked before they are parsed: ``ChainError`` if nested too deeply. Every URL that
+    answers must serve the same chain id (``ChainError`` otherwise); ``ChainUnavailable``
+    when none answers.
     """
-
-    @staticmethod
-    def decode_rpc_response(raw_response: bytes) -> Any:
-        if json_too_deep(raw_response):
-            raise ChainError("the chain RPC answered with JSON nested too deeply to parse")
-        return HTTPProvider.decode_rpc_response(raw_response)
-
-
-def connect(rpc_url: str, timeout_s: float = 30.0) -> Web3:
-    """A Web3 on ``rpc_url`` that answered ``eth_chainId``; ``ChainUnavailable`` otherwise.
-
-    Its answers are depth-checked before they are parsed: ``ChainError`` if nested too deeply.
-    """
-    w3 = Web3(_CheckedHTTPProvider(rpc_url, request_kwargs={"timeout": timeout_s}))
+    urls = split_rpc_urls(rpc_url)
+    provider = FailoverHTTPProvider(
+        urls, request_kwargs={"timeout": timeout_s}, on_failure=on_failure
+    )
+    w3 = Web3(provider)
     try:
         w3.eth.chain_id  # noqa: B018 (the call is the reachability check)
     except (requests.RequestException, OSError, ValueError, Web3RPCError) as exc:
-        raise ChainUnavailable(f"cannot reach the chain at {rpc_url}: {exc}") from exc
+        raise ChainUnavailable(f"cannot reach the chain at {', '.join(urls)}: {exc}") from exc
+    _same_chain(urls, timeout_s)
     return w3
+
+
+def _same_chain(urls: list[str], timeout_s: float) -> None:
+    # Failing over to an RPC of another chain would sign for, and read, the wrong chain.
+    if len(urls) < 2:
+        return
+    seen: dict[int, str] = {}
+    for url in urls:
+        try:
+            one = FailoverHTTPProvider([url], request_kwargs={"timeout": timeout_s})
+            chain_id = Web3(one).eth.chain_id
+        except (requests.RequestException, OSError, ValueError, Web3RPCError, ChainError):
+            continue  # down now: failover will skip it too
+        seen.setdefault(int(chain_id), url)
+    if len(seen) > 1:
+        detail = ", ".join(f"{u} is chain {c}" for c, u in seen.items())
+        raise ChainError(f"the RPC URLs serve different chains: {detail}")
 
 
 @contextmanager

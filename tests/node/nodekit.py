@@ -55,6 +55,9 @@ class FakeChain:
     down: bool = False  # the RPC is unreachable: channel reads raise ChainUnavailable
     confirmations: int = 0
 
+    def rpc_failures(self) -> dict[tuple[str, str], int]:
+        return {}
+
     async def channel(self, channel_id: bytes) -> ChannelInfo | None:
         self._rpc()
         self.reads += 1

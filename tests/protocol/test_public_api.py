@@ -18,7 +18,7 @@ DOCUMENTED = {
     "TokenizerBundle", "TokenCounter",
     # chain
     "connect", "Registry", "Escrow", "ProviderInfo", "Listing", "ChannelState", "TxResult",
-    "deploy", "Deployment", "load_artifact",
+    "deploy", "Deployment", "load_artifact", "FailoverHTTPProvider", "rpc_label", "split_rpc_urls",
     # untrusted input
     "loads_untrusted", "json_too_deep", "check_chat_template", "MAX_JSON_DEPTH", "MAX_JSON_BYTES",
     "MAX_TEMPLATE_NESTING", "MAX_TAG_OPERATORS",

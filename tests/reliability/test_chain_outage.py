@@ -126,3 +126,46 @@ def test_a_black_holed_rpc_costs_the_node_one_timeout_and_never_stalls_serving(
     wait_for(settled, 30 + 2 * rpc_timeout, "the worker to claim after the outage")
     state = market.escrow.get_channel(info.channel_id)
     assert (state.input_tokens, state.output_tokens) == (tally.input_tokens, tally.output_tokens)
+
+
+def test_with_two_rpc_urls_a_dead_one_costs_nothing_and_every_failure_is_a_metric(
+    market: Any, start_node: Any, make_client: Any, rpc_proxy: Any, tmp_path: Any
+) -> None:
+    """Node and client each get two RPC URLs; the first dies. A channel opened after that is
+    served (it needs the chain: without failover it would be a 503), and claimed."""
+    from tallystick.client import Chain, Tallystick, Wallet
+    from tallystick.protocol import rpc_label
+
+    both = f"{rpc_proxy.url},{market.anvil.url}"
+    node = start_node(rpc=both)
+    client = make_client(market.accounts.client, "client")
+    client.channels.open(MODEL, DEPOSIT)
+    client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=16)
+
+    rpc_proxy.cut()
+    chain = Chain.connect(both, market.registry.address, market.escrow.address)
+    with Tallystick(Wallet(market.accounts.client2), tmp_path / "late.db", chain=chain) as late:
+        info = late.channels.open(MODEL, DEPOSIT)  # the client fails over too
+        for _ in range(3):
+            assert late.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=16).tally
+        late.biller.deliver(info)
+        tally = late.store.tally(info.channel_id)
+        assert chain.rpc_failures().get((rpc_label(0, rpc_proxy.url), "connection"), 0) >= 1
+    spent = cost_of(tally.input_tokens, tally.output_tokens, PRICES)
+    wait_for(
+        lambda: market.escrow.get_channel(info.channel_id).paid == spent,
+        30,
+        "the worker to claim through the second RPC",
+    )
+    metrics = httpx.get(node.url + "/metrics", timeout=5).text
+    label = rpc_label(0, rpc_proxy.url)
+    line = next(
+        (
+            x
+            for x in metrics.splitlines()
+            if x.startswith("tallystick_rpc_failures_total{") and f'rpc="{label}"' in x
+        ),
+        None,
+    )
+    assert line is not None and float(line.rsplit(" ", 1)[1]) >= 1, metrics
+    assert "trying the next URL" in node.log()
