@@ -166,7 +166,7 @@ async def _complete(request: Request, kind: str) -> Response:
         "x-tally-channel": started.lease.channel.hex_id,
     }
     if plan.stream:
-        return StreamingResponse(
+        return _EventStream(
             _stream(gateway, started, reservation),
             media_type="text/event-stream",
             headers={**headers, "cache-control": "no-cache"},
@@ -221,6 +221,34 @@ async def _stream(
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(gateway.done, started)
         gateway.limits.release(reservation, _tokens(started, bill))
+
+
+class _EventStream(StreamingResponse):
+    """SSE that stops reading the node as soon as the caller hangs up.
+
+    Starlette only notices a disconnect when a write fails, and then abandons the body
+    iterator without closing it; here a watcher cancels the stream on ``http.disconnect`` and
+    the iterator is always closed, so the upstream request ends (and is billed as interrupted)
+    and its channel is released at once.
+    """
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        async with anyio.create_task_group() as tasks:
+
+            async def watch() -> None:
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+                tasks.cancel_scope.cancel()
+
+            tasks.start_soon(watch)
+            try:
+                await self.stream_response(send)
+            except OSError:
+                pass  # the caller is gone
+            finally:
+                tasks.cancel_scope.cancel()
+                with anyio.CancelScope(shield=True):
+                    await self.body_iterator.aclose()  # type: ignore[attr-defined]
 
 
 def _next(events: Any) -> Any:

@@ -69,7 +69,6 @@ class ChannelPool:
         self._last_used: dict[bytes, float] = {}
         self._pending_deposits = 0  # opens and top-ups under way
         self._http: dict[bytes, tuple[ChannelInfo, httpx.Client]] = {}
-        self._started = time.monotonic()
 
     # leasing
 
@@ -156,7 +155,9 @@ class ChannelPool:
         closed: list[str] = []
         for channel in self.channels():
             with self._lock:
-                last = self._last_used.get(channel.channel_id, self._started)
+                # A channel first seen now (just opened, or opened by another process) is
+                # not idle: its idle time starts here.
+                last = self._last_used.setdefault(channel.channel_id, now)
                 if channel.channel_id in self._busy or now - last < self.idle_close_s:
                     continue
                 self._busy.add(channel.channel_id)  # no request may start on it now
@@ -229,6 +230,7 @@ class ChannelPool:
                 self._pending_deposits -= amount
         with self._lock:
             self._busy.add(info.channel_id)
+            self._last_used[info.channel_id] = time.monotonic()
         return self._leased(info)
 
     def _leased(self, channel: ChannelInfo) -> Lease:

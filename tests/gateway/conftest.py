@@ -43,9 +43,17 @@ def gw_market(
 
 
 @pytest.fixture(scope="module")
-def gateway(gw_market: GatewayMarket, accounts: Any) -> Iterator[GatewayProcess]:
+def gateway_args() -> tuple[str, ...]:
+    """Extra ``tallystick gateway`` options (a module may override it)."""
+    return ()
+
+
+@pytest.fixture(scope="module")
+def gateway(
+    gw_market: GatewayMarket, accounts: Any, gateway_args: tuple[str, ...]
+) -> Iterator[GatewayProcess]:
     """``tallystick gateway`` paying from accounts.client, in front of ``gw_market``."""
-    process = GatewayProcess(gw_market, accounts.client)
+    process = GatewayProcess(gw_market, accounts.client, *gateway_args)
     try:
         yield process.start()
     finally:
