@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from eth_account.signers.local import LocalAccount
@@ -28,12 +28,33 @@ from tallystick.protocol import (
 )
 
 from ._counting import PromptCounter
-from ._errors import BillingDispute, ClientError, Mismatch, NodeError, WalletError
+from ._disputes import challenge_period, way_out
+from ._errors import (
+    BillingDispute,
+    ChannelDisputed,
+    ClientError,
+    InsufficientDeposit,
+    Mismatch,
+    NodeError,
+    NodeUnavailable,
+    WalletError,
+)
 from ._node import NodeClient
 from ._store import ChannelInfo, Pending, Store
 from ._tokenizers import TokenizerCache
-from ._verify import Served, VerifiedBill, verify_bill, verify_interrupted
+from ._verify import (
+    DEFAULT_TOLERANCE,
+    Served,
+    Tolerance,
+    VerifiedBill,
+    payable_output_tokens,
+    verify_bill,
+    verify_interrupted,
+)
 from ._wallet import Wallet
+
+if TYPE_CHECKING:
+    from ._chain import Chain
 
 __all__ = ["RECEIPT_HEADER", "Biller"]
 
@@ -57,6 +78,8 @@ class Biller:
         post_receipts: bool = True,
         max_unseen_tokens: int = MAX_UNSEEN_TOKENS,
         record_wait_s: float = RECORD_WAIT_S,
+        tolerance: Tolerance = DEFAULT_TOLERANCE,
+        chain: Chain | None = None,
     ) -> None:
         self.wallet = wallet
         self.store = store
@@ -65,6 +88,8 @@ class Biller:
         self.post_receipts = post_receipts  # False: piggyback on the next request only
         self.max_unseen_tokens = max_unseen_tokens
         self.record_wait_s = record_wait_s
+        self.tolerance = tolerance
+        self.chain = chain  # only to name the challenge period in a dispute's way out
         self._tokens: dict[bytes, tuple[str, int]] = {}
         self._lock = threading.Lock()
         # One request at a time per channel: the node's credit rule allows one unpaid record.
@@ -132,7 +157,7 @@ class Biller:
         counter = self.counter(channel)
         try:
             signed, ids = _parse(tallystick)
-            bill = verify_bill(channel, tally, signed, ids, served, counter)
+            bill = verify_bill(channel, tally, signed, ids, served, counter, self.tolerance)
         except BillingDispute as dispute:
             raise self._dispute(dispute, evidence, tallystick) from None
         except ProtocolError as exc:
@@ -153,6 +178,38 @@ class Biller:
             self.deliver(channel)
         return bill
 
+    # before a request: a channel that can still be used, a max_tokens the deposit can pay
+
+    def check_usable(self, channel: ChannelInfo) -> None:
+        """Raise ``ChannelDisputed`` when a bill on ``channel`` was refused."""
+        disputes = self.store.disputes(channel.channel_id)
+        if disputes:
+            ids = [d.id for d in disputes]
+            raise ChannelDisputed(channel.channel_id, ids, self.way_out(channel))
+
+    def way_out(self, channel: ChannelInfo) -> str:
+        return way_out(channel, challenge_period(self.chain))
+
+    def max_tokens(self, channel: ChannelInfo, served: Served) -> int:
+        """The ``max_tokens`` to send: what the caller asked, at most what the deposit can pay.
+
+        The node would otherwise apply its own limit, and a bill up to that limit would be
+        within the rules; so the SDK always sends one (§8.1). ``InsufficientDeposit`` when the
+        deposit cannot pay one completion token after the prompt.
+        """
+        tally = self.store.tally(channel.channel_id)
+        payable = payable_output_tokens(channel, tally, len(served.prompt_ids))
+        if payable < 1:
+            raise InsufficientDeposit(
+                f"channel {channel.hex_id}'s deposit ({channel.deposit}) cannot pay this "
+                f"prompt ({len(served.prompt_ids)} tokens) and one completion token on top of "
+                "what is already countersigned: top up the channel (tallystick channel topup) "
+                "or shorten the prompt"
+            )
+        room = max(channel.context_length - len(served.prompt_ids), 1)  # else the node's 400
+        asked = served.max_tokens if served.max_tokens is not None else payable
+        return min(asked, payable, room)
+
     # interrupted requests (§6, last bullet)
 
     def begin(self, channel: ChannelInfo, served: Served) -> int:
@@ -165,6 +222,16 @@ class Biller:
         """The answer stopped before its record: remember exactly what was received."""
         self.store.set_pending(channel.channel_id, seq, served.to_json(), received=True)
 
+    def ended_by_node(
+        self, channel: ChannelInfo, seq: int, served: Served, *, now: bool = True
+    ) -> VerifiedBill | None:
+        """The node closed the answer cleanly without its record: settle it (``now``, else
+        before the next request) paying only for what arrived: its record, if it signed one,
+        may hold no id past the received text."""
+        pending = {**served.to_json(), "ended_by_node": True}
+        self.store.set_pending(channel.channel_id, seq, pending, received=True)
+        return self.resolve_pending(channel) if now else None
+
     def resolve_pending(self, channel: ChannelInfo) -> VerifiedBill | None:
         """Settle an interrupted request from the node's signed record (§6); None if none."""
         pending = self.store.pending(channel.channel_id)
@@ -174,11 +241,23 @@ class Biller:
         if pending.seq <= tally.seq:  # settled after all (e.g. a crash after the write)
             self.store.clear_pending(channel.channel_id, pending.seq)
             return None
-        raw = self._fetch_record(channel, pending)
+        try:
+            raw = self._fetch_record(channel, pending)
+        except (NodeError, NodeUnavailable):
+            raise
+        except ClientError:
+            if not pending.served.get("ended_by_node"):
+                raise
+            # The node closed the answer without its record and signed none: nothing to pay.
+            missing = Mismatch("record", "the usage record of the answer", "none: ended without")
+            missing_dispute = BillingDispute(channel.channel_id, pending.seq, [missing])
+            raise self._dispute(missing_dispute, {"request": pending.served}, None) from None
         if raw is None:
             return None
         served = Served.from_json(pending.served)
-        evidence = {"request": pending.served, "interrupted": True}
+        # Unseen ids are paid only when the client itself stopped reading (guarantee 7).
+        ended_by_node = bool(pending.served.get("ended_by_node"))
+        evidence = {"request": pending.served, "interrupted": True, "ended_by_node": ended_by_node}
         try:
             signed, ids = _parse(raw)
             bill = verify_interrupted(
@@ -188,7 +267,8 @@ class Biller:
                 ids,
                 served,
                 self.counter(channel),
-                self.max_unseen_tokens,
+                0 if ended_by_node else self.max_unseen_tokens,
+                self.tolerance,
             )
         except BillingDispute as dispute:
             raise self._dispute(dispute, evidence, raw) from None
@@ -240,6 +320,7 @@ class Biller:
     ) -> BillingDispute:
         # The evidence replaces the pending entry: a disputed bill is never settled later.
         self.store.clear_pending(dispute.channel_id)
+        dispute.leave_by(self.way_out(self.store.channel(dispute.channel_id)))
         dispute.evidence = {**evidence, "tallystick": tallystick}
         dispute.dispute_id = self.store.add_dispute(
             dispute.channel_id,

@@ -9,6 +9,8 @@
         ├── PriceChanged             the price rose above the accepted offer before `open` ran
         ├── ChannelNotFound          no such channel in the local store (or not open)
         ├── ChannelStateError        the channel is not in a state that allows the operation
+        │   └── ChannelDisputed      a bill on it was refused: no more requests, close unilaterally
+        ├── InsufficientDeposit      the deposit left cannot pay one more completion token
         ├── BillingDispute           a bill failed verification: nothing was countersigned
         ├── NodeUnavailable          the provider's node cannot be reached
         └── NodeError                the node answered with an OpenAI error envelope
@@ -31,9 +33,11 @@ from tallystick.protocol import Prices, ProtocolError, TallystickError
 
 __all__ = [
     "BillingDispute",
+    "ChannelDisputed",
     "ChannelNotFound",
     "ChannelStateError",
     "ClientError",
+    "InsufficientDeposit",
     "InvalidResponse",
     "ListingMismatch",
     "Mismatch",
@@ -99,6 +103,29 @@ class ChannelStateError(ClientError):
     """The channel's on-chain status does not allow the requested operation."""
 
 
+class ChannelDisputed(ChannelStateError):
+    """The client refused a bill on this channel; the SDK sends it no more requests.
+
+    The node holds a record the client never countersigned, so it would answer every request
+    with ``402 receipt_required`` and refuse a cooperative close. The way out is a unilateral
+    close; the message says how and when (``way_out``).
+    """
+
+    def __init__(self, channel_id: bytes, dispute_ids: list[int], way_out: str) -> None:
+        self.channel_id = channel_id
+        self.dispute_ids = list(dispute_ids)
+        self.way_out = way_out
+        ids = ", ".join(str(i) for i in dispute_ids)
+        super().__init__(
+            f"channel 0x{channel_id.hex()} is disputed (dispute {ids}; `tallystick disputes` shows "
+            f"the evidence): no more requests are sent on it. {way_out}"
+        )
+
+
+class InsufficientDeposit(ClientError):
+    """What is left of the deposit cannot pay even one completion token after the prompt."""
+
+
 @dataclass(frozen=True)
 class Mismatch:
     """One field of a bill that did not verify: what the client expected and what it got."""
@@ -135,7 +162,13 @@ class BillingDispute(ClientError):
         self.mismatches = list(mismatches)
         self.evidence = evidence or {}
         self.dispute_id: int | None = None
+        self.way_out = ""
         super().__init__(self._message())
+
+    def leave_by(self, way_out: str) -> None:
+        """Add to the message how to leave the channel (unilateral close and its deadline)."""
+        self.way_out = way_out
+        self.args = (f"{self._message()}. Nothing was countersigned. {way_out}",)
 
     def _message(self) -> str:
         parts = "; ".join(

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import httpx
@@ -84,7 +84,9 @@ class TallyTransport(httpx.BaseTransport):
         served: Served,
         lock: threading.Lock,
     ) -> httpx.Response:
+        self.biller.check_usable(self.channel)
         self.biller.resolve_pending(self.channel)
+        request, served = self._payable(request, body, served)
         pending = self.biller.pending_receipt(self.channel)
         if pending is not None:
             request.headers[RECEIPT_HEADER] = pending
@@ -110,6 +112,28 @@ class TallyTransport(httpx.BaseTransport):
             stream=stream,
             extensions={**response.extensions, BILL_EXTENSION: slot},
         )
+
+    def _payable(
+        self, request: httpx.Request, body: dict[str, Any], served: Served
+    ) -> tuple[httpx.Request, Served]:
+        """The request with a ``max_tokens`` the deposit can pay, always sent (§8.1)."""
+        cap = self.biller.max_tokens(self.channel, served)
+        keys = [k for k in ("max_completion_tokens", "max_tokens") if k in body] or ["max_tokens"]
+        if all(body.get(k) == cap for k in keys):
+            return request, served
+        for k in keys:
+            body[k] = cap
+        headers = [
+            (k, v) for k, v in request.headers.multi_items() if k.lower() != "content-length"
+        ]
+        rebuilt = httpx.Request(
+            request.method,
+            request.url,
+            headers=headers,
+            content=json.dumps(body).encode(),
+            extensions=request.extensions,
+        )
+        return rebuilt, replace(served, max_tokens=cap)
 
     def _served(self, kind: str, body: dict[str, Any]) -> Served:
         model = body.get("model")
@@ -206,13 +230,21 @@ class _VerifyingStream(httpx.SyncByteStream):
 
     def _plain(self) -> bytes:
         content = read_capped(self.response, MAX_BODY_BYTES, "the completion")
-        payload = loads(content, "the completion")
         try:
+            payload = loads(content, "the completion")
             choice = payload["choices"][0]
-        except (KeyError, IndexError, TypeError) as exc:
+        except (ProtocolError, KeyError, IndexError, TypeError) as exc:
+            # The whole body arrived and holds no answer: a withheld answer is paid for only
+            # as far as it arrived (not one completion id), settled before the next request.
+            self._ended_by_node("", now=False)
+            if isinstance(exc, ProtocolError):
+                raise
             raise ProtocolError(f"the node's completion is not OpenAI JSON: {exc}") from exc
         self.slot.payload = payload
         text = _choice_text(self.kind, choice, delta=False)
+        if "tallystick" not in payload:
+            self._ended_by_node(text)
+            return content
         tallystick = payload.get("tallystick")
         evidence = {"request": self.body, "response": payload}
         self._settle(text, choice.get("finish_reason"), tallystick, evidence)
@@ -233,7 +265,16 @@ class _VerifyingStream(httpx.SyncByteStream):
                 evidence = self._evidence(text, finish)
                 self._settle("".join(text), finish, chunk.get("tallystick"), evidence)
             yield event
-        # A stream cut off before its record is settled on the next request (_release).
+        if not self.settled:
+            # The node closed the stream itself, without its record: pay only what arrived.
+            self._ended_by_node("".join(text))
+        # A stream cut off (the caller stopped reading, the connection dropped) before its
+        # record is settled on the next request (_release).
+
+    def _ended_by_node(self, text: str, *, now: bool = True) -> None:
+        self.settled = True  # settled (now or before the next request), or disputed
+        final = replace(self.served, text=text, finish_reason=None)
+        self.slot.bill = self.t.biller.ended_by_node(self.t.channel, self.seq, final, now=now)
 
     def _evidence(self, text: list[str], finish: str | None) -> dict[str, Any]:
         return {"request": self.body, "response": {"text": "".join(text), "finish_reason": finish}}

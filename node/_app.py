@@ -321,7 +321,8 @@ async def _complete(request: Request, body: ChatRequest | CompletionRequest) -> 
     done = await prepare(
         node, body, request.headers.get("authorization"), request.headers.get("x-tally-receipt")
     )
-    headers = done.ticket.headers
+    # The limit the node applied, said out loud (it chose it when the request named none).
+    headers = {**done.ticket.headers, "x-tally-max-tokens": str(done.params.max_tokens)}
     if body.stream:
         return MeteredStream(lambda send_chunk: run_stream(done, send_chunk), headers)
     return JSONResponse(await run_plain(done), headers=headers)

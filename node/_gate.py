@@ -204,6 +204,20 @@ class PaymentGate:
         )
         return worst - channel.deposit
 
+    def payable_output(self, channel: ChannelInfo, prompt_tokens: int) -> int:
+        """The most completion ids the deposit can still pay after what is served and
+        reserved and this prompt (``cost <= deposit`` with cost rounded down; may be <= 0)."""
+        book = self._book(channel.channel_id)
+        served_in, served_out = book.totals
+        prices = channel.prices
+        spendable = (channel.deposit + 1) * 1_000_000 - 1
+        spendable -= (served_in + book.reserved_input + prompt_tokens) * prices.input_per_m
+        if spendable < 0:
+            return 0
+        if prices.output_per_m == 0:
+            return 2**32 - 1
+        return spendable // prices.output_per_m - served_out - book.reserved_output
+
     def release(self, reservation: Reservation) -> None:
         """Give back a reservation whose request produced nothing billable."""
         if reservation.done:

@@ -22,7 +22,7 @@ from tallystick.protocol import MAX_JSON_DEPTH, ProtocolError, json_too_deep
 
 from ._errors import ApiError
 from ._schemas import ChatRequest, CompletionRequest
-from ._types import StoredRecord
+from ._types import ChannelInfo, StoredRecord
 
 if TYPE_CHECKING:
     from ._app import NodeState
@@ -273,7 +273,7 @@ async def prepare(
         await node.gate.accept_receipt(_receipt_json(receipt_header))
     chat = isinstance(request, ChatRequest)
     prompt = _prompt(engine, request, Prompt)
-    max_tokens = _max_tokens(node, request, len(prompt.ids))
+    max_tokens = _max_tokens(node, request, len(prompt.ids), channel)
     params = SamplingParams(
         max_tokens=max_tokens,
         temperature=request.temperature,
@@ -308,7 +308,9 @@ def _prompt(engine: Engine, request: Request, prompt_type: type[Prompt]) -> Prom
         raise ApiError(400, str(exc), param=param, code="invalid_prompt") from exc
 
 
-def _max_tokens(node: NodeState, request: Request, prompt_tokens: int) -> int:
+def _max_tokens(node: NodeState, request: Request, prompt_tokens: int, channel: ChannelInfo) -> int:
+    """The request's ``max_tokens``; without one, the node's default capped by the context
+    window and by what the deposit can still pay (§8.1), sent back in ``x-tally-max-tokens``."""
     context = node.engine.context_length
     room = context - prompt_tokens
     asked = request.limit()
@@ -321,7 +323,9 @@ def _max_tokens(node: NodeState, request: Request, prompt_tokens: int) -> int:
                 param="messages",
                 code="context_length_exceeded",
             )
-        return min(node.settings.default_max_tokens, room)
+        payable = node.gate.payable_output(channel, prompt_tokens)
+        # At least 1: a deposit that cannot pay one token is the gate's 402 insufficient_deposit.
+        return max(min(node.settings.default_max_tokens, room, payable), 1)
     if prompt_tokens + asked > context:
         raise ApiError(
             400,

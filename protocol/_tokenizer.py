@@ -185,6 +185,20 @@ class TokenCounter:
         """Size of the vocabulary including added tokens."""
         return int(self._tokenizer.get_vocab_size(with_added_tokens=True))
 
+    @cached_property
+    def special_token_ids(self) -> frozenset[int]:
+        """Ids of the added tokens marked special: they decode to "" (§6, special ids)."""
+        added = self._tokenizer.get_added_tokens_decoder()
+        return frozenset(int(i) for i, token in added.items() if token.special)
+
+    def known(self, token_id: int) -> bool:
+        """``token_id`` is in the vocabulary (an id the tokenizer can decode to its token)."""
+        return 0 <= token_id < self.vocab_size and self._tokenizer.id_to_token(token_id) is not None
+
+    def canonical_ids(self, text: str) -> list[int]:
+        """The canonical encoding of completion text (no special tokens added), §6."""
+        return self._encode(text, add_special_tokens=False)
+
 
 def _normalise_messages(messages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     # §6: the template sees {"role", "content"} only, content a string (text parts joined by

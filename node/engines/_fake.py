@@ -106,6 +106,6 @@ class FakeEngine:
             slots.release()
 
     def _output(self, prompt: Prompt, params: SamplingParams) -> SequenceOutput:
-        eos_ids = frozenset(self.counter.eos_token_ids)
+        eos_ids = frozenset(self.counter.eos_token_ids) | self.counter.special_token_ids
         budget = min(params.max_tokens, self.context_length - len(prompt.ids))
         return SequenceOutput(self.counter.decode, eos_ids, params, budget)

@@ -74,7 +74,11 @@ class TransformersEngine:
         self.context_length = context_length or loaded.context_length
         self.tokenizer_bundle = TokenizerBundle.from_hf(loaded.tokenizer)
         self.counter = TokenCounter(self.tokenizer_bundle)
-        self._eos_ids = loaded.eos_ids | frozenset(self.counter.eos_token_ids)
+        # Every special id ends a sequence: a client pays a special id only as the last one
+        # (docs/protocol.md §6), and an honest node never bills one in the middle.
+        self._eos_ids = (
+            loaded.eos_ids | frozenset(self.counter.eos_token_ids) | self.counter.special_token_ids
+        )
         self._max_batch = max_batch
         self._max_queue = max_queue
         self._threads = num_threads or default_threads()

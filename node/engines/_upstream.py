@@ -64,7 +64,8 @@ class UpstreamEngine:
         self.tokenizer_bundle = TokenizerBundle.from_hf(tokenizer)
         self.counter = TokenCounter(self.tokenizer_bundle)
         self._encoder = Tokenizer.from_str(self.tokenizer_bundle.tokenizer_json)
-        self._eos_ids = frozenset(self.counter.eos_token_ids)
+        # Every special id ends a sequence (§6: a client pays one only as the last id).
+        self._eos_ids = frozenset(self.counter.eos_token_ids) | self.counter.special_token_ids
         self._base_url = base_url.rstrip("/")
         self._upstream_model = upstream_model
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -269,6 +270,9 @@ class _Meter:
         room = self._budget - self._output.generated
         if len(ids) >= room:  # never bill past the budget, whatever the upstream sent
             ids, final = ids[:room], True
+        ends = [n for n, i in enumerate(ids) if i in self._output.eos_ids]
+        if ends:  # nor past a special id: the sequence ends there (§6)
+            ids, final = ids[: ends[0] + 1], True
         if not ids and not final:
             return []
         # The stream always ends with a finish_reason: with no ids when the upstream

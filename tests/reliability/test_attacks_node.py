@@ -15,7 +15,7 @@ import httpx
 import pytest
 import uvicorn
 from reliakit import MESSAGES, MODEL, PRICES, same_block_front_run, send_outbidding
-from tallystick.client import BillingDispute, PaymentRequired, PriceChanged
+from tallystick.client import BillingDispute, PriceChanged
 from tallystick.protocol import (
     Prices,
     UsageRecord,
@@ -206,12 +206,18 @@ def test_max_tokens_whose_worst_case_exceeds_the_deposit_is_402(
     client = make_client(market.accounts.client, "client")
     deposit = 10**6  # 1000 output tokens at 3000 wei would cost 3 * 10**6
     info = client.channels.open(MODEL, deposit)
-    with pytest.raises(PaymentRequired) as caught:
-        client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=1000)
-    assert caught.value.status == 402 and caught.value.code == "insufficient_deposit"
+    body = {"model": MODEL, "messages": MESSAGES, "max_tokens": 1000}
+    resp = httpx.post(
+        f"{market.endpoint}/v1/chat/completions",
+        json=body,
+        headers={"Authorization": f"Bearer {client.biller.bearer(info)}"},
+    )
+    assert resp.status_code == 402, resp.text
+    assert resp.json()["error"]["code"] == "insufficient_deposit"
     assert client.store.tally(info.channel_id).seq == 0
-    reply = client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=16)
-    assert reply.tally is not None and reply.tally.cost <= deposit
+    # The SDK never asks for more than the deposit can pay: it lowers max_tokens to fit.
+    reply = client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=1000)
+    assert reply.tally is not None and reply.tally.total_cost <= deposit
 
 
 def _front_run(market: Any, client: Any, changed: Prices) -> None:

@@ -21,6 +21,9 @@ import pytest
 from eth_account import Account
 from reliakit import HERE, MESSAGES, MODEL
 from tallystick.client import ClientError, Wallet
+
+# ~1,200 prompt tokens at 1,000 wei: more than the 10**6 deposit can pay (InsufficientDeposit)
+HUGE = [{"role": "user", "content": "hello " * 1200}]
 from tallystick.protocol import make_bearer_token
 
 pytestmark = pytest.mark.chain
@@ -72,7 +75,7 @@ def test_keys_never_reach_logs_errors_or_metrics(
     )
     errors.append("".join(c.choices[0].delta.content or "" for c in stream if c.choices))
     for bad in (
-        lambda: client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=1000),
+        lambda: client.chat.completions.create(model=MODEL, messages=HUGE, max_tokens=16),
         lambda: Wallet.from_keystore(client_keystore, "wrong " + PASSWORD),
         lambda: Wallet.from_key(accounts.client.key.hex()[:-2] + "zz"),
     ):

@@ -1,0 +1,64 @@
+"""Disputed channels: the way out of one (a unilateral close and its deadline), in words.
+
+A dispute leaves the node holding a record the client refused to countersign, so the node
+answers every request with ``402 receipt_required`` and refuses a cooperative close (``409
+receipt_not_final``). The SDK therefore stops using the channel (``ChannelDisputed``) and every
+message about it names the exit: ``requestClose``, then ``finalize`` after the challenge period.
+Meanwhile the provider's node can still claim the last receipt the client countersigned, and
+nothing more; ``finalize`` refunds the rest of the deposit.
+"""
+
+from __future__ import annotations
+
+import datetime
+from typing import TYPE_CHECKING
+
+from tallystick.protocol import TallystickError
+
+from ._store import ChannelInfo
+
+if TYPE_CHECKING:
+    from ._chain import Chain
+
+__all__ = ["challenge_period", "utc", "way_out"]
+
+
+def utc(ts: int) -> str:
+    """Unix seconds as an unambiguous UTC time."""
+    moment = datetime.datetime.fromtimestamp(ts, tz=datetime.UTC)
+    return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def challenge_period(chain: Chain | None) -> int | None:
+    """The escrow's challenge period in seconds, or None when the chain cannot say."""
+    if chain is None:
+        return None
+    try:
+        return chain.challenge_period()
+    except TallystickError:
+        return None
+
+
+def way_out(info: ChannelInfo, period: int | None, closes_at: int | None = None) -> str:
+    """How to leave a disputed channel, with the deadline when it is known."""
+    finalize = f"`tallystick channel finalize {info.hex_id}`"
+    if info.status == "closing":
+        when = f"after {utc(closes_at)}" if closes_at else "once the challenge period is over"
+        return (
+            f"A unilateral close is under way: run {finalize} {when} to get back what the "
+            "provider may not claim."
+        )
+    if period is None:
+        deadline = "once the escrow's challenge period is over"
+    else:
+        earliest = int(datetime.datetime.now(tz=datetime.UTC).timestamp()) + period
+        deadline = (
+            f"once the challenge period ({period} s) is over, i.e. after {utc(earliest)} "
+            "if you request the close now"
+        )
+    return (
+        "Leave it by a unilateral close: "
+        f"`tallystick channel close --unilateral {info.hex_id}` (requestClose), then "
+        f"{finalize} {deadline}; the provider can claim only what you countersigned "
+        "meanwhile, and the rest of the deposit comes back to you."
+    )
