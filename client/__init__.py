@@ -18,9 +18,11 @@ from ._client import Tallystick
 from ._discovery import check_node_listing, find_offers
 from ._errors import (
     BillingDispute,
+    ChannelDisputed,
     ChannelNotFound,
     ChannelStateError,
     ClientError,
+    InsufficientDeposit,
     InvalidResponse,
     ListingMismatch,
     Mismatch,
@@ -34,15 +36,17 @@ from ._errors import (
 )
 from ._store import BillLine, ChannelInfo, ChannelTally, Dispute, Store
 from ._transport import TallyTransport
-from ._verify import Served, VerifiedBill, verify_bill
+from ._verify import DEFAULT_TOLERANCE, Served, Tolerance, VerifiedBill, verify_bill
 from ._wallet import Wallet
 
 __all__ = [
+    "DEFAULT_TOLERANCE",
     "ETH",
     "Balance",
     "BillLine",
     "BillingDispute",
     "Chain",
+    "ChannelDisputed",
     "ChannelInfo",
     "ChannelNotFound",
     "ChannelStateError",
@@ -51,6 +55,7 @@ __all__ = [
     "ClientError",
     "Closed",
     "Dispute",
+    "InsufficientDeposit",
     "InvalidResponse",
     "Listing",
     "ListingMismatch",
@@ -66,6 +71,7 @@ __all__ = [
     "TallyStream",
     "TallyTransport",
     "Tallystick",
+    "Tolerance",
     "VerifiedBill",
     "Wallet",
     "WalletError",

@@ -31,6 +31,7 @@ from tallystick.protocol import (
 )
 from tallystick.protocol import Listing as ChainListing
 from web3 import Web3
+from web3.exceptions import Web3RPCError
 
 from ._errors import PriceChanged
 
@@ -126,6 +127,13 @@ class Chain:
 
     def challenge_period(self) -> int:
         return self.escrow.challenge_period()
+
+    def now(self) -> int:
+        """The latest block's timestamp: the escrow's clock for ``closesAt``."""
+        try:
+            return int(self.w3.eth.get_block("latest")["timestamp"])
+        except (requests.RequestException, Web3RPCError, ValueError) as exc:
+            raise ChainUnavailable(f"cannot read the latest block: {exc}") from exc
 
     def token_balance(self, token: str, owner: str) -> int:
         if int(token, 16) != 0:

@@ -18,6 +18,7 @@ from tallystick.protocol import (
 
 from ._chain import ETH, Chain, Listing, status_name
 from ._discovery import check_node_listing, choose_offer
+from ._disputes import utc
 from ._errors import ChannelStateError, ClientError, NodeError
 from ._store import ChannelInfo
 
@@ -146,6 +147,8 @@ class Channels:
         """Cooperative close: the node countersigns the final receipt, then ``closeCooperative``."""
         info = self._client.channel(channel)
         biller = self._client.biller
+        # A disputed channel has a record the node will not close without: say the way out.
+        biller.check_usable(info)
         biller.resolve_pending(info)  # an interrupted request is part of the final total
         final = self._final_receipt(info)
         provider_sig = biller.node(info).close(final, biller.bearer(info))
@@ -189,6 +192,13 @@ class Channels:
             raise ChannelStateError(
                 f"channel {info.hex_id} is {status_name(state)}, not closing: "
                 "run request_close first"
+            )
+        now = self._chain.now()
+        if now < state.closes_at:
+            raise ChannelStateError(
+                f"the challenge period of channel {info.hex_id} ends at {utc(state.closes_at)} "
+                f"({state.closes_at - now} s from the chain's latest block): run finalize after "
+                "that; meanwhile the provider may still claim what you countersigned"
             )
         tx = self._chain.finalize(self._client.account, info.channel_id)
         return self._closed(info, tx)

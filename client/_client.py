@@ -18,6 +18,7 @@ from ._node import NodeClient
 from ._store import ChannelInfo, Store
 from ._tokenizers import TokenizerCache
 from ._transport import TallyTransport
+from ._verify import DEFAULT_TOLERANCE, Tolerance
 from ._wallet import Wallet
 
 __all__ = ["Tallystick"]
@@ -32,7 +33,8 @@ class Tallystick:
     ``transport`` is the httpx transport to the nodes (a ``MockTransport`` in unit tests).
     ``wallet`` may be None to chat on channels that have a session key in the store (the
     wallet's key then stays cold); ``max_unseen_tokens`` bounds what an interrupted stream may
-    be billed past the text it delivered (docs/protocol.md §6).
+    be billed past the text it delivered, ``tolerance`` how many ids a bill may carry beyond
+    the canonical encoding of its text (docs/protocol.md §6).
     """
 
     def __init__(
@@ -46,6 +48,7 @@ class Tallystick:
         post_receipts: bool = True,
         timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
         max_unseen_tokens: int = MAX_UNSEEN_TOKENS,
+        tolerance: Tolerance = DEFAULT_TOLERANCE,
     ) -> None:
         self.wallet = wallet
         self.store = store if isinstance(store, Store) else Store(store)
@@ -61,6 +64,8 @@ class Tallystick:
             self.http,
             post_receipts=post_receipts,
             max_unseen_tokens=max_unseen_tokens,
+            tolerance=tolerance,
+            chain=chain,
         )
         self.chat = Chat(self)
         self.completions = Completions(self)

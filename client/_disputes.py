@@ -11,16 +11,17 @@ nothing more; ``finalize`` refunds the rest of the deposit.
 from __future__ import annotations
 
 import datetime
-from typing import TYPE_CHECKING
+import json
+from typing import TYPE_CHECKING, Any
 
 from tallystick.protocol import TallystickError
 
-from ._store import ChannelInfo
+from ._store import ChannelInfo, Dispute
 
 if TYPE_CHECKING:
     from ._chain import Chain
 
-__all__ = ["challenge_period", "utc", "way_out"]
+__all__ = ["challenge_period", "evidence_summary", "summary", "to_json", "utc", "way_out"]
 
 
 def utc(ts: int) -> str:
@@ -62,3 +63,55 @@ def way_out(info: ChannelInfo, period: int | None, closes_at: int | None = None)
         f"{finalize} {deadline}; the provider can claim only what you countersigned "
         "meanwhile, and the rest of the deposit comes back to you."
     )
+
+
+def summary(mismatches: list[dict[str, Any]], width: int = 160) -> str:
+    """What did not check out, one ``field: expected …, got …`` per mismatch, each cut short."""
+    parts = []
+    for m in mismatches:
+        got = json.dumps(m.get("got"))
+        if len(got) > 60:
+            got = got[:57] + "..."
+        parts.append(f"{m.get('field')}: expected {m.get('expected')}, got {got}")
+    text = "; ".join(parts)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def evidence_summary(evidence: dict[str, Any]) -> str:
+    """The evidence in a line: what was asked, what arrived, what the node billed."""
+    request = evidence.get("request") or {}
+    response = evidence.get("response") or {}
+    asked = request.get("max_tokens", request.get("max_completion_tokens"))
+    text = response.get("text") if isinstance(response, dict) else None
+    if text is None and isinstance(response, dict):
+        choices = response.get("choices") or [{}]
+        first = choices[0] if isinstance(choices, list) and choices else {}
+        text = (first.get("message") or {}).get("content") or first.get("text")
+    if text is None:
+        text = request.get("text", "")
+    tally = evidence.get("tallystick") or {}
+    record = tally.get("record") if isinstance(tally, dict) else None
+    billed = (
+        "no record"
+        if not isinstance(record, dict)
+        else (f"billed {record.get('promptTokens')} + {record.get('completionTokens')} tokens")
+    )
+    how = "interrupted, " if evidence.get("interrupted") else ""
+    if evidence.get("ended_by_node"):
+        how = "ended by the node, "
+    return f"{how}max_tokens {asked}, received {len(text or '')} chars, {billed}"
+
+
+def to_json(dispute: Dispute, info: ChannelInfo | None, way: str | None) -> dict[str, Any]:
+    """A dispute as ``tallystick disputes --json`` prints it."""
+    return {
+        "id": dispute.id,
+        "channelId": "0x" + dispute.channel_id.hex(),
+        "channelStatus": info.status if info else None,
+        "provider": info.provider if info else None,
+        "seq": dispute.seq,
+        "createdAt": utc(int(dispute.created_at)),
+        "mismatches": dispute.mismatches,
+        "evidence": dispute.evidence,
+        "wayOut": way,
+    }

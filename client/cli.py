@@ -8,6 +8,7 @@ Every option can come from the environment (``TALLYSTICK_RPC``, ``TALLYSTICK_REG
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from dataclasses import dataclass
@@ -21,13 +22,14 @@ from tallystick.protocol import ChainUnavailable, ContractError, TallystickError
 
 from ._chain import Chain
 from ._client import Tallystick
+from ._disputes import evidence_summary, summary, to_json, utc
 from ._errors import (
     BillingDispute,
     NodeUnavailable,
     PaymentRequired,
     WalletError,
 )
-from ._store import ChannelInfo
+from ._store import ChannelInfo, Dispute
 from ._wallet import Wallet
 
 __all__ = ["cli", "main"]
@@ -193,9 +195,13 @@ def channel_close(s: Settings, channel_id: str, unilateral: bool) -> None:
     with s.client() as client:
         if unilateral:
             closes_at = client.channels.request_close(channel_id)
+            b = client.channels.balance(channel_id)
             out.print(
-                f"close requested; run `tallystick channel finalize {channel_id}` after "
-                f"{_when(closes_at)}"
+                f"close requested: the challenge period ends at {utc(closes_at)}. Until then the "
+                "node serves nothing more on this channel (402 channel_closing) and its "
+                f"settlement worker may claim what you countersigned ({b.spent} of the deposit "
+                f"{b.deposit}). Run `tallystick channel finalize {channel_id}` after "
+                f"{utc(closes_at)} to get back the rest ({b.refundable} now)."
             )
             return
         closed = client.channels.close_auto(channel_id)
@@ -203,7 +209,7 @@ def channel_close(s: Settings, channel_id: str, unilateral: bool) -> None:
         out.print(
             "the node would not countersign the close of this unused channel, so a unilateral "
             f"close was requested; run `tallystick channel finalize {channel_id}` after "
-            f"{_when(closed)} for the full refund"
+            f"{utc(closed)} for the full refund"
         )
         return
     out.print(
@@ -218,7 +224,9 @@ def channel_finalize(s: Settings, channel_id: str) -> None:
     """Finish a unilateral close once the challenge period is over."""
     with s.client() as client:
         closed = client.channels.finalize(channel_id)
-    out.print(f"finalized: provider paid {closed.paid}, refunded {closed.refund}")
+    out.print(
+        f"finalized: provider paid {closed.paid}, refunded {closed.refund} (tx {closed.tx_hash})"
+    )
 
 
 @channel.command("list")
@@ -283,6 +291,38 @@ def bill(s: Settings, channel_id: str | None) -> None:
         channels = [client.channel(channel_id)] if channel_id else client.channels.list()
         for info in channels:
             out.print(_bill_table(client, info))
+            disputes = client.store.disputes(info.channel_id)
+            if disputes:
+                out.print(_disputes_table(disputes, title=f"{info.hex_id}: refused bills"))
+                out.print(client.biller.way_out(info), soft_wrap=True, highlight=False)
+
+
+@cli.command()
+@click.option("--channel", "channel_id", help="channel id (default: every channel)")
+@click.option("--json", "as_json", is_flag=True, help="every dispute with its full evidence")
+@click.pass_obj
+def disputes(s: Settings, channel_id: str | None, as_json: bool) -> None:
+    """Bills you refused to countersign, with the evidence, and how to leave the channel."""
+    with s.client(chain=bool(s.registry and s.escrow), wallet=False) as client:
+        cid = client.channel(channel_id).channel_id if channel_id else None
+        found = client.store.disputes(cid)
+        infos = {d.channel_id: client.store.channel(d.channel_id) for d in found}
+        ways = {
+            c: client.biller.way_out(i) if i.status != "closed" else None for c, i in infos.items()
+        }
+        if as_json:
+            rows = [to_json(d, infos[d.channel_id], ways[d.channel_id]) for d in found]
+            click.echo(json.dumps(rows, indent=2))
+            return
+        if not found:
+            out.print("no disputes: every bill you received was verified and countersigned")
+            return
+        out.print(
+            _disputes_table(found, title="refused bills (tallystick disputes --json: all evidence)")
+        )
+        for cid_, way in ways.items():
+            if way:
+                out.print(f"0x{cid_.hex()}: {way}", soft_wrap=True, highlight=False)
 
 
 @cli.command()
@@ -335,14 +375,22 @@ def _bill_table(client: Tallystick, info: ChannelInfo) -> Table:
     return table
 
 
+def _disputes_table(found: list[Dispute], title: str) -> Table:
+    table = Table("id", "channel", "seq", "when", "what did not check out", "evidence", title=title)
+    for d in found:
+        table.add_row(
+            str(d.id),
+            "0x" + d.channel_id.hex()[:12] + "…",
+            str(d.seq) if d.seq is not None else "-",
+            utc(int(d.created_at)),
+            summary(d.mismatches),
+            evidence_summary(d.evidence),
+        )
+    return table
+
+
 def _token(token: str) -> str:
     return "wei" if int(token, 16) == 0 else f"units of {token}"
-
-
-def _when(ts: int) -> str:
-    import datetime
-
-    return datetime.datetime.fromtimestamp(ts).isoformat(sep=" ", timespec="seconds")
 
 
 def _explain(exc: BaseException) -> str:
@@ -355,7 +403,7 @@ def _explain(exc: BaseException) -> str:
         )
         return f"payment required: {exc.message} — {hint}"
     if isinstance(exc, BillingDispute):
-        return f"{exc} — nothing was countersigned; evidence saved (dispute {exc.dispute_id})"
+        return f"{exc} (evidence saved: dispute {exc.dispute_id}, see `tallystick disputes`)"
     if isinstance(exc, ChainUnavailable | NodeUnavailable):
         return f"{exc} — is it running, and is the URL right?"
     if isinstance(exc, ContractError):

@@ -7,7 +7,8 @@ takes a minute on this CPU and a crash test restarts the node.
 
     python tests/reliability/_fake_node.py serve --rpc ... --model-name fake-model ...
 
-``TALLY_FAKE_TOKEN_DELAY`` (seconds per generated id) slows generation so a kill lands mid-request.
+``TALLY_FAKE_TOKEN_DELAY`` (seconds per generated id) slows generation so a kill lands mid-request;
+``TALLY_FAKE_REPLY`` replaces the scripted reply.
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ from typing import Any
 
 async def _fake_engine(settings: Any) -> Any:
     from tallystick.node.engines import FakeEngine
+    from tallystick.node.engines._fake import DEFAULT_REPLY
 
     return FakeEngine(
         model_name=settings.model_name or "fake-model",
+        reply=os.environ.get("TALLY_FAKE_REPLY") or DEFAULT_REPLY,
         token_delay=float(os.environ.get("TALLY_FAKE_TOKEN_DELAY", "0")),
         max_batch=settings.max_batch,
         max_queue=settings.max_queue,

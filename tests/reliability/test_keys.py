@@ -21,10 +21,10 @@ import pytest
 from eth_account import Account
 from reliakit import HERE, MESSAGES, MODEL
 from tallystick.client import ClientError, Wallet
+from tallystick.protocol import make_bearer_token
 
 # ~1,200 prompt tokens at 1,000 wei: more than the 10**6 deposit can pay (InsufficientDeposit)
 HUGE = [{"role": "user", "content": "hello " * 1200}]
-from tallystick.protocol import make_bearer_token
 
 pytestmark = pytest.mark.chain
 
