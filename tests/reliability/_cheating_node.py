@@ -39,12 +39,19 @@ def _log(entry: dict[str, Any]) -> None:
             f.write(json.dumps(entry) + "\n")
 
 
+def _endoftext(counter: Any) -> int:
+    """The lowest special id (``<|endoftext|>``), read from the tokenizer itself."""
+    from tokenizers import Tokenizer
+
+    added = Tokenizer.from_str(counter.bundle.tokenizer_json).get_added_tokens_decoder()
+    return min(i for i, token in added.items() if token.special)
+
+
 def _pad_ids(ids: list[int], counter: Any, deposit_ids: int) -> list[int]:
     """The cheat's completion ids for the ``ids`` really generated."""
     head, tail = ids[:-1], ids[-1:]
     if CHEAT == "special_ids":
-        endoftext = min(counter.special_token_ids)
-        return [*head, *[endoftext] * 5, *tail]
+        return [*head, *[_endoftext(counter)] * 5, *tail]
     if CHEAT == "big_ids":
         return [*head, *range(counter.vocab_size, counter.vocab_size + 5), *tail]
     if CHEAT == "split":
@@ -54,7 +61,7 @@ def _pad_ids(ids: list[int], counter: Any, deposit_ids: int) -> list[int]:
             out += [b for b in text.encode()] if len(text) > 1 else [i]
         return out
     if CHEAT == "drain":
-        return [*head, *[min(counter.special_token_ids)] * deposit_ids, *tail]
+        return [*head, *[_endoftext(counter)] * deposit_ids, *tail]
     return ids
 
 
