@@ -207,7 +207,7 @@ class PaymentGate:
     def payable_output(self, channel: ChannelInfo, prompt_tokens: int) -> int:
         """The most completion ids the deposit can still pay after what is served and
         reserved and this prompt (``cost <= deposit`` with cost rounded down; may be <= 0)."""
-        book = self._book(channel.channel_id)
+        book = self._ledger.book(channel.channel_id)
         served_in, served_out = book.totals
         prices = channel.prices
         spendable = (channel.deposit + 1) * 1_000_000 - 1

@@ -17,6 +17,7 @@ from tallystick.client import (
     Tallystick,
     Wallet,
 )
+from tallystick.client._disputes import utc
 from tallystick.protocol import ContractError, Prices, cost_of, model_id
 
 pytestmark = pytest.mark.chain
@@ -128,16 +129,19 @@ def test_usdc_channel_unilateral_close_refunds_what_was_not_claimed(
     assert d.usdc.balance_of(a.client.address) == before - bill.total_cost
 
 
-def test_finalize_before_the_challenge_period_is_a_contract_error(
+def test_finalize_before_the_challenge_period_says_when_it_ends(
     client: Tallystick, world: dict[str, Any]
 ) -> None:
     a = world["accounts"]
     info = client.channels.open(MODEL, 10**15, a.provider.address)
     with pytest.raises(ChannelStateError):
         client.channels.finalize(info.channel_id)  # not closing yet
-    client.channels.request_close(info.channel_id)
-    with pytest.raises(ContractError) as caught:
+    closes_at = client.channels.request_close(info.channel_id)
+    # Refused before a transaction is sent (the escrow would revert EscrowChallengeNotOver).
+    with pytest.raises(ChannelStateError, match=f"ends at {utc(closes_at)}"):
         client.channels.finalize(info.channel_id)
+    with pytest.raises(ContractError) as caught:
+        client.chain.finalize(client.account, info.channel_id)
     assert caught.value.name == "EscrowChallengeNotOver"
 
 

@@ -90,8 +90,10 @@ def test_unilateral_close_the_worker_claims_in_the_challenge_period_then_finaliz
     now = int(market.w3.eth.get_block("latest")["timestamp"])
     assert now < closes_at  # claimed inside the challenge period
 
+    with pytest.raises(ChannelStateError, match="challenge period .* ends at"):
+        client.channels.finalize(info.channel_id)  # the SDK says when, sends nothing
     with pytest.raises(ContractError) as early:
-        client.channels.finalize(info.channel_id)
+        client.chain.finalize(client.account, info.channel_id)
     assert early.value.name == "EscrowChallengeNotOver"
     assert early.value.args == (info.channel_id, closes_at)
     escrow_before = int(market.w3.eth.get_balance(market.escrow.address))
