@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 ENV := source scripts/env.sh &&
 
-.PHONY: setup test test-contracts test-python lint abi demo bench model clean
+.PHONY: setup test test-contracts test-python lint abi demo bench model deploy clean
 
 setup:
 	@bash scripts/setup.sh
@@ -30,6 +30,11 @@ model:
 
 demo: setup model
 	@$(ENV) tallystick demo $(DEMO_ARGS)
+
+# Hardhat Ignition to the network in TALLY_RPC_URL / TALLY_DEPLOYER_KEY (docs/deploy.md);
+# DEPLOY_ARGS=--dev adds MockUSDC.
+deploy:
+	@bash scripts/deploy.sh $(DEPLOY_ARGS)
 
 bench: setup model
 	@$(ENV) python -m bench

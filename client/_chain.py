@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import requests
 from eth_account.signers.local import LocalAccount
@@ -28,6 +29,7 @@ from tallystick.protocol import (
     TxResult,
     connect,
     model_id,
+    read_deployment,
 )
 from tallystick.protocol import Listing as ChainListing
 from web3 import Web3
@@ -83,10 +85,31 @@ class Chain:
         self.escrow = Escrow(w3, escrow)
 
     @classmethod
-    def connect(cls, rpc_url: str | Sequence[str], registry: str, escrow: str) -> Chain:
-        """Connect over HTTP to one RPC URL or several (``"a,b"``: failover between them);
-        ``ChainUnavailable`` when none answers."""
-        return cls(connect(rpc_url), registry, escrow)
+    def connect(
+        cls,
+        rpc_url: str | Sequence[str],
+        registry: str | None = None,
+        escrow: str | None = None,
+        *,
+        deployments: str | Path | None = None,
+    ) -> Chain:
+        """Connect over HTTP to one RPC URL or several (``"a,b"``: failover between them).
+
+        The addresses come from ``registry``/``escrow``, or from ``deployments`` (the Hardhat
+        Ignition deployments folder) for the RPC's chain id. ``ChainUnavailable`` when no URL
+        answers, ``DeploymentNotFound`` when the folder has no deployment for that chain.
+        """
+        w3 = connect(rpc_url)
+        if registry is None or escrow is None:
+            if deployments is None:
+                raise ValueError("pass the registry and escrow addresses, or deployments=")
+            try:
+                chain_id = int(w3.eth.chain_id)
+            except (requests.RequestException, OSError) as exc:
+                raise ChainUnavailable(f"chain RPC failed: {exc}") from exc
+            found = read_deployment(deployments, chain_id)
+            registry, escrow = registry or found.registry, escrow or found.escrow
+        return cls(w3, registry, escrow)
 
     @property
     def chain_id(self) -> int:

@@ -49,6 +49,7 @@ class Settings:
     key: str | None
     keystore: str | None
     store: Path
+    deployments: Path | None = None
 
     def wallet(self, *, required: bool = True) -> Wallet | None:
         if self.key:
@@ -63,9 +64,11 @@ class Settings:
         raise WalletError("no key: pass --key or --keystore (or set TALLYSTICK_KEY)")
 
     def chain(self) -> Chain:
-        if not self.registry or not self.escrow:
-            raise click.UsageError("--registry and --escrow are needed (or TALLYSTICK_REGISTRY/…)")
-        return Chain.connect(self.rpc, self.registry, self.escrow)
+        if (not self.registry or not self.escrow) and self.deployments is None:
+            raise click.UsageError(
+                "--registry and --escrow are needed (or TALLYSTICK_REGISTRY/…), or --deployments"
+            )
+        return Chain.connect(self.rpc, self.registry, self.escrow, deployments=self.deployments)
 
     def client(self, *, chain: bool = True, wallet: bool = True) -> Tallystick:
         return Tallystick(
@@ -84,6 +87,11 @@ class Settings:
 @click.option("--key", help="client private key (hex); prefer --keystore")
 @click.option("--keystore", type=click.Path(dir_okay=False), help="encrypted keystore file")
 @click.option("--store", type=click.Path(dir_okay=False, path_type=Path), default=DEFAULT_STORE)
+@click.option(
+    "--deployments",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Hardhat Ignition deployments folder: addresses for the RPC's chain id",
+)
 @click.pass_context
 def cli(ctx: click.Context, **options: Any) -> None:
     """Pay AI inference per token, only for bills you have verified."""

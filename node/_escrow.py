@@ -27,6 +27,7 @@ from tallystick.protocol import (
     SignedReceipt,
     connect,
     load_artifact,
+    read_deployment,
 )
 from web3 import HTTPProvider, Web3
 from web3.providers.rpc.utils import ExceptionRetryConfiguration
@@ -37,7 +38,7 @@ from ._errors import ConfigError
 from ._settings import Settings
 from ._types import ZERO_ADDRESS, ChannelInfo, ChannelStatus
 
-__all__ = ["EscrowChain", "connect_node"]
+__all__ = ["EscrowChain", "connect_node", "resolve_addresses"]
 
 log = logging.getLogger("tallystick.node.chain")
 
@@ -68,7 +69,9 @@ class EscrowChain:
 
         def build() -> EscrowChain:
             w3 = connect_node(settings)
-            escrow, registry = Escrow(w3, settings.escrow), Registry(w3, settings.registry)
+            found = resolve_addresses(settings, w3)
+            escrow = Escrow(w3, found.escrow_address)
+            registry = Registry(w3, found.registry_address)
             return cls(escrow, registry, account, settings.confirmations)
 
         return await asyncio.to_thread(build)
@@ -79,17 +82,16 @@ class EscrowChain:
 
     def _check(self, settings: Settings) -> None:
         w3 = self.escrow.w3
-        for flag, address in (("--escrow", settings.escrow), ("--registry", settings.registry)):
+        escrow, registry = self.escrow.address, self.registry.address
+        for flag, address in (("--escrow", escrow), ("--registry", registry)):
             if not _rpc(lambda a=address: bytes(w3.eth.get_code(a))):
                 raise ConfigError(f"{flag} {address}: no contract at this address on this chain")
         try:
             linked = self.escrow.registry.address
         except ContractError:
-            raise ConfigError(f"--escrow {settings.escrow} is not a TallyEscrow") from None
-        if linked.lower() != settings.registry.lower():
-            raise ConfigError(
-                f"--registry {settings.registry} is not the escrow's registry ({linked})"
-            )
+            raise ConfigError(f"--escrow {escrow} is not a TallyEscrow") from None
+        if linked.lower() != registry.lower():
+            raise ConfigError(f"--registry {registry} is not the escrow's registry ({linked})")
 
     def rpc_failures(self) -> dict[tuple[str, str], int]:
         """Transport failures per RPC URL label and kind, since start (for the metric)."""
@@ -332,6 +334,19 @@ def connect_node(settings: Settings) -> Web3:
             errors=(requests.HTTPError,)
         )
     return w3
+
+
+def resolve_addresses(settings: Settings, w3: Web3) -> Settings:
+    """``settings`` with the escrow and registry filled in from ``deployments`` for the RPC's
+    chain id (addresses given explicitly win)."""
+    if settings.escrow is not None and settings.registry is not None:
+        return settings
+    assert settings.deployments is not None  # Settings refuses neither addresses nor folder
+    chain_id = _rpc(lambda: int(w3.eth.chain_id))
+    found = read_deployment(settings.deployments, chain_id)
+    update = {"escrow": settings.escrow or found.escrow}
+    update["registry"] = settings.registry or found.registry
+    return settings.model_copy(update=update)
 
 
 def _log_failure(label: str, kind: str, exc: BaseException) -> None:

@@ -13,7 +13,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from ._errors import ConfigError
 
@@ -29,8 +37,11 @@ class Settings(BaseModel):
 
     # chain
     rpc: str  # one URL, or several separated by commas: the node fails over between them
-    escrow: str
-    registry: str
+    # The contracts: both addresses, or ``deployments`` (Ignition's deployments folder) to
+    # read them for the RPC's chain id (``resolve_addresses``).
+    escrow: str | None = None
+    registry: str | None = None
+    deployments: Path | None = None
     key: SecretStr | None = None
     keystore: Path | None = None
     # model / engine
@@ -79,6 +90,29 @@ class Settings(BaseModel):
     def ledger_location(self) -> str | Path:
         """Where the ledger lives: ``ledger`` when given, else the SQLite file ``db``."""
         return self.ledger or self.db
+
+    @model_validator(mode="after")
+    def _addresses(self) -> Settings:
+        if self.deployments is None and (self.escrow is None or self.registry is None):
+            raise ValueError(
+                "--escrow and --registry are required (or --deployments DIR, the Hardhat "
+                "Ignition deployments folder holding this chain's addresses)"
+            )
+        return self
+
+    @property
+    def escrow_address(self) -> str:
+        """The escrow (after ``resolve_addresses``)."""
+        if self.escrow is None:
+            raise ConfigError("the escrow address is not resolved yet")
+        return self.escrow
+
+    @property
+    def registry_address(self) -> str:
+        """The registry (after ``resolve_addresses``)."""
+        if self.registry is None:
+            raise ConfigError("the registry address is not resolved yet")
+        return self.registry
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -143,7 +177,9 @@ def _describe(exc: ValidationError) -> str:
     for err in exc.errors(include_input=False):
         field = ".".join(str(p) for p in err["loc"]) or "settings"
         flag = "--" + field.replace("_", "-")
-        if err["type"] == "missing":
+        if not err["loc"]:  # a rule over several settings says it all itself
+            parts.append(err["msg"].removeprefix("Value error, "))
+        elif err["type"] == "missing":
             parts.append(
                 f"{flag} is required (or {ENV_PREFIX}{field.upper()}, or {field} in --config)"
             )

@@ -38,6 +38,12 @@ def _chain_options(fn: F) -> F:
             click.option("--escrow", help="TallyEscrow address."),
             click.option("--registry", help="ProviderRegistry address."),
             click.option(
+                "--deployments",
+                type=click.Path(file_okay=False, path_type=Path),
+                help="Hardhat Ignition deployments folder: the addresses for the RPC's chain id "
+                "(instead of --escrow/--registry).",
+            ),
+            click.option(
                 "--rpc-timeout",
                 type=float,
                 help="Seconds one RPC request may take (default 15); timeouts are not retried.",
@@ -112,7 +118,12 @@ def _chain_message(exc: ChainError) -> str:
 
 def _settings(cli: dict[str, Any]) -> Settings:
     config = cli.pop("config", None)
-    return load_settings(cli, config_file=config)
+    settings = load_settings(cli, config_file=config)
+    if settings.escrow is None or settings.registry is None:
+        from ._escrow import connect_node, resolve_addresses
+
+        settings = resolve_addresses(settings, connect_node(settings))
+    return settings
 
 
 def _account(settings: Settings) -> Any:
@@ -126,7 +137,7 @@ def _bindings(settings: Settings) -> tuple[Any, Any, Any]:
 
     account = _account(settings)
     w3 = connect_node(settings)
-    return account, Registry(w3, settings.registry), Escrow(w3, settings.escrow)
+    return account, Registry(w3, settings.registry_address), Escrow(w3, settings.escrow_address)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

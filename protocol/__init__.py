@@ -6,6 +6,7 @@ normative spec) and docs/internals.md (this surface).
 """
 
 from ._abi import load_artifact
+from ._addresses import DeployedAddresses, read_deployment
 from ._bearer import BearerToken, make_bearer_token
 from ._bindings import (
     ChannelState,
@@ -37,6 +38,7 @@ from ._errors import (
     ChainError,
     ChainUnavailable,
     ContractError,
+    DeploymentNotFound,
     InvalidBearerToken,
     InvalidChatTemplate,
     InvalidJSON,
@@ -80,7 +82,9 @@ __all__ = [
     "ChannelState",
     "ChannelStatus",
     "ContractError",
+    "DeployedAddresses",
     "Deployment",
+    "DeploymentNotFound",
     "Domain",
     "Escrow",
     "Event",
@@ -120,6 +124,7 @@ __all__ = [
     "make_bearer_token",
     "model_id",
     "next_usage_root",
+    "read_deployment",
     "receipt_message",
     "recover_bearer_signer",
     "recover_message_signer",

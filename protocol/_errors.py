@@ -10,7 +10,8 @@
     │   └── TokenizerMismatch    a tokenizer bundle whose hash is not the expected one
     └── ChainError               anything that went wrong talking to the chain
         ├── ContractError        a contract reverted; ``name`` and ``args`` of its custom error
-        └── ChainUnavailable     the RPC endpoint cannot be reached
+        ├── ChainUnavailable     the RPC endpoint cannot be reached
+        └── DeploymentNotFound   no deployment of the contracts recorded for this chain id
 
 Foreign errors (web3, eth-account, json) are translated at the boundary with
 ``raise X(...) from exc`` so callers only ever catch these.
@@ -85,3 +86,7 @@ def _render(value: Any) -> str:
     if isinstance(value, str) and not (value.startswith("0x") and len(value) == 42):
         return repr(value)  # a revert string; addresses read better bare
     return str(value)
+
+
+class DeploymentNotFound(ChainError):
+    """The deployments folder has no (complete) deployment for this chain id."""

@@ -19,13 +19,14 @@ DOCUMENTED = {
     # chain
     "connect", "Registry", "Escrow", "ProviderInfo", "Listing", "ChannelState", "TxResult",
     "deploy", "Deployment", "load_artifact", "FailoverHTTPProvider", "rpc_label", "split_rpc_urls",
+    "DeployedAddresses", "read_deployment",
     # untrusted input
     "loads_untrusted", "json_too_deep", "check_chat_template", "MAX_JSON_DEPTH", "MAX_JSON_BYTES",
     "MAX_TEMPLATE_NESTING", "MAX_TAG_OPERATORS",
     # errors
     "TallystickError", "ProtocolError", "InvalidSignature", "InvalidBearerToken",
     "TokenizerMismatch", "InvalidJSON", "InvalidChatTemplate", "ChainError", "ContractError",
-    "ChainUnavailable",
+    "ChainUnavailable", "DeploymentNotFound",
 }  # fmt: skip
 EXTRA = {
     "recover_message_signer", "recover_bearer_signer", "bench_signing", "ChannelStatus",
