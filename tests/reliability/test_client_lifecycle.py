@@ -90,7 +90,7 @@ def test_unilateral_close_the_worker_claims_in_the_challenge_period_then_finaliz
     now = int(market.w3.eth.get_block("latest")["timestamp"])
     assert now < closes_at  # claimed inside the challenge period
 
-    with pytest.raises(ChannelStateError, match="challenge period .* ends at"):
+    with pytest.raises(ChannelStateError, match=r"challenge period .* ends at"):
         client.channels.finalize(info.channel_id)  # the SDK says when, sends nothing
     with pytest.raises(ContractError) as early:
         client.chain.finalize(client.account, info.channel_id)

@@ -1,0 +1,97 @@
+"""After a dispute, from the shell: see it, stop using the channel, leave it unilaterally.
+
+A real node process that pads its bills (``_cheating_node.py``, special ids) on anvil; the
+``tallystick`` CLI run in-process through ``main`` (one-line errors, exit codes).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from reliakit import MESSAGES, MODEL
+from tallystick.client import BillingDispute
+from tallystick.client.cli import main
+
+pytestmark = pytest.mark.chain
+
+DEPOSIT = 10**15
+
+
+def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = 0
+    try:
+        main(argv)
+    except SystemExit as exc:  # main exits only on an error
+        code = int(exc.code or 0)
+    captured = capsys.readouterr()
+    return code, " ".join(captured.out.split()), captured.err
+
+
+def test_disputes_are_listed_the_channel_refused_and_left_by_a_unilateral_close(
+    market: Any,
+    start_node: Any,
+    make_client: Any,
+    tmp_path: Path,
+    advance_time: Any,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    start_node(script="_cheating_node.py", env={"TALLY_CHEAT": "special_ids"})
+    client = make_client(market.accounts.client, "client")
+    info = client.channels.open(MODEL, DEPOSIT)
+    with pytest.raises(BillingDispute) as caught:
+        client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=64)
+    dispute_id, cid = caught.value.dispute_id, info.hex_id
+    client.close()
+    args = ["--rpc", market.anvil.url, "--registry", market.registry.address]
+    args += ["--escrow", market.escrow.address, "--store", str(tmp_path / "client.db")]
+    args += ["--key", "0x" + market.accounts.client.key.hex().removeprefix("0x")]
+
+    # tallystick disputes: the table, then the way out with the challenge period's deadline
+    code, out, _ = _run([*args, "disputes"], capsys)
+    assert code == 0 and "specialIds" in out and "billed" in out
+    assert f"close --unilateral {cid}" in out and "challenge period (3600 s)" in out
+    code, raw, _ = _run([*args, "disputes", "--json"], capsys)
+    (row,) = json.loads(raw)
+    assert (row["id"], row["channelId"], row["seq"]) == (dispute_id, cid, 1)
+    assert [m["field"] for m in row["mismatches"]] == ["specialIds"]
+    assert row["evidence"]["tallystick"]["record"]["seq"] == 1  # the provider-signed record
+    assert row["evidence"]["request"]["messages"] == MESSAGES
+    assert "finalize" in row["wayOut"]
+    # tallystick bill shows it too (README troubleshooting)
+    code, out, _ = _run([*args, "bill"], capsys)
+    assert code == 0 and "refused bills" in out and "specialIds" in out
+
+    # The SDK sends no more requests on it, and says how to leave
+    code, _, err = _run([*args, "chat", "--model", MODEL, "-m", "hi", "--channel", cid], capsys)
+    assert code == 1 and err.count("\n") == 1
+    assert "is disputed" in err and f"channel close --unilateral {cid}" in err
+    # A cooperative close cannot work (the node holds the refused record): the same way out
+    code, _, err = _run([*args, "channel", "close", cid], capsys)
+    assert code == 1 and err.count("\n") == 1 and "close --unilateral" in err
+
+    code, out, _ = _run([*args, "channel", "close", "--unilateral", cid], capsys)
+    closes_at = market.escrow.get_channel(info.channel_id).closes_at
+    assert code == 0 and "402 channel_closing" in out and f"channel finalize {cid}" in out
+    # Meanwhile the node serves nothing on the channel
+    bearer = make_client(market.accounts.client, "client").biller.bearer(info)
+    resp = httpx.post(
+        f"{market.endpoint}/v1/chat/completions",
+        json={"model": MODEL, "messages": MESSAGES, "max_tokens": 4},
+        headers={"Authorization": f"Bearer {bearer}"},
+    )
+    assert resp.status_code == 402 and resp.json()["error"]["code"] == "channel_closing"
+    code, _, err = _run([*args, "channel", "finalize", cid], capsys)
+    assert code == 1 and err.count("\n") == 1 and "ends at" in err
+
+    held = market.w3.eth.get_balance(market.escrow.address)
+    now = int(market.w3.eth.get_block("latest")["timestamp"])
+    advance_time(closes_at - now)
+    code, out, _ = _run([*args, "channel", "finalize", cid], capsys)
+    assert code == 0 and f"provider paid 0, refunded {DEPOSIT}" in out
+    assert market.escrow.get_channel(info.channel_id).status.name == "CLOSED"
+    # The whole deposit went back: nothing of the refused bill was ever countersigned.
+    assert held - market.w3.eth.get_balance(market.escrow.address) == DEPOSIT
