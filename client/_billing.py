@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -39,6 +41,7 @@ from ._errors import (
     NodeUnavailable,
     WalletError,
 )
+from ._locks import ChannelLock, LockWait
 from ._node import NodeClient
 from ._store import ChannelInfo, Pending, Store
 from ._tokenizers import TokenizerCache
@@ -56,13 +59,14 @@ from ._wallet import Wallet
 if TYPE_CHECKING:
     from ._chain import Chain
 
-__all__ = ["RECEIPT_HEADER", "Biller"]
+__all__ = ["LOCK_TIMEOUT_S", "RECEIPT_HEADER", "Biller"]
 
 RECEIPT_HEADER = "X-Tally-Receipt"
 BEARER_TTL_S = 3600
 BEARER_RENEW_S = 60  # renew a token this long before it expires
 MAX_UNSEEN_TOKENS = 16  # ids a node may bill past what an interrupted stream delivered
 RECORD_WAIT_S = 10.0  # how long a node may take to sign the record of an interrupted request
+LOCK_TIMEOUT_S = 900.0  # how long a request waits for another one on its channel
 
 
 class Biller:
@@ -80,6 +84,7 @@ class Biller:
         record_wait_s: float = RECORD_WAIT_S,
         tolerance: Tolerance = DEFAULT_TOLERANCE,
         chain: Chain | None = None,
+        on_lock_wait: LockWait | None = None,
     ) -> None:
         self.wallet = wallet
         self.store = store
@@ -92,12 +97,28 @@ class Biller:
         self.chain = chain  # only to name the challenge period in a dispute's way out
         self._tokens: dict[bytes, tuple[str, int]] = {}
         self._lock = threading.Lock()
-        # One request at a time per channel: the node's credit rule allows one unpaid record.
-        self._channel_locks: dict[bytes, threading.Lock] = {}
+        self.on_lock_wait = on_lock_wait
+        # One request at a time per channel, across processes too (``ChannelLock``).
+        self._channel_locks: dict[bytes, ChannelLock] = {}
 
-    def channel_lock(self, channel_id: bytes) -> threading.Lock:
+    def channel_lock(self, channel_id: bytes) -> ChannelLock:
         with self._lock:
-            return self._channel_locks.setdefault(channel_id, threading.Lock())
+            lock = self._channel_locks.get(channel_id)
+            if lock is None:
+                lock = ChannelLock(self.store, channel_id, on_wait=self.on_lock_wait)
+                self._channel_locks[channel_id] = lock
+            return lock
+
+    @contextmanager
+    def locked(self, channel: ChannelInfo) -> Iterator[None]:
+        """Hold the channel (no request of any process in between), e.g. to close it."""
+        lock = self.channel_lock(channel.channel_id)
+        if not lock.acquire(timeout=LOCK_TIMEOUT_S):
+            raise ClientError(f"channel {channel.hex_id} stayed busy with another request")
+        try:
+            yield
+        finally:
+            lock.release()
 
     def node(self, channel: ChannelInfo) -> NodeClient:
         return NodeClient(channel.endpoint, self.http)
@@ -280,7 +301,13 @@ class Biller:
         return self._countersign(channel, bill)
 
     def _fetch_record(self, channel: ChannelInfo, pending: Pending) -> Any:
-        # The node signs the record once it notices the disconnect; give it a moment.
+        """The node's record of the pending request, or None when it has none (§6).
+
+        ``record_pending`` (the node is still serving the request, e.g. it has not noticed
+        the disconnect yet) is waited for; ``record_not_found`` is final: the node served
+        nothing that could become the record (it never got the request, or it was restarted
+        before it signed one), so the request is dropped as unbilled at once.
+        """
         deadline = time.monotonic() + self.record_wait_s
         delay = 0.05
         while True:
@@ -291,18 +318,18 @@ class Biller:
             except NodeError as exc:
                 if exc.status != 404:
                     raise
+                if exc.code == "record_not_found":
+                    break
             if time.monotonic() > deadline:
-                break
+                raise ClientError(
+                    f"the node is still serving request seq {pending.seq} of channel "
+                    f"{channel.hex_id}, whose answer was interrupted; retry later"
+                )
             time.sleep(delay)
             delay = min(delay * 2, 1.0)
-        if not pending.received:
-            # Nothing reached us and the node signed nothing: the request was never served.
-            self.store.clear_pending(channel.channel_id, pending.seq)
-            return None
-        raise ClientError(
-            f"the node has not signed record seq {pending.seq} of channel {channel.hex_id}, "
-            "whose answer was interrupted; retry later"
-        )
+        # The node never signed it: nothing is owed, whatever part of the answer arrived.
+        self.store.clear_pending(channel.channel_id, pending.seq)
+        return None
 
     def deliver(self, channel: ChannelInfo) -> None:
         """Post the last receipt unless the node has it; on failure it waits for a retry."""

@@ -149,9 +149,10 @@ class Channels:
         biller = self._client.biller
         # A disputed channel has a record the node will not close without: say the way out.
         biller.check_usable(info)
-        biller.resolve_pending(info)  # an interrupted request is part of the final total
-        final = self._final_receipt(info)
-        provider_sig = biller.node(info).close(final, biller.bearer(info))
+        with biller.locked(info):  # no request of another process in between
+            biller.resolve_pending(info)  # an interrupted request is part of the final total
+            final = self._final_receipt(info)
+            provider_sig = biller.node(info).close(final, biller.bearer(info))
         signed_by = recover_receipt_signer(info.domain, SignedReceipt(final.receipt, provider_sig))
         if signed_by.lower() != info.provider.lower():
             raise ClientError(f"the node's close signature is by {signed_by}, not {info.provider}")

@@ -14,6 +14,7 @@ from ._channels import Channels
 from ._chat import Chat, Completions, channel_key
 from ._discovery import find_offers
 from ._errors import ChannelNotFound, ClientError, WalletError
+from ._locks import LockWait
 from ._node import NodeClient
 from ._store import ChannelInfo, Store
 from ._tokenizers import TokenizerCache
@@ -34,7 +35,9 @@ class Tallystick:
     ``wallet`` may be None to chat on channels that have a session key in the store (the
     wallet's key then stays cold); ``max_unseen_tokens`` bounds what an interrupted stream may
     be billed past the text it delivered, ``tolerance`` how many ids a bill may carry beyond
-    the canonical encoding of its text (docs/protocol.md §6).
+    the canonical encoding of its text (docs/protocol.md §6). A request waits while another
+    one, of this process or another one on the same store, uses its channel;
+    ``on_lock_wait(channel_id, holder)`` is told once when it starts waiting.
     """
 
     def __init__(
@@ -49,6 +52,7 @@ class Tallystick:
         timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
         max_unseen_tokens: int = MAX_UNSEEN_TOKENS,
         tolerance: Tolerance = DEFAULT_TOLERANCE,
+        on_lock_wait: LockWait | None = None,
     ) -> None:
         self.wallet = wallet
         self.store = store if isinstance(store, Store) else Store(store)
@@ -66,6 +70,7 @@ class Tallystick:
             max_unseen_tokens=max_unseen_tokens,
             tolerance=tolerance,
             chain=chain,
+            on_lock_wait=on_lock_wait,
         )
         self.chat = Chat(self)
         self.completions = Completions(self)

@@ -29,6 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
 from tallystick.protocol import Prices, ProtocolError, TallystickError
 
 __all__ = [
@@ -205,6 +206,17 @@ class InvalidResponse(NodeError, ProtocolError):
 
     def __init__(self, message: str, status: int = 200) -> None:
         super().__init__(status, message, "invalid_response")
+
+
+def from_httpx(exc: httpx.HTTPError, url: object) -> ClientError:
+    """An httpx failure as the SDK reports it: nothing from httpx crosses the SDK's boundary."""
+    if isinstance(exc, httpx.TimeoutException):
+        return NodeUnavailable(f"the node at {url} timed out: {exc!r}")
+    if isinstance(exc, httpx.DecodingError):
+        return InvalidResponse(f"the node at {url} sent a body that cannot be decoded: {exc}")
+    if isinstance(exc, httpx.TransportError):
+        return NodeUnavailable(f"the connection to the node at {url} failed: {exc!r}")
+    return ClientError(f"HTTP error with the node at {url}: {exc!r}")
 
 
 def _jsonable(value: Any) -> Any:

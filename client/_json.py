@@ -15,7 +15,7 @@ import httpx
 from tallystick.protocol import MAX_JSON_DEPTH, InvalidJSON, loads_untrusted
 from tallystick.protocol import json_too_deep as too_deep
 
-from ._errors import InvalidResponse
+from ._errors import InvalidResponse, from_httpx
 
 __all__ = [
     "MAX_BODY_BYTES",
@@ -59,9 +59,18 @@ def read_capped(response: httpx.Response, limit: int, what: str) -> bytes:
             body += chunk
             if len(body) > limit:
                 raise _too_large(what, limit, response.status_code)
+    except httpx.HTTPError as exc:  # the connection broke mid-body
+        raise from_httpx(exc, _url(response)) from exc
     finally:
         response.close()
     return bytes(body)
+
+
+def _url(response: httpx.Response) -> object:
+    try:
+        return response.request.url
+    except RuntimeError:  # a transport's response: no request attached
+        return "(the node)"
 
 
 def _too_large(what: str, limit: int, status: int) -> InvalidResponse:

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 from tallystick.protocol import ProtocolError, SignedReceipt
 
-from ._errors import InvalidResponse, NodeError, NodeUnavailable, PaymentRequired
+from ._errors import InvalidResponse, NodeError, PaymentRequired, from_httpx
 from ._json import (
     MAX_BODY_BYTES,
     MAX_ERROR_BYTES,
@@ -102,10 +102,8 @@ def send(http: httpx.Client, request: httpx.Request, *, stream: bool = False) ->
     """Send, translating transport failures into ``NodeUnavailable``."""
     try:
         return http.send(request, stream=stream)
-    except httpx.TimeoutException as exc:
-        raise NodeUnavailable(f"node at {request.url.host} timed out: {exc}") from exc
-    except httpx.TransportError as exc:
-        raise NodeUnavailable(f"cannot reach the node at {request.url}: {exc}") from exc
+    except httpx.HTTPError as exc:
+        raise from_httpx(exc, request.url) from exc
 
 
 def node_error(response: httpx.Response) -> NodeError:

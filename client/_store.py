@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sqlite3
 import threading
 import time
@@ -39,7 +40,15 @@ from tallystick.protocol import (
 
 from ._errors import ChannelNotFound, StoreError
 
-__all__ = ["BillLine", "ChannelInfo", "ChannelTally", "Dispute", "Pending", "Store"]
+__all__ = [
+    "BillLine",
+    "ChannelInfo",
+    "ChannelTally",
+    "Dispute",
+    "LockHolder",
+    "Pending",
+    "Store",
+]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS channels (
@@ -66,6 +75,10 @@ CREATE TABLE IF NOT EXISTS pending (
 );
 CREATE TABLE IF NOT EXISTS session_keys (
     address TEXT PRIMARY KEY, key TEXT NOT NULL, channel_id TEXT, created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS channel_locks (
+    channel_id TEXT PRIMARY KEY, owner TEXT NOT NULL, pid INTEGER NOT NULL, host TEXT NOT NULL,
+    expires_at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS disputes (
     id INTEGER PRIMARY KEY AUTOINCREMENT, channel_id TEXT NOT NULL, seq INTEGER,
@@ -134,6 +147,16 @@ class Pending:
     served: dict[str, Any]  # ``Served`` as JSON (prompt ids, received text, stop, max_tokens)
     received: bool  # some of the answer reached the client
     created_at: float
+
+
+@dataclass(frozen=True)
+class LockHolder:
+    """Who holds a channel's lock in the store, and until when its lease runs."""
+
+    owner: str
+    pid: int
+    host: str
+    expires_at: float
 
 
 @dataclass(frozen=True)
@@ -337,6 +360,46 @@ class Store:
                     "DELETE FROM pending WHERE channel_id=? AND seq=?", (_h(channel_id), seq)
                 )
 
+    # cross-process channel locks (one request at a time per channel, whatever the process)
+
+    def try_lock(self, channel_id: bytes, owner: str, lease_s: float) -> LockHolder | None:
+        """Take the channel's lock for ``owner``; None if taken, else the current holder.
+
+        A lock is free when nobody holds it, when its lease ran out (the holder stopped
+        renewing it: hung, or crashed on another host), or when its holder's process on
+        this host is gone (crashed: no need to wait for the lease).
+        """
+        host, now = socket.gethostname(), time.time()
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT owner, pid, host, expires_at FROM channel_locks WHERE channel_id=?",
+                (_h(channel_id),),
+            ).fetchone()
+            if row is not None and row[0] != owner:
+                holder = LockHolder(row[0], row[1], row[2], row[3])
+                if holder.expires_at > now and not (holder.host == host and _dead(holder.pid)):
+                    return holder
+            db.execute(
+                "INSERT OR REPLACE INTO channel_locks VALUES (?,?,?,?,?)",
+                (_h(channel_id), owner, os.getpid(), host, now + lease_s),
+            )
+        return None
+
+    def renew_lock(self, channel_id: bytes, owner: str, lease_s: float) -> bool:
+        """Extend ``owner``'s lease; False if it lost the lock meanwhile."""
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE channel_locks SET expires_at=? WHERE channel_id=? AND owner=?",
+                (time.time() + lease_s, _h(channel_id), owner),
+            )
+            return cur.rowcount == 1
+
+    def unlock(self, channel_id: bytes, owner: str) -> None:
+        with self._tx() as db:
+            db.execute(
+                "DELETE FROM channel_locks WHERE channel_id=? AND owner=?", (_h(channel_id), owner)
+            )
+
     # session keys
 
     def new_session_key(self) -> LocalAccount:
@@ -396,6 +459,16 @@ class Store:
         rows = self._query("SELECT * FROM disputes ORDER BY id")
         disputes = [_dispute(r) for r in rows]
         return [d for d in disputes if channel_id is None or d.channel_id == channel_id]
+
+
+def _dead(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # alive, under another user
+    return False
 
 
 def _check_follows(row: Any, seq: int, receipt: SignedReceipt) -> None:

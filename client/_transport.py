@@ -18,7 +18,6 @@ with it, and the next request on the channel first settles it from the node's si
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -26,16 +25,16 @@ from typing import Any
 import httpx
 from tallystick.protocol import ProtocolError
 
-from ._billing import RECEIPT_HEADER, Biller
-from ._errors import ClientError, InvalidResponse
+from ._billing import LOCK_TIMEOUT_S, RECEIPT_HEADER, Biller
+from ._errors import ClientError, InvalidResponse, from_httpx
 from ._json import MAX_BODY_BYTES, MAX_EVENT_BYTES, MAX_JSON_DEPTH, loads, read_capped, too_deep
+from ._locks import ChannelLock
 from ._store import ChannelInfo
 from ._verify import Served, VerifiedBill
 
 __all__ = ["BILL_EXTENSION", "BillSlot", "TallyTransport"]
 
 BILL_EXTENSION = "tallystick.bill"  # response.extensions key holding a BillSlot
-LOCK_TIMEOUT_S = 900.0
 # Headers that describe the bytes as the node sent them, not the decoded bytes passed on.
 _WIRE_HEADERS = frozenset({"content-length", "content-encoding", "transfer-encoding"})
 
@@ -66,7 +65,7 @@ class TallyTransport(httpx.BaseTransport):
         served = self._served(kind, body)
         lock = self.biller.channel_lock(self.channel.channel_id)
         if not lock.acquire(timeout=LOCK_TIMEOUT_S):
-            raise ClientError(f"channel {self.channel.hex_id} is busy with another request")
+            raise ClientError(f"channel {self.channel.hex_id} stayed busy with another request")
         try:
             return self._send(request, kind, body, served, lock)
         except BaseException:
@@ -82,7 +81,7 @@ class TallyTransport(httpx.BaseTransport):
         kind: str,
         body: dict[str, Any],
         served: Served,
-        lock: threading.Lock,
+        lock: ChannelLock,
     ) -> httpx.Response:
         self.biller.check_usable(self.channel)
         self.biller.resolve_pending(self.channel)
@@ -93,9 +92,11 @@ class TallyTransport(httpx.BaseTransport):
         seq = self.biller.begin(self.channel, served)
         try:
             response = self.inner.handle_request(request)
-        except httpx.ConnectError:
-            self.biller.store.clear_pending(self.channel.channel_id, seq)  # never sent
-            raise
+        except httpx.HTTPError as exc:
+            if isinstance(exc, httpx.ConnectError):
+                self.biller.store.clear_pending(self.channel.channel_id, seq)  # never sent
+            # Otherwise it stays pending (nothing received): settled before the next request.
+            raise from_httpx(exc, request.url) from exc
         if pending is not None and response.status_code < 400:
             # The node only serves after it has the piggybacked receipt on disk.
             self.biller.store.mark_delivered(self.channel.channel_id, _seq_of(self.biller, self))
@@ -188,7 +189,7 @@ class _VerifyingStream(httpx.SyncByteStream):
         served: Served,
         response: httpx.Response,
         slot: BillSlot,
-        lock: threading.Lock,
+        lock: ChannelLock,
         seq: int,
     ) -> None:
         self.t = transport
@@ -197,7 +198,7 @@ class _VerifyingStream(httpx.SyncByteStream):
         self.served = served
         self.response = response
         self.slot = slot
-        self.lock: threading.Lock | None = lock
+        self.lock: ChannelLock | None = lock
         self.seq = seq
         self.text: list[str] = []  # received so far
         self.settled = False  # a record arrived (verified or disputed)
@@ -208,6 +209,8 @@ class _VerifyingStream(httpx.SyncByteStream):
                 yield from self._sse()
             else:
                 yield self._plain()
+        except httpx.HTTPError as exc:  # the node died or the connection broke mid-answer
+            raise from_httpx(exc, self.t.channel.endpoint) from exc
         finally:
             self._release()
 

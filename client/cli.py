@@ -29,7 +29,7 @@ from ._errors import (
     PaymentRequired,
     WalletError,
 )
-from ._store import ChannelInfo, Dispute
+from ._store import ChannelInfo, Dispute, LockHolder
 from ._wallet import Wallet
 
 __all__ = ["cli", "main"]
@@ -72,8 +72,20 @@ class Settings:
 
     def client(self, *, chain: bool = True, wallet: bool = True) -> Tallystick:
         return Tallystick(
-            self.wallet(required=wallet), self.store, chain=self.chain() if chain else None
+            self.wallet(required=wallet),
+            self.store,
+            chain=self.chain() if chain else None,
+            on_lock_wait=_say_waiting,
         )
+
+
+def _say_waiting(channel_id: bytes, holder: LockHolder) -> None:
+    err.print(
+        f"[yellow]channel 0x{channel_id.hex()} is in use by another process (pid {holder.pid} "
+        f"on {holder.host}); waiting for its request to finish…[/yellow]",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 @click.group(context_settings={"auto_envvar_prefix": "TALLYSTICK", "show_default": True})

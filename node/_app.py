@@ -32,7 +32,7 @@ from ._metrics import CONTENT_TYPE, NodeMetrics
 from ._openapi import install_openapi
 from ._ratelimit import RateLimiter
 from ._schemas import INT64_MAX, ChatRequest, CompletionRequest, ReceiptBody, parse_body
-from ._serving import MeteredStream, prepare, run_plain, run_stream
+from ._serving import MeteredStream, answer_plain, prepare, run_stream
 from ._settings import Settings
 from ._settlement import SettlementWorker
 
@@ -42,6 +42,8 @@ if TYPE_CHECKING:
 __all__ = ["NodeState", "create_app"]
 
 log = logging.getLogger("tallystick.node")
+
+CLIENT_CLOSED = 499
 
 
 @dataclass
@@ -325,7 +327,10 @@ async def _complete(request: Request, body: ChatRequest | CompletionRequest) -> 
     headers = {**done.ticket.headers, "x-tally-max-tokens": str(done.params.max_tokens)}
     if body.stream:
         return MeteredStream(lambda send_chunk: run_stream(done, send_chunk), headers)
-    return JSONResponse(await run_plain(done), headers=headers)
+    answer = await answer_plain(done, request.receive)
+    if answer is None:  # the client went away: nobody reads this (nginx's "client closed")
+        return Response(status_code=CLIENT_CLOSED)
+    return JSONResponse(answer, headers=headers)
 
 
 async def _models(request: Request) -> Any:
@@ -390,9 +395,20 @@ async def _record(
 ) -> Any:
     from ._serving import tallystick_object
 
+    node = _node(request)
     info = await _channel_auth(request, channel)
-    stored = _node(request).ledger.get_record(info.channel_id, seq)
+    stored = node.ledger.get_record(info.channel_id, seq)
+    if stored is None and node.gate.record_pending(info.channel_id, seq):
+        raise ApiError(
+            404,
+            f"record seq {seq} is not signed yet: a request on this channel is being served; "
+            "retry shortly",
+            param="seq",
+            code="record_pending",
+            headers={"retry-after": "1"},
+        )
     if stored is None:
+        # Nothing in flight could become it: this node never served that request (§6).
         raise ApiError(
             404, f"no record seq {seq} on this channel", param="seq", code="record_not_found"
         )

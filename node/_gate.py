@@ -81,6 +81,7 @@ class PaymentGate:
         self.owner = uuid.uuid4().hex
         self.replica_ttl = replica_ttl
         self._locks: defaultdict[bytes, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._arriving: defaultdict[bytes, int] = defaultdict(int)  # authorised, not reserved
         self.heartbeat()
 
     def heartbeat(self) -> None:
@@ -141,6 +142,24 @@ class PaymentGate:
                 code="wrong_provider",
             )
         return channel
+
+    def arrive(self, channel_id: bytes) -> None:
+        """An authorised request is on its way to ``reserve``; ``leave`` when it got there."""
+        self._arriving[channel_id] += 1
+
+    def leave(self, channel_id: bytes) -> None:
+        self._arriving[channel_id] -= 1
+        if not self._arriving[channel_id]:
+            del self._arriving[channel_id]
+
+    def record_pending(self, channel_id: bytes, seq: int) -> bool:
+        """Whether a request being served now may still become record ``seq`` (§8).
+
+        Reservations count on every live replica (the ledger's book); requests between
+        authorisation and reservation only on this one.
+        """
+        book = self._ledger.book(channel_id)
+        return seq > book.seq and (book.in_flight > 0 or self._arriving.get(channel_id, 0) > 0)
 
     # credit rule ---------------------------------------------------------------------------
 

@@ -30,7 +30,15 @@ if TYPE_CHECKING:
     from ._ratelimit import Ticket
     from .engines import Engine, Prompt, SamplingParams, TokenEvent
 
-__all__ = ["Completion", "MeteredStream", "prepare", "run_plain", "run_stream", "tallystick_object"]
+__all__ = [
+    "Completion",
+    "MeteredStream",
+    "answer_plain",
+    "prepare",
+    "run_plain",
+    "run_stream",
+    "tallystick_object",
+]
 
 Request = ChatRequest | CompletionRequest
 SendChunk = Callable[[bytes], Awaitable[bool]]
@@ -134,6 +142,9 @@ class Completion:
         }
 
     def chunk(self, text: str, finish_reason: str | None, *, first: bool = False) -> bytes:
+        return sse(self._chunk(text, finish_reason, first=first))
+
+    def _chunk(self, text: str, finish_reason: str | None, *, first: bool) -> dict[str, Any]:
         if self.chat:
             delta: dict[str, Any] = (
                 {"role": "assistant", "content": text}
@@ -148,17 +159,21 @@ class Completion:
             }
         else:
             choice = {"index": 0, "text": text, "finish_reason": finish_reason, "logprobs": None}
-        return sse({**self._head(stream=True), "choices": [choice]})
+        return {**self._head(stream=True), "choices": [choice]}
 
-    def usage_chunk(self, stored: StoredRecord) -> bytes:
-        return sse(
-            {
-                **self._head(stream=True),
-                "choices": [],
-                "usage": self.usage(),
-                "tallystick": tallystick_object(stored),
-            }
-        )
+    def final_chunk(self, stored: StoredRecord) -> bytes:
+        """The chunk with ``finish_reason``; it carries the signed record (§8)."""
+        chunk = self._chunk("", self.finish_reason or "stop", first=False)
+        return sse({**chunk, "tallystick": tallystick_object(stored)})
+
+    def usage_chunk(self) -> bytes:
+        """OpenAI's usage-only chunk (empty ``choices``): only when the request asked for it."""
+        return sse({**self._head(stream=True), "choices": [], "usage": self.usage()})
+
+    @property
+    def include_usage(self) -> bool:
+        options = self.request.stream_options
+        return options is not None and options.include_usage
 
     def _head(self, *, stream: bool) -> dict[str, Any]:
         if self.chat:
@@ -257,8 +272,6 @@ async def prepare(
     node: NodeState, request: Request, authorization: str | None, receipt_header: str | None
 ) -> Completion:
     """Validate, authorise, apply rate limits and the credit rule; return an admitted request."""
-    from .engines import Prompt, SamplingParams
-
     engine = node.engine
     if request.model != engine.model_name:
         raise ApiError(
@@ -269,6 +282,19 @@ async def prepare(
         )
     request.check_n()
     channel = await node.gate.authorize(authorization, request.model)
+    node.gate.arrive(channel.channel_id)  # GET .../records/{seq} says "pending" meanwhile
+    try:
+        return await _admit(node, request, channel, receipt_header)
+    finally:
+        node.gate.leave(channel.channel_id)  # reserved (now in flight) or refused
+
+
+async def _admit(
+    node: NodeState, request: Request, channel: ChannelInfo, receipt_header: str | None
+) -> Completion:
+    from .engines import Prompt, SamplingParams
+
+    engine = node.engine
     if receipt_header:
         await node.gate.accept_receipt(_receipt_json(receipt_header))
     chat = isinstance(request, ChatRequest)
@@ -356,16 +382,55 @@ def _receipt_json(header: str) -> Any:
 # running -----------------------------------------------------------------------------------
 
 
-async def run_plain(done: Completion) -> dict[str, Any]:
-    """Generate to the end and answer with the whole completion."""
+async def run_plain(done: Completion, gone: asyncio.Event) -> dict[str, Any] | None:
+    """Generate to the end and return the whole completion; None when the client went first.
+
+    ``gone`` is set (and this task cancelled) by ``answer_plain`` when the client disconnects:
+    the generation stops at once (the engine frees the slot at its next step). Nothing of a
+    plain answer reached the client, so its record bills the prompt and no completion id
+    (§6, interrupted requests).
+    """
     try:
         async for event in done.stream:
             done.add(event)
+    except asyncio.CancelledError:
+        if not gone.is_set():
+            await _abandon(done)
+            raise  # cancelled for another reason (shutdown)
+        current = asyncio.current_task()
+        if current is not None:
+            current.uncancel()
     except BaseException:
-        await done.close_engine()
-        done.abandon()  # nothing was delivered
+        await _abandon(done)
         raise
+    if gone.is_set():
+        await done.close_engine()
+        done.ids.clear()  # the answer is never sent: only the prompt is billed
+        done.finish()
+        return None
     return done.body(done.finish())
+
+
+async def _abandon(done: Completion) -> None:
+    await done.close_engine()
+    done.abandon()  # nothing was delivered
+
+
+async def answer_plain(done: Completion, receive: Receive) -> dict[str, Any] | None:
+    """``run_plain`` while watching ``receive`` (the request body already read) for the client."""
+    gone = asyncio.Event()
+    task = asyncio.current_task()
+    assert task is not None
+
+    async def watch() -> None:
+        await _watch_disconnect(receive, gone)
+        task.cancel()  # wakes run_plain wherever the engine keeps it waiting
+
+    watcher = asyncio.create_task(watch())
+    try:
+        return await run_plain(done, gone)
+    finally:
+        watcher.cancel()
 
 
 async def run_stream(done: Completion, send_chunk: SendChunk) -> None:
@@ -389,8 +454,11 @@ async def run_stream(done: Completion, send_chunk: SendChunk) -> None:
     if error is not None:
         delivered = await send_chunk(sse(error.envelope()))
     if delivered:
-        await send_chunk(done.chunk("", done.finish_reason or "stop"))
-        await send_chunk(done.usage_chunk(stored))
+        # The record rides on the finish chunk, whose ``choices`` is not empty, so a plain
+        # OpenAI loop (``c.choices[0]``) works; the usage-only chunk only when asked (§8).
+        await send_chunk(done.final_chunk(stored))
+        if done.include_usage:
+            await send_chunk(done.usage_chunk())
         await send_chunk(DONE)
 
 

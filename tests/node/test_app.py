@@ -45,7 +45,9 @@ def _sse(text: str) -> list[str]:
     return [line[len("data: ") :] for line in text.split("\n\n") if line.startswith("data: ")]
 
 
-async def test_stream_sends_deltas_then_usage_and_tallystick_then_done(make_node):
+async def test_stream_sends_deltas_then_the_record_on_the_finish_chunk_then_usage_then_done(
+    make_node,
+):
     async with make_node() as h:
         resp = await h.chat("Hi", stream=True, stream_options={"include_usage": True})
         assert resp.status_code == 200
@@ -56,13 +58,26 @@ async def test_stream_sends_deltas_then_usage_and_tallystick_then_done(make_node
         assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
         text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
         assert text == "Hello there, friend."
-        assert chunks[-2]["choices"][0]["finish_reason"] == "stop"
-        final = chunks[-1]
-        assert final["choices"] == []
+        finish = chunks[-2]
+        assert finish["choices"][0]["finish_reason"] == "stop"
+        assert finish["tallystick"]["record"]["seq"] == 1
+        final = chunks[-1]  # asked for: OpenAI's usage-only chunk
+        assert final["choices"] == [] and "tallystick" not in final
         assert final["usage"]["completion_tokens"] == len(
-            final["tallystick"]["completion_token_ids"]
+            finish["tallystick"]["completion_token_ids"]
         )
-        assert final["tallystick"]["record"]["seq"] == 1
+
+
+async def test_stream_without_include_usage_has_no_chunk_with_empty_choices(make_node):
+    async with make_node() as h:
+        resp = await h.chat("Hi", stream=True)
+        events = _sse(resp.text)
+        assert events[-1] == "[DONE]"
+        chunks = [json.loads(e) for e in events[:-1]]
+        assert all(len(c["choices"]) == 1 for c in chunks)  # c.choices[0] always works
+        assert all("usage" not in c for c in chunks)
+        assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+        assert chunks[-1]["tallystick"]["record"]["seq"] == 1
 
 
 async def test_text_completion(make_node):
