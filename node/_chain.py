@@ -101,6 +101,10 @@ class ChainView(Protocol):
         """The latest block's timestamp (closesAt is compared to chain time, not ours)."""
         ...
 
+    async def token_decimals(self, token: str) -> int:
+        """An ERC-20 payment token's ``decimals()`` (the default claim threshold needs it)."""
+        ...
+
 
 STALE_PATIENCE_S = 1.0  # how long a request waits for a refresh when it has a last state
 

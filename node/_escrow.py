@@ -25,6 +25,7 @@ from tallystick.protocol import (
     Prices,
     Registry,
     SignedReceipt,
+    Token,
     connect,
     load_artifact,
     read_deployment,
@@ -242,6 +243,12 @@ class EscrowChain:
             return gas * _rpc(lambda: int(self.escrow.w3.eth.gas_price))
 
         return await asyncio.to_thread(estimate)
+
+    async def token_decimals(self, token: str) -> int:
+        def read() -> int:
+            return _rpc(lambda: Token(self.escrow.w3, token).decimals())
+
+        return await asyncio.to_thread(read)
 
     async def claim_many(self, receipts: list[SignedReceipt]) -> ClaimOutcome:
         result = await asyncio.to_thread(self.escrow.claim_many, self._account, receipts)

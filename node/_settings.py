@@ -25,7 +25,7 @@ from pydantic import (
 
 from ._errors import ConfigError
 
-__all__ = ["ENV_PREFIX", "Settings", "load_settings"]
+__all__ = ["ENV_PREFIX", "ETH", "Settings", "load_settings", "parse_min_claim"]
 
 ENV_PREFIX = "TALLYSTICK_NODE_"
 
@@ -71,6 +71,10 @@ class Settings(BaseModel):
     replica_ttl: float = Field(default=10.0, gt=0)
     settle_interval: float = Field(default=300.0, gt=0)
     claim_gas_multiple: float = Field(default=5.0, ge=0)
+    # Smallest unclaimed value worth a claim, per payment token (lower-case address, the zero
+    # address for ETH), in base units. A token not named here: one whole token (10**decimals)
+    # for an ERC-20, the gas rule above for ETH (gas is paid in ETH, so only ETH compares).
+    min_claim: dict[str, int] = Field(default_factory=dict)
     poll_interval: float = Field(default=2.0, gt=0)
     settle_max_gas_per_tx: int = Field(default=10_000_000, ge=100_000)  # per claimMany
     settle_max_backoff: float = Field(default=15.0, gt=0)  # retry cap after a chain error
@@ -119,6 +123,11 @@ class Settings(BaseModel):
     def _upper(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
 
+    @field_validator("min_claim", mode="before")
+    @classmethod
+    def _min_claim(cls, value: Any) -> Any:
+        return parse_min_claim(value)
+
     @field_validator("key", mode="before")
     @classmethod
     def _key_hex(cls, value: Any) -> Any:
@@ -129,6 +138,47 @@ class Settings(BaseModel):
             # Never echo the value: it may be a real key with a typo.
             raise ValueError("must be 32 bytes of hex (64 hex characters, optional 0x)")
         return SecretStr("0x" + raw.lower())
+
+
+ETH = "0x0000000000000000000000000000000000000000"
+
+
+def parse_min_claim(value: Any) -> dict[str, int]:
+    """``TOKEN=AMOUNT`` pairs (a list, or one string with commas) or a table, as a dict.
+
+    TOKEN is an address or ``ETH``; AMOUNT is in the token's base units. ValueError names
+    the pair that is wrong.
+    """
+    if isinstance(value, dict):
+        pairs = [(str(k), v) for k, v in value.items()]
+    else:
+        items = [value] if isinstance(value, str) else list(value or ())
+        parts = [p.strip() for item in items for p in str(item).split(",") if p.strip()]
+        pairs = []
+        for part in parts:
+            token, sep, amount = part.partition("=")
+            if not sep:
+                raise ValueError(f"{part!r} is not TOKEN=AMOUNT (e.g. ETH=1000000000000000)")
+            pairs.append((token.strip(), amount.strip()))
+    return dict(_min_claim_pair(token, amount) for token, amount in pairs)
+
+
+def _min_claim_pair(token: str, amount: Any) -> tuple[str, int]:
+    address = ETH if token.upper() == "ETH" else token.lower()
+    digits = address.removeprefix("0x")
+    if (
+        not address.startswith("0x")
+        or len(digits) != 40
+        or any(c not in "0123456789abcdef" for c in digits)
+    ):
+        raise ValueError(f"{token!r} is not a token address (0x + 40 hex) or ETH")
+    try:
+        base_units = int(amount)
+    except (TypeError, ValueError):
+        raise ValueError(f"{token}: {amount!r} is not a whole number of base units") from None
+    if isinstance(amount, float) or base_units < 0:
+        raise ValueError(f"{token}: {amount!r} is not a whole number of base units")
+    return address, base_units
 
 
 def load_settings(

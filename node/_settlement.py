@@ -1,7 +1,8 @@
 """The settlement worker (§9): claims countersigned receipts with ``claimMany``.
 
-It claims when the unclaimed value exceeds ``claim_gas_multiple`` x the estimated gas cost
-(checked every ``settle_interval`` seconds), on demand (``settle(force=True)``), and at once
+It claims when the unclaimed value of a payment token reaches its ``min_claim`` (default one
+whole token for an ERC-20; for ETH, more than ``claim_gas_multiple`` x the estimated gas
+cost), checked every ``settle_interval`` seconds, on demand (``settle(force=True)``), and at once
 for a channel whose client requested a close (it watches ``CloseRequested``), so no receipt
 is lost to the challenge period. A pass splits its receipts into several ``claimMany``
 transactions of at most ``settle_max_gas_per_tx`` (estimated) so each fits in a block, the
@@ -22,12 +23,12 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from tallystick.protocol import ChainError, cost_of
+from tallystick.protocol import ChainError, ContractError, cost_of
 
 from ._chain import ChainView, ChannelCache, ClaimOutcome
 from ._ledger import ClaimItem, LedgerStore
 from ._metrics import NodeMetrics
-from ._settings import Settings
+from ._settings import ETH, Settings
 from ._types import ChannelInfo, ChannelStatus, StoredReceipt
 
 __all__ = ["Candidate", "SettlementWorker", "plan_batches", "receipt_gas"]
@@ -81,6 +82,7 @@ class SettlementWorker:
         self._multiple = settings.claim_gas_multiple
         self._max_backoff = settings.settle_max_backoff
         self._max_gas = settings.settle_max_gas_per_tx
+        self._min_claims = dict(settings.min_claim)  # and each ERC-20's default, once read
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
@@ -181,17 +183,49 @@ class SettlementWorker:
             return outcomes
 
     async def _worth_it(self, found: list[Candidate]) -> bool:
-        value = sum(c.value for c in found)
-        gas_cost = await self._chain.claim_cost_estimate([c.receipt.signed for c in found])
-        worth = value > self._multiple * gas_cost
-        if not worth:
-            log.info(
-                "settlement: %d unclaimed < %.1f x gas cost %d; waiting",
-                value,
-                self._multiple,
-                gas_cost,
+        """Whether the batch holds enough of some payment token to be worth its claim.
+
+        Per token: at least its ``min_claim`` (default one whole token for an ERC-20); ETH
+        without a setting: more than ``claim_gas_multiple`` x the batch's gas cost (gas is
+        paid in ETH, so only ETH can be compared with it).
+        """
+        by_token: dict[str, int] = {}
+        for c in found:
+            by_token[c.channel.token.lower()] = by_token.get(c.channel.token.lower(), 0) + c.value
+        waiting = []
+        for token, value in sorted(by_token.items()):
+            minimum = await self._min_claim(token)
+            if minimum is None:
+                gas_cost = await self._chain.claim_cost_estimate([c.receipt.signed for c in found])
+                if value > self._multiple * gas_cost:
+                    return True
+                waiting.append(f"ETH {value} < {self._multiple:g} x gas cost {gas_cost}")
+            elif value >= minimum and value > 0:
+                return True
+            else:
+                waiting.append(f"{_token_name(token)} {value} < min claim {minimum}")
+        log.info("settlement: waiting: %s unclaimed", "; ".join(waiting))
+        return False
+
+    async def _min_claim(self, token: str) -> int | None:
+        """The token's threshold in base units; None for ETH left to the gas rule."""
+        if token in self._min_claims:
+            return self._min_claims[token]
+        if token == ETH:
+            return None
+        try:
+            decimals = await self._chain.token_decimals(token)
+        except ContractError as exc:
+            log.warning(
+                "settlement: token %s has no decimals() (%s); claiming any amount of it "
+                "(set --min-claim %s=AMOUNT)",
+                token,
+                exc,
+                token,
             )
-        return worth
+            decimals = 0
+        self._min_claims[token] = 10**decimals
+        return self._min_claims[token]
 
     async def _claim(self, found: list[Candidate]) -> ClaimOutcome:
         items = [
@@ -226,9 +260,9 @@ class SettlementWorker:
         for channel_id, reason in outcome.skipped.items():
             log.warning("settlement: receipt of channel 0x%s skipped: %s", channel_id.hex(), reason)
         log.info(
-            "settlement: claimMany %s claimed %d over %d receipt(s), gas %d",
+            "settlement: claimMany %s claimed %s over %d receipt(s), gas %d",
             outcome.tx_hash,
-            outcome.amount,
+            _amounts(found, outcome),
             len(found),
             outcome.gas_used,
         )
@@ -252,6 +286,19 @@ class SettlementWorker:
                 totals[info.token] = totals.get(info.token, 0) + _value(stored, info)
         for token, value in totals.items():
             self._metrics.earnings_unclaimed.labels(token).set(value)
+
+
+def _amounts(found: list[Candidate], outcome: ClaimOutcome) -> str:
+    """What a claim paid, per token: ``ETH 12000, 0xa0b8… 3400000`` (base units)."""
+    paid: dict[str, int] = {}
+    for c in found:
+        token = c.channel.token.lower()
+        paid[token] = paid.get(token, 0) + outcome.claimed.get(c.receipt.channel_id, 0)
+    return ", ".join(f"{_token_name(t)} {v}" for t, v in sorted(paid.items())) or "nothing"
+
+
+def _token_name(token: str) -> str:
+    return "ETH" if token == ETH else token
 
 
 def receipt_gas(candidate: Candidate) -> int:

@@ -118,6 +118,8 @@ def _chain_message(exc: ChainError) -> str:
 
 def _settings(cli: dict[str, Any]) -> Settings:
     config = cli.pop("config", None)
+    if cli.get("min_claim") == ():
+        cli["min_claim"] = None  # not given: the environment or the config file may say
     settings = load_settings(cli, config_file=config)
     if settings.escrow is None or settings.registry is None:
         from ._escrow import connect_node, resolve_addresses
@@ -166,7 +168,16 @@ def main() -> None:
     type=float,
     help="Seconds of silence after which a replica sharing the ledger counts as dead.",
 )
-@click.option("--claim-gas-multiple", type=float, help="Claim when unclaimed > this x gas cost.")
+@click.option(
+    "--claim-gas-multiple", type=float, help="Claim ETH when unclaimed > this x gas cost."
+)
+@click.option(
+    "--min-claim",
+    multiple=True,
+    metavar="TOKEN=AMOUNT",
+    help="Claim a payment token (address, or ETH) once this much (base units) is unclaimed; "
+    "default one whole token for an ERC-20. Repeatable.",
+)
 @click.option("--rpm-limit", type=int, help="Requests per minute per channel (0 = off).")
 @click.option("--tpm-limit", type=int, help="Tokens per minute per channel (0 = off).")
 @click.option("--max-batch", type=int)

@@ -54,6 +54,7 @@ class FakeChain:
     batch_reads: int = 0
     down: bool = False  # the RPC is unreachable: channel reads raise ChainUnavailable
     confirmations: int = 0
+    decimals: int = 6  # every ERC-20's decimals()
 
     def rpc_failures(self) -> dict[tuple[str, str], int]:
         return {}
@@ -109,6 +110,9 @@ class FakeChain:
 
     async def timestamp(self) -> int:
         return self.now
+
+    async def token_decimals(self, token: str) -> int:
+        return self.decimals
 
     def request_close(self, channel_id: bytes, period: int = 3600) -> None:
         info = self.channels[channel_id]

@@ -101,3 +101,56 @@ async def test_close_request_is_claimed_regardless_of_gas(make_node):
         [outcome] = await worker.settle(force=False)
         assert h.channel_id in outcome.claimed
         assert await worker.scan_close_requests() == 0  # the scan cursor moved on
+
+
+USDC = "0x" + "ab" * 20
+
+
+def test_min_claim_from_cli_env_and_file(tmp_path):
+    s = load_settings({**BASE, "min_claim": (f"0x{USDC[2:].upper()}=5", "eth=7")})
+    assert s.min_claim == {USDC: 5, "0x" + "00" * 20: 7}
+    env = {"TALLYSTICK_NODE_MIN_CLAIM": f"{USDC}=1000000, ETH=2"}
+    assert load_settings(BASE, env=env).min_claim == {USDC: 1_000_000, "0x" + "00" * 20: 2}
+    config = tmp_path / "node.toml"
+    config.write_text(f'[node.min_claim]\n"{USDC}" = 3\n')
+    assert load_settings(BASE, config_file=config, env={}).min_claim == {USDC: 3}
+    for bad, said in [
+        ("USDC=5", "not a token address"),
+        (f"{USDC}", "not TOKEN=AMOUNT"),
+        (f"{USDC}=1.5", "whole number"),
+        (f"{USDC}=-1", "whole number"),
+    ]:
+        with pytest.raises(ConfigError, match=said):
+            load_settings({**BASE, "min_claim": (bad,)}, env={})
+
+
+async def test_an_erc20_channel_is_claimed_at_its_min_claim_not_against_gas_in_wei(make_node):
+    # The bug: unclaimed USDC base units were compared with the gas cost in wei, so the
+    # worker waited forever. Gas is far above the value here; only the token's threshold counts.
+    from dataclasses import replace
+
+    async with make_node(claim_gas_multiple=5.0) as h:
+        info = h.chain.channels[h.channel_id]
+        h.chain.channels[h.channel_id] = replace(info, token=USDC)
+        await h.paid_chat()
+        h.chain.gas_cost = 10**15
+        worker = h.node.worker
+        value = (await worker.candidates())[0].value
+        assert 0 < value < 10**6  # below the default: one whole token (6 decimals)
+        assert await worker.settle(force=False) == []
+        worker._min_claims[USDC] = value  # what --min-claim USDC=value sets
+        [outcome] = await worker.settle(force=False)
+        assert outcome.claimed[h.channel_id] == value
+
+
+async def test_the_default_erc20_threshold_is_one_whole_token(make_node):
+    from dataclasses import replace
+
+    async with make_node() as h:
+        h.chain.decimals = 0  # one whole token is 1 base unit: anything is worth claiming
+        info = h.chain.channels[h.channel_id]
+        h.chain.channels[h.channel_id] = replace(info, token=USDC)
+        await h.paid_chat()
+        h.chain.gas_cost = 10**15
+        [outcome] = await h.node.worker.settle(force=False)
+        assert outcome.amount > 0
