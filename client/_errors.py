@@ -12,7 +12,7 @@
         │   └── ChannelDisputed      a bill on it was refused: no more requests, close unilaterally
         ├── InsufficientDeposit      the deposit left cannot pay one more completion token
         ├── BillingDispute           a bill failed verification: nothing was countersigned
-        ├── NodeUnavailable          the provider's node cannot be reached
+        ├── NodeUnavailable          the node cannot be reached, timed out, or broke off an answer
         └── NodeError                the node answered with an OpenAI error envelope
             ├── PaymentRequired      402: the channel must be countersigned or topped up
             └── InvalidResponse      an answer the protocol does not allow: not JSON, nested
@@ -179,7 +179,11 @@ class BillingDispute(ClientError):
 
 
 class NodeUnavailable(ClientError):
-    """The provider's node could not be reached (connection refused, timeout, DNS)."""
+    """The node could not be reached, timed out, or the connection broke mid-answer.
+
+    A request whose answer was cut off stays pending in the store and is settled (or dropped
+    as unbilled, when the node has no record of it) before the channel's next request.
+    """
 
 
 class NodeError(ClientError):
