@@ -112,7 +112,7 @@ def _wrap_serving() -> None:
 
     _serving._max_tokens = logged_max_tokens
 
-    run_plain = _serving.run_plain
+    answer_plain = _serving.answer_plain
 
     async def ended_early(done: Any, send_chunk: Any) -> None:
         if not await send_chunk(done.chunk("", None, first=True)):
@@ -130,14 +130,14 @@ def _wrap_serving() -> None:
         await done.close_engine()
         done.finish()  # the record is signed and stored; the stream just ends here
 
-    async def withheld(done: Any) -> dict[str, Any]:
-        await run_plain(done)  # generated, signed and kept in the ledger
+    async def withheld(done: Any, receive: Any) -> dict[str, Any]:
+        await answer_plain(done, receive)  # generated, signed and kept in the ledger
         return {}
 
     if CHEAT.startswith("end_early") or CHEAT == "withhold":
         _app.run_stream = ended_early
     if CHEAT == "withhold":
-        _app.run_plain = withheld
+        _app.answer_plain = withheld
 
 
 def main() -> None:
