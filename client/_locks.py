@@ -11,6 +11,7 @@ frees it at once on the same host (its pid is gone), or when its lease runs out 
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -21,6 +22,8 @@ from ._errors import ClientError
 from ._store import LockHolder, Store
 
 __all__ = ["LEASE_S", "ChannelLock", "LockWait"]
+
+log = logging.getLogger("tallystick.client")
 
 LEASE_S = 30.0  # a holder that stops renewing loses the lock after this long
 POLL_S = 0.2
@@ -58,8 +61,15 @@ class ChannelLock:
                 if time.monotonic() > deadline:
                     self._local.release()
                     return False
-                if not told and self._on_wait is not None:
-                    self._on_wait(self._channel_id, holder)
+                if not told:
+                    log.info(
+                        "channel 0x%s is in use by pid %d on %s; waiting",
+                        self._channel_id.hex(),
+                        holder.pid,
+                        holder.host,
+                    )
+                    if self._on_wait is not None:
+                        self._on_wait(self._channel_id, holder)
                     told = True
                 time.sleep(POLL_S)
         except BaseException:
