@@ -171,12 +171,13 @@ async def _complete(request: Request, kind: str) -> Response:
             media_type="text/event-stream",
             headers={**headers, "cache-control": "no-cache"},
         )
+    bill = None
     try:
         bill = await anyio.to_thread.run_sync(gateway.finish, started)
         content = started.response.content
     finally:
         await anyio.to_thread.run_sync(gateway.done, started)
-        gateway.limits.release(reservation, _tokens(started, None))
+        gateway.limits.release(reservation, _tokens(started, bill))
     if bill is not None:
         headers["x-tally-cost"] = str(bill.cost)
     return Response(content, media_type="application/json", headers=headers)
@@ -211,14 +212,17 @@ async def _stream(
             if event is None:
                 break
             yield event
-        bill = await anyio.to_thread.run_sync(gateway.finish, started)
     except Exception as exc:  # after the first token: the caller gets an error event
         reason = str(exc) or type(exc).__name__
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(gateway.abort, started, reason)
         yield _error_event(started, reason)
     finally:
+        # Also when the caller hung up: one that closes right after [DONE] has been served a
+        # verified bill, and it is charged to its key (the watcher may cancel us before the
+        # node's stream ends).
         with anyio.CancelScope(shield=True):
+            bill = await anyio.to_thread.run_sync(gateway.finish, started)
             await anyio.to_thread.run_sync(gateway.done, started)
         gateway.limits.release(reservation, _tokens(started, bill))
 
@@ -256,10 +260,6 @@ def _next(events: Any) -> Any:
 
 
 def _tokens(started: Started, bill: Any) -> int:
-    if bill is None:
-        from ._service import _bill
-
-        bill = _bill(started.response)
     if bill is None:
         return started.plan.route.prompt_tokens + started.plan.route.max_tokens
     record = bill.record.record

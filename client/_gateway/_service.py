@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from tallystick.protocol import TallystickError, cost_of
+from tallystick.protocol import TallystickError
 
 from .._chain import Chain, Listing
 from .._client import Tallystick
@@ -414,7 +414,3 @@ def _why_none(listed: list[Listing], route: RouteRequest, router: Router) -> str
     if route.pin is not None and not any(o.provider.lower() == route.pin.lower() for o in listed):
         reasons.append(f"the pinned provider {route.pin} does not list it")
     return "; ".join(reasons) or "every provider was excluded"
-
-
-def worst_cost(route: RouteRequest, listing: Listing) -> int:
-    return cost_of(route.prompt_tokens, route.max_tokens, listing.prices)

@@ -10,9 +10,11 @@ from typing import Any
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "reliability"))  # reliakit
+_TESTS = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(_TESTS / "reliability"))  # reliakit
+sys.path.insert(0, str(_TESTS / "node"))  # nodekit_chain
 
-from gatewaykit import CHEAP, DEAR, GatewayMarket, GatewayProcess
+from gatewaykit import CHEAP, DEAR, GatewayMarket, GatewayProcess  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -41,13 +41,16 @@ def test_plain_chat_completion_is_verified_and_charged_to_the_key(gateway, api_k
     assert any(r["key"] == "tests" and r["cost"] >= cost for r in rows)
 
 
-def test_streaming_chat_completion(gateway, api_key):
+def test_streaming_chat_completion_is_charged_to_the_key(gateway, api_key):
+    before = sum(r["requests"] for r in _usage(gateway, "key"))
     client = openai.OpenAI(base_url=gateway.base_url, api_key=api_key)
     stream = client.chat.completions.create(
         model="fake-model", messages=MESSAGES, max_tokens=16, stream=True
     )
     text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
     assert text
+    # The SDK hangs up right after [DONE]: the verified bill is charged all the same.
+    assert sum(r["requests"] for r in _usage(gateway, "key")) == before + 1
 
 
 def test_streaming_with_usage(gateway, api_key):
