@@ -133,6 +133,7 @@ def _status_view(gateway: Gateway) -> dict[str, Any]:
             "model": c.model,
             "deposit": c.deposit,
             "spent": gateway.pool.spent(c),
+            "busy": gateway.pool.busy(c),
         }
         for c in gateway.pool.channels()
     ]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import httpx
@@ -69,6 +70,8 @@ class ChannelPool:
         self._last_used: dict[bytes, float] = {}
         self._pending_deposits = 0  # opens and top-ups under way
         self._http: dict[bytes, tuple[ChannelInfo, httpx.Client]] = {}
+        # Called with each interrupted request's bill once settled (the gateway charges it).
+        self.on_settled: Callable[[ChannelInfo, VerifiedBill], None] | None = None
 
     # leasing
 
@@ -145,6 +148,11 @@ class ChannelPool:
             and (offer is None or c.provider.lower() == offer.provider.lower())
         ]
 
+    def busy(self, channel: ChannelInfo) -> bool:
+        """Whether a request holds the channel now."""
+        with self._lock:
+            return channel.channel_id in self._busy
+
     def spent(self, channel: ChannelInfo) -> int:
         tally = self.client.store.tally(channel.channel_id)
         return cost_of(tally.input_tokens, tally.output_tokens, channel.prices)
@@ -162,6 +170,7 @@ class ChannelPool:
                     continue
                 self._busy.add(channel.channel_id)  # no request may start on it now
             try:
+                self.settle_interrupted(channel)  # charged before the close folds it in
                 with self._chain_lock:
                     self.client.channels.close_auto(channel.channel_id)
                 closed.append(channel.hex_id)
@@ -249,8 +258,11 @@ class ChannelPool:
             held = (channel, http)
         return Lease(channel, held[1])
 
-    def settle_interrupted(self, lease: Lease) -> VerifiedBill | None:
-        """Settle the channel's interrupted request, if any, before it serves another."""
-        if self.client.store.pending(lease.channel.channel_id) is None:
+    def settle_interrupted(self, channel: ChannelInfo) -> VerifiedBill | None:
+        """Settle the channel's interrupted request, if any (before it serves or closes)."""
+        if self.client.store.pending(channel.channel_id) is None:
             return None
-        return self.client.biller.resolve_pending(lease.channel)
+        bill = self.client.biller.resolve_pending(channel)
+        if bill is not None and self.on_settled is not None:
+            self.on_settled(channel, bill)
+        return bill

@@ -28,6 +28,7 @@ from .._client import Tallystick
 from .._discovery import find_offers
 from .._errors import BillingDispute, NodeError, NodeUnavailable
 from .._node import node_error, send
+from .._store import ChannelInfo
 from .._transport import BILL_EXTENSION, BillSlot
 from .._verify import VerifiedBill
 from .._wallet import Wallet
@@ -100,6 +101,7 @@ class Gateway:
             idle_close_s=settings.idle_close_s,
             timeout=settings.request_timeout_s,
         )
+        self.pool.on_settled = self._charge_interrupted
         self._offers: tuple[float, list[Listing]] | None = None
         self._offers_lock = threading.Lock()
         self._mark_disputed()
@@ -268,16 +270,19 @@ class Gateway:
     def _settle_interrupted(self, lease: Lease) -> None:
         channel = lease.channel
         try:
-            bill = self.pool.settle_interrupted(lease)
+            self.pool.settle_interrupted(channel)  # charged by _charge_interrupted
         except BillingDispute as exc:
             self.router.disputed(channel.provider, str(exc))
             self.ledger.end(channel.hex_id)
             raise self._failover(lease, None, str(exc), quarantine=True) from exc
         except TallystickError as exc:
             raise self._failover(lease, None, str(exc), quarantine=True) from exc
+
+    def _charge_interrupted(self, channel: ChannelInfo, bill: VerifiedBill) -> None:
+        """An interrupted request's bill, settled by the SDK: charge the key that sent it."""
         owner = self.ledger.inflight(channel.hex_id)
-        if bill is None or owner is None:
-            return
+        if owner is None:
+            return  # sent by another program on this store
         key_id, model, provider, token = owner
         record = bill.record.record
         self.ledger.record(

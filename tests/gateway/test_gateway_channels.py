@@ -14,6 +14,7 @@ pytestmark = pytest.mark.chain
 
 MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
 DEPOSIT = 200_000  # wei: covers the first request's worst case (~16 prompt + 16 out) a few times
+IDLE_S = 12  # longer than the first test's steps take on a busy machine
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +24,7 @@ def token_delay():
 
 @pytest.fixture(scope="module")
 def gateway_args():
-    return ("--deposit", str(DEPOSIT), "--idle-close", "4")
+    return ("--deposit", str(DEPOSIT), "--idle-close", str(IDLE_S))
 
 
 def _status(gateway, key):
@@ -87,14 +88,33 @@ def test_a_channel_short_of_deposit_is_topped_up_not_duplicated(gateway, gw_mark
     assert state.deposit == channel["deposit"]
 
 
-def test_idle_channels_are_closed_cooperatively(gateway, gw_market):
+def _drop_a_stream(gateway, key):
+    client = openai.OpenAI(base_url=gateway.base_url, api_key=key, max_retries=0)
+    with client.chat.completions.with_streaming_response.create(
+        model="fake-model", messages=MESSAGES, max_tokens=16, stream=True
+    ) as raw:
+        seen = 0
+        for chunk in raw.parse():
+            seen += bool(chunk.choices and chunk.choices[0].delta.content)
+            if seen == 2:
+                return raw.headers["x-tally-channel"]
+    raise AssertionError("the stream ended before two tokens")
+
+
+def test_idle_channels_are_closed_cooperatively_and_a_dropped_stream_charged_first(
+    gateway, gw_market
+):
     key = gateway.create_key("idler")
+    dropped = _drop_a_stream(gateway, key)
     ids = [c["id"] for c in _status(gateway, key)["channels"]]
-    assert ids
-    deadline = time.monotonic() + 30
+    assert dropped in ids
+    deadline = time.monotonic() + IDLE_S + 30
     while _status(gateway, key)["channels"] and time.monotonic() < deadline:
         time.sleep(0.5)
     assert _status(gateway, key)["channels"] == []
     for cid in ids:
         state = gw_market.deployment.escrow.get_channel(bytes.fromhex(cid[2:]))
         assert state.status.name.lower() == "closed", state
+    # The close settled the dropped stream from the node's record; the key paid for it.
+    (row,) = [r for r in _usage(gateway) if r["key"] == "idler"]
+    assert row["requests"] == 1 and row["channel"] == dropped and row["cost"] >= 2 * 3000
