@@ -1,6 +1,7 @@
 """``python -m bench`` (``make bench``): every section in one run, then one table of targets.
 
-    python -m bench [--only gas_per_request,growth,serving,protocol_costs,gateway,gas] [--quick]
+    python -m bench [--only gas_per_request,growth,serving,protocol_costs,gateway,gas,
+                            false_disputes] [--quick]
 
 ``--quick`` runs each section in a minimal configuration (seconds, except the model loads).
 """
@@ -12,10 +13,18 @@ import sys
 import time
 from typing import Any
 
-from . import gas_per_request, gateway, growth, protocol_costs, serving
+from . import false_disputes, gas_per_request, gateway, growth, protocol_costs, serving
 from ._common import Target, console, show_targets
 
-SECTIONS = ("gas", "gas_per_request", "growth", "serving", "protocol_costs", "gateway")
+SECTIONS = (
+    "gas",
+    "gas_per_request",
+    "growth",
+    "serving",
+    "protocol_costs",
+    "gateway",
+    "false_disputes",
+)
 
 
 def _quick() -> dict[str, Any]:
@@ -24,6 +33,7 @@ def _quick() -> dict[str, Any]:
         "growth": growth.Config(channels=(5, 10), prompt_lengths=(256,), verify_n=5),
         "serving": serving.Config(levels=(1, 2), max_tokens=8, min_requests=1),
         "gateway": gateway.Config(levels=(1, 2), max_tokens=8, min_requests=1),
+        "false_disputes": false_disputes.Config(per_cell=2, max_tokens=16),
     }
 
 
@@ -52,6 +62,8 @@ def run(only: tuple[str, ...], quick: bool) -> list[Target]:
             figures[name] = serving.run(configs.get(name))
         elif name == "gateway":
             figures[name] = gateway.run(configs.get(name))
+        elif name == "false_disputes":
+            figures[name] = false_disputes.run(configs.get(name))
         elif name == "protocol_costs":
             figures[name] = protocol_costs.run(figures.get("serving"))
         console.print(f"[dim]{name}: {time.monotonic() - section_start:.0f} s[/]")
