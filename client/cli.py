@@ -264,7 +264,7 @@ def channel_list(s: Settings) -> None:
                 str(b.deposit),
                 str(b.spent),
                 str(b.refundable),
-                b.status,
+                b.status + (" (disputed)" if client.store.disputes(info.channel_id) else ""),
             )
     out.print(table)
 

@@ -64,6 +64,8 @@ def test_disputes_are_listed_the_channel_refused_and_left_by_a_unilateral_close(
     # tallystick bill shows it too (README troubleshooting)
     code, out, _ = _run([*args, "bill"], capsys)
     assert code == 0 and "refused bills" in out and "specialIds" in out
+    code, out, _ = _run([*args, "channel", "list"], capsys)
+    assert code == 0 and "(disput" in out  # the narrow test terminal cuts the column
 
     # The SDK sends no more requests on it, and says how to leave
     code, _, err = _run([*args, "chat", "--model", MODEL, "-m", "hi", "--channel", cid], capsys)
