@@ -132,6 +132,19 @@ def test_fake_engine_honours_max_tokens_and_stop_strings() -> None:
     assert events[-1].finish_reason == "stop"
 
 
+def test_a_special_id_ends_the_sequence(tiny_counter: Any) -> None:
+    # A client pays a special id only as the last id (docs/protocol.md §6.2): an engine that
+    # samples one mid-answer ends there instead of billing it in the middle.
+    engine = FakeEngine(reply="hello<|endoftext|> world")
+    events = run(fake_run(engine, chat(engine.counter, "hi"), SamplingParams(50)))
+    ids = [i for e in events for i in e.token_ids]
+    endoftext = tiny_counter.canonical_ids("<|endoftext|>")
+    assert endoftext[0] in tiny_counter.special_token_ids
+    assert ids == [*tiny_counter.canonical_ids("hello"), *endoftext]
+    assert "".join(e.text for e in events) == "hello"
+    assert events[-1].finish_reason == "stop"
+
+
 def test_fake_engine_errors() -> None:
     engine = FakeEngine(context_length=5, fail_after=1)
     with pytest.raises(EngineStopped):

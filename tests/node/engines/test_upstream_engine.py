@@ -123,6 +123,21 @@ def test_never_meters_past_max_tokens(tiny_dir: Path, tiny_counter: Any) -> None
     assert events[-1].finish_reason == "length"
 
 
+def test_never_meters_past_a_special_id(tiny_dir: Path, tiny_counter: Any) -> None:
+    # §6.2: a client pays a special id only as the last id, so the sequence ends at the first.
+    hello, world = tiny_counter.text_prompt_ids("hello world")
+    special = min(tiny_counter.special_token_ids)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        choice = {"delta": {"content": "hello world"}, "token_ids": [hello, special, world]}
+        return httpx.Response(200, content=sse({"choices": [choice]}))
+
+    engine = engine_with(handler, tiny_dir)
+    events = run(collect(engine, chat(tiny_counter, "hi"), SamplingParams(10)))
+    assert ids_of(events) == [hello, special]
+    assert events[-1].finish_reason == "stop"
+
+
 @pytest.mark.parametrize(
     ("chunks", "reason"),
     [
