@@ -138,6 +138,11 @@ def _send(w3: Web3, acct: LocalAccount, call: Any, value: int = 0) -> dict[str, 
     return receipt
 
 
+def _salt() -> bytes:
+    """A channel salt as the SDK picks it: 8 random bytes, right-aligned in the bytes32."""
+    return bytes(24) + os.urandom(8)
+
+
 def _deploy(w3: Web3, acct: LocalAccount, name: str, *args: Any) -> Contract:
     art = _artifact(name)
     factory = w3.eth.contract(abi=art["abi"], bytecode=art["bytecode"])
@@ -208,7 +213,7 @@ class Bench:
     def open_eth(self, client: LocalAccount, label: str | None = None) -> bytes:
         amount = 10**18
         call = self.c.escrow.functions.open(
-            self.provider.address, self.model_eth, amount, ETH, PRICE_IN, PRICE_OUT
+            self.provider.address, self.model_eth, ETH, amount, ETH, PRICE_IN, PRICE_OUT, _salt()
         )
         return self.opened_id(self.send(client, call, value=amount, label=label))
 
@@ -216,8 +221,9 @@ class Bench:
         # A client that keeps a balance and approves exactly the deposit (no refund for zeroing it).
         self.send(client, self.c.usdc.functions.mint(client.address, 2 * amount))
         self.send(client, self.c.usdc.functions.approve(self.c.escrow.address, amount))
+        usdc = self.c.usdc.address
         call = self.c.escrow.functions.open(
-            self.provider.address, self.model_usdc, amount, ETH, PRICE_IN, PRICE_OUT
+            self.provider.address, self.model_usdc, usdc, amount, ETH, PRICE_IN, PRICE_OUT, _salt()
         )
         return self.opened_id(self.send(client, call, label=label))
 

@@ -42,9 +42,11 @@ contract TallyEscrow is ITallyEscrow, EIP712, ReentrancyGuardTransient {
 
     address public immutable registry;
     uint32 public immutable challengePeriod;
-    uint256 public channelCount;
     mapping(bytes32 channelId => Channel) private _channels;
     mapping(bytes32 channelId => address) private _sessionKeys;
+    /// @dev Written only when a key is replaced or revoked, read only for a signer that is neither the client
+    /// nor the current key: `open` and the common claim never touch it.
+    mapping(bytes32 channelId => mapping(address key => uint32 validUntil)) private _retiredKeys;
     mapping(address provider => mapping(address token => uint256)) public earnings;
 
     constructor(address registry_, uint32 challengePeriod_) EIP712("TallyEscrow", "1") {
@@ -57,21 +59,28 @@ contract TallyEscrow is ITallyEscrow, EIP712, ReentrancyGuardTransient {
     function open(
         address provider,
         bytes32 modelId,
+        address token,
         uint96 amount,
         address sessionKey,
         uint96 maxInputPricePerM,
-        uint96 maxOutputPricePerM
+        uint96 maxOutputPricePerM,
+        bytes32 salt
     ) external payable nonReentrant returns (bytes32 channelId) {
         if (amount == 0) revert EscrowZeroAmount();
-        (uint96 inputPrice, uint96 outputPrice, address token) = IProviderRegistry(registry).quote(provider, modelId);
+        (uint96 inputPrice, uint96 outputPrice, address listed) = IProviderRegistry(registry).quote(provider, modelId);
+        // The client pays in the token it accepted, never in one the provider re-listed before this transaction.
+        if (listed != token) revert EscrowTokenMismatch(listed, token);
         if (inputPrice > maxInputPricePerM || outputPrice > maxOutputPricePerM) {
             revert EscrowPriceAboveLimit(inputPrice, outputPrice, maxInputPricePerM, maxOutputPricePerM);
         }
         // Defence in depth: the escrow may be deployed against any registry, and the cast below must not truncate.
         if (outputPrice > type(uint88).max) revert EscrowPriceTooLarge(outputPrice);
         _checkValue(token, amount);
-        channelId = keccak256(abi.encode(address(this), msg.sender, provider, modelId, channelCount++));
+        // A client-chosen salt instead of a running count: no counter to write (~5k gas), and the client knows
+        // the id before the transaction is mined. The check reads slot A, which the write below then finds warm.
+        channelId = keccak256(abi.encode(address(this), msg.sender, provider, modelId, salt));
         Channel storage c = _channels[channelId];
+        if (c.client != address(0)) revert EscrowChannelExists(channelId);
         c.client = msg.sender;
         c.inputPricePerM = inputPrice;
         c.provider = provider;
@@ -79,7 +88,8 @@ contract TallyEscrow is ITallyEscrow, EIP712, ReentrancyGuardTransient {
         c.status = Status.Open;
         c.token = token;
         c.deposit = amount;
-        emit ChannelOpened(channelId, msg.sender, provider, modelId, token, amount, inputPrice, outputPrice);
+        // The snapshot prices are not in the event (two words, ~550 gas): getChannel returns them for good.
+        emit ChannelOpened(channelId, msg.sender, provider, modelId, token, amount);
         if (sessionKey != address(0)) {
             _sessionKeys[channelId] = sessionKey;
             emit SessionKeyAuthorized(channelId, sessionKey);
@@ -99,9 +109,17 @@ contract TallyEscrow is ITallyEscrow, EIP712, ReentrancyGuardTransient {
         if (token != address(0)) _pull(token, amount);
     }
 
-    /// @notice `sessionKey = address(0)` revokes the channel's session key.
+    /// @notice `sessionKey = address(0)` revokes the channel's session key. The key it replaces stays valid for
+    /// claims for one challenge period (docs/protocol.md §7.3).
     function authorizeSessionKey(bytes32 channelId, address sessionKey) external {
         _openChannelOfCaller(channelId);
+        address previous = _sessionKeys[channelId];
+        if (previous != address(0) && previous != sessionKey) {
+            // Ends at or before any closesAt: requestClose can only come later (the channel is Open now).
+            uint32 validUntil = SafeCast.toUint32(block.timestamp + challengePeriod);
+            _retiredKeys[channelId][previous] = validUntil;
+            emit SessionKeyRetired(channelId, previous, validUntil);
+        }
         _sessionKeys[channelId] = sessionKey;
         emit SessionKeyAuthorized(channelId, sessionKey);
     }
@@ -134,7 +152,8 @@ contract TallyEscrow is ITallyEscrow, EIP712, ReentrancyGuardTransient {
         if (err.length != 0) _revertWith(err);
     }
 
-    /// @notice Claims each receipt; a bad one emits ReceiptSkipped with the error `claim` would revert with.
+    /// @notice Claims each receipt; a bad one (another provider's included) emits ReceiptSkipped with the error
+    /// `claim` would revert with.
     function claimMany(Receipt[] calldata receipts, bytes[] calldata signatures)
         external
         nonReentrant
@@ -164,6 +183,8 @@ contract TallyEscrow is ITallyEscrow, EIP712, ReentrancyGuardTransient {
         Channel storage c = _channels[channelId];
         address provider = c.provider;
         if (provider == address(0)) revert EscrowChannelNotFound(channelId);
+        // The provider's signature alone must not let whoever captured it close the channel (§7.2).
+        if (msg.sender != provider && msg.sender != c.client) revert EscrowNotParty(msg.sender, c.client, provider);
         (address signer, ECDSA.RecoverError e,) = ECDSA.tryRecoverCalldata(receiptDigest(receipt), providerSignature);
         if (e != ECDSA.RecoverError.NoError) revert EscrowInvalidSignature(channelId);
         if (signer != provider) revert EscrowInvalidProviderSigner(signer, provider);
@@ -199,6 +220,10 @@ contract TallyEscrow is ITallyEscrow, EIP712, ReentrancyGuardTransient {
         v.sessionKey = _sessionKeys[channelId];
     }
 
+    function retiredKeyValidUntil(bytes32 channelId, address key) external view returns (uint32) {
+        return _retiredKeys[channelId][key];
+    }
+
     /// @notice `floor((I * inputPricePerM + O * outputPricePerM) / 1e6)` with the channel's snapshot prices.
     function costOf(bytes32 channelId, uint64 inputTokens, uint64 outputTokens) external view returns (uint256) {
         Channel storage c = _channels[channelId];
@@ -221,7 +246,8 @@ contract TallyEscrow is ITallyEscrow, EIP712, ReentrancyGuardTransient {
 
     /// @dev The claim rules of §7.2, shared by claim, claimMany and closeCooperative. Returns the ABI-encoded
     /// custom error instead of reverting, so that a batch can skip a bad receipt; on success it pays.
-    function _tryClaim(Receipt calldata receipt, bytes calldata signature, bool allowEqual)
+    /// `cooperative`: closeCooperative, whose caller was checked and whose final totals may equal the claimed.
+    function _tryClaim(Receipt calldata receipt, bytes calldata signature, bool cooperative)
         private
         returns (uint96 amount, bytes memory err)
     {
@@ -235,6 +261,12 @@ contract TallyEscrow is ITallyEscrow, EIP712, ReentrancyGuardTransient {
                 return (0, abi.encodeWithSelector(EscrowChallengeExpired.selector, channelId, m.closesAt));
             }
         }
+        // Only the provider chooses which countersigned receipt settles its channel: anyone else could claim a
+        // receipt the client signed for itself (totals a token above the last claim in one component) and void
+        // every receipt the provider holds.
+        if (!cooperative && msg.sender != m.provider) {
+            return (0, abi.encodeWithSelector(EscrowNotProvider.selector, msg.sender, m.provider));
+        }
         uint64 inputTokens = receipt.inputTokens;
         uint64 outputTokens = receipt.outputTokens;
         if (inputTokens < m.inputTokens || outputTokens < m.outputTokens) {
@@ -245,7 +277,7 @@ contract TallyEscrow is ITallyEscrow, EIP712, ReentrancyGuardTransient {
                 )
             );
         }
-        if (!allowEqual && inputTokens == m.inputTokens && outputTokens == m.outputTokens) {
+        if (!cooperative && inputTokens == m.inputTokens && outputTokens == m.outputTokens) {
             return (0, abi.encodeWithSelector(EscrowReceiptNotNewer.selector, inputTokens, outputTokens));
         }
         err = _checkClientSignature(channelId, m.client, receiptDigest(receipt), signature);
@@ -274,8 +306,13 @@ contract TallyEscrow is ITallyEscrow, EIP712, ReentrancyGuardTransient {
         if (e != ECDSA.RecoverError.NoError) {
             return abi.encodeWithSelector(EscrowInvalidSignature.selector, channelId);
         }
-        // The session key is read only when the client did not sign itself (a cold read saved per receipt).
-        if (signer != client && signer != _sessionKeys[channelId]) {
+        // The session key is read only when the client did not sign itself (a cold read saved per receipt), and
+        // the retired keys only when neither did. A retired key pays until its grace ends (§7.3); the escrow
+        // cannot tell when a receipt was signed, and its provider may hold receipts the key countersigned.
+        if (
+            signer != client && signer != _sessionKeys[channelId]
+                && block.timestamp >= _retiredKeys[channelId][signer]
+        ) {
             return abi.encodeWithSelector(EscrowInvalidSigner.selector, signer, client);
         }
         return "";

@@ -15,7 +15,9 @@ contract EthRefuser {
         payable
         returns (bytes32)
     {
-        return escrow.open{value: msg.value}(provider, modelId, uint96(msg.value), address(0), maxIn, maxOut);
+        return escrow.open{value: msg.value}(
+            provider, modelId, address(0), uint96(msg.value), address(0), maxIn, maxOut, bytes32(0)
+        );
     }
 
     function requestClose(TallyEscrow escrow, bytes32 channelId) external {
@@ -60,12 +62,11 @@ contract TallyEscrowTest is EscrowFixture {
     // ------------------------------------------------------------------ open
 
     function test_open_ethEscrowsTheDepositAndSnapshotsTheListing() public {
-        bytes32 expectedId = keccak256(abi.encode(address(escrow), client, provider, ETH_MODEL, uint256(0)));
+        bytes32 expectedId = _channelId(ETH_MODEL, bytes32(uint256(1)));
         vm.expectEmit(address(escrow));
-        emit ITallyEscrow.ChannelOpened(expectedId, client, provider, ETH_MODEL, ETH, DEPOSIT, PRICE_IN, PRICE_OUT);
+        emit ITallyEscrow.ChannelOpened(expectedId, client, provider, ETH_MODEL, ETH, DEPOSIT);
         bytes32 id = _openEth(DEPOSIT);
-        assertEq(id, expectedId, "channelId = keccak256(abi.encode(escrow, client, provider, modelId, nonce))");
-        assertEq(escrow.channelCount(), 1);
+        assertEq(id, expectedId, "channelId = keccak256(abi.encode(escrow, client, provider, modelId, salt))");
         assertEq(address(escrow).balance, DEPOSIT);
         ITallyEscrow.ChannelView memory c = escrow.getChannel(id);
         assertEq(c.client, client);
@@ -87,27 +88,56 @@ contract TallyEscrowTest is EscrowFixture {
         assertEq(escrow.getChannel(id).token, address(usdc));
     }
 
-    function test_open_sameClientProviderModelGetsANewChannelEachTime() public {
+    function test_open_sameClientProviderModelGetsANewChannelForEachSalt() public {
         bytes32 a = _openEth(DEPOSIT);
         bytes32 b = _openEth(DEPOSIT);
-        assertTrue(a != b, "channel ids are never reused");
-        assertEq(b, keccak256(abi.encode(address(escrow), client, provider, ETH_MODEL, uint256(1))));
+        assertTrue(a != b, "another salt, another channel");
+        assertEq(b, _channelId(ETH_MODEL, bytes32(uint256(2))));
+    }
+
+    /// The id is known before the transaction (the SDK stores it first); a used id is never opened again, even
+    /// once its channel is closed, so receipts of a closed channel can never pay again.
+    function test_open_revertsOnAnIdAlreadyUsedEvenAfterItClosed() public {
+        bytes32 salt = keccak256("salt");
+        vm.prank(client);
+        bytes32 id = escrow.open{value: DEPOSIT}(provider, ETH_MODEL, ETH, DEPOSIT, address(0), PRICE_IN, PRICE_OUT, salt);
+        assertEq(id, _channelId(ETH_MODEL, salt));
+        vm.expectRevert(abi.encodeWithSelector(ITallyEscrow.EscrowChannelExists.selector, id));
+        vm.prank(client);
+        escrow.open{value: DEPOSIT}(provider, ETH_MODEL, ETH, DEPOSIT, address(0), PRICE_IN, PRICE_OUT, salt);
+        vm.prank(client);
+        escrow.requestClose(id);
+        vm.warp(block.timestamp + CHALLENGE);
+        escrow.finalize(id);
+        vm.expectRevert(abi.encodeWithSelector(ITallyEscrow.EscrowChannelExists.selector, id));
+        vm.prank(client);
+        escrow.open{value: DEPOSIT}(provider, ETH_MODEL, ETH, DEPOSIT, address(0), PRICE_IN, PRICE_OUT, salt);
+    }
+
+    /// The same salt from another client (or for another provider or model) is another id: nobody can take
+    /// the id a client is about to open.
+    function test_open_theSameSaltFromAnotherClientIsAnotherChannel() public {
+        bytes32 salt = keccak256("salt");
+        vm.prank(stranger);
+        bytes32 taken = escrow.open{value: 1}(provider, ETH_MODEL, ETH, 1, address(0), PRICE_IN, PRICE_OUT, salt);
+        vm.prank(client);
+        bytes32 id = escrow.open{value: 1}(provider, ETH_MODEL, ETH, 1, address(0), PRICE_IN, PRICE_OUT, salt);
+        assertTrue(id != taken, "the client is in the id");
+        assertEq(id, _channelId(ETH_MODEL, salt));
     }
 
     function test_open_storesTheSessionKeyAndEmitsIt() public {
         vm.expectEmit(address(escrow));
-        emit ITallyEscrow.SessionKeyAuthorized(
-            keccak256(abi.encode(address(escrow), client, provider, ETH_MODEL, uint256(0))), session
-        );
+        emit ITallyEscrow.SessionKeyAuthorized(_channelId(ETH_MODEL, bytes32(uint256(1))), session);
         vm.prank(client);
-        bytes32 id = escrow.open{value: DEPOSIT}(provider, ETH_MODEL, DEPOSIT, session, PRICE_IN, PRICE_OUT);
+        bytes32 id = escrow.open{value: DEPOSIT}(provider, ETH_MODEL, ETH, DEPOSIT, session, PRICE_IN, PRICE_OUT, _salt());
         assertEq(escrow.getChannel(id).sessionKey, session);
     }
 
     function test_open_revertsOnZeroAmount() public {
         vm.expectRevert(abi.encodeWithSelector(ITallyEscrow.EscrowZeroAmount.selector));
         vm.prank(client);
-        escrow.open(provider, ETH_MODEL, 0, address(0), PRICE_IN, PRICE_OUT);
+        escrow.open(provider, ETH_MODEL, ETH, 0, address(0), PRICE_IN, PRICE_OUT, _salt());
     }
 
     function test_open_revertsForAModelNeverListed() public {
@@ -116,7 +146,7 @@ contract TallyEscrowTest is EscrowFixture {
             abi.encodeWithSelector(IProviderRegistry.RegistryModelNotListed.selector, provider, unknown)
         );
         vm.prank(client);
-        escrow.open{value: 1}(provider, unknown, 1, address(0), PRICE_IN, PRICE_OUT);
+        escrow.open{value: 1}(provider, unknown, ETH, 1, address(0), PRICE_IN, PRICE_OUT, _salt());
     }
 
     function test_open_revertsForADelistedModel() public {
@@ -126,19 +156,19 @@ contract TallyEscrowTest is EscrowFixture {
             abi.encodeWithSelector(IProviderRegistry.RegistryModelNotListed.selector, provider, ETH_MODEL)
         );
         vm.prank(client);
-        escrow.open{value: 1}(provider, ETH_MODEL, 1, address(0), PRICE_IN, PRICE_OUT);
+        escrow.open{value: 1}(provider, ETH_MODEL, ETH, 1, address(0), PRICE_IN, PRICE_OUT, _salt());
     }
 
     function test_open_revertsWhenEthValueDiffersFromAmount() public {
         vm.expectRevert(abi.encodeWithSelector(ITallyEscrow.EscrowWrongValue.selector, 5, 6));
         vm.prank(client);
-        escrow.open{value: 5}(provider, ETH_MODEL, 6, address(0), PRICE_IN, PRICE_OUT);
+        escrow.open{value: 5}(provider, ETH_MODEL, ETH, 6, address(0), PRICE_IN, PRICE_OUT, _salt());
     }
 
     function test_open_revertsWhenEthIsSentToATokenChannel() public {
         vm.expectRevert(abi.encodeWithSelector(ITallyEscrow.EscrowWrongValue.selector, 1, 0));
         vm.prank(client);
-        escrow.open{value: 1}(provider, USDC_MODEL, 1e6, address(0), PRICE_IN, PRICE_OUT);
+        escrow.open{value: 1}(provider, USDC_MODEL, address(usdc), 1e6, address(0), PRICE_IN, PRICE_OUT, _salt());
     }
 
     function test_open_refusesAFeeOnTransferToken() public {
@@ -151,7 +181,7 @@ contract TallyEscrowTest is EscrowFixture {
         vm.expectRevert(
             abi.encodeWithSelector(ITallyEscrow.EscrowFeeOnTransfer.selector, address(fot), 1e6, 99e4)
         );
-        escrow.open(provider, model, 1e6, address(0), PRICE_IN, PRICE_OUT);
+        escrow.open(provider, model, address(fot), 1e6, address(0), PRICE_IN, PRICE_OUT, _salt());
         vm.stopPrank();
     }
 
@@ -162,7 +192,7 @@ contract TallyEscrowTest is EscrowFixture {
             )
         );
         vm.prank(client);
-        escrow.open{value: 1}(provider, ETH_MODEL, 1, address(0), PRICE_IN - 1, PRICE_OUT);
+        escrow.open{value: 1}(provider, ETH_MODEL, ETH, 1, address(0), PRICE_IN - 1, PRICE_OUT, _salt());
     }
 
     function test_open_revertsWhenTheOutputPriceIsAboveItsLimit() public {
@@ -170,14 +200,13 @@ contract TallyEscrowTest is EscrowFixture {
             abi.encodeWithSelector(ITallyEscrow.EscrowPriceAboveLimit.selector, PRICE_IN, PRICE_OUT, PRICE_IN, 0)
         );
         vm.prank(client);
-        escrow.open(provider, USDC_MODEL, 1e6, address(0), PRICE_IN, 0);
+        escrow.open(provider, USDC_MODEL, address(usdc), 1e6, address(0), PRICE_IN, 0, _salt());
     }
 
     function test_open_snapshotsTheListingNotTheLimits() public {
         vm.prank(client);
         bytes32 id = escrow.open{value: 1}(
-            provider, ETH_MODEL, 1, address(0), type(uint96).max, type(uint96).max
-        );
+            provider, ETH_MODEL, ETH, 1, address(0), type(uint96).max, type(uint96).max, _salt());
         ITallyEscrow.ChannelView memory c = escrow.getChannel(id);
         assertEq(c.inputPricePerM, PRICE_IN, "a limit above the price is not the price");
         assertEq(c.outputPricePerM, PRICE_OUT);
@@ -196,12 +225,12 @@ contract TallyEscrowTest is EscrowFixture {
             )
         );
         vm.prank(client);
-        escrow.open(provider, USDC_MODEL, 5e6, address(0), quotedIn, quotedOut);
+        escrow.open(provider, USDC_MODEL, address(usdc), 5e6, address(0), quotedIn, quotedOut, _salt());
         assertEq(usdc.balanceOf(client), clientBefore, "the deposit stayed with the client");
         assertEq(usdc.balanceOf(address(escrow)), 0);
-        assertEq(escrow.channelCount(), 0, "no channel was opened");
+        assertEq(uint256(_status(_channelId(USDC_MODEL, bytes32(uint256(1))))), 0, "no channel was opened");
         vm.prank(client);
-        bytes32 id = escrow.open(provider, USDC_MODEL, 5e6, address(0), quotedIn, quotedOut * 3);
+        bytes32 id = escrow.open(provider, USDC_MODEL, address(usdc), 5e6, address(0), quotedIn, quotedOut * 3, _salt());
         assertEq(escrow.getChannel(id).outputPricePerM, quotedOut * 3, "accepted knowingly");
     }
 
@@ -215,7 +244,7 @@ contract TallyEscrowTest is EscrowFixture {
             )
         );
         vm.prank(client);
-        escrow.open{value: DEPOSIT}(provider, ETH_MODEL, DEPOSIT, address(0), PRICE_IN, PRICE_OUT);
+        escrow.open{value: DEPOSIT}(provider, ETH_MODEL, ETH, DEPOSIT, address(0), PRICE_IN, PRICE_OUT, _salt());
         assertEq(client.balance, clientBefore, "the value went back with the revert");
         assertEq(address(escrow).balance, 0);
     }
@@ -227,7 +256,7 @@ contract TallyEscrowTest is EscrowFixture {
         TallyEscrow other = new TallyEscrow(address(new OversizedPriceRegistry(price)), CHALLENGE);
         vm.expectRevert(abi.encodeWithSelector(ITallyEscrow.EscrowPriceTooLarge.selector, uint256(price)));
         vm.prank(client);
-        other.open{value: 1}(provider, ETH_MODEL, 1, address(0), PRICE_IN, type(uint96).max);
+        other.open{value: 1}(provider, ETH_MODEL, ETH, 1, address(0), PRICE_IN, type(uint96).max, _salt());
     }
 
     function test_setPrice_doesNotLeakIntoAnOpenChannel() public {
@@ -319,18 +348,92 @@ contract TallyEscrowTest is EscrowFixture {
         vm.prank(client);
         escrow.authorizeSessionKey(id, session);
         ITallyEscrow.Receipt memory r = _receipt(id, 1e6, 0);
-        assertEq(escrow.claim(r, _sign(SESSION_KEY, r)), PRICE_IN);
+        bytes memory sessionSig = _sign(SESSION_KEY, r);
+        vm.prank(provider);
+        assertEq(escrow.claim(r, sessionSig), PRICE_IN);
     }
 
-    function test_authorizeSessionKey_zeroRevokesTheKey() public {
-        vm.prank(client);
-        bytes32 id = escrow.open{value: DEPOSIT}(provider, ETH_MODEL, DEPOSIT, session, PRICE_IN, PRICE_OUT);
+    /// docs/protocol.md §7.3: a revoked key pays for what it countersigned for one challenge period, then never.
+    function test_authorizeSessionKey_aRevokedKeyStaysValidForClaimsForOneChallengePeriod() public {
+        bytes32 id = _openWithSessionKey();
+        uint32 validUntil = uint32(block.timestamp + CHALLENGE);
+        vm.expectEmit(address(escrow));
+        emit ITallyEscrow.SessionKeyRetired(id, session, validUntil);
         vm.prank(client);
         escrow.authorizeSessionKey(id, address(0));
+        assertEq(escrow.getChannel(id).sessionKey, address(0));
+        assertEq(escrow.retiredKeyValidUntil(id, session), validUntil);
+        vm.warp(validUntil - 1);
         ITallyEscrow.Receipt memory r = _receipt(id, 1e6, 0);
         bytes memory sig = _sign(SESSION_KEY, r);
+        vm.prank(provider);
+        assertEq(escrow.claim(r, sig), PRICE_IN, "countersigned before the revocation: still claimable");
+        vm.warp(validUntil);
+        r = _receipt(id, 2e6, 0);
+        sig = _sign(SESSION_KEY, r);
         vm.expectRevert(abi.encodeWithSelector(ITallyEscrow.EscrowInvalidSigner.selector, session, client));
+        vm.prank(provider);
         escrow.claim(r, sig);
+    }
+
+    function test_authorizeSessionKey_aReplacedKeyStaysValidForClaimsForOneChallengePeriod() public {
+        vm.warp(1000);
+        bytes32 id = _openWithSessionKey();
+        address next = vm.addr(0x5E56);
+        vm.prank(client);
+        escrow.authorizeSessionKey(id, next);
+        ITallyEscrow.Receipt memory r = _receipt(id, 1e6, 0);
+        bytes memory byOld = _sign(SESSION_KEY, r);
+        vm.warp(1000 + CHALLENGE - 1);
+        vm.prank(provider);
+        assertEq(escrow.claim(r, byOld), PRICE_IN);
+        vm.warp(1000 + CHALLENGE);
+        r = _receipt(id, 2e6, 0);
+        byOld = _sign(SESSION_KEY, r);
+        vm.expectRevert(abi.encodeWithSelector(ITallyEscrow.EscrowInvalidSigner.selector, session, client));
+        vm.prank(provider);
+        escrow.claim(r, byOld);
+        bytes memory byNext = _sign(0x5E56, r);
+        vm.prank(provider);
+        assertEq(escrow.claim(r, byNext), PRICE_IN, "the new key signs on");
+    }
+
+    function test_authorizeSessionKey_theSameKeyAgainRetiresNothing() public {
+        bytes32 id = _openWithSessionKey();
+        vm.recordLogs();
+        vm.prank(client);
+        escrow.authorizeSessionKey(id, session);
+        Vm.Log[] memory logs = vm.getRecordedLogs();
+        assertEq(logs.length, 1, "SessionKeyAuthorized only");
+        assertEq(escrow.retiredKeyValidUntil(id, session), 0);
+    }
+
+    /// Retiring a key again (it came back, then left again) restarts its grace from the second change.
+    function test_authorizeSessionKey_aKeyRetiredTwiceIsValidUntilOnePeriodAfterTheLastChange() public {
+        // Absolute times: via-IR may reuse one read of block.timestamp across warps.
+        vm.warp(1000);
+        bytes32 id = _openWithSessionKey();
+        address next = vm.addr(0x5E56);
+        vm.startPrank(client);
+        escrow.authorizeSessionKey(id, next);
+        vm.warp(1100);
+        escrow.authorizeSessionKey(id, session);
+        vm.warp(1200);
+        escrow.authorizeSessionKey(id, address(0));
+        vm.stopPrank();
+        assertEq(escrow.retiredKeyValidUntil(id, session), 1200 + CHALLENGE);
+        assertEq(escrow.retiredKeyValidUntil(id, next), 1100 + CHALLENGE);
+    }
+
+    /// The grace of a key always ends at or before the channel's close deadline (a close comes later).
+    function test_authorizeSessionKey_aRetiredKeysGraceEndsNoLaterThanTheCloseDeadline() public {
+        bytes32 id = _openWithSessionKey();
+        vm.startPrank(client);
+        escrow.authorizeSessionKey(id, address(0));
+        vm.warp(block.timestamp + 10); // a close always comes at or after the change
+        escrow.requestClose(id);
+        vm.stopPrank();
+        assertLe(escrow.retiredKeyValidUntil(id, session), escrow.getChannel(id).closesAt, "grace <= closesAt");
     }
 
     function test_authorizeSessionKey_revertsForAnUnknownChannel() public {
@@ -363,10 +466,11 @@ contract TallyEscrowTest is EscrowFixture {
         bytes32 id = _openEth(DEPOSIT);
         ITallyEscrow.Receipt memory r = _receipt(id, 1_234_567, 89_012);
         uint96 cost = uint96((1_234_567 * uint256(PRICE_IN) + 89_012 * uint256(PRICE_OUT)) / 1e6);
+        bytes memory clientSig = _sign(CLIENT_KEY, r);
         vm.expectEmit(address(escrow));
         emit ITallyEscrow.ReceiptClaimed(id, 1_234_567, 89_012, r.usageRoot, cost);
-        vm.prank(stranger); // anyone may submit a signed receipt
-        assertEq(escrow.claim(r, _sign(CLIENT_KEY, r)), cost);
+        vm.prank(provider);
+        assertEq(escrow.claim(r, clientSig), cost);
         assertEq(escrow.earnings(provider, ETH), cost);
         ITallyEscrow.ChannelView memory c = escrow.getChannel(id);
         assertEq(c.paid, cost);
@@ -407,6 +511,7 @@ contract TallyEscrowTest is EscrowFixture {
         ITallyEscrow.Receipt memory r = _receipt(id, 1e6, 0);
         bytes memory sig = _sign(CLIENT_KEY, r);
         vm.expectRevert(abi.encodeWithSelector(ITallyEscrow.EscrowChallengeExpired.selector, id, closesAt));
+        vm.prank(provider);
         escrow.claim(r, sig);
     }
 
@@ -419,6 +524,7 @@ contract TallyEscrowTest is EscrowFixture {
         ITallyEscrow.Receipt memory r = _receipt(id, 1e6, 0);
         bytes memory sig = _sign(CLIENT_KEY, r);
         vm.expectRevert(_err(ITallyEscrow.EscrowChannelClosed.selector, id));
+        vm.prank(provider);
         escrow.claim(r, sig);
     }
 
@@ -426,6 +532,7 @@ contract TallyEscrowTest is EscrowFixture {
         ITallyEscrow.Receipt memory r = _receipt(keccak256("nope"), 1, 1);
         bytes memory sig = _sign(CLIENT_KEY, r);
         vm.expectRevert(_err(ITallyEscrow.EscrowChannelNotFound.selector, r.channelId));
+        vm.prank(provider);
         escrow.claim(r, sig);
     }
 
@@ -435,6 +542,7 @@ contract TallyEscrowTest is EscrowFixture {
         ITallyEscrow.Receipt memory r = _receipt(id, 99, 200);
         bytes memory sig = _sign(CLIENT_KEY, r);
         vm.expectRevert(abi.encodeWithSelector(ITallyEscrow.EscrowTotalsDecreased.selector, 99, 200, 100, 100));
+        vm.prank(provider);
         escrow.claim(r, sig);
     }
 
@@ -444,6 +552,7 @@ contract TallyEscrowTest is EscrowFixture {
         ITallyEscrow.Receipt memory r = _receipt(id, 200, 99);
         bytes memory sig = _sign(CLIENT_KEY, r);
         vm.expectRevert(abi.encodeWithSelector(ITallyEscrow.EscrowTotalsDecreased.selector, 200, 99, 100, 100));
+        vm.prank(provider);
         escrow.claim(r, sig);
     }
 
@@ -451,8 +560,10 @@ contract TallyEscrowTest is EscrowFixture {
         bytes32 id = _openEth(DEPOSIT);
         ITallyEscrow.Receipt memory r = _receipt(id, 100, 100);
         bytes memory sig = _sign(CLIENT_KEY, r);
+        vm.prank(provider);
         escrow.claim(r, sig);
         vm.expectRevert(abi.encodeWithSelector(ITallyEscrow.EscrowReceiptNotNewer.selector, 100, 100));
+        vm.prank(provider);
         escrow.claim(r, sig);
     }
 
@@ -460,6 +571,7 @@ contract TallyEscrowTest is EscrowFixture {
         bytes32 id = _openEth(DEPOSIT);
         ITallyEscrow.Receipt memory r = _receipt(id, 1, 1);
         vm.expectRevert(_err(ITallyEscrow.EscrowInvalidSignature.selector, id));
+        vm.prank(provider);
         escrow.claim(r, hex"1234");
     }
 
@@ -471,6 +583,7 @@ contract TallyEscrowTest is EscrowFixture {
         uint256 n = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141;
         bytes memory twin = abi.encodePacked(rr, bytes32(n - uint256(s)), v == 27 ? uint8(28) : uint8(27));
         vm.expectRevert(_err(ITallyEscrow.EscrowInvalidSignature.selector, id));
+        vm.prank(provider);
         escrow.claim(r, twin);
     }
 
@@ -479,9 +592,11 @@ contract TallyEscrowTest is EscrowFixture {
         ITallyEscrow.Receipt memory r = _receipt(id, 1, 1);
         bytes memory byStranger = _sign(STRANGER_KEY, r);
         vm.expectRevert(abi.encodeWithSelector(ITallyEscrow.EscrowInvalidSigner.selector, stranger, client));
+        vm.prank(provider);
         escrow.claim(r, byStranger);
         bytes memory byProvider = _sign(PROVIDER_KEY, r);
         vm.expectRevert(abi.encodeWithSelector(ITallyEscrow.EscrowInvalidSigner.selector, provider, client));
+        vm.prank(provider);
         escrow.claim(r, byProvider);
     }
 
@@ -492,6 +607,7 @@ contract TallyEscrowTest is EscrowFixture {
         ITallyEscrow.Receipt memory onB = _receipt(b, 1e6, 1e6);
         address recovered = _recover(escrow.receiptDigest(onB), sigForA);
         vm.expectRevert(abi.encodeWithSelector(ITallyEscrow.EscrowInvalidSigner.selector, recovered, client));
+        vm.prank(provider);
         escrow.claim(onB, sigForA);
     }
 
@@ -503,6 +619,7 @@ contract TallyEscrowTest is EscrowFixture {
         bytes memory otherChainSig = abi.encodePacked(rr, s, v);
         address recovered = _recover(escrow.receiptDigest(r), otherChainSig);
         vm.expectRevert(abi.encodeWithSelector(ITallyEscrow.EscrowInvalidSigner.selector, recovered, client));
+        vm.prank(provider);
         escrow.claim(r, otherChainSig);
     }
 
@@ -515,6 +632,7 @@ contract TallyEscrowTest is EscrowFixture {
         assertEq(escrow.receiptDigest(r), _digest(forkedChain, address(escrow), r), "domain follows block.chainid");
         address recovered = _recover(escrow.receiptDigest(r), sig);
         vm.expectRevert(abi.encodeWithSelector(ITallyEscrow.EscrowInvalidSigner.selector, recovered, client));
+        vm.prank(provider);
         escrow.claim(r, sig);
     }
 
@@ -525,17 +643,19 @@ contract TallyEscrowTest is EscrowFixture {
         bytes memory otherEscrowSig = _signWith(other, CLIENT_KEY, r);
         address recovered = _recover(escrow.receiptDigest(r), otherEscrowSig);
         vm.expectRevert(abi.encodeWithSelector(ITallyEscrow.EscrowInvalidSigner.selector, recovered, client));
+        vm.prank(provider);
         escrow.claim(r, otherEscrowSig);
     }
 
     function test_claim_revertsOnTheSessionKeyOfAnotherChannel() public {
         vm.startPrank(client);
-        escrow.open{value: DEPOSIT}(provider, ETH_MODEL, DEPOSIT, session, PRICE_IN, PRICE_OUT);
-        bytes32 b = escrow.open{value: DEPOSIT}(provider, ETH_MODEL, DEPOSIT, address(0), PRICE_IN, PRICE_OUT);
+        escrow.open{value: DEPOSIT}(provider, ETH_MODEL, ETH, DEPOSIT, session, PRICE_IN, PRICE_OUT, _salt());
+        bytes32 b = escrow.open{value: DEPOSIT}(provider, ETH_MODEL, ETH, DEPOSIT, address(0), PRICE_IN, PRICE_OUT, _salt());
         vm.stopPrank();
         ITallyEscrow.Receipt memory r = _receipt(b, 1e6, 1e6);
         bytes memory sig = _sign(SESSION_KEY, r);
         vm.expectRevert(abi.encodeWithSelector(ITallyEscrow.EscrowInvalidSigner.selector, session, client));
+        vm.prank(provider);
         escrow.claim(r, sig);
     }
 
@@ -545,6 +665,7 @@ contract TallyEscrowTest is EscrowFixture {
         bytes32 a = _openEth(DEPOSIT);
         bytes32 b = _openEth(DEPOSIT);
         (ITallyEscrow.Receipt[] memory rs, bytes[] memory sigs) = _batch2(_receipt(a, 1e6, 0), _receipt(b, 0, 1e6));
+        vm.prank(provider);
         assertEq(escrow.claimMany(rs, sigs), PRICE_IN + PRICE_OUT);
         assertEq(escrow.earnings(provider, ETH), PRICE_IN + PRICE_OUT);
     }
@@ -565,6 +686,7 @@ contract TallyEscrowTest is EscrowFixture {
         );
         vm.expectEmit(address(escrow));
         emit ITallyEscrow.ReceiptClaimed(a, 0, 1e6, rs[1].usageRoot, PRICE_OUT);
+        vm.prank(provider);
         assertEq(escrow.claimMany(rs, sigs), PRICE_OUT, "the batch goes on after a bad receipt");
         assertEq(escrow.getChannel(b).paid, 0);
     }
@@ -585,6 +707,7 @@ contract TallyEscrowTest is EscrowFixture {
         bytes[] memory sigs = new bytes[](4);
         for (uint256 i; i < 4; ++i) sigs[i] = _sign(CLIENT_KEY, rs[i]);
         vm.recordLogs();
+        vm.prank(provider);
         assertEq(escrow.claimMany(rs, sigs), 0);
         bytes[4] memory reasons = [
             abi.encodeWithSelector(ITallyEscrow.EscrowTotalsDecreased.selector, 40, 60, 50, 50),
@@ -603,6 +726,7 @@ contract TallyEscrowTest is EscrowFixture {
         emit ITallyEscrow.ReceiptSkipped(
             1, a, abi.encodeWithSelector(ITallyEscrow.EscrowReceiptNotNewer.selector, 1e6, 0)
         );
+        vm.prank(provider);
         assertEq(escrow.claimMany(rs, sigs), PRICE_IN, "paid once");
     }
 
@@ -610,10 +734,12 @@ contract TallyEscrowTest is EscrowFixture {
         ITallyEscrow.Receipt[] memory rs = new ITallyEscrow.Receipt[](2);
         bytes[] memory sigs = new bytes[](1);
         vm.expectRevert(abi.encodeWithSelector(ITallyEscrow.EscrowLengthMismatch.selector, 2, 1));
+        vm.prank(provider);
         escrow.claimMany(rs, sigs);
     }
 
     function test_claimMany_emptyBatchPaysNothing() public {
+        vm.prank(provider);
         assertEq(escrow.claimMany(new ITallyEscrow.Receipt[](0), new bytes[](0)), 0);
     }
 
@@ -626,7 +752,10 @@ contract TallyEscrowTest is EscrowFixture {
         vm.expectEmit(address(escrow));
         emit ITallyEscrow.ChannelClosed(id, PRICE_IN + PRICE_OUT, DEPOSIT - PRICE_IN - PRICE_OUT);
         vm.prank(provider);
-        escrow.closeCooperative(r, _sign(CLIENT_KEY, r), _sign(PROVIDER_KEY, r));
+        bytes memory clientSig = _sign(CLIENT_KEY, r);
+        bytes memory providerSig = _sign(PROVIDER_KEY, r);
+        vm.prank(provider);
+        escrow.closeCooperative(r, clientSig, providerSig);
         assertEq(client.balance - clientBefore, DEPOSIT - PRICE_IN - PRICE_OUT);
         assertEq(escrow.earnings(provider, ETH), PRICE_IN + PRICE_OUT);
         assertEq(uint256(_status(id)), uint256(ITallyEscrow.Status.Closed));
@@ -638,16 +767,22 @@ contract TallyEscrowTest is EscrowFixture {
         _claim(id, 1e6, 1e6);
         ITallyEscrow.Receipt memory r = _receipt(id, 1e6, 1e6);
         uint256 before = usdc.balanceOf(client);
-        escrow.closeCooperative(r, _sign(CLIENT_KEY, r), _sign(PROVIDER_KEY, r));
+        bytes memory clientSig = _sign(CLIENT_KEY, r);
+        bytes memory providerSig = _sign(PROVIDER_KEY, r);
+        vm.prank(provider);
+        escrow.closeCooperative(r, clientSig, providerSig);
         assertEq(usdc.balanceOf(client) - before, 5e6 - PRICE_IN - PRICE_OUT);
         assertEq(usdc.balanceOf(address(escrow)), PRICE_IN + PRICE_OUT);
     }
 
     function test_closeCooperative_acceptsTheSessionKeyForTheClient() public {
         vm.prank(client);
-        bytes32 id = escrow.open{value: DEPOSIT}(provider, ETH_MODEL, DEPOSIT, session, PRICE_IN, PRICE_OUT);
+        bytes32 id = escrow.open{value: DEPOSIT}(provider, ETH_MODEL, ETH, DEPOSIT, session, PRICE_IN, PRICE_OUT, _salt());
         ITallyEscrow.Receipt memory r = _receipt(id, 1e6, 0);
-        escrow.closeCooperative(r, _sign(SESSION_KEY, r), _sign(PROVIDER_KEY, r));
+        bytes memory sessionSig = _sign(SESSION_KEY, r);
+        bytes memory providerSig = _sign(PROVIDER_KEY, r);
+        vm.prank(provider);
+        escrow.closeCooperative(r, sessionSig, providerSig);
         assertEq(uint256(_status(id)), uint256(ITallyEscrow.Status.Closed));
     }
 
@@ -658,8 +793,10 @@ contract TallyEscrowTest is EscrowFixture {
         vm.expectRevert(
             abi.encodeWithSelector(ITallyEscrow.EscrowInvalidProviderSigner.selector, client, provider)
         );
+        vm.prank(provider);
         escrow.closeCooperative(r, clientSig, clientSig);
         vm.expectRevert(_err(ITallyEscrow.EscrowInvalidSignature.selector, id));
+        vm.prank(provider);
         escrow.closeCooperative(r, clientSig, hex"00");
     }
 
@@ -668,6 +805,7 @@ contract TallyEscrowTest is EscrowFixture {
         ITallyEscrow.Receipt memory r = _receipt(id, 1, 1);
         bytes memory providerSig = _sign(PROVIDER_KEY, r);
         vm.expectRevert(abi.encodeWithSelector(ITallyEscrow.EscrowInvalidSigner.selector, provider, client));
+        vm.prank(provider);
         escrow.closeCooperative(r, providerSig, providerSig);
     }
 
@@ -676,6 +814,7 @@ contract TallyEscrowTest is EscrowFixture {
         bytes memory c = _sign(CLIENT_KEY, r);
         bytes memory p = _sign(PROVIDER_KEY, r);
         vm.expectRevert(_err(ITallyEscrow.EscrowChannelNotFound.selector, r.channelId));
+        vm.prank(provider);
         escrow.closeCooperative(r, c, p);
     }
 
@@ -684,8 +823,10 @@ contract TallyEscrowTest is EscrowFixture {
         ITallyEscrow.Receipt memory r = _receipt(id, 1, 1);
         bytes memory c = _sign(CLIENT_KEY, r);
         bytes memory p = _sign(PROVIDER_KEY, r);
+        vm.prank(provider);
         escrow.closeCooperative(r, c, p);
         vm.expectRevert(_err(ITallyEscrow.EscrowChannelClosed.selector, id));
+        vm.prank(provider);
         escrow.closeCooperative(r, c, p);
     }
 
@@ -696,6 +837,7 @@ contract TallyEscrowTest is EscrowFixture {
         bytes memory c = _sign(CLIENT_KEY, r);
         bytes memory p = _sign(PROVIDER_KEY, r);
         vm.expectRevert(abi.encodeWithSelector(ITallyEscrow.EscrowTotalsDecreased.selector, 5, 10, 10, 10));
+        vm.prank(provider);
         escrow.closeCooperative(r, c, p);
     }
 
@@ -861,6 +1003,11 @@ contract TallyEscrowTest is EscrowFixture {
     }
 
     // ------------------------------------------------------------------ helpers
+
+    function _openWithSessionKey() internal returns (bytes32) {
+        vm.prank(client);
+        return escrow.open{value: DEPOSIT}(provider, ETH_MODEL, ETH, DEPOSIT, session, PRICE_IN, PRICE_OUT, _salt());
+    }
 
     /// @dev The EIP-712 digest of docs/protocol.md §4, built from the type strings.
     function _digest(uint256 chainId, address verifyingContract, ITallyEscrow.Receipt memory r)

@@ -14,7 +14,7 @@ contract TallyEscrowFuzzTest is EscrowFixture {
     function _openAt(bytes32 model, uint96 deposit) internal returns (bytes32) {
         (uint96 maxIn, uint96 maxOut,) = registry.quote(provider, model);
         vm.prank(client);
-        return escrow.open(provider, model, deposit, address(0), maxIn, maxOut);
+        return escrow.open(provider, model, address(usdc), deposit, address(0), maxIn, maxOut, _salt());
     }
 
     /// Opens exactly when both listed prices are within the limits, and then snapshots the listed prices.
@@ -27,7 +27,7 @@ contract TallyEscrowFuzzTest is EscrowFixture {
             );
         }
         vm.prank(client);
-        bytes32 id = escrow.open(provider, model, 1e6, address(0), maxIn, maxOut);
+        bytes32 id = escrow.open(provider, model, address(usdc), 1e6, address(0), maxIn, maxOut, _salt());
         if (above) {
             assertEq(usdc.balanceOf(address(escrow)), 0, "nothing moved");
         } else {
@@ -99,14 +99,17 @@ contract TallyEscrowFuzzTest is EscrowFixture {
         bytes memory sig = _sign(CLIENT_KEY, r);
         if (i2 < i1 || o2 < o1) {
             vm.expectRevert(abi.encodeWithSelector(ITallyEscrow.EscrowTotalsDecreased.selector, i2, o2, i1, o1));
+            vm.prank(provider);
             escrow.claim(r, sig);
             return;
         }
         if (i2 == i1 && o2 == o1) {
             vm.expectRevert(abi.encodeWithSelector(ITallyEscrow.EscrowReceiptNotNewer.selector, i2, o2));
+            vm.prank(provider);
             escrow.claim(r, sig);
             return;
         }
+        vm.prank(provider);
         uint256 second = escrow.claim(r, sig);
         assertEq(first + second, _min(_refCost(i2, o2, pi, po), deposit), "paid = min(cost, deposit)");
         assertEq(escrow.earnings(provider, address(usdc)), first + second);
@@ -128,6 +131,7 @@ contract TallyEscrowFuzzTest is EscrowFixture {
             sigs[k] = _sign(bad ? STRANGER_KEY : CLIENT_KEY, rs[k]);
             if (!bad) expected += _min(_refCost(t, t / 3, PRICE_IN, PRICE_OUT), deposit);
         }
+        vm.prank(provider);
         assertEq(escrow.claimMany(rs, sigs), expected);
         assertEq(escrow.earnings(provider, address(usdc)), expected);
     }
@@ -137,7 +141,10 @@ contract TallyEscrowFuzzTest is EscrowFixture {
         bytes32 id = _openUsdc(deposit);
         ITallyEscrow.Receipt memory r = _receipt(id, i, o);
         uint256 before = usdc.balanceOf(client);
-        escrow.closeCooperative(r, _sign(CLIENT_KEY, r), _sign(PROVIDER_KEY, r));
+        bytes memory clientSig = _sign(CLIENT_KEY, r);
+        bytes memory providerSig = _sign(PROVIDER_KEY, r);
+        vm.prank(provider);
+        escrow.closeCooperative(r, clientSig, providerSig);
         uint256 paid = _min(_refCost(i, o, PRICE_IN, PRICE_OUT), deposit);
         assertEq(escrow.earnings(provider, address(usdc)), paid);
         assertEq(usdc.balanceOf(client) - before, deposit - paid, "refund = deposit - paid");

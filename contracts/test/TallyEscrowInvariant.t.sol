@@ -41,6 +41,7 @@ contract EscrowHandler {
     mapping(address client => mapping(address token => uint256)) public deposited;
     mapping(address client => mapping(address token => uint256)) public refunded;
     mapping(address provider => mapping(address token => uint256)) public withdrawn;
+    uint256 internal salts;
     bool public forgeryPaid;
     /// Set if an open went through although a price was above the client's limit.
     bool public openedAboveLimit;
@@ -100,7 +101,7 @@ contract EscrowHandler {
             vm.prank(client);
             usdc.approve(address(escrow), amount);
             vm.prank(client);
-            try escrow.open(providerAt(p), models[p][1], amount, sessionKey, maxIn, maxOut) returns (bytes32 opened) {
+            try escrow.open(providerAt(p), models[p][1], token, amount, sessionKey, maxIn, maxOut, _salt()) returns (bytes32 opened) {
                 id = opened;
             } catch (bytes memory reason) {
                 return _unexpected("open", reason);
@@ -108,7 +109,7 @@ contract EscrowHandler {
         } else {
             vm.deal(client, client.balance + amount);
             vm.prank(client);
-            try escrow.open{value: amount}(providerAt(p), models[p][0], amount, sessionKey, maxIn, maxOut) returns (
+            try escrow.open{value: amount}(providerAt(p), models[p][0], token, amount, sessionKey, maxIn, maxOut, _salt()) returns (
                 bytes32 opened
             ) {
                 id = opened;
@@ -147,7 +148,7 @@ contract EscrowHandler {
         address token = inUsdc ? address(usdc) : ETH;
         (uint256 clientBefore, uint256 escrowBefore) = (_balance(token, client), _balance(token, address(escrow)));
         vm.prank(client);
-        try escrow.open{value: inUsdc ? 0 : amount}(providerAt(p), model, amount, address(0), maxIn, maxOut) {
+        try escrow.open{value: inUsdc ? 0 : amount}(providerAt(p), model, token, amount, address(0), maxIn, maxOut, _salt()) {
             openedAboveLimit = true;
         } catch (bytes memory reason) {
             bytes memory expected =
@@ -202,6 +203,7 @@ contract EscrowHandler {
         Ghost storage g = ghost[id];
         ITallyEscrow.Receipt memory r = _receipt(id, g.signedIn, g.signedOut);
         bytes memory sig = _sign(_signerKey(id, bySessionKey), r);
+        vm.prank(providerAt(g.provider));
         try escrow.claim(r, sig) {}
         catch (bytes memory reason) {
             return _unexpected("claim", reason);
@@ -219,6 +221,7 @@ contract EscrowHandler {
             (bytes32 id,) = _pick(seeds[k]);
             if (!_claimable(id, false) || _inBatch(rs, n, id)) continue;
             Ghost storage g = ghost[id];
+            if (n > 0 && g.provider != ghost[rs[0].channelId].provider) continue; // one provider's batch
             rs[n] = _receipt(id, g.signedIn, g.signedOut);
             sigs[n] = _sign(_signerKey(id, seeds[k] & 1 == 1), rs[n]);
             ++n;
@@ -230,6 +233,7 @@ contract EscrowHandler {
             mstore(rs, n) // shrink to the n receipts built
             mstore(sigs, n)
         }
+        vm.prank(providerAt(ghost[rs[0].channelId].provider));
         try escrow.claimMany(rs, sigs) {}
         catch (bytes memory reason) {
             return _unexpected("claimMany", reason);
@@ -253,6 +257,7 @@ contract EscrowHandler {
         (bytes32 id,) = _pick(chSeed);
         if (!_claimable(id, true)) return;
         (ITallyEscrow.Receipt memory r, bytes memory sig) = _forgery(id, forgerSeed);
+        vm.prank(providerAt(ghost[id].provider));
         try escrow.claim(r, sig) {
             forgeryPaid = true;
         } catch {}
@@ -295,6 +300,7 @@ contract EscrowHandler {
         bytes memory clientSig = _sign(_signerKey(id, bySessionKey), r);
         bytes memory providerSig = _sign(providerKeys[g.provider], r);
         uint256 before = _balance(ch.token, ch.client);
+        vm.prank(bySessionKey ? ch.client : providerAt(g.provider)); // either party may send it
         try escrow.closeCooperative(r, clientSig, providerSig) {}
         catch (bytes memory reason) {
             return _unexpected("closeCooperative", reason);
@@ -320,6 +326,10 @@ contract EscrowHandler {
     }
 
     // ------------------------------------------------------------------ helpers
+
+    function _salt() internal returns (bytes32) {
+        return bytes32(++salts);
+    }
 
     function _unexpected(string memory action, bytes memory reason) internal {
         if (bytes(unexpectedAction).length != 0) return; // keep the first one

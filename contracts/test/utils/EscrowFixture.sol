@@ -25,6 +25,8 @@ abstract contract EscrowFixture is Test {
     uint256 internal constant SESSION_KEY = 0x5E55;
     uint256 internal constant STRANGER_KEY = 0xBAD;
 
+    uint256 private _salts;
+
     ProviderRegistry internal registry;
     TallyEscrow internal escrow;
     MockUSDC internal usdc;
@@ -53,17 +55,42 @@ abstract contract EscrowFixture is Test {
         usdc.approve(address(escrow), type(uint256).max);
     }
 
+    /// @dev A fresh channel salt (the SDK picks random ones; any unused value will do).
+    function _salt() internal returns (bytes32) {
+        return bytes32(++_salts);
+    }
+
+    /// @dev The id `open` gives a channel of `client` (docs/protocol.md §2).
+    function _channelId(bytes32 modelId, bytes32 salt) internal view returns (bytes32) {
+        return keccak256(abi.encode(address(escrow), client, provider, modelId, salt));
+    }
+
+    /// @dev `who` opens a channel to `provider` paying in `token` (value sent for ETH), with a fresh salt.
+    function _openAs(
+        address who,
+        bytes32 modelId,
+        address token,
+        uint96 amount,
+        address sessionKey,
+        uint96 maxIn,
+        uint96 maxOut
+    ) internal returns (bytes32) {
+        bytes32 salt = _salt();
+        vm.prank(who);
+        return escrow.open{value: token == ETH ? amount : 0}(provider, modelId, token, amount, sessionKey, maxIn, maxOut, salt);
+    }
+
     /// @dev Opens as a client does: with the prices it was just quoted as its limits.
     function _openEth(uint96 amount) internal returns (bytes32) {
         (uint96 maxIn, uint96 maxOut,) = registry.quote(provider, ETH_MODEL);
         vm.prank(client);
-        return escrow.open{value: amount}(provider, ETH_MODEL, amount, address(0), maxIn, maxOut);
+        return escrow.open{value: amount}(provider, ETH_MODEL, ETH, amount, address(0), maxIn, maxOut, _salt());
     }
 
     function _openUsdc(uint96 amount) internal returns (bytes32) {
         (uint96 maxIn, uint96 maxOut,) = registry.quote(provider, USDC_MODEL);
         vm.prank(client);
-        return escrow.open(provider, USDC_MODEL, amount, address(0), maxIn, maxOut);
+        return escrow.open(provider, USDC_MODEL, address(usdc), amount, address(0), maxIn, maxOut, _salt());
     }
 
     function _receipt(bytes32 channelId, uint64 inputTokens, uint64 outputTokens)
@@ -89,7 +116,9 @@ abstract contract EscrowFixture is Test {
 
     function _claim(bytes32 channelId, uint64 inputTokens, uint64 outputTokens) internal returns (uint96) {
         ITallyEscrow.Receipt memory r = _receipt(channelId, inputTokens, outputTokens);
-        return escrow.claim(r, _sign(CLIENT_KEY, r));
+        bytes memory sig = _sign(CLIENT_KEY, r);
+        vm.prank(provider);
+        return escrow.claim(r, sig);
     }
 
     /// @dev The reference cost of docs/protocol.md §3, written independently of the contract's.
