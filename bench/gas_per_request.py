@@ -38,6 +38,8 @@ from ._common import (
     table,
 )
 
+ETH = "0x0000000000000000000000000000000000000000"
+
 __all__ = [
     "BASELINES",
     "Config",
@@ -89,7 +91,11 @@ class _Channels:
         from tallystick.protocol import ZERO_ROOT
 
         self.chain, self.client = chain, client
-        limits = {"max_input_price_per_m": PRICES[0], "max_output_price_per_m": PRICES[1]}
+        limits = {
+            "token": ETH,
+            "max_input_price_per_m": PRICES[0],
+            "max_output_price_per_m": PRICES[1],
+        }
         opened = [
             chain.escrow.open(client, provider.address, model, 10**17, **limits) for _ in range(n)
         ]

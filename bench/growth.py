@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tallystick.protocol import new_salt
+
 from ._common import (
     Chain,
     anvil,
@@ -73,7 +75,8 @@ def open_many(chain: Chain, clients: list[Any], provider: str, model: bytes, n: 
     hashes = []
     for i in range(n):
         client = clients[i % len(clients)]
-        fn = escrow.functions.open(provider, model, 10**16, "0x" + "00" * 20, *PRICES)
+        zero = "0x" + "00" * 20  # ETH, and no session key
+        fn = escrow.functions.open(provider, model, zero, 10**16, zero, *PRICES, new_salt())
         nonce = chain.w3.eth.get_transaction_count(client.address, "pending")
         tx = fn.build_transaction(
             {"from": client.address, "value": 10**16, "nonce": nonce, "gas": 300_000}

@@ -32,6 +32,7 @@ from ._errors import (
     PriceChanged,
     ProviderNotFound,
     StoreError,
+    TokenChanged,
     WalletError,
 )
 from ._store import BillLine, ChannelInfo, ChannelTally, Dispute, Store
@@ -71,6 +72,7 @@ __all__ = [
     "TallyStream",
     "TallyTransport",
     "Tallystick",
+    "TokenChanged",
     "Tolerance",
     "VerifiedBill",
     "Wallet",

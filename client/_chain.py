@@ -16,6 +16,7 @@ import requests
 from eth_account.signers.local import LocalAccount
 from eth_utils import to_checksum_address
 from tallystick.protocol import (
+    ChainError,
     ChainUnavailable,
     ChannelState,
     ContractError,
@@ -29,13 +30,14 @@ from tallystick.protocol import (
     TxResult,
     connect,
     model_id,
+    new_salt,
     read_deployment,
 )
 from tallystick.protocol import Listing as ChainListing
 from web3 import Web3
 from web3.exceptions import Web3RPCError
 
-from ._errors import PriceChanged
+from ._errors import PriceChanged, TokenChanged
 
 __all__ = ["ETH", "Chain", "Listing", "status_name"]
 
@@ -177,29 +179,41 @@ class Chain:
         amount: int,
         session_key: str = ETH,
         *,
+        token: str,
         max_prices: Prices,
     ) -> tuple[bytes, TxResult]:
-        """Open a channel at no more than ``max_prices``; return its id and the transaction.
+        """Open a channel paid in ``token`` at no more than ``max_prices``; return its id and tx.
 
-        ``max_prices`` are the prices the client accepted: a price raised before the
-        transaction is mined makes the escrow refuse it, raised here as ``PriceChanged``.
+        ``token`` and ``max_prices`` are what the client accepted: a listing changed before the
+        transaction is mined makes the escrow refuse it, raised here as ``TokenChanged`` or
+        ``PriceChanged``. An ERC-20 is approved for exactly ``amount`` just before, and the
+        previous allowance restored if the open fails (the bindings' ``Escrow.open``).
         """
+        salt = new_salt()
+        mid = model_id(model)
+        expected = self.escrow.channel_id(account.address, provider, mid, salt)
         try:
             tx = self.escrow.open(
                 account,
                 provider,
-                model_id(model),
+                mid,
                 amount,
                 session_key,
+                token=token,
                 max_input_price_per_m=max_prices.input_per_m,
                 max_output_price_per_m=max_prices.output_per_m,
+                salt=salt,
             )
         except ContractError as exc:
+            if exc.name == "EscrowTokenMismatch":
+                raise TokenChanged(provider, model, token, str(exc.args[0])) from exc
             if exc.name != "EscrowPriceAboveLimit":
                 raise
             current = Prices(int(exc.args[0]), int(exc.args[1]))
             raise PriceChanged(provider, model, max_prices, current) from exc
-        return bytes(tx.value), tx
+        if bytes(tx.value) != expected:  # the escrow derives it as §2 says; anything else is a bug
+            raise ChainError(f"the escrow opened 0x{bytes(tx.value).hex()}, not 0x{expected.hex()}")
+        return expected, tx
 
     def top_up(self, account: LocalAccount, channel_id: bytes, amount: int) -> TxResult:
         return self.escrow.top_up(account, channel_id, amount)

@@ -75,9 +75,10 @@ class Channels:
         """Open a channel to ``provider`` (or the cheapest) for ``model`` with ``deposit``.
 
         ``max_input_price``/``max_output_price`` bound the offers considered. The offer's own
-        prices (checked against the node's ``/v1/models``) are the limits of the ``open``
-        transaction, so a price raised before it is mined raises ``PriceChanged`` and nothing
-        is deposited.
+        prices and token (checked against the node's ``/v1/models``) are the limits of the
+        ``open`` transaction, so a price raised or a token switched before it is mined raises
+        ``PriceChanged`` or ``TokenChanged`` and nothing is deposited (no allowance is left
+        behind either).
 
         ``session_key=True`` authorises a fresh key for this channel alone in the same
         transaction; it signs the channel's bearer tokens and receipts, so the wallet's key is
@@ -103,6 +104,7 @@ class Channels:
             model,
             deposit,
             key.address if key else ETH,
+            token=offer.token,
             max_prices=offer.prices,
         )
         info = self._info(cid, offer)
@@ -114,6 +116,8 @@ class Channels:
     def authorize_session_key(self, channel: bytes | str) -> str:
         """Give an open channel a fresh session key (replacing any); return its address."""
         info = self._client.channel(channel)
+        # The node takes new receipts only from the current key (§7.3): deliver the last one first.
+        self._client.biller.deliver(info)
         key = self._client.store.new_session_key()
         self._chain.authorize_session_key(self._client.account, info.channel_id, key.address)
         self._client.store.bind_session_key(key.address, info.channel_id)

@@ -7,6 +7,7 @@
         ├── ProviderNotFound         no provider lists the model (or not at that price)
         ├── ListingMismatch          a node's /v1/models disagrees with its on-chain listing
         ├── PriceChanged             the price rose above the accepted offer before `open` ran
+        ├── TokenChanged             the listing's payment token changed before `open` ran
         ├── ChannelNotFound          no such channel in the local store (or not open)
         ├── ChannelStateError        the channel is not in a state that allows the operation
         │   └── ChannelDisputed      a bill on it was refused: no more requests, close unilaterally
@@ -48,6 +49,7 @@ __all__ = [
     "PriceChanged",
     "ProviderNotFound",
     "StoreError",
+    "TokenChanged",
     "WalletError",
 ]
 
@@ -89,6 +91,25 @@ class PriceChanged(ClientError):
             f"provider {provider} raised its price for {model!r} before the channel opened: "
             f"accepted {_per_m(accepted)}, now {_per_m(current)}; the escrow refused the open and "
             "nothing was deposited (open again to accept the new price)"
+        )
+
+
+class TokenChanged(ClientError):
+    """The provider re-listed the model in another payment token before ``open`` was mined.
+
+    The escrow refused the open (``EscrowTokenMismatch``), so nothing was escrowed: the client
+    pays only in the token it accepted (``accepted``); ``listed`` is the listing's token now.
+    """
+
+    def __init__(self, provider: str, model: str, accepted: str, listed: str) -> None:
+        self.provider = provider
+        self.model = model
+        self.accepted = accepted
+        self.listed = listed
+        super().__init__(
+            f"provider {provider} re-listed {model!r} in token {listed} before the channel "
+            f"opened (accepted {accepted}); the escrow refused the open and nothing was "
+            "deposited (open again to accept the new token)"
         )
 
 

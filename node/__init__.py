@@ -9,7 +9,14 @@ Errors: see ``_errors.py`` (``NodeError`` → ``ConfigError``, ``KeyLoadError``,
 """
 
 from ._app import NodeState, create_app
-from ._chain import ChainView, ChannelCache, ClaimOutcome, CloseRequest, ListingInfo
+from ._chain import (
+    ChainView,
+    ChannelCache,
+    ClaimOutcome,
+    CloseRequest,
+    KeyRetirement,
+    ListingInfo,
+)
 from ._errors import ApiError, ConfigError, KeyLoadError, NodeError
 from ._gate import PaymentGate, Reservation
 from ._keys import load_account
@@ -42,6 +49,7 @@ __all__ = [
     "CloseRequest",
     "ConfigError",
     "KeyLoadError",
+    "KeyRetirement",
     "LedgerStore",
     "ListingInfo",
     "NodeError",

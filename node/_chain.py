@@ -23,6 +23,7 @@ __all__ = [
     "ChannelCache",
     "ClaimOutcome",
     "CloseRequest",
+    "KeyRetirement",
     "ListingInfo",
 ]
 
@@ -45,6 +46,16 @@ class CloseRequest:
 
     channel_id: bytes
     closes_at: int
+    block: int
+
+
+@dataclass(frozen=True)
+class KeyRetirement:
+    """A ``SessionKeyRetired`` event: receipts ``key`` signed pay only until ``valid_until``."""
+
+    channel_id: bytes
+    key: str
+    valid_until: int
     block: int
 
 
@@ -95,6 +106,10 @@ class ChainView(Protocol):
 
     async def close_requests(self, from_block: int) -> tuple[list[CloseRequest], int]:
         """``CloseRequested`` events of our channels from ``from_block``, and the next block."""
+        ...
+
+    async def key_retirements(self, from_block: int) -> tuple[list[KeyRetirement], int]:
+        """``SessionKeyRetired`` events of our channels from ``from_block``, and the next block."""
         ...
 
     async def timestamp(self) -> int:

@@ -34,7 +34,7 @@ from web3 import HTTPProvider, Web3
 from web3.providers.rpc.utils import ExceptionRetryConfiguration
 from web3.types import RPCEndpoint
 
-from ._chain import ClaimOutcome, CloseRequest, ListingInfo
+from ._chain import ClaimOutcome, CloseRequest, KeyRetirement, ListingInfo
 from ._errors import ConfigError
 from ._settings import Settings
 from ._types import ZERO_ADDRESS, ChannelInfo, ChannelStatus
@@ -272,6 +272,21 @@ class EscrowChain:
             cid = bytes(event.args["channelId"])
             if self.escrow.get_channel(cid).provider == self.provider:
                 out.append(CloseRequest(cid, int(event.args["closesAt"]), event.block_number))
+        return out, head + 1
+
+    async def key_retirements(self, from_block: int) -> tuple[list[KeyRetirement], int]:
+        return await asyncio.to_thread(self._key_retirements, from_block)
+
+    def _key_retirements(self, from_block: int) -> tuple[list[KeyRetirement], int]:
+        head = self.escrow.block_number()
+        if head < from_block:
+            return [], from_block
+        out = []
+        for event in self.escrow.key_retirements(from_block, head):
+            cid = bytes(event.args["channelId"])
+            if self.escrow.get_channel(cid).provider == self.provider:
+                key, until = str(event.args["sessionKey"]), int(event.args["validUntil"])
+                out.append(KeyRetirement(cid, key, until, event.block_number))
         return out, head + 1
 
     def _drop_changed_listings(self, from_block: int, to_block: int) -> None:

@@ -3,11 +3,13 @@
 It claims when the unclaimed value of a payment token reaches its ``min_claim`` (default one
 whole token for an ERC-20; for ETH, more than ``claim_gas_multiple`` x the estimated gas
 cost), checked every ``settle_interval`` seconds, on demand (``settle(force=True)``), and at once
-for a channel whose client requested a close (it watches ``CloseRequested``), so no receipt
-is lost to the challenge period. A pass splits its receipts into several ``claimMany``
-transactions of at most ``settle_max_gas_per_tx`` (estimated) so each fits in a block, the
-most urgent first. Idempotent across restarts: candidates come from the ledger
-and are compared with the totals the escrow has already claimed.
+for a channel whose client requested a close (it watches ``CloseRequested``) or replaced the
+session key that signed the channel's latest receipt (it watches ``SessionKeyRetired``: such
+a receipt pays only until the key's grace ends, §7.3), so no receipt is lost to a deadline.
+A pass splits its receipts into several ``claimMany`` transactions of at most
+``settle_max_gas_per_tx`` (estimated) so each fits in a block, the most urgent first.
+Idempotent across restarts: candidates come from the ledger and are compared with the totals
+the escrow has already claimed.
 
 Replicas sharing one ledger settle once per provider: the background loop works only while
 it holds the ledger's ``settlement`` lease (renewed every poll, lapsing ``replica_ttl``
@@ -18,12 +20,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 import uuid
 from dataclasses import dataclass
 
-from tallystick.protocol import ChainError, ContractError, cost_of
+from tallystick.protocol import (
+    ChainError,
+    ContractError,
+    InvalidSignature,
+    cost_of,
+    recover_receipt_signer,
+)
 
 from ._chain import ChainView, ChannelCache, ClaimOutcome
 from ._ledger import ClaimItem, LedgerStore
@@ -37,6 +46,8 @@ log = logging.getLogger("tallystick.node.settlement")
 
 SCAN_KEY = "close_scan_block"
 LEASE = "settlement"
+KEY_SCAN_KEY = "key_scan_block"
+RETIRED_KEY = "retired_session_keys"  # JSON {channel hex: {key: validUntil}}, pruned once past
 # Gas model for splitting claims into blocks, with margin: on anvil a channel's first claim
 # costs ~39,900 gas in a claimMany of 220 (8.78M gas), a later one ~23,400 at batch 50.
 GAS_BASE = 60_000
@@ -51,10 +62,21 @@ class Candidate:
     receipt: StoredReceipt
     channel: ChannelInfo
     value: int
+    key_deadline: int | None = None  # the receipt's signer was retired: it pays until then
+
+    @property
+    def deadline(self) -> int | None:
+        """When the escrow stops paying this receipt: ``closesAt`` or the signer's grace end."""
+        times = [t for t in (self._closes_at, self.key_deadline) if t is not None]
+        return min(times) if times else None
+
+    @property
+    def _closes_at(self) -> int | None:
+        return self.channel.closes_at if self.channel.status == ChannelStatus.CLOSING else None
 
     @property
     def urgent(self) -> bool:
-        return self.channel.status == ChannelStatus.CLOSING
+        return self.deadline is not None
 
 
 class SettlementWorker:
@@ -119,7 +141,7 @@ class SettlementWorker:
                 if not self.holds_lease():
                     await asyncio.sleep(self._poll)
                     continue
-                urgent = await self.scan_close_requests()
+                urgent = await self.scan_close_requests() + await self.scan_key_retirements()
                 due = time.monotonic() >= next_settle or self._wake.is_set()
                 self._wake.clear()
                 if urgent or due:
@@ -149,6 +171,32 @@ class SettlementWorker:
         self._ledger.set_meta(SCAN_KEY, str(next_block))
         return len(events)
 
+    async def scan_key_retirements(self) -> int:
+        """Record new ``SessionKeyRetired`` events; how many (each may make a claim urgent)."""
+        start = int(self._ledger.get_meta(KEY_SCAN_KEY) or 0)
+        events, next_block = await self._chain.key_retirements(start)
+        retired = self._retired()
+        for event in events:
+            log.info(
+                "session key retired: channel=0x%s key=%s valid_until=%d",
+                event.channel_id.hex(),
+                event.key,
+                event.valid_until,
+            )
+            retired.setdefault(event.channel_id.hex(), {})[event.key] = event.valid_until
+        for channel_id in {e.channel_id for e in events}:
+            # The gate must stop taking receipts from the old key now, not when the cache expires.
+            with contextlib.suppress(ChainError):
+                await self._cache.get(channel_id, refresh=True)
+        if events:
+            self._ledger.set_meta(RETIRED_KEY, json.dumps(retired, sort_keys=True))
+        self._ledger.set_meta(KEY_SCAN_KEY, str(next_block))
+        return len(events)
+
+    def _retired(self) -> dict[str, dict[str, int]]:
+        raw = self._ledger.get_meta(RETIRED_KEY)
+        return dict(json.loads(raw)) if raw else {}
+
     async def candidates(self) -> list[Candidate]:
         """Receipts the escrow would still pay for, with fresh on-chain state (batched reads)."""
         latest = self._ledger.latest_receipts()
@@ -157,12 +205,52 @@ class SettlementWorker:
         now = await self._chain.timestamp()
         states = await self._chain.read_channels([r.channel_id for r in latest])
         self._cache.put_many(states)
+        retired = self._prune_retired(states)
         out = []
         for stored in latest:
             info = states.get(stored.channel_id)
-            if info is not None and _claimable(stored, info, now):
-                out.append(Candidate(stored, info, _value(stored, info)))
+            if info is None or not _claimable(stored, info, now):
+                continue
+            key_deadline = self._key_deadline(stored, info, retired)
+            if key_deadline is not None and now >= key_deadline:
+                log.warning(
+                    "settlement: receipt of channel 0x%s was signed by a session key whose grace "
+                    "ended at %d; the escrow no longer pays it",
+                    stored.channel_id.hex(),
+                    key_deadline,
+                )
+                continue
+            out.append(Candidate(stored, info, _value(stored, info), key_deadline))
         return out
+
+    def _prune_retired(self, states: dict[bytes, ChannelInfo | None]) -> dict[str, dict[str, int]]:
+        # Kept until the channel closes: past its grace a retired key's receipt is one the
+        # escrow refuses, and the worker must go on knowing that.
+        retired = self._retired()
+        closed = {
+            cid.hex()
+            for cid, info in states.items()
+            if info is not None and info.status == ChannelStatus.CLOSED
+        }
+        kept = {cid: keys for cid, keys in retired.items() if cid not in closed}
+        if kept != retired:
+            self._ledger.set_meta(RETIRED_KEY, json.dumps(kept, sort_keys=True))
+        return kept
+
+    def _key_deadline(
+        self, stored: StoredReceipt, info: ChannelInfo, retired: dict[str, dict[str, int]]
+    ) -> int | None:
+        # Only a channel with a live retirement costs a signature recovery (~0.3 ms).
+        keys = retired.get(stored.channel_id.hex())
+        if not keys:
+            return None
+        try:
+            signer = recover_receipt_signer(self._chain.domain, stored.signed)
+        except InvalidSignature:
+            return None
+        if info.may_sign(signer):
+            return None  # the client or the current key: no deadline but the channel's own
+        return keys.get(signer)
 
     async def settle(self, *, force: bool) -> list[ClaimOutcome]:
         """Claim the candidates in ``claimMany`` batches that fit ``settle_max_gas_per_tx``.
@@ -322,10 +410,12 @@ def plan_batches(found: list[Candidate], max_gas: int) -> list[list[Candidate]]:
 
 
 def _priority(c: Candidate) -> tuple[int, int, int]:
-    # Closing channels first, soonest closesAt first (a missed challenge period loses the
-    # receipt); then the most valuable receipts, so a pass cut short still claimed the most.
-    if c.urgent:
-        return (0, c.channel.closes_at, -c.value)
+    # Receipts with a deadline first (a closing channel, a retired signer), soonest first (a
+    # missed deadline loses the receipt); then the most valuable, so a pass cut short still
+    # claimed the most.
+    deadline = c.deadline
+    if deadline is not None:
+        return (0, deadline, -c.value)
     return (1, 0, -c.value)
 
 

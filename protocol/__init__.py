@@ -47,7 +47,7 @@ from ._errors import (
     TallystickError,
     TokenizerMismatch,
 )
-from ._ids import channel_id, model_id
+from ._ids import channel_id, model_id, new_salt
 from ._pricing import cost_of
 from ._revert import decode_revert
 from ._rpc import FailoverHTTPProvider, rpc_label, split_rpc_urls
@@ -123,6 +123,7 @@ __all__ = [
     "loads_untrusted",
     "make_bearer_token",
     "model_id",
+    "new_salt",
     "next_usage_root",
     "read_deployment",
     "receipt_message",

@@ -36,6 +36,7 @@ from web3.exceptions import (
 
 from ._abi import load_artifact
 from ._errors import ChainError, ChainUnavailable, ContractError
+from ._ids import channel_id, new_salt
 from ._revert import ARTIFACTS, decode_revert
 from ._rpc import FailoverHTTPProvider, OnFailure, split_rpc_urls
 from ._types import UINT96_MAX, Domain, Prices, Receipt, SignedReceipt, check_uint, checksum
@@ -419,11 +420,29 @@ class Token:
         """MockUSDC only: anyone can mint on a local chain."""
         return transact(self.w3, account, self.contract.functions.mint(checksum("to", to), amount))
 
-    def ensure_allowance(self, account: LocalAccount, spender: str, amount: int) -> TxResult | None:
-        """Approve ``spender`` for ``amount`` unless it may already pull that much."""
-        if self.allowance(account.address, spender) >= amount:
-            return None
-        return self.approve(account, spender, amount)
+    @contextmanager
+    def exact_allowance(self, account: LocalAccount, spender: str, amount: int) -> Iterator[None]:
+        """Let ``spender`` pull exactly ``amount`` in the block; restore the allowance if it raises.
+
+        For a pull of exactly ``amount`` (an escrow deposit): once it succeeds no allowance is left
+        behind, and when the block raises (a revert, a timeout) the allowance is set back to what
+        it was, so a failed ``open`` leaves nothing another transaction could pull.
+        """
+        previous = self.allowance(account.address, spender)
+        if previous != amount:
+            self.approve(account, spender, amount)
+        try:
+            yield
+        except BaseException:
+            self._restore(account, spender, previous)
+            raise
+
+    def _restore(self, account: LocalAccount, spender: str, previous: int) -> None:
+        try:
+            if self.allowance(account.address, spender) != previous:
+                self.approve(account, spender, previous)
+        except ChainError:
+            pass  # the caller's error is the one to raise; the allowance left is logged by no one
 
 
 # ------------------------------------------------------------------------------ registry
@@ -563,8 +582,15 @@ class Escrow:
     def challenge_period(self) -> int:
         return int(_call(self.contract.functions.challengePeriod()))
 
-    def channel_count(self) -> int:
-        return int(_call(self.contract.functions.channelCount()))
+    def retired_key_valid_until(self, channel_id: bytes, key: str) -> int:
+        """Until when (unix seconds, exclusive) a retired session key still signs claimable
+        receipts of the channel; 0 for a key never retired from it (§7.3)."""
+        fn = self.contract.functions.retiredKeyValidUntil(channel_id, checksum("key", key))
+        return int(_call(fn))
+
+    def channel_id(self, client: str, provider: str, model_id: bytes, salt: bytes) -> bytes:
+        """The id ``open`` gives the channel of ``client`` opened with ``salt`` (§2)."""
+        return channel_id(self.address, client, provider, model_id, salt)
 
     def get_channel(self, channel_id: bytes, block: int | str = "latest") -> ChannelState:
         """The channel as of ``block`` (a number, or "latest"/"safe"/"finalized")."""
@@ -610,39 +636,50 @@ class Escrow:
         amount: int,
         session_key: str = ETH,
         *,
+        token: str,
         max_input_price_per_m: int,
         max_output_price_per_m: int,
+        salt: bytes | None = None,
     ) -> TxResult:
-        """Open a channel with ``amount`` (approving an ERC-20 first if needed); value = id.
+        """Open a channel with ``amount`` of ``token``; ``value`` is its id.
 
-        The limits are required, with no default: pass the prices the caller was quoted, so
-        that a price raised before the transaction is mined reverts it
-        (``ContractError`` ``EscrowPriceAboveLimit(input, output, maxInput, maxOutput)``)
-        instead of reaching the channel. ``2**96 - 1`` is no limit, for a caller that says so.
+        ``token`` and the price limits are required, with no default: pass the listing the
+        caller accepted, so that a listing changed before the transaction is mined reverts it
+        (``ContractError`` ``EscrowTokenMismatch(listed, expected)`` or
+        ``EscrowPriceAboveLimit(input, output, maxInput, maxOutput)``) instead of reaching the
+        channel. ``2**96 - 1`` is no price limit, for a caller that says so. An ERC-20 is
+        approved for exactly ``amount`` right before the ``open`` and the previous allowance is
+        restored if it fails. ``salt`` (random by default) fixes the id before it is mined:
+        ``channel_id(client, provider, model_id, salt)``.
         """
         provider = checksum("provider", provider)
         limits = (
             check_uint("max_input_price_per_m", max_input_price_per_m, UINT96_MAX),
             check_uint("max_output_price_per_m", max_output_price_per_m, UINT96_MAX),
         )
-        _, token = self.registry.quote(provider, model_id)
-        value = self._fund(account, token, amount)
+        token = checksum("token", token)
+        salt = new_salt() if salt is None else salt
         key = checksum("key", session_key)
-        fn = self.contract.functions.open(provider, model_id, amount, key, *limits)
-        result = transact(self.w3, account, fn, value=value)
+        fn = self.contract.functions.open(provider, model_id, token, amount, key, *limits, salt)
+        with self._funding(account, token, amount) as value:
+            result = transact(self.w3, account, fn, value=value)
         return _with_value(result, result.event("ChannelOpened").args["channelId"])
 
     def top_up(self, account: LocalAccount, channel_id: bytes, amount: int) -> TxResult:
-        value = self._fund(account, self.get_channel(channel_id).token, amount)
+        """Add ``amount`` to the deposit (an ERC-20 approved exactly, as in ``open``)."""
         fn = self.contract.functions.topUp(channel_id, amount)
-        return transact(self.w3, account, fn, value=value)
+        with self._funding(account, self.get_channel(channel_id).token, amount) as value:
+            return transact(self.w3, account, fn, value=value)
 
-    def _fund(self, account: LocalAccount, token: str, amount: int) -> int:
-        # ETH travels as msg.value; an ERC-20 is pulled by the escrow, so it needs an allowance.
-        if token == ETH:
-            return amount
-        Token(self.w3, token).ensure_allowance(account, self.address, amount)
-        return 0
+    @contextmanager
+    def _funding(self, account: LocalAccount, token: str, amount: int) -> Iterator[int]:
+        # ETH travels as msg.value; an ERC-20 is pulled by the escrow, so it needs an allowance,
+        # granted for exactly this pull and taken back if the transaction fails.
+        if int(token, 16) == 0:
+            yield amount
+            return
+        with Token(self.w3, token).exact_allowance(account, self.address, amount):
+            yield 0
 
     def authorize_session_key(
         self, account: LocalAccount, channel_id: bytes, session_key: str
@@ -660,9 +697,9 @@ class Escrow:
         result = transact(self.w3, account, self.contract.functions.finalize(channel_id))
         return _with_value(result, result.event("ChannelClosed").args["refund"])
 
-    # writes: provider (or anyone)
+    # writes: provider (claims), client or provider (cooperative close)
     def claim(self, account: LocalAccount, signed: SignedReceipt, **kw: Any) -> TxResult:
-        """Claim one receipt; ``value`` is the amount paid."""
+        """Claim one receipt (``account``: the channel's provider); ``value`` is the amount paid."""
         fn = self.contract.functions.claim(signed.receipt.as_tuple(), signed.signature)
         result = transact(self.w3, account, fn, **kw)
         return _with_value(result, _claimed_total(result))
@@ -670,7 +707,8 @@ class Escrow:
     def claim_many(
         self, account: LocalAccount, signed: Sequence[SignedReceipt], **kw: Any
     ) -> TxResult:
-        """Claim a batch; bad receipts are in ``result.skipped``; ``value`` is the total paid."""
+        """Claim a batch as ``account`` (the provider); receipts refused (another provider's
+        too) are in ``result.skipped``; ``value`` is the total paid."""
         fn = self.claim_many_function(signed)
         result = transact(self.w3, account, fn, **kw)
         return _with_value(result, _claimed_total(result))
@@ -687,7 +725,8 @@ class Escrow:
     def close_cooperative(
         self, account: LocalAccount, signed: SignedReceipt, provider_signature: bytes
     ) -> TxResult:
-        """Close with a final receipt signed by both sides; ``value`` is the client's refund."""
+        """Close with a final receipt signed by both sides, sent by the client or the provider;
+        ``value`` is the client's refund."""
         fn = self.contract.functions.closeCooperative(
             signed.receipt.as_tuple(), signed.signature, provider_signature
         )
@@ -720,6 +759,15 @@ class Escrow:
     ) -> list[Event]:
         logs = _logs(
             self.contract.events.CloseRequested, from_block, to_block, {"channelId": channel_id}
+        )
+        return _events(self.w3, logs)
+
+    def key_retirements(
+        self, from_block: int = 0, to_block: Any = "latest", *, channel_id: bytes | None = None
+    ) -> list[Event]:
+        """``SessionKeyRetired(channelId, sessionKey, validUntil)`` events (§7.3)."""
+        logs = _logs(
+            self.contract.events.SessionKeyRetired, from_block, to_block, {"channelId": channel_id}
         )
         return _events(self.w3, logs)
 

@@ -1,11 +1,16 @@
-"""Identifiers of §2: model ids and channel ids."""
+"""Identifiers of §2: model ids, channel ids and channel salts."""
 
 from __future__ import annotations
+
+import secrets
 
 from eth_abi import encode as abi_encode
 from eth_utils import keccak
 
-from ._types import UINT256_MAX, check_bytes32, check_uint, checksum
+from ._types import check_bytes32, checksum
+
+# Random bytes in a salt: unique enough per (client, provider, model), and cheap calldata.
+SALT_BYTES = 8
 
 
 def model_id(name: str) -> bytes:
@@ -15,17 +20,22 @@ def model_id(name: str) -> bytes:
     return keccak(name.encode("utf-8"))
 
 
-def channel_id(escrow: str, client: str, provider: str, model_id: bytes, nonce: int) -> bytes:
-    """``keccak256(abi.encode(escrow, client, provider, modelId, nonce))``."""
+def channel_id(escrow: str, client: str, provider: str, model_id: bytes, salt: bytes) -> bytes:
+    """``keccak256(abi.encode(escrow, client, provider, modelId, salt))``: known before ``open``."""
     return keccak(
         abi_encode(
-            ["address", "address", "address", "bytes32", "uint256"],
+            ["address", "address", "address", "bytes32", "bytes32"],
             [
                 checksum("escrow", escrow),
                 checksum("client", client),
                 checksum("provider", provider),
                 check_bytes32("model_id", model_id),
-                check_uint("nonce", nonce, UINT256_MAX),
+                check_bytes32("salt", salt),
             ],
         )
     )
+
+
+def new_salt() -> bytes:
+    """A fresh channel salt: ``SALT_BYTES`` random bytes, right-aligned in 32 (zeros are cheap)."""
+    return bytes(32 - SALT_BYTES) + secrets.token_bytes(SALT_BYTES)

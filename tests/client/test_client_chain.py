@@ -15,6 +15,7 @@ from tallystick.client import (
     PriceChanged,
     ProviderNotFound,
     Tallystick,
+    TokenChanged,
     Wallet,
 )
 from tallystick.client._disputes import utc
@@ -162,7 +163,7 @@ def test_a_price_raised_between_discovery_and_open_is_refused(
     a, d, w3 = world["accounts"], world["deployment"], world["w3"]
     raised = Prices(PRICES.input_per_m, PRICES.output_per_m * 5)
     _front_run(client, world, a.provider, raised)
-    nonce, own = d.escrow.channel_count(), int(w3.eth.get_balance(a.client.address))
+    nonce, own = len(d.escrow.channels_opened()), int(w3.eth.get_balance(a.client.address))
     with pytest.raises(PriceChanged) as caught:
         # Caps far above the listing: the limits of the open are still the discovered prices.
         client.channels.open(MODEL, 10**15, a.provider.address, max_output_price=10**30)
@@ -176,7 +177,7 @@ def test_a_price_raised_between_discovery_and_open_is_refused(
     )
     cause = caught.value.__cause__
     assert isinstance(cause, ContractError) and cause.name == "EscrowPriceAboveLimit"
-    assert d.escrow.channel_count() == nonce
+    assert len(d.escrow.channels_opened()) == nonce
     assert int(w3.eth.get_balance(a.client.address)) == own
     assert client.channels.list() == []
     del client.chain.open_channel  # the provider stops raising; the node shows the new price
@@ -214,3 +215,51 @@ def test_the_store_follows_the_chain_back_after_a_reorg_drops_a_top_up(
     assert client.channels.sync(info.channel_id, confirmations=2).deposit == 10**15
     w3.provider.make_request("anvil_mine", [2])
     assert client.channels.sync(info.channel_id, confirmations=2).deposit == 12 * 10**14
+
+
+def test_a_token_switched_between_discovery_and_open_is_refused_and_leaves_no_allowance(
+    client: Tallystick, world: dict[str, Any]
+) -> None:
+    """Issue 10, hole 3: the provider re-lists the model in another ERC-20 at the same prices
+    after the client checked the offer; a standing allowance for that token is not enough."""
+    from tallystick.protocol import deploy
+
+    a, d, fake = world["accounts"], world["deployment"], world["fake"]
+    other = deploy(world["w3"], a.deployer).usdc  # a second ERC-20
+    other.mint(a.deployer, a.client.address, 10**9)
+    other.approve(a.client, d.escrow.address, 10**9)  # a standing allowance for the new token
+    fake.prices = USDC_PRICES
+    original = client.chain.open_channel
+
+    def open_after_token_switch(*args: Any, **kwargs: Any) -> Any:
+        d.registry.list_model(
+            a.provider2,
+            MODEL,
+            USDC_PRICES,
+            token=other.address,
+            tokenizer_hash=fake.bundle.hash(),
+            context_length=2048,
+        )
+        return original(*args, **kwargs)
+
+    client.chain.open_channel = open_after_token_switch  # type: ignore[method-assign]
+    before = (d.usdc.balance_of(a.client.address), other.balance_of(a.client.address))
+    with pytest.raises(TokenChanged) as caught:
+        client.channels.open(MODEL, 10**6, a.provider2.address)
+    assert (caught.value.accepted, caught.value.listed) == (d.usdc.address, other.address)
+    assert "nothing was deposited" in str(caught.value)
+    assert (d.usdc.balance_of(a.client.address), other.balance_of(a.client.address)) == before
+    assert d.usdc.allowance(a.client.address, d.escrow.address) == 0, "approval taken back"
+    assert client.channels.list() == []
+
+
+def test_an_erc20_open_and_top_up_leave_no_allowance_behind(
+    client: Tallystick, world: dict[str, Any]
+) -> None:
+    a, d, fake = world["accounts"], world["deployment"], world["fake"]
+    fake.prices = USDC_PRICES
+    info = client.channels.open(MODEL, 10**6, a.provider2.address)
+    assert d.usdc.allowance(a.client.address, d.escrow.address) == 0
+    client.channels.top_up(info.channel_id, 10**5)
+    assert d.usdc.allowance(a.client.address, d.escrow.address) == 0
+    assert d.escrow.get_channel(info.channel_id).deposit == 11 * 10**5

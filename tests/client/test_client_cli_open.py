@@ -75,11 +75,11 @@ def test_channel_open_refuses_a_price_raised_before_the_transaction(
         return original(self, *a, **kw)
 
     monkeypatch.setattr(Chain, "open_channel", open_after_price_change)
-    nonce = deployment.escrow.channel_count()
+    nonce = len(deployment.escrow.channels_opened())
     open_ = [*args, "channel", "open", "--model", "fake-model", "--deposit", str(DEPOSIT)]
     code, _, err = _run(open_, capsys)
     assert code == 1 and err.count("\n") == 1 and "Traceback" not in err
     assert f"accepted input {PRICES.input_per_m} / output {PRICES.output_per_m}" in err
     assert f"now input {raised.input_per_m} / output {raised.output_per_m}" in err
     assert "nothing was deposited" in err
-    assert deployment.escrow.channel_count() == nonce
+    assert len(deployment.escrow.channels_opened()) == nonce

@@ -13,6 +13,7 @@ from tallystick.node import (
     ChannelStatus,
     ClaimOutcome,
     CloseRequest,
+    KeyRetirement,
     LedgerStore,
     ListingInfo,
     Settings,
@@ -46,6 +47,8 @@ class FakeChain:
     provider: str
     channels: dict[bytes, ChannelInfo] = field(default_factory=dict)
     closes: list[CloseRequest] = field(default_factory=list)
+    retirements: list[KeyRetirement] = field(default_factory=list)
+    challenge: int = 3600
     now: int = 1_000_000
     gas_cost: int = 0
     fail_claims: int = 0  # the next n claim_many calls raise ChainUnavailable
@@ -94,7 +97,7 @@ class FakeChain:
         for signed in receipts:
             r = signed.receipt
             info = self.channels[r.channel_id]
-            if not info.may_sign(recover_receipt_signer(self.domain, signed)):
+            if not self._valid_signer(info, recover_receipt_signer(self.domain, signed)):
                 skipped[r.channel_id] = "EscrowInvalidSigner"
                 continue
             due = min(cost_of(r.input_tokens, r.output_tokens, info.prices), info.deposit)
@@ -103,6 +106,26 @@ class FakeChain:
                 info, paid=due, claimed_input=r.input_tokens, claimed_output=r.output_tokens
             )
         return ClaimOutcome("0x" + "ab" * 32, 50_000, claimed, skipped)
+
+    def _valid_signer(self, info: ChannelInfo, signer: str) -> bool:
+        # The escrow's rule (§7.3): client, current key, or a retired key within its grace.
+        return info.may_sign(signer) or any(
+            e.channel_id == info.channel_id and e.key == signer and self.now < e.valid_until
+            for e in self.retirements
+        )
+
+    def authorize_session_key(self, channel_id: bytes, key: str | None) -> None:
+        """``authorizeSessionKey``: the replaced key is retired for one challenge period."""
+        info = self.channels[channel_id]
+        if info.session_key is not None and info.session_key != key:
+            until = self.now + self.challenge
+            block = len(self.retirements) + 1
+            self.retirements.append(KeyRetirement(channel_id, info.session_key, until, block))
+        self.channels[channel_id] = replace(info, session_key=key)
+
+    async def key_retirements(self, from_block: int) -> tuple[list[KeyRetirement], int]:
+        events = [e for e in self.retirements if e.block >= from_block]
+        return events, max([from_block, *[e.block + 1 for e in self.retirements]])
 
     async def close_requests(self, from_block: int) -> tuple[list[CloseRequest], int]:
         events = [e for e in self.closes if e.block >= from_block]
@@ -185,7 +208,8 @@ def open_channel(
 ) -> bytes:
     from tallystick.protocol import channel_id
 
-    cid = channel_id(ESCROW, client.address, provider or chain.provider, model_id(model), nonce)
+    salt = nonce.to_bytes(32, "big")  # any distinct salt; tests number their channels
+    cid = channel_id(ESCROW, client.address, provider or chain.provider, model_id(model), salt)
     chain.channels[cid] = ChannelInfo(
         channel_id=cid,
         client=client.address,

@@ -128,6 +128,7 @@ def test_withdraw_pays_out_claimed_earnings(cli, deployment, accounts, w3):
     prices = _prices()
     registry.list_model(provider, NAME, prices, tokenizer_hash=bytes(32), context_length=2048)
     limits = {
+        "token": ETH,
         "max_input_price_per_m": prices.input_per_m,
         "max_output_price_per_m": prices.output_per_m,
     }

@@ -68,6 +68,7 @@ def _open(deployment: Any, client: Any, provider: Any) -> bytes:
         provider.address,
         model_id(MODEL),
         DEPOSIT,
+        token=ETH,
         max_input_price_per_m=PRICES.input_per_m,
         max_output_price_per_m=PRICES.output_per_m,
     )

@@ -72,6 +72,7 @@ def served(
             provider.address,
             model_id(NAME),
             10**17,
+            token=ETH,
             max_input_price_per_m=PRICES.input_per_m,
             max_output_price_per_m=PRICES.output_per_m,
         ).value

@@ -52,6 +52,7 @@ def market(deployment: Any, accounts: Any) -> Any:
         provider.address,
         model_id(MODEL),
         10**17,
+        token=ETH,
         max_input_price_per_m=PRICES.input_per_m,
         max_output_price_per_m=PRICES.output_per_m,
     ).value

@@ -154,3 +154,43 @@ async def test_the_default_erc20_threshold_is_one_whole_token(make_node):
         h.chain.gas_cost = 10**15
         [outcome] = await h.node.worker.settle(force=False)
         assert outcome.amount > 0
+
+
+async def test_a_retired_keys_receipt_is_claimed_before_its_grace_ends(make_node):
+    """§7.3: the client replaces the key that signed the last receipt; the worker claims it
+    at once (whatever the gas), and the node takes no new receipt from the old key."""
+    async with make_node(claim_gas_multiple=1e9) as h:
+        key = Account.from_key("0x" + "33" * 32)
+        h.chain.authorize_session_key(h.channel_id, key.address)
+        body = (await h.chat()).json()
+        posted = await h.http.post("/v1/tally/receipts", json=h.countersign(body, key))
+        assert posted.status_code == 200, posted.text
+        h.chain.gas_cost = 10**9
+        worker = h.node.worker
+        assert await worker.settle(force=False) == []  # not worth its gas yet
+        h.chain.authorize_session_key(h.channel_id, None)  # revoked
+        assert await worker.scan_key_retirements() == 1  # also refreshes the gate's view
+        late = (await h.chat()).json()
+        refused = await h.http.post("/v1/tally/receipts", json=h.countersign(late, key))
+        assert (refused.status_code, refused.json()["error"]["code"]) == (
+            400,
+            "receipt_signer_mismatch",
+        )
+        [candidate] = await worker.candidates()
+        assert (candidate.urgent, candidate.deadline) == (True, h.chain.now + 3600)
+        [outcome] = await worker.settle(force=False)
+        assert h.channel_id in outcome.claimed and not outcome.skipped
+        assert await worker.scan_key_retirements() == 0  # the scan cursor moved on
+
+
+async def test_a_retired_keys_receipt_past_its_grace_is_not_claimed(make_node):
+    async with make_node(claim_gas_multiple=1e9) as h:
+        key = Account.from_key("0x" + "33" * 32)
+        h.chain.authorize_session_key(h.channel_id, key.address)
+        body = (await h.chat()).json()
+        await h.http.post("/v1/tally/receipts", json=h.countersign(body, key))
+        h.chain.authorize_session_key(h.channel_id, Account.create().address)  # replaced
+        worker = h.node.worker
+        assert await worker.scan_key_retirements() == 1
+        h.chain.now += 3600  # the worker was down for the whole grace period
+        assert await worker.candidates() == []  # the escrow would refuse it: no wasted gas

@@ -148,6 +148,7 @@ def test_upstream_engine_is_metered_countersigned_and_settled(
     )
     assert listed.exit_code == 0, listed.output
     limits = {
+        "token": ETH,
         "max_input_price_per_m": PRICES.input_per_m,
         "max_output_price_per_m": PRICES.output_per_m,
     }

@@ -48,6 +48,7 @@ def _market(deployment: Any, accounts: Any, engine: FakeEngine, prices: Prices) 
         provider.address,
         model_id(MODEL),
         10**18,
+        token=ETH,
         max_input_price_per_m=prices.input_per_m,
         max_output_price_per_m=prices.output_per_m,
     )

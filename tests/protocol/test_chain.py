@@ -20,6 +20,7 @@ from tallystick.protocol import (
     connect,
     cost_of,
     model_id,
+    new_salt,
     receipt_message,
     sign_receipt,
 )
@@ -42,9 +43,10 @@ def list_eth_model(d: Any, provider: Any, name: str = MODEL, prices: Prices = PR
     return bytes(result.value)
 
 
-def limits(prices: Prices) -> dict[str, int]:
-    """``Escrow.open``'s price limits: the prices the client was quoted."""
+def limits(prices: Prices, token: str = ETH) -> dict[str, Any]:
+    """``Escrow.open``'s token and price limits: the listing the client was quoted."""
     return {
+        "token": token,
         "max_input_price_per_m": prices.input_per_m,
         "max_output_price_per_m": prices.output_per_m,
     }
@@ -110,12 +112,13 @@ def test_register_and_list(deployment: Any, accounts: Any) -> None:
 def test_open_eth_channel(deployment: Any, accounts: Any, w3: Any) -> None:
     d, client, provider = deployment, accounts.client, accounts.provider
     mid = list_eth_model(d, provider)
-    nonce = d.escrow.channel_count()
+    salt = new_salt()
     before = balance(w3, d.escrow.address)
     start = d.escrow.block_number()
-    result = d.escrow.open(client, provider.address, mid, DEPOSIT, **limits(PRICES))
+    result = d.escrow.open(client, provider.address, mid, DEPOSIT, **limits(PRICES), salt=salt)
     cid = result.value
-    assert cid == channel_id(d.escrow.address, client.address, provider.address, mid, nonce)
+    assert cid == channel_id(d.escrow.address, client.address, provider.address, mid, salt)
+    assert cid == d.escrow.channel_id(client.address, provider.address, mid, salt)
     assert balance(w3, d.escrow.address) - before == DEPOSIT
     state = d.escrow.get_channel(cid)
     assert (state.client, state.provider, state.token) == (client.address, provider.address, ETH)
@@ -142,17 +145,18 @@ def test_open_usdc_channel_approves_and_tops_up(deployment: Any, accounts: Any) 
         context_length=2048,
     ).value
     d.usdc.mint(client, client.address, 50_000_000)
-    result = d.escrow.open(
-        client, provider.address, mid, 20_000_000, **limits(Prices(2_000_000, 8_000_000))
-    )
+    quoted = limits(Prices(2_000_000, 8_000_000), d.usdc.address)
+    result = d.escrow.open(client, provider.address, mid, 20_000_000, **quoted)
     assert [e.name for e in result.events].count("Transfer") == 1
     cid = result.value
     state = d.escrow.get_channel(cid)
     assert (state.token, state.deposit) == (d.usdc.address, 20_000_000)
     assert d.usdc.balance_of(d.escrow.address) == 20_000_000
+    assert d.usdc.allowance(client.address, d.escrow.address) == 0, "approved exactly"
     d.escrow.top_up(client, cid, 5_000_000)
     assert d.escrow.get_channel(cid).deposit == 25_000_000
     assert d.usdc.balance_of(client.address) == 25_000_000
+    assert d.usdc.allowance(client.address, d.escrow.address) == 0
 
 
 def test_top_up_eth(deployment: Any, accounts: Any) -> None:
@@ -171,9 +175,7 @@ def test_claim_pays_the_cost_and_withdraw_pulls_it(deployment: Any, accounts: An
     start = d.escrow.block_number()
     first = d.escrow.claim(provider, signed(d, accounts.client, cid, 1000, 500))
     assert first.value == cost_of(1000, 500, PRICES)
-    second = d.escrow.claim(
-        accounts.other, signed(d, accounts.client, cid, 3000, 900, b"\x01" * 32)
-    )
+    second = d.escrow.claim(provider, signed(d, accounts.client, cid, 3000, 900, b"\x01" * 32))
     assert second.value == cost_of(3000, 900, PRICES) - cost_of(1000, 500, PRICES)
     claimed = d.escrow.receipts_claimed(start, channel_id=cid)
     assert [(e.args["inputTokens"], e.args["usageRoot"]) for e in claimed] == [
@@ -335,13 +337,10 @@ def test_open_is_refused_when_the_price_rose_after_the_quote(
     quoted, _ = d.registry.quote(provider.address, mid)
     raised = Prices(quoted.input_per_m, quoted.output_per_m * 2)
     d.registry.set_price(provider, mid, raised)
-    nonce, held, own = (
-        d.escrow.channel_count(),
-        balance(w3, d.escrow.address),
-        balance(w3, client.address),
-    )
+    salt = new_salt()
+    held, own = balance(w3, d.escrow.address), balance(w3, client.address)
     with pytest.raises(ContractError) as exc:
-        d.escrow.open(client, provider.address, mid, DEPOSIT, **limits(quoted))
+        d.escrow.open(client, provider.address, mid, DEPOSIT, **limits(quoted), salt=salt)
     assert (exc.value.name, exc.value.args) == (
         "EscrowPriceAboveLimit",
         (raised.input_per_m, raised.output_per_m, quoted.input_per_m, quoted.output_per_m),
@@ -350,7 +349,8 @@ def test_open_is_refused_when_the_price_rose_after_the_quote(
         f"EscrowPriceAboveLimit({raised.input_per_m}, {raised.output_per_m}, "
         f"{quoted.input_per_m}, {quoted.output_per_m})"
     )
-    assert d.escrow.channel_count() == nonce
+    cid = d.escrow.channel_id(client.address, provider.address, mid, salt)
+    assert d.escrow.get_channel(cid).status == ChannelStatus.NONE, "no channel was opened"
     assert balance(w3, d.escrow.address) == held
     assert balance(w3, client.address) == own, "refused before any transaction was sent"
     cid = d.escrow.open(client, provider.address, mid, DEPOSIT, **limits(raised)).value
@@ -367,13 +367,97 @@ def test_a_usdc_open_above_the_limit_moves_no_token(deployment: Any, accounts: A
     d.registry.set_price(provider, mid, Prices(2_000_001, 8_000_000))
     d.usdc.mint(client, client.address, 50_000_000)
     with pytest.raises(ContractError) as exc:
-        d.escrow.open(client, provider.address, mid, 20_000_000, **limits(quoted))
+        d.escrow.open(client, provider.address, mid, 20_000_000, **limits(quoted, d.usdc.address))
     assert (exc.value.name, exc.value.args) == (
         "EscrowPriceAboveLimit",
         (2_000_001, 8_000_000, 2_000_000, 8_000_000),
     )
     assert d.usdc.balance_of(client.address) == 50_000_000
     assert d.usdc.balance_of(d.escrow.address) == 0
+    assert d.usdc.allowance(client.address, d.escrow.address) == 0, "no allowance left behind"
+
+
+def test_open_is_refused_when_the_listing_token_changed_and_the_allowance_is_restored(
+    deployment: Any, accounts: Any, w3: Any
+) -> None:
+    """Issue 10, hole 3: the provider re-lists the model in another token before the open."""
+    from tallystick.protocol import deploy
+
+    d, client, provider = deployment, accounts.client, accounts.provider
+    other = deploy(w3, accounts.deployer).usdc  # a second ERC-20 at another address
+    d.registry.register(provider, "http://node")
+    quoted = Prices(2_000_000, 8_000_000)
+    mid = d.registry.list_model(
+        provider, "usdc-model", quoted, token=d.usdc.address, context_length=2048
+    ).value
+    d.registry.list_model(provider, "usdc-model", quoted, token=other.address, context_length=2048)
+    for token in (d.usdc, other):
+        token.mint(client, client.address, 50_000_000)
+        token.approve(client, d.escrow.address, 7)  # a standing allowance the client had set
+    with pytest.raises(ContractError) as exc:
+        d.escrow.open(client, provider.address, mid, 20_000_000, **limits(quoted, d.usdc.address))
+    assert (exc.value.name, exc.value.args) == (
+        "EscrowTokenMismatch",
+        (other.address, d.usdc.address),
+    )
+    for token in (d.usdc, other):
+        assert token.balance_of(client.address) == 50_000_000
+        assert token.allowance(client.address, d.escrow.address) == 7, "restored, not left at 20M"
+
+
+def test_only_the_provider_claims_and_only_a_party_closes(deployment: Any, accounts: Any) -> None:
+    """Issue 10, hole 1: nobody but the provider moves a channel's claimed totals."""
+    d, client, provider = deployment, accounts.client, accounts.provider
+    cid = open_eth(d, accounts)
+    jam = signed(d, client, cid, 6001, 500)
+    for caller in (client, accounts.other):
+        with pytest.raises(ContractError) as exc:
+            d.escrow.claim(caller, jam)
+        assert (exc.value.name, exc.value.args) == (
+            "EscrowNotProvider",
+            (caller.address, provider.address),
+        )
+    skipped = d.escrow.claim_many(client, [jam]).skipped
+    assert [(s.reason.name, s.reason.args) for s in skipped] == [
+        ("EscrowNotProvider", (client.address, provider.address))
+    ]
+    final = signed(d, client, cid, 100, 100)
+    provider_sig = sign_receipt(provider, d.escrow.domain, final.receipt).signature
+    with pytest.raises(ContractError) as exc:
+        d.escrow.close_cooperative(accounts.other, final, provider_sig)
+    assert (exc.value.name, exc.value.args) == (
+        "EscrowNotParty",
+        (accounts.other.address, client.address, provider.address),
+    )
+    assert d.escrow.get_channel(cid).input_tokens == 0
+    assert d.escrow.close_cooperative(provider, final, provider_sig).value == DEPOSIT - cost_of(
+        100, 100, PRICES
+    )
+
+
+def test_a_retired_session_key_pays_for_one_challenge_period(
+    deployment: Any, accounts: Any, advance_time: Any
+) -> None:
+    """Issue 10, hole 2 (§7.3): a key change keeps the old key's receipts claimable a while."""
+    d, client, provider = deployment, accounts.client, accounts.provider
+    cid = open_eth(d, accounts)
+    old, new = Account.create(), Account.create()
+    d.escrow.authorize_session_key(client, cid, old.address)
+    before_change = signed(d, old, cid, 40_000, 20_000)
+    start = d.escrow.block_number()
+    d.escrow.authorize_session_key(client, cid, new.address)
+    valid_until = d.escrow.retired_key_valid_until(cid, old.address)
+    [event] = d.escrow.key_retirements(start, channel_id=cid)
+    assert event.args == {"channelId": cid, "sessionKey": old.address, "validUntil": valid_until}
+    assert d.escrow.retired_key_valid_until(cid, new.address) == 0
+    assert d.escrow.claim(provider, before_change).value == cost_of(40_000, 20_000, PRICES)
+    assert advance_time(3600) >= valid_until
+    with pytest.raises(ContractError) as exc:
+        d.escrow.claim(provider, signed(d, old, cid, 50_000, 20_000))
+    assert (exc.value.name, exc.value.args) == (
+        "EscrowInvalidSigner",
+        (old.address, client.address),
+    )
 
 
 def test_open_takes_no_default_price_limits(deployment: Any, accounts: Any) -> None:
@@ -381,16 +465,24 @@ def test_open_takes_no_default_price_limits(deployment: Any, accounts: Any) -> N
     mid = list_eth_model(d, provider)
     with pytest.raises(TypeError, match="max_input_price_per_m"):
         d.escrow.open(client, provider.address, mid, DEPOSIT)  # type: ignore[call-arg]
+    no_token = {"max_input_price_per_m": 1, "max_output_price_per_m": 1}
+    with pytest.raises(TypeError, match="token"):
+        d.escrow.open(client, provider.address, mid, DEPOSIT, **no_token)  # type: ignore[call-arg]
     with pytest.raises(ValueError, match=r"max_output_price_per_m must be in \[0, "):
         d.escrow.open(
             client,
             provider.address,
             mid,
             DEPOSIT,
+            token=ETH,
             max_input_price_per_m=1,
             max_output_price_per_m=-1,
         )
-    unlimited = {"max_input_price_per_m": 2**96 - 1, "max_output_price_per_m": 2**96 - 1}
+    unlimited = {
+        "token": ETH,
+        "max_input_price_per_m": 2**96 - 1,
+        "max_output_price_per_m": 2**96 - 1,
+    }
     cid = d.escrow.open(client, provider.address, mid, DEPOSIT, **unlimited).value
     assert d.escrow.get_channel(cid).prices == PRICES, "the snapshot is the listing, not the limit"
 

@@ -9,7 +9,8 @@ DOCUMENTED = {
     "Domain", "Prices", "Receipt", "SignedReceipt", "UsageRecord", "SignedUsageRecord",
     "BearerToken",
     # identifiers, pricing, usage chain
-    "model_id", "channel_id", "cost_of", "hash_token_ids", "next_usage_root", "ZERO_ROOT",
+    "model_id", "channel_id", "new_salt", "cost_of", "hash_token_ids", "next_usage_root",
+    "ZERO_ROOT",
     # EIP-712
     "receipt_message", "usage_record_message", "bearer_message", "sign_receipt",
     "sign_usage_record", "make_bearer_token", "recover_receipt_signer",

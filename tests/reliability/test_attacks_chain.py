@@ -25,6 +25,7 @@ from tallystick.protocol import (
     cost_of,
     deploy,
     model_id,
+    new_salt,
     sign_receipt,
 )
 from tallystick.protocol._bindings import transact
@@ -32,11 +33,13 @@ from tallystick.protocol._deploy import deploy_contract
 
 pytestmark = pytest.mark.chain
 
+ETH = "0x0000000000000000000000000000000000000000"
 DEPOSIT = 10**15
 ROOT = b"\x42" * 32
 SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 # The client's price limits at open: the listed prices it was quoted.
 LIMITS = {
+    "token": ETH,
     "max_input_price_per_m": PRICES.input_per_m,
     "max_output_price_per_m": PRICES.output_per_m,
 }
@@ -67,9 +70,9 @@ def refused(name: str, call: Any) -> ContractError:
     return caught.value
 
 
-def _open(market: Any, account: Any) -> bytes:
+def _open(market: Any, account: Any, salt: bytes | None = None) -> bytes:
     provider = market.accounts.provider.address
-    result = market.escrow.open(account, provider, model_id(MODEL), DEPOSIT, **LIMITS)
+    result = market.escrow.open(account, provider, model_id(MODEL), DEPOSIT, **LIMITS, salt=salt)
     return bytes(result.value)
 
 
@@ -111,9 +114,7 @@ def test_a_receipt_signed_for_another_escrow_does_not_pay(
     assert snapshot(market, a) == before
 
 
-def test_a_receipt_signed_for_another_chain_does_not_pay(
-    market: Any, channels: tuple[bytes, bytes], other_chain: Any
-) -> None:
+def test_a_receipt_signed_for_another_chain_does_not_pay(market: Any, other_chain: Any) -> None:
     """Same contracts at the same addresses and the same channel id on a second chain."""
     accounts = market.accounts
     w3b, escrow_b = other_chain
@@ -122,12 +123,18 @@ def test_a_receipt_signed_for_another_chain_does_not_pay(
     registry_b.list_model(
         accounts.provider, MODEL, PRICES, tokenizer_hash=b"\x11" * 32, context_length=2048
     )
+    salt = new_salt()  # the client opens with the same salt on both chains
     cid_b = bytes(
         escrow_b.open(
-            accounts.client, accounts.provider.address, model_id(MODEL), DEPOSIT, **LIMITS
+            accounts.client,
+            accounts.provider.address,
+            model_id(MODEL),
+            DEPOSIT,
+            **LIMITS,
+            salt=salt,
         ).value
     )
-    a, _ = channels
+    a = _open(market, accounts.client, salt)
     assert escrow_b.address == market.escrow.address and cid_b == a  # identical but for chainId
     signed_here = sign_receipt(accounts.client, market.escrow.domain, _receipt(a, 1000, 1000))
     before_b = (int(w3b.eth.get_balance(escrow_b.address)), escrow_b.get_channel(cid_b))
@@ -201,7 +208,7 @@ def test_a_claim_after_finalize_is_refused(
 
 
 def test_a_session_key_pays_only_on_its_own_channel(
-    market: Any, channels: tuple[bytes, bytes]
+    market: Any, channels: tuple[bytes, bytes], advance_time: Any
 ) -> None:
     a, b = channels
     accounts, escrow = market.accounts, market.escrow
@@ -215,8 +222,66 @@ def test_a_session_key_pays_only_on_its_own_channel(
     inside = sign_receipt(session, escrow.domain, _receipt(a, 1000, 1000))
     assert escrow.claim(accounts.provider, inside).value == cost_of(1000, 1000, PRICES)
     escrow.authorize_session_key(accounts.client, a, "0x" + "00" * 20)  # revoked
-    after_revoke = sign_receipt(session, escrow.domain, _receipt(a, 2000, 2000))
-    refused("EscrowInvalidSigner", lambda: escrow.claim(accounts.provider, after_revoke))
+    after_grace = sign_receipt(session, escrow.domain, _receipt(a, 2000, 2000))
+    advance_time(escrow.challenge_period())  # §7.3: a revoked key pays one challenge period more
+    refused("EscrowInvalidSigner", lambda: escrow.claim(accounts.provider, after_grace))
+
+
+def test_a_client_cannot_jam_the_providers_claims_with_its_own_receipt(
+    market: Any, channels: tuple[bytes, bytes], advance_time: Any
+) -> None:
+    """Issue 10, hole 1: claimed (1000, 500), countersigned (6000, 50500); the client claims
+    (6001, 500) itself and closes. Refused: only the provider moves the claimed totals."""
+    a, _ = channels
+    accounts, escrow = market.accounts, market.escrow
+    sign = lambda i, o: sign_receipt(accounts.client, escrow.domain, _receipt(a, i, o))  # noqa: E731
+    escrow.claim(accounts.provider, sign(1000, 500))
+    owed, jam = sign(6000, 50_500), sign(6001, 500)
+    before = snapshot(market, a)
+    for caller in (accounts.client, accounts.other):
+        err = refused("EscrowNotProvider", lambda c=caller: escrow.claim(c, jam))
+        assert err.args == (caller.address, accounts.provider.address)
+    assert [s.reason.name for s in escrow.claim_many(accounts.client, [jam]).skipped] == [
+        "EscrowNotProvider"
+    ]
+    assert snapshot(market, a) == before
+    escrow.request_close(accounts.client, a)
+    paid = escrow.claim(accounts.provider, owed).value
+    assert paid == cost_of(6000, 50_500, PRICES) - cost_of(1000, 500, PRICES)
+    advance_time(escrow.challenge_period())
+    assert escrow.finalize(accounts.client, a).value == DEPOSIT - cost_of(6000, 50_500, PRICES)
+
+
+def test_a_captured_final_receipt_does_not_let_a_stranger_close(
+    market: Any, channels: tuple[bytes, bytes]
+) -> None:
+    """A final receipt and the provider's signature seen in transit close nothing for others."""
+    a, _ = channels
+    accounts, escrow = market.accounts, market.escrow
+    final = sign_receipt(accounts.client, escrow.domain, _receipt(a, 1000, 1000))
+    provider_sig = sign_receipt(accounts.provider, escrow.domain, final.receipt).signature
+    before = snapshot(market, a)
+    err = refused(
+        "EscrowNotParty", lambda: escrow.close_cooperative(accounts.other, final, provider_sig)
+    )
+    assert err.args == (accounts.other.address, accounts.client.address, accounts.provider.address)
+    assert snapshot(market, a) == before
+
+
+def test_revoking_a_session_key_does_not_void_what_it_countersigned(
+    market: Any, channels: tuple[bytes, bytes], advance_time: Any
+) -> None:
+    """Issue 10, hole 2: the key countersigns (40000, 20000), the client revokes it and closes."""
+    a, _ = channels
+    accounts, escrow = market.accounts, market.escrow
+    session = accounts[8]
+    escrow.authorize_session_key(accounts.client, a, session.address)
+    owed = sign_receipt(session, escrow.domain, _receipt(a, 40_000, 20_000))
+    escrow.authorize_session_key(accounts.client, a, ETH)
+    escrow.request_close(accounts.client, a)
+    assert escrow.claim(accounts.provider, owed).value == cost_of(40_000, 20_000, PRICES)
+    advance_time(escrow.challenge_period())
+    assert escrow.finalize(accounts.client, a).value == DEPOSIT - cost_of(40_000, 20_000, PRICES)
 
 
 def test_a_reentrant_token_cannot_withdraw_twice(market: Any) -> None:
@@ -230,7 +295,11 @@ def test_a_reentrant_token_cannot_withdraw_twice(market: Any) -> None:
     )  # fmt: skip
     cid = bytes(
         escrow.open(
-            accounts.client, accounts.provider.address, model_id("evil-model"), 10**9, **LIMITS
+            accounts.client,
+            accounts.provider.address,
+            model_id("evil-model"),
+            10**9,
+            **LIMITS | {"token": evil.address},
         ).value
     )
     escrow.claim(

@@ -233,7 +233,7 @@ def _front_run(market: Any, client: Any, changed: Prices) -> None:
 
 
 def _nothing_moved(market: Any, client: Any, before: tuple[int, int]) -> None:
-    assert (market.escrow.channel_count(), _escrow_eth(market)) == before
+    assert (len(market.escrow.channels_opened()), _escrow_eth(market)) == before
     assert client.channels.list() == []
 
 
@@ -249,7 +249,7 @@ def test_front_run_price_rise_is_refused(
     client = make_client(market.accounts.client, "client")
     raised = Prices(PRICES.input_per_m * 10, PRICES.output_per_m * 10)
     _front_run(market, client, raised)
-    before = (market.escrow.channel_count(), _escrow_eth(market))
+    before = (len(market.escrow.channels_opened()), _escrow_eth(market))
     balance = int(market.w3.eth.get_balance(market.accounts.client.address))
     with pytest.raises(PriceChanged) as caught:
         client.channels.open(
@@ -272,7 +272,7 @@ def test_front_run_in_the_same_block_is_refused_and_costs_only_gas(
     set_price = market.registry.contract.functions.setPrice(
         model_id(MODEL), raised.input_per_m, raised.output_per_m
     )
-    before = (market.escrow.channel_count(), _escrow_eth(market))
+    before = (len(market.escrow.channels_opened()), _escrow_eth(market))
     balance = int(w3.eth.get_balance(market.accounts.client.address))
     with pytest.raises(PriceChanged) as caught:
         same_block_front_run(
