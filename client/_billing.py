@@ -269,8 +269,8 @@ class Biller:
         except ClientError:
             if not pending.served.get("ended_by_node"):
                 raise
-            # The node closed the answer without its record and signed none: nothing to pay.
-            missing = Mismatch("record", "the usage record of the answer", "none: ended without")
+            # The node closed the answer itself, yet says its record is still being served.
+            missing = Mismatch("record", "the usage record of the answer", "still pending")
             missing_dispute = BillingDispute(channel.channel_id, pending.seq, [missing])
             raise self._dispute(missing_dispute, {"request": pending.served}, None) from None
         if raw is None:
