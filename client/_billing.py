@@ -1,4 +1,4 @@
-"""The client's side of metering: bearer tokens, verify, countersign, store, hand the receipt over.
+"""The client's side of metering: request signatures, verify, countersign, store, receipts.
 
 Order matters (Guarantee 3 of DESIGN.md): a receipt is on disk before the node sees it, and a
 bill that does not verify is never countersigned; its evidence is stored instead. A request
@@ -23,10 +23,11 @@ from eth_account.signers.local import LocalAccount
 from tallystick.protocol import (
     ProtocolError,
     Receipt,
+    RequestAuth,
     SignedUsageRecord,
     TokenCounter,
-    make_bearer_token,
     sign_receipt,
+    sign_request_auth,
 )
 
 from ._counting import PromptCounter
@@ -42,7 +43,7 @@ from ._errors import (
     WalletError,
 )
 from ._locks import ChannelLock, LockWait
-from ._node import NodeClient
+from ._node import Authorizer, NodeClient
 from ._store import ChannelInfo, Pending, Store
 from ._tokenizers import TokenizerCache
 from ._verify import (
@@ -62,8 +63,7 @@ if TYPE_CHECKING:
 __all__ = ["LOCK_TIMEOUT_S", "RECEIPT_HEADER", "Biller"]
 
 RECEIPT_HEADER = "X-Tally-Receipt"
-BEARER_TTL_S = 3600
-BEARER_RENEW_S = 60  # renew a token this long before it expires
+REQUEST_TTL_S = 60  # a request signature is valid this long (the node takes it once)
 MAX_UNSEEN_TOKENS = 16  # ids a node may bill past what an interrupted stream delivered
 RECORD_WAIT_S = 10.0  # how long a node may take to sign the record of an interrupted request
 LOCK_TIMEOUT_S = 900.0  # how long a request waits for another one on its channel
@@ -95,7 +95,6 @@ class Biller:
         self.record_wait_s = record_wait_s
         self.tolerance = tolerance
         self.chain = chain  # only to name the challenge period in a dispute's way out
-        self._tokens: dict[bytes, tuple[str, int]] = {}
         self._lock = threading.Lock()
         self.on_lock_wait = on_lock_wait
         # One request at a time per channel, across processes too (``ChannelLock``).
@@ -135,21 +134,27 @@ class Biller:
             )
         return self.wallet.account
 
-    def bearer(self, channel: ChannelInfo) -> str:
-        """A bearer token for the channel (§4.3), reused until shortly before it expires."""
-        with self._lock:
-            cached = self._tokens.get(channel.channel_id)
-            if cached and cached[1] - BEARER_RENEW_S > time.time():
-                return cached[0]
-            signer = self.signer(channel)
-            token = make_bearer_token(signer, channel.domain, channel.channel_id, BEARER_TTL_S)
-            self._tokens[channel.channel_id] = (token.encode(), token.expires_at)
-            return token.encode()
+    def authorization(self, channel: ChannelInfo, method: str, path: str, body: bytes) -> str:
+        """The ``Authorization`` value for one request (§4.3): signed for this request only.
 
-    def forget_bearer(self, channel_id: bytes) -> None:
-        """Drop the cached token (the channel's signer changed)."""
-        with self._lock:
-            self._tokens.pop(channel_id, None)
+        ``seq`` is the channel's next request and ``lastRoot`` the root of the last receipt
+        countersigned; ``path`` is the route from ``/v1/`` on.
+        """
+        tally = self.store.tally(channel.channel_id)
+        auth = RequestAuth.for_request(
+            channel.channel_id,
+            tally.seq + 1,
+            tally.usage_root,
+            method,
+            path,
+            body,
+            REQUEST_TTL_S,
+        )
+        return sign_request_auth(self.signer(channel), channel.domain, auth).header()
+
+    def authorizer(self, channel: ChannelInfo) -> Authorizer:
+        """``authorization`` bound to ``channel``, for ``NodeClient`` calls."""
+        return lambda method, path, body: self.authorization(channel, method, path, body)
 
     def counter(self, channel: ChannelInfo) -> TokenCounter:
         return self.prompt_counter(channel).counter
@@ -313,7 +318,7 @@ class Biller:
         while True:
             try:
                 return self.node(channel).record(
-                    channel.channel_id, pending.seq, self.bearer(channel)
+                    channel.channel_id, pending.seq, self.authorizer(channel)
                 )
             except NodeError as exc:
                 if exc.status != 404:
@@ -337,7 +342,7 @@ class Biller:
         if tally.receipt is None or tally.delivered:
             return
         try:
-            self.node(channel).post_receipt(tally.receipt, self.bearer(channel))
+            self.node(channel).post_receipt(tally.receipt)
         except ClientError:
             return  # stays undelivered: piggybacked on the next request, or posted on close
         self.store.mark_delivered(channel.channel_id, tally.seq)

@@ -81,7 +81,7 @@ class Channels:
         behind either).
 
         ``session_key=True`` authorises a fresh key for this channel alone in the same
-        transaction; it signs the channel's bearer tokens and receipts, so the wallet's key is
+        transaction; it signs the channel's requests and receipts, so the wallet's key is
         needed again only to top up or close (see ``Store.add_session_key`` for its storage).
         """
         if deposit <= 0:
@@ -121,7 +121,6 @@ class Channels:
         key = self._client.store.new_session_key()
         self._chain.authorize_session_key(self._client.account, info.channel_id, key.address)
         self._client.store.bind_session_key(key.address, info.channel_id)
-        self._client.biller.forget_bearer(info.channel_id)
         return str(key.address)
 
     def top_up(self, channel: bytes | str, amount: int) -> ChannelInfo:
@@ -156,7 +155,7 @@ class Channels:
         with biller.locked(info):  # no request of another process in between
             biller.resolve_pending(info)  # an interrupted request is part of the final total
             final = self._final_receipt(info)
-            provider_sig = biller.node(info).close(final, biller.bearer(info))
+            provider_sig = biller.node(info).close(final, biller.authorizer(info))
         signed_by = recover_receipt_signer(info.domain, SignedReceipt(final.receipt, provider_sig))
         if signed_by.lower() != info.provider.lower():
             raise ClientError(f"the node's close signature is by {signed_by}, not {info.provider}")

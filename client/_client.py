@@ -153,7 +153,8 @@ class Tallystick:
         kwargs.setdefault("max_retries", 0)  # a retried completion would be served twice
         return openai.OpenAI(
             base_url=info.endpoint.rstrip("/") + "/v1",
-            api_key=self.biller.bearer(info),
+            # Not a credential: the transport signs every request (§4.3) in its place.
+            api_key=f"tally-channel-{info.hex_id}",
             http_client=self.http_client(info),  # type: ignore[arg-type]
             **kwargs,
         )

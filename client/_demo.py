@@ -738,7 +738,7 @@ def _step_settle(run: _Run, command: list[str], client: Tallystick) -> None:
     run.console.rule("[bold]7 · Settlement: claimMany, cooperative close, withdraw")
     assert run.channel is not None
     cid = run.channel.channel_id
-    view = client.node(run.endpoint).channel(cid, client.biller.bearer(run.channel))
+    view = client.node(run.endpoint).channel(cid, client.biller.authorizer(run.channel))
     held = view.get("countersigned") or {}
     run.console.print(
         f"the node holds the countersigned receipt seq {held.get('seq')} "

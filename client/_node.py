@@ -7,8 +7,12 @@ limit and depth-checked before they are parsed (``_json.py``): ``InvalidResponse
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import warnings
+from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 from tallystick.protocol import ProtocolError, SignedReceipt
@@ -24,7 +28,38 @@ from ._json import (
     too_deep,
 )
 
-__all__ = ["NodeClient", "node_error", "send"]
+__all__ = ["InsecureEndpointWarning", "NodeClient", "is_loopback", "node_error", "send"]
+
+Authorizer = Callable[[str, str, bytes], str]  # (method, path, body) -> Authorization value
+
+
+class InsecureEndpointWarning(UserWarning):
+    """A node endpoint is plain ``http://`` to another host: requests travel readable."""
+
+
+def is_loopback(host: str | None) -> bool:
+    """True for ``localhost`` and loopback addresses (where plain HTTP stays on the machine)."""
+    if not host:
+        return False
+    if host.lower() == "localhost" or host.lower().endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def warn_if_insecure(endpoint: str) -> None:
+    """Warn (once per endpoint) when ``endpoint`` is ``http://`` to a non-loopback host."""
+    parts = urlsplit(endpoint)
+    if parts.scheme == "http" and not is_loopback(parts.hostname):
+        warnings.warn(
+            f"the node endpoint {endpoint} is plain HTTP to another host: prompts, answers and "
+            "receipts travel readable (request signatures still protect the channel); "
+            "use https://",
+            InsecureEndpointWarning,
+            stacklevel=3,
+        )
 
 
 class NodeClient:
@@ -33,6 +68,7 @@ class NodeClient:
     def __init__(self, endpoint: str, http: httpx.Client) -> None:
         self.endpoint = endpoint.rstrip("/")
         self._http = http
+        warn_if_insecure(self.endpoint)
 
     def url(self, path: str) -> str:
         return f"{self.endpoint}{path}"
@@ -50,14 +86,17 @@ class NodeClient:
         path = f"/v1/tally/tokenizer/{model}"
         return self.request("GET", path, limit=MAX_TOKENIZER_BYTES)
 
-    def post_receipt(self, receipt: SignedReceipt, bearer: str) -> None:
-        """``POST /v1/tally/receipts``; returns once the node has it on disk."""
-        self.request("POST", "/v1/tally/receipts", json=receipt.to_json(), bearer=bearer)
+    def post_receipt(self, receipt: SignedReceipt) -> None:
+        """``POST /v1/tally/receipts``; returns once the node has it on disk.
 
-    def close(self, receipt: SignedReceipt, bearer: str) -> bytes:
+        No request signature: the receipt's own signature is the client's over this action.
+        """
+        self.request("POST", "/v1/tally/receipts", json=receipt.to_json())
+
+    def close(self, receipt: SignedReceipt, auth: Authorizer) -> bytes:
         """Ask the node to countersign the final receipt; return the provider's signature."""
         path = f"/v1/tally/channels/0x{receipt.receipt.channel_id.hex()}/close"
-        body = loads(self.request("POST", path, json=receipt.to_json(), bearer=bearer), "close")
+        body = loads(self.request("POST", path, json=receipt.to_json(), auth=auth), "close")
         sig = None
         if isinstance(body, dict):
             sig = body.get("providerSignature") or body.get("provider_signature")
@@ -66,18 +105,18 @@ class NodeClient:
             raise ProtocolError(f"{self.url(path)} did not return a 65-byte provider signature")
         return bytes.fromhex(sig[2:])
 
-    def record(self, channel_id: bytes, seq: int, bearer: str) -> dict[str, Any]:
+    def record(self, channel_id: bytes, seq: int, auth: Authorizer) -> dict[str, Any]:
         """``GET /v1/tally/channels/{id}/records/{seq}``: a signed record and its ids."""
         path = f"/v1/tally/channels/0x{channel_id.hex()}/records/{seq}"
-        body = loads(self.request("GET", path, bearer=bearer), "the record")
+        body = loads(self.request("GET", path, auth=auth), "the record")
         if not isinstance(body, dict):
             raise ProtocolError(f"{self.url(path)} did not return a record object")
         return body
 
-    def channel(self, channel_id: bytes, bearer: str) -> dict[str, Any]:
+    def channel(self, channel_id: bytes, auth: Authorizer) -> dict[str, Any]:
         """``GET /v1/tally/channels/{id}``: the node's view of the channel."""
         path = f"/v1/tally/channels/0x{channel_id.hex()}"
-        body = loads(self.request("GET", path, bearer=bearer), "the channel")
+        body = loads(self.request("GET", path, auth=auth), "the channel")
         return body if isinstance(body, dict) else {}
 
     def request(
@@ -86,12 +125,16 @@ class NodeClient:
         path: str,
         *,
         json: Any = None,
-        bearer: str | None = None,
+        auth: Authorizer | None = None,
         limit: int = MAX_BODY_BYTES,
     ) -> bytes:
-        """The body of a successful answer (at most ``limit`` bytes); ``NodeError`` otherwise."""
-        headers = {"Authorization": f"Bearer {bearer}"} if bearer else {}
-        request = self._http.build_request(method, self.url(path), json=json, headers=headers)
+        """The body of a successful answer (at most ``limit`` bytes); ``NodeError`` otherwise.
+
+        ``auth`` signs the request (§4.3) over its method, ``path`` and the exact body bytes.
+        """
+        request = self._http.build_request(method, self.url(path), json=json)
+        if auth is not None:
+            request.headers["Authorization"] = auth(method, path, request.read())
         response = send(self._http, request, stream=True)
         if response.status_code >= 400:
             raise node_error(response)

@@ -1,7 +1,7 @@
 """``TallyTransport``: an httpx transport that makes any OpenAI client pay only verified bills.
 
 It sits under ``openai.OpenAI(http_client=httpx.Client(transport=...))`` (and under the SDK's
-own chat API): it signs the bearer token, counts the prompt itself, piggybacks an
+own chat API): it signs each request (§4.3), counts the prompt itself, piggybacks an
 undelivered receipt, and verifies the bill of every completion before the caller sees the
 answer (streaming: before ``[DONE]`` is passed on). A bill that does not verify raises
 ``BillingDispute`` out of the OpenAI call; nothing is countersigned.
@@ -21,6 +21,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 from tallystick.protocol import ProtocolError
@@ -57,9 +58,9 @@ class TallyTransport(httpx.BaseTransport):
         self.inner = inner
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        request.headers["Authorization"] = f"Bearer {self.biller.bearer(self.channel)}"
         kind = _kind(request)
         if kind is None:
+            self._sign(request)
             return _checked(self.inner.handle_request(request))
         body = _request_json(request)
         served = self._served(kind, body)
@@ -75,6 +76,13 @@ class TallyTransport(httpx.BaseTransport):
     def close(self) -> None:
         pass  # the inner transport belongs to the Tallystick client, which closes it
 
+    def _sign(self, request: httpx.Request) -> None:
+        # Replaces whatever the caller put there (the openai SDK's api_key, which buys nothing).
+        route = _route(request.url.path, self.channel.endpoint)
+        request.headers["Authorization"] = self.biller.authorization(
+            self.channel, request.method, route, request.read()
+        )
+
     def _send(
         self,
         request: httpx.Request,
@@ -89,6 +97,7 @@ class TallyTransport(httpx.BaseTransport):
         pending = self.biller.pending_receipt(self.channel)
         if pending is not None:
             request.headers[RECEIPT_HEADER] = pending
+        self._sign(request)  # for the next seq, after the last receipt (both settled above)
         seq = self.biller.begin(self.channel, served)
         try:
             response = self.inner.handle_request(request)
@@ -299,6 +308,12 @@ def _kind(request: httpx.Request) -> str | None:
     if path.endswith("/v1/completions"):
         return "text"
     return None
+
+
+def _route(path: str, endpoint: str) -> str:
+    """``path`` relative to the node's base URL (what the node routes, from ``/v1/`` on)."""
+    prefix = urlsplit(endpoint).path.rstrip("/")
+    return path[len(prefix) :] if prefix and path.startswith(prefix + "/") else path
 
 
 def _request_json(request: httpx.Request) -> dict[str, Any]:

@@ -19,7 +19,7 @@ __all__ = ["Wallet"]
 
 
 class Wallet:
-    """A signing key for channels, receipts and bearer tokens."""
+    """A signing key for channels, receipts and request signatures."""
 
     __slots__ = ("_account",)
 

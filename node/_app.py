@@ -25,7 +25,7 @@ from tallystick.protocol import ChainError, Domain, model_id
 
 from ._chain import ChainView, ChannelCache
 from ._errors import ApiError, chain_unavailable
-from ._gate import PaymentGate
+from ._gate import Authorized, PaymentGate
 from ._keys import load_account
 from ._ledger import LedgerStore, open_ledger
 from ._metrics import CONTENT_TYPE, NodeMetrics
@@ -311,18 +311,19 @@ def _install_routes(app: FastAPI) -> None:
 
 
 async def _chat(request: Request) -> Any:
-    return await _complete(request, parse_body(await request.body(), ChatRequest))
+    return await _complete(request, ChatRequest)
 
 
 async def _completions(request: Request) -> Any:
-    return await _complete(request, parse_body(await request.body(), CompletionRequest))
+    return await _complete(request, CompletionRequest)
 
 
-async def _complete(request: Request, body: ChatRequest | CompletionRequest) -> Any:
+async def _complete(request: Request, kind: type[ChatRequest] | type[CompletionRequest]) -> Any:
     node = _node(request)
-    done = await prepare(
-        node, body, request.headers.get("authorization"), request.headers.get("x-tally-receipt")
-    )
+    raw = await request.body()
+    authorized = await _authenticate(request, raw)  # before anything reads the body
+    body = parse_body(raw, kind)
+    done = await prepare(node, body, authorized, request.headers.get("x-tally-receipt"))
     # The limit the node applied, said out loud (it chose it when the request named none).
     headers = {**done.ticket.headers, "x-tally-max-tokens": str(done.params.max_tokens)}
     if body.stream:
@@ -379,6 +380,8 @@ async def _tokenizer(request: Request, model: str) -> Response:
 
 
 async def _receipts(request: Request) -> Any:
+    # No request signature: the receipt is itself the client's signature over this action,
+    # and storing the highest one a client signed is all it can do (docs/protocol.md §8).
     body = await _receipt_body(request)
     stored = await _node(request).gate.accept_receipt(body)
     return {"status": "stored", "channelId": "0x" + stored.channel_id.hex(), "seq": stored.seq}
@@ -432,10 +435,18 @@ async def _close(request: Request, channel: str) -> Any:
 
 
 async def _channel_auth(request: Request, channel: str) -> Any:
-    info = await _node(request).gate.authorize(request.headers.get("authorization"), None)
+    authorized = await _authenticate(request, await request.body())
+    info = authorized.channel
     if "0x" + info.channel_id.hex() != channel.lower():
-        raise ApiError(401, "the bearer token is for another channel", code="invalid_api_key")
+        raise ApiError(401, "the request is signed for another channel", code="invalid_api_key")
     return info
+
+
+async def _authenticate(request: Request, body: bytes) -> Authorized:
+    """The request's signature (§4.3) over its method, route and exact body bytes."""
+    return await _node(request).gate.authenticate(
+        request.headers.get("authorization"), request.method, request.url.path, body
+    )
 
 
 async def _receipt_body(request: Request) -> dict[str, Any]:

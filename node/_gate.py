@@ -1,4 +1,4 @@
-"""The payment gate (§8.1): bearer tokens, the credit rule, receipts, and signing records.
+"""The payment gate (§8.1): request signatures, the credit rule, receipts, and signing records.
 
 A channel's book (last record, countersigned seq, reservations in flight, closing flag) lives
 in the ledger, so several replicas sharing one ledger apply one credit rule and one usage
@@ -22,10 +22,8 @@ from typing import Any
 from eth_account.signers.local import LocalAccount
 from tallystick.protocol import (
     ZERO_ROOT,
-    BearerToken,
     ChainError,
     Domain,
-    InvalidBearerToken,
     InvalidSignature,
     ProtocolError,
     Receipt,
@@ -39,12 +37,13 @@ from tallystick.protocol import (
     sign_usage_record,
 )
 
+from ._auth import Authorized, SeenRequests, parse_request_auth, signer_of
 from ._chain import ChannelCache
 from ._errors import ApiError, chain_unavailable
 from ._ledger import Book, LedgerStore
 from ._types import ChannelInfo, ChannelStatus, StoredReceipt, StoredRecord
 
-__all__ = ["PaymentGate", "Reservation"]
+__all__ = ["Authorized", "PaymentGate", "Reservation"]
 
 
 @dataclass
@@ -82,6 +81,7 @@ class PaymentGate:
         self.replica_ttl = replica_ttl
         self._locks: defaultdict[bytes, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._arriving: defaultdict[bytes, int] = defaultdict(int)  # authorised, not reserved
+        self._seen = SeenRequests()
         self.heartbeat()
 
     def heartbeat(self) -> None:
@@ -90,38 +90,41 @@ class PaymentGate:
 
     # auth ----------------------------------------------------------------------------------
 
-    async def authorize(self, authorization: str | None, model: str | None) -> ChannelInfo:
-        """The channel a bearer token opens, checked against this node and ``model``."""
-        token = _parse_bearer(authorization)
-        if token.expired():
-            raise ApiError(
-                401, "the bearer token has expired; sign a new one", code="expired_token"
-            )
-        try:
-            signer = token.signer(self.domain)
-        except InvalidSignature as exc:
-            raise ApiError(
-                401, f"bad bearer token signature: {exc}", code="invalid_api_key"
-            ) from exc
-        channel = await self._channel(token.channel_id)
+    async def authenticate(
+        self, authorization: str | None, method: str, path: str, body: bytes
+    ) -> Authorized:
+        """The channel a request signature (§4.3) opens; each signature is taken once.
+
+        Checks form, expiry and the request it is bound to, then that the signer is the
+        channel's client or session key. A spending request's seq and root are checked by
+        ``reserve``, under the channel's lock.
+        """
+        signed = parse_request_auth(authorization, method, path, body)
+        auth = signed.auth
+        signer = signer_of(self.domain, signed)
+        channel = await self._channel(auth.channel_id)
         if not channel.may_sign(signer):
             # The client may have just authorised a new session key: read the chain once more.
-            channel = await self._channel(token.channel_id, refresh=True)
+            channel = await self._channel(auth.channel_id, refresh=True)
         if not channel.may_sign(signer):
             raise ApiError(
                 401,
-                f"the bearer token is signed by {signer}, which is neither the channel's client "
+                f"the request is signed by {signer}, which is neither the channel's client "
                 "nor its session key",
                 code="invalid_signer",
             )
-        if model is not None and channel.model_id != model_id(model):
+        self._seen.use(auth.struct_hash(), auth.expires_at, time.time())
+        return Authorized(channel, auth, signer)
+
+    def check_model(self, channel: ChannelInfo, model: str) -> None:
+        """400 unless ``channel`` was opened for ``model``."""
+        if channel.model_id != model_id(model):
             raise ApiError(
                 400,
                 f"this channel was opened for another model than {model!r}",
                 code="model_mismatch",
                 param="model",
             )
-        return channel
 
     async def _channel(self, channel_id: bytes, *, refresh: bool = False) -> ChannelInfo:
         try:
@@ -164,9 +167,15 @@ class PaymentGate:
     # credit rule ---------------------------------------------------------------------------
 
     async def reserve(
-        self, channel: ChannelInfo, prompt_tokens: int, max_tokens: int
+        self, authorized: Authorized, prompt_tokens: int, max_tokens: int
     ) -> Reservation:
-        """Hold the request's worst case, or raise 402 saying what the client must do."""
+        """Hold the request's worst case, or raise 402 saying what the client must do.
+
+        The signed seq and root are checked first, under the channel's ledger lock: a
+        request the client did not sign for the channel's next seq never reaches the credit
+        rule and never takes a seq.
+        """
+        channel = authorized.channel
         cid = channel.channel_id
         async with self._locks[cid]:
             for refreshed in (False, True):
@@ -175,6 +184,7 @@ class PaymentGate:
                     channel = await self._channel(cid, refresh=True)
                 with self._ledger.channel_lock(cid):
                     book = self._ledger.book(cid)
+                    self._check_next(authorized, book)
                     self._check_open(channel, book)
                     self._check_credit(book)
                     need = self._shortfall(channel, book, prompt_tokens, max_tokens)
@@ -189,6 +199,20 @@ class PaymentGate:
                 f"worst case (needs {channel.deposit + need}); top up the channel or lower "
                 "max_tokens",
                 code="insufficient_deposit",
+            )
+
+    def _check_next(self, authorized: Authorized, book: Book) -> None:
+        auth, cid = authorized.auth, authorized.channel.channel_id
+        expected = book.seq + book.in_flight + 1
+        receipt = self._ledger.last_receipt(cid) if book.countersigned_seq else None
+        root = receipt.signed.receipt.usage_root if receipt else ZERO_ROOT
+        if auth.seq != expected or auth.last_root != root:
+            raise ApiError(
+                409,
+                f"the request is signed for seq {auth.seq} after root 0x{auth.last_root.hex()}; "
+                f"this channel's next request is seq {expected} after the countersigned root "
+                f"0x{root.hex()} (seq {book.countersigned_seq})",
+                code="stale_request",
             )
 
     def _check_open(self, channel: ChannelInfo, book: Book) -> None:
@@ -440,21 +464,3 @@ def _parse_receipt(raw: Any) -> SignedReceipt:
 
 def _is_zero(receipt: Receipt) -> bool:
     return (receipt.input_tokens, receipt.output_tokens, receipt.usage_root) == (0, 0, ZERO_ROOT)
-
-
-def _parse_bearer(authorization: str | None) -> BearerToken:
-    if not authorization:
-        raise ApiError(
-            401,
-            "missing bearer token: send Authorization: Bearer tsk1.<channelId>.<expiresAt>.<sig>",
-            code="missing_api_key",
-        )
-    scheme, _, value = authorization.partition(" ")
-    if scheme.lower() != "bearer" or not value.strip():
-        raise ApiError(
-            401, "the Authorization header must be 'Bearer <token>'", code="invalid_api_key"
-        )
-    try:
-        return BearerToken.parse(value.strip())
-    except InvalidBearerToken as exc:
-        raise ApiError(401, str(exc), code="invalid_api_key") from exc

@@ -21,7 +21,7 @@ __all__ = ["install_openapi"]
 
 REF = "#/components/schemas/{model}"
 
-# route -> (body model, needs a bearer token, accepts X-Tally-Receipt)
+# route -> (body model, needs a request signature, accepts X-Tally-Receipt)
 _POSTS: dict[str, tuple[type[BaseModel], bool, bool]] = {
     "/v1/chat/completions": (ChatRequest, True, True),
     "/v1/completions": (CompletionRequest, True, True),
@@ -31,7 +31,8 @@ _POSTS: dict[str, tuple[type[BaseModel], bool, bool]] = {
 _AUTH_GETS = ("/v1/tally/channels/{channel}", "/v1/tally/channels/{channel}/records/{seq}")
 _ERRORS = {
     "400": "Invalid request",
-    "401": "Missing or invalid bearer token",
+    "401": "Missing, invalid, expired or reused request signature",
+    "409": "Request signed for another seq or root than the channel's next (stale_request)",
     "402": "The channel cannot pay (receipt required or deposit too small)",
     "404": "Unknown model, route or record",
     "413": "Body too large",
@@ -56,7 +57,13 @@ def build_openapi(app: FastAPI, model: str | None) -> dict[str, Any]:
     doc = get_openapi(title=app.title, version="1", routes=app.routes)
     components = doc.setdefault("components", {})
     schemas = components.setdefault("schemas", {})
-    components["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+    components["securitySchemes"] = {
+        "tally": {
+            "type": "http",
+            "scheme": "Tally",
+            "description": "A RequestAuth signature bound to this request (docs/protocol.md §4.3)",
+        }
+    }
     _add_model(schemas, ErrorEnvelope)
     for path, (body, auth, receipt) in _POSTS.items():
         name = _add_model(schemas, body)
@@ -83,7 +90,7 @@ def _add_model(schemas: dict[str, Any], model: type[BaseModel]) -> str:
 
 def _describe(op: dict[str, Any], *, auth: bool, receipt: bool) -> None:
     if auth:
-        op["security"] = [{"bearer": []}]
+        op["security"] = [{"tally": []}]
     if receipt:
         op.setdefault("parameters", []).append(
             {

@@ -26,7 +26,7 @@ from ._types import ChannelInfo, StoredRecord
 
 if TYPE_CHECKING:
     from ._app import NodeState
-    from ._gate import Reservation
+    from ._gate import Authorized, Reservation
     from ._ratelimit import Ticket
     from .engines import Engine, Prompt, SamplingParams, TokenEvent
 
@@ -269,9 +269,9 @@ DONE = b"data: [DONE]\n\n"
 
 
 async def prepare(
-    node: NodeState, request: Request, authorization: str | None, receipt_header: str | None
+    node: NodeState, request: Request, authorized: Authorized, receipt_header: str | None
 ) -> Completion:
-    """Validate, authorise, apply rate limits and the credit rule; return an admitted request."""
+    """Validate, apply rate limits and the credit rule to a signed request; admit it."""
     engine = node.engine
     if request.model != engine.model_name:
         raise ApiError(
@@ -281,20 +281,22 @@ async def prepare(
             code="model_not_found",
         )
     request.check_n()
-    channel = await node.gate.authorize(authorization, request.model)
+    channel = authorized.channel
+    node.gate.check_model(channel, request.model)
     node.gate.arrive(channel.channel_id)  # GET .../records/{seq} says "pending" meanwhile
     try:
-        return await _admit(node, request, channel, receipt_header)
+        return await _admit(node, request, authorized, receipt_header)
     finally:
         node.gate.leave(channel.channel_id)  # reserved (now in flight) or refused
 
 
 async def _admit(
-    node: NodeState, request: Request, channel: ChannelInfo, receipt_header: str | None
+    node: NodeState, request: Request, authorized: Authorized, receipt_header: str | None
 ) -> Completion:
     from .engines import Prompt, SamplingParams
 
     engine = node.engine
+    channel = authorized.channel
     if receipt_header:
         await node.gate.accept_receipt(_receipt_json(receipt_header))
     chat = isinstance(request, ChatRequest)
@@ -309,7 +311,7 @@ async def _admit(
     )
     ticket = node.limiter.admit(channel.channel_id, len(prompt.ids) + max_tokens)
     try:
-        reservation = await node.gate.reserve(channel, len(prompt.ids), max_tokens)
+        reservation = await node.gate.reserve(authorized, len(prompt.ids), max_tokens)
     except BaseException:
         ticket.settle(0)
         raise

@@ -1,13 +1,12 @@
 """``tallystick.protocol``: the shared language of client, node and contracts.
 
-EIP-712 types and signatures, pricing, the usage chain, bearer tokens, tokenizer bundles and
+EIP-712 types and signatures, pricing, the usage chain, request signatures, tokenizer bundles and
 token counting, contract artefacts and typed chain bindings. See docs/protocol.md (the
 normative spec) and docs/internals.md (this surface).
 """
 
 from ._abi import load_artifact
 from ._addresses import DeployedAddresses, read_deployment
-from ._bearer import BearerToken, make_bearer_token
 from ._bindings import (
     ChannelState,
     ChannelStatus,
@@ -23,25 +22,27 @@ from ._bindings import (
 )
 from ._deploy import Deployment, deploy
 from ._eip712 import (
-    bearer_message,
     bench_signing,
     receipt_message,
-    recover_bearer_signer,
     recover_message_signer,
     recover_receipt_signer,
+    recover_request_auth_signer,
     recover_usage_record_signer,
+    request_auth_message,
     sign_receipt,
+    sign_request_auth,
     sign_usage_record,
     usage_record_message,
 )
+from ._endpoint import is_loopback
 from ._errors import (
     ChainError,
     ChainUnavailable,
     ContractError,
     DeploymentNotFound,
-    InvalidBearerToken,
     InvalidChatTemplate,
     InvalidJSON,
+    InvalidRequestAuth,
     InvalidSignature,
     ProtocolError,
     TallystickError,
@@ -49,6 +50,7 @@ from ._errors import (
 )
 from ._ids import channel_id, model_id, new_salt
 from ._pricing import cost_of
+from ._request_auth import RequestAuth, SignedRequestAuth, request_hash
 from ._revert import decode_revert
 from ._rpc import FailoverHTTPProvider, rpc_label, split_rpc_urls
 from ._tokenizer import TokenCounter, TokenizerBundle
@@ -76,7 +78,6 @@ __all__ = [
     "MAX_TAG_OPERATORS",
     "MAX_TEMPLATE_NESTING",
     "ZERO_ROOT",
-    "BearerToken",
     "ChainError",
     "ChainUnavailable",
     "ChannelState",
@@ -89,9 +90,9 @@ __all__ = [
     "Escrow",
     "Event",
     "FailoverHTTPProvider",
-    "InvalidBearerToken",
     "InvalidChatTemplate",
     "InvalidJSON",
+    "InvalidRequestAuth",
     "InvalidSignature",
     "Listing",
     "Prices",
@@ -99,7 +100,9 @@ __all__ = [
     "ProviderInfo",
     "Receipt",
     "Registry",
+    "RequestAuth",
     "SignedReceipt",
+    "SignedRequestAuth",
     "SignedUsageRecord",
     "SkippedReceipt",
     "TallystickError",
@@ -109,7 +112,6 @@ __all__ = [
     "TokenizerMismatch",
     "TxResult",
     "UsageRecord",
-    "bearer_message",
     "bench_signing",
     "channel_id",
     "check_chat_template",
@@ -118,21 +120,24 @@ __all__ = [
     "decode_revert",
     "deploy",
     "hash_token_ids",
+    "is_loopback",
     "json_too_deep",
     "load_artifact",
     "loads_untrusted",
-    "make_bearer_token",
     "model_id",
     "new_salt",
     "next_usage_root",
     "read_deployment",
     "receipt_message",
-    "recover_bearer_signer",
     "recover_message_signer",
     "recover_receipt_signer",
+    "recover_request_auth_signer",
     "recover_usage_record_signer",
+    "request_auth_message",
+    "request_hash",
     "rpc_label",
     "sign_receipt",
+    "sign_request_auth",
     "sign_usage_record",
     "split_rpc_urls",
     "usage_record_message",

@@ -20,19 +20,14 @@ from eth_account.signers.local import LocalAccount
 from eth_utils import keccak, to_checksum_address
 
 from ._errors import InvalidSignature
+from ._request_auth import REQUEST_AUTH_TYPE, RequestAuth, SignedRequestAuth
 from ._types import (
     RECEIPT_TYPE,
-    UINT64_MAX,
     Domain,
     Receipt,
     SignedReceipt,
-    check_bytes32,
-    check_uint,
 )
 from ._usage import USAGE_RECORD_TYPE, SignedUsageRecord, UsageRecord
-
-BEARER_TYPE = "BearerToken(bytes32 channelId,uint64 expiresAt)"
-BEARER_TYPEHASH = keccak(text=BEARER_TYPE)
 
 # secp256k1 group order; OpenZeppelin rejects s > n/2 (malleable signatures).
 _SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
@@ -49,13 +44,6 @@ def digest(message: SignableMessage) -> bytes:
     return keccak(b"\x19" + message.version + message.header + message.body)
 
 
-def bearer_struct_hash(channel_id: bytes, expires_at: int) -> bytes:
-    """``hashStruct(BearerToken)``."""
-    check_bytes32("channel_id", channel_id)
-    check_uint("expires_at", expires_at, UINT64_MAX)
-    return keccak(BEARER_TYPEHASH + channel_id + expires_at.to_bytes(32, "big"))
-
-
 def receipt_message(domain: Domain, receipt: Receipt) -> SignableMessage:
     """The Receipt (§4.1) as a ``SignableMessage`` under the escrow's domain."""
     return _message(domain, receipt.struct_hash())
@@ -66,9 +54,9 @@ def usage_record_message(domain: Domain, record: UsageRecord) -> SignableMessage
     return _message(domain, record.struct_hash())
 
 
-def bearer_message(domain: Domain, channel_id: bytes, expires_at: int) -> SignableMessage:
-    """The BearerToken (§4.3) as a ``SignableMessage`` under the escrow's domain."""
-    return _message(domain, bearer_struct_hash(channel_id, expires_at))
+def request_auth_message(domain: Domain, auth: RequestAuth) -> SignableMessage:
+    """The RequestAuth (§4.3) as a ``SignableMessage`` under the escrow's domain."""
+    return _message(domain, auth.struct_hash())
 
 
 def sign_receipt(account: LocalAccount, domain: Domain, receipt: Receipt) -> SignedReceipt:
@@ -83,6 +71,14 @@ def sign_usage_record(
     """The provider's signature over a UsageRecord."""
     signed = account.sign_message(usage_record_message(domain, record))
     return SignedUsageRecord(record, bytes(signed.signature))
+
+
+def sign_request_auth(
+    account: LocalAccount, domain: Domain, auth: RequestAuth
+) -> SignedRequestAuth:
+    """The client's (or session key's) signature over one request (§4.3)."""
+    signed = account.sign_message(request_auth_message(domain, auth))
+    return SignedRequestAuth(auth, bytes(signed.signature))
 
 
 def recover_message_signer(message: SignableMessage, signature: bytes) -> str:
@@ -121,11 +117,9 @@ def recover_usage_record_signer(domain: Domain, signed: SignedUsageRecord) -> st
     return recover_message_signer(usage_record_message(domain, signed.record), signed.signature)
 
 
-def recover_bearer_signer(
-    domain: Domain, channel_id: bytes, expires_at: int, signature: bytes
-) -> str:
-    """Who signed a BearerToken under ``domain``."""
-    return recover_message_signer(bearer_message(domain, channel_id, expires_at), signature)
+def recover_request_auth_signer(domain: Domain, signed: SignedRequestAuth) -> str:
+    """Who signed a RequestAuth under ``domain``."""
+    return recover_message_signer(request_auth_message(domain, signed.auth), signed.signature)
 
 
 # --- Reference encoding through eth-account's typed-data encoder (tests and audits). ---
@@ -150,7 +144,7 @@ def typed_data(domain: Domain, primary_type: str, message: dict[str, Any]) -> di
     type_strings = {
         "Receipt": RECEIPT_TYPE,
         "UsageRecord": USAGE_RECORD_TYPE,
-        "BearerToken": BEARER_TYPE,
+        "RequestAuth": REQUEST_AUTH_TYPE,
     }
     return {
         "types": {**_TYPES, primary_type: _fields(type_strings[primary_type])},

@@ -3,7 +3,7 @@
     TallystickError
     ├── ProtocolError            a message or artefact breaks docs/protocol.md
     │   ├── InvalidSignature     malformed signature, or one that does not recover
-    │   ├── InvalidBearerToken   an ``Authorization`` token that cannot be parsed
+    │   ├── InvalidRequestAuth   an ``Authorization: Tally`` request signature that cannot be parsed
     │   ├── InvalidJSON          another party's JSON: too large, nested too deeply, malformed
     │   ├── InvalidChatTemplate  a chat template too deep to compile safely, or that fails to
     │   │                        compile or recurses too deeply when rendered
@@ -34,8 +34,8 @@ class InvalidSignature(ProtocolError):
     """A signature is malformed (length, v, high s) or cannot be recovered."""
 
 
-class InvalidBearerToken(ProtocolError):
-    """A bearer token is not of the form ``tsk1.<channelId>.<expiresAt>.<signature>``."""
+class InvalidRequestAuth(ProtocolError):
+    """A request signature is not of the form ``tsr1.<channelId>.<seq>.…`` (§4.3)."""
 
 
 class InvalidJSON(ProtocolError):

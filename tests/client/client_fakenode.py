@@ -18,7 +18,9 @@ from tallystick.client import ChannelInfo
 from tallystick.node.engines import tiny_tokenizer_bundle
 from tallystick.protocol import (
     ZERO_ROOT,
-    BearerToken,
+    SignedRequestAuth,
+    recover_request_auth_signer,
+    request_hash,
     Domain,
     Prices,
     SignedReceipt,
@@ -103,7 +105,8 @@ class FakeNode:
             return httpx.Response(200, content=self.bundle.canonical_bytes())
         if path == "/v1/models":
             return httpx.Response(200, json={"object": "list", "data": [self.model_entry()]})
-        self._authorize(request)
+        if path != "/v1/tally/receipts":  # a receipt is its own signature
+            self._authorize(request)
         if self.status_override is not None:
             status, body = self.status_override
             return httpx.Response(status, json=body)
@@ -140,8 +143,14 @@ class FakeNode:
         }
 
     def _authorize(self, request: httpx.Request) -> None:
-        token = BearerToken.parse(request.headers["authorization"].removeprefix("Bearer "))
-        assert token.signer(self.domain) == self.client_address, "bearer signed by a stranger"
+        signed = SignedRequestAuth.from_header(request.headers["authorization"])
+        expected = request_hash(request.method, request.url.path, request.content)
+        assert signed.auth.request_hash == expected, "signed for another request"
+        assert recover_request_auth_signer(self.domain, signed) == self.client_address, (
+            "request signed by a stranger"
+        )
+        if request.url.path.endswith("completions"):
+            assert signed.auth.seq == self.seq + 1, (signed.auth.seq, self.seq)
 
     def _accept(self, raw: dict[str, Any]) -> SignedReceipt:
         signed = SignedReceipt.from_json(raw)

@@ -131,10 +131,7 @@ def _read_some(client: Tallystick, chunks: int) -> str:
 def _check_interrupted_bill(client: Tallystick, endpoint: str, seq: int, received: str) -> None:
     info = client.channels.list()[0]
     line = client.bill(info)[seq - 1]
-    raw = httpx.get(
-        f"{endpoint}/v1/tally/channels/{info.hex_id}/records/{seq}",
-        headers={"Authorization": f"Bearer {client.biller.bearer(info)}"},
-    ).json()
+    raw = client.node(endpoint).record(info.channel_id, seq, client.biller.authorizer(info))
     ids = raw["completion_token_ids"]
     counter = client.biller.counter(info)
     assert line.record.record.completion_tokens == len(ids)
@@ -180,8 +177,5 @@ def test_pending_interrupted_request_is_settled_after_a_restart(
         assert reply.tally.record.record.seq == 3
         _check_interrupted_bill(second, slow_node, 2, received)
         info = second.channels.list()[0]
-        view = httpx.get(
-            f"{slow_node}/v1/tally/channels/{info.hex_id}",
-            headers={"Authorization": f"Bearer {second.biller.bearer(info)}"},
-        ).json()
+        view = second.node(slow_node).channel(info.channel_id, second.biller.authorizer(info))
         assert view["countersigned"]["seq"] == 3 and view["unpaid"] == 0

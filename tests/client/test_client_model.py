@@ -85,10 +85,7 @@ def test_plain_and_streaming_chat_are_verified_and_countersigned(
     info = client.channels.list()[0]
     tally = client.store.tally(info.channel_id)
     assert tally.seq == stream.tally.record.record.seq and tally.delivered
-    view = httpx.get(
-        f"{smol['endpoint']}/v1/tally/channels/{info.hex_id}",
-        headers={"Authorization": f"Bearer {client.biller.bearer(info)}"},
-    ).json()
+    view = client.node(smol["endpoint"]).channel(info.channel_id, client.biller.authorizer(info))
     assert view["countersigned"]["seq"] == tally.seq and view["unpaid"] == 0
     assert stream.tally.total_cost == cost_of(tally.input_tokens, tally.output_tokens, PRICES)
 

@@ -69,10 +69,7 @@ def test_verified_chat_through_sdk_and_openai_then_cooperative_close(
 
     tally = client.store.tally(info.channel_id)
     assert tally.seq == 5 and tally.delivered
-    view = httpx.get(
-        f"{node['endpoint']}/v1/tally/channels/{info.hex_id}",
-        headers={"Authorization": f"Bearer {client.biller.bearer(info)}"},
-    ).json()
+    view = client.node(node["endpoint"]).channel(info.channel_id, client.biller.authorizer(info))
     # The node holds exactly what the client countersigned, and nothing unpaid.
     assert view["lastSeq"] == view["countersigned"]["seq"] == 5
     assert view["countersigned"]["inputTokens"] == tally.input_tokens

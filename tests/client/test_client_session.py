@@ -1,8 +1,9 @@
 """Session keys on the real node and chain: the wallet's key stays cold while a per-channel key
-signs bearer tokens and receipts; a key of one channel is worthless on another."""
+signs requests and receipts; a key of one channel is worthless on another."""
 
 from __future__ import annotations
 
+import json
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,10 +16,11 @@ from tallystick.client import Chain, Tallystick, Wallet, WalletError
 from tallystick.protocol import (
     Prices,
     Receipt,
+    RequestAuth,
     cost_of,
-    make_bearer_token,
     recover_receipt_signer,
     sign_receipt,
+    sign_request_auth,
 )
 
 pytestmark = pytest.mark.chain
@@ -67,10 +69,9 @@ def test_session_key_signs_while_the_wallet_stays_cold(
         _chat(cold, info.channel_id)
         receipt = cold.store.tally(info.channel_id).receipt
         assert recover_receipt_signer(info.domain, receipt) == key
-        view = httpx.get(
-            f"{endpoint}/v1/tally/channels/{info.hex_id}",
-            headers={"Authorization": f"Bearer {cold.biller.bearer(info)}"},
-        ).json()
+        path = f"/v1/tally/channels/{info.hex_id}"
+        signed = cold.biller.authorization(info, "GET", path, b"")
+        view = httpx.get(f"{endpoint}{path}", headers={"Authorization": signed}).json()
         assert view["countersigned"]["seq"] == 2 and view["unpaid"] == 0
         with pytest.raises(WalletError):
             cold.channels.top_up(info.channel_id, 1)
@@ -108,12 +109,15 @@ def test_session_key_of_one_channel_is_refused_on_another(
         key_a = client.store.session_account(a.channel_id)
         served_b = client.store.tally(b.channel_id)
     assert key_a is not None
-    # The node: a bearer token for B signed by A's session key is 401.
-    token = make_bearer_token(key_a, b.domain, b.channel_id, 600).encode()
+    # The node: a request on B signed by A's session key is 401.
+    body = json.dumps({"model": MODEL, "messages": MESSAGES, "max_tokens": 4}).encode()
+    auth = RequestAuth.for_request(
+        b.channel_id, 2, served_b.usage_root, "POST", "/v1/chat/completions", body, 60
+    )
     response = httpx.post(
         f"{endpoint}/v1/chat/completions",
-        json={"model": MODEL, "messages": MESSAGES, "max_tokens": 4},
-        headers={"Authorization": f"Bearer {token}"},
+        content=body,
+        headers={"Authorization": sign_request_auth(key_a, b.domain, auth).header()},
     )
     assert response.status_code == 401
     assert response.json()["error"]["code"] == "invalid_signer"

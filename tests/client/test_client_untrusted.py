@@ -161,8 +161,11 @@ def test_gzip_answers_pass_through_decoded(wallet: Wallet, fake: FakeNode, tmp_p
     ("call", "path"),
     [
         (lambda n: n.models(), "/v1/models"),
-        (lambda n: n.record(b"\x01" * 32, 1, "t"), f"/v1/tally/channels/0x{'01' * 32}/records/1"),
-        (lambda n: n.channel(b"\x01" * 32, "t"), f"/v1/tally/channels/0x{'01' * 32}"),
+        (
+            lambda n: n.record(b"\x01" * 32, 1, lambda *_: "t"),
+            f"/v1/tally/channels/0x{'01' * 32}/records/1",
+        ),
+        (lambda n: n.channel(b"\x01" * 32, lambda *_: "t"), f"/v1/tally/channels/0x{'01' * 32}"),
     ],
 )
 def test_node_answers_are_depth_checked(call: Any, path: str) -> None:

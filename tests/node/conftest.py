@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import pytest
 from eth_account import Account
-from nodekit import ESCROW, FakeChain, Harness, open_channel, settings
+from nodekit import ESCROW, FakeChain, Harness, SigningTransport, open_channel, settings
 from tallystick.node import LedgerStore, PostgresLedger, SqliteLedger, create_app
 from tallystick.node.engines import FakeEngine
 from tallystick.protocol import Domain
@@ -61,9 +61,10 @@ def make_node(make_ledger: Callable[[str], LedgerStore]) -> Callable[..., Any]:
             run_worker=run_worker,
         )
         async with app.router.lifespan_context(app):
-            transport = httpx.ASGITransport(app=app)
+            transport = SigningTransport(httpx.ASGITransport(app=app))
             async with httpx.AsyncClient(transport=transport, base_url="http://node") as http:
-                yield Harness(app, http, chain, engine, ledger, provider, client, cid)
+                transport.harness = Harness(app, http, chain, engine, ledger, provider, client, cid)
+                yield transport.harness
         ledger.close()
 
     return factory

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import secrets
+import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -20,22 +22,26 @@ from tallystick.node import (
 )
 from tallystick.node.engines import FakeEngine
 from tallystick.protocol import (
+    ZERO_ROOT,
     Domain,
     Prices,
     Receipt,
+    RequestAuth,
     SignedReceipt,
     UsageRecord,
     cost_of,
-    make_bearer_token,
     model_id,
     recover_receipt_signer,
+    request_hash,
     sign_receipt,
+    sign_request_auth,
 )
 
 ESCROW = "0x00000000000000000000000000000000000e5c40"
 STORES = ["sqlite", "postgresql"]  # the ledger stores the gate tests run against
 TOKEN = "0x0000000000000000000000000000000000000000"
 MODEL = "fake-model"
+SIGN_MARKER = "Tally-Test-Sign"  # Harness.auth(): signed by SigningTransport as sent
 PRICES = Prices(input_per_m=1_000_000, output_per_m=2_000_000)  # 1 and 2 units per token
 
 
@@ -156,18 +162,71 @@ class Harness:
     provider: LocalAccount
     client: LocalAccount
     channel_id: bytes
+    signers: dict[str, Any] = field(default_factory=dict)
 
     @property
     def node(self) -> Any:
         return self.app.state.node
 
     def auth(
-        self, account: LocalAccount | None = None, channel_id: bytes | None = None, ttl: int = 600
+        self,
+        account: LocalAccount | None = None,
+        channel_id: bytes | None = None,
+        ttl: int = 60,
+        *,
+        seq: int | None = None,
+        root: bytes | None = None,
     ) -> dict[str, str]:
-        token = make_bearer_token(
-            account or self.client, self.chain.domain, channel_id or self.channel_id, ttl
+        """A marker the harness's transport replaces with a real signature of the request as
+        sent (``SigningTransport``): seq and root default to the node's next ones."""
+        key = str(len(self.signers))
+        self.signers[key] = (account or self.client, channel_id or self.channel_id, ttl, seq, root)
+        return {"Authorization": f"{SIGN_MARKER} {key}"}
+
+    def sign(
+        self,
+        method: str,
+        path: str,
+        body: bytes = b"",
+        account: LocalAccount | None = None,
+        channel_id: bytes | None = None,
+        ttl: int = 60,
+        *,
+        seq: int | None = None,
+        root: bytes | None = None,
+    ) -> dict[str, str]:
+        """A real ``Authorization: Tally …`` header for one request."""
+        cid = channel_id or self.channel_id
+        next_seq, last_root = next_request(self.ledger, cid)
+        auth = RequestAuth(
+            cid,
+            next_seq if seq is None else seq,
+            last_root if root is None else root,
+            request_hash(method, path, body),
+            int(time.time()) + ttl,
+            secrets.randbits(64),
         )
-        return {"Authorization": f"Bearer {token.encode()}"}
+        signed = sign_request_auth(account or self.client, self.chain.domain, auth)
+        return {"Authorization": signed.header()}
+
+    def sign_marked(self, request: httpx.Request) -> None:
+        """Replace the ``auth()`` marker of ``request`` with the real signature."""
+        value = request.headers.get("authorization", "")
+        if not value.startswith(SIGN_MARKER):
+            return
+        account, cid, ttl, seq, root = self.signers[value.split()[-1]]
+        piggybacked = request.headers.get("x-tally-receipt")
+        if root is None and piggybacked:  # the client signs after the receipt it sends along
+            try:
+                root = bytes.fromhex(json.loads(piggybacked)["usageRoot"][2:])
+            except (ValueError, KeyError, TypeError):
+                pass  # a malformed receipt: the node refuses it before the signature matters
+        # A streamed body (a test of the body limit) is refused before its signature matters.
+        body = request.content if isinstance(request.stream, httpx.ByteStream) else b""
+        signed = self.sign(
+            request.method, request.url.path, body, account, cid, ttl, seq=seq, root=root
+        )
+        request.headers["Authorization"] = signed["Authorization"]
 
     def countersign(
         self, body: dict[str, Any], account: LocalAccount | None = None
@@ -195,6 +254,28 @@ class Harness:
         posted = await self.http.post("/v1/tally/receipts", json=self.countersign(body))
         assert posted.status_code == 200, posted.text
         return body
+
+
+def next_request(ledger: Any, channel_id: bytes) -> tuple[int, bytes]:
+    """The seq and root the node expects of the channel's next request (§4.3)."""
+    book = ledger.book(channel_id)
+    receipt = ledger.last_receipt(channel_id)
+    return book.seq + book.in_flight + 1, (
+        receipt.signed.receipt.usage_root if receipt else ZERO_ROOT
+    )
+
+
+class SigningTransport(httpx.AsyncBaseTransport):
+    """Signs requests carrying the ``Harness.auth()`` marker, as the SDK's transport does."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+        self.inner = inner
+        self.harness: Harness | None = None
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if self.harness is not None:
+            self.harness.sign_marked(request)
+        return await self.inner.handle_async_request(request)
 
 
 def open_channel(

@@ -157,26 +157,44 @@ async def test_closing_or_closed_channel_is_refused(make_node, status, code):
 async def test_auth_errors(make_node):
     async with make_node() as h:
         body = {"model": MODEL, "messages": [{"role": "user", "content": "x"}]}
+        raw = json.dumps(body).encode()
+        path = "/v1/chat/completions"
         cases = [
             ({}, "missing_api_key"),
-            ({"Authorization": "Bearer nope"}, "invalid_api_key"),
-            (h.auth(ttl=-5) if False else _expired(h), "expired_token"),
-            (h.auth(account=Account.from_key("0x" + "33" * 32)), "invalid_signer"),
-            (h.auth(channel_id=b"\x01" * 32), "channel_not_found"),
+            ({"Authorization": "Bearer tsk1.nope"}, "invalid_api_key"),
+            (h.sign("POST", path, raw, ttl=-5), "expired_request"),
+            (h.sign("POST", path, raw, ttl=3600), "expired_request"),  # longer than 600 s
+            (h.sign("POST", path, raw + b" "), "request_mismatch"),  # another body
+            (h.sign("POST", "/v1/completions", raw), "request_mismatch"),  # another route
+            (h.sign("POST", path, raw, Account.from_key("0x" + "33" * 32)), "invalid_signer"),
+            (h.sign("POST", path, raw, channel_id=b"\x01" * 32), "channel_not_found"),
         ]
         for headers, code in cases:
-            resp = await h.http.post("/v1/chat/completions", json=body, headers=headers)
+            resp = await h.http.post(path, content=raw, headers=headers)
             assert resp.status_code == 401, (code, resp.text)
             assert resp.json()["error"]["code"] == code
             assert resp.json()["error"]["type"] == "authentication_error"
+        assert h.ledger.last_record(h.channel_id) is None  # none of them took a seq
 
 
-def _expired(h):
-    from tallystick.protocol import BearerToken, bearer_message
-
-    msg = bearer_message(h.chain.domain, h.channel_id, 1)
-    sig = h.client.sign_message(msg).signature
-    return {"Authorization": f"Bearer {BearerToken(h.channel_id, 1, bytes(sig)).encode()}"}
+async def test_a_request_signature_is_taken_once_and_only_for_the_next_seq(make_node):
+    async with make_node(credit_requests=3) as h:
+        body = {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": 2}
+        raw = json.dumps(body).encode()
+        path = "/v1/chat/completions"
+        headers = h.sign("POST", path, raw)
+        assert (await h.http.post(path, content=raw, headers=headers)).status_code == 200
+        again = await h.http.post(path, content=raw, headers=headers)
+        assert (again.status_code, again.json()["error"]["code"]) == (401, "replayed_request")
+        for seq, root in ((1, None), (3, None), (2, b"\x05" * 32)):
+            stale = await h.http.post(
+                path, content=raw, headers=h.sign("POST", path, raw, seq=seq, root=root)
+            )
+            assert (stale.status_code, stale.json()["error"]["code"]) == (409, "stale_request")
+            assert "next request is seq 2" in stale.json()["error"]["message"]
+        assert h.ledger.last_record(h.channel_id).seq == 1  # the refused ones took no seq
+        ok = await h.http.post(path, content=raw, headers=h.sign("POST", path, raw))
+        assert ok.json()["tallystick"]["record"]["seq"] == 2
 
 
 async def test_channel_of_another_provider_is_refused(make_node):
@@ -465,7 +483,10 @@ async def test_a_client_that_disconnects_mid_stream_pays_only_what_it_received(m
         ).encode()
         headers = [
             (b"content-type", b"application/json"),
-            *[(k.lower().encode(), v.encode()) for k, v in h.auth().items()],
+            *[
+                (k.lower().encode(), v.encode())
+                for k, v in h.sign("POST", "/v1/chat/completions", body).items()
+            ],
         ]
         scope = {
             "type": "http",

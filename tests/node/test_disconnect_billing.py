@@ -19,7 +19,10 @@ REPLY = " ".join(f"word{i}" for i in range(400))  # far more tokens than the cli
 def _scope(h, body: bytes) -> dict:
     headers = [
         (b"content-type", b"application/json"),
-        *[(k.lower().encode(), v.encode()) for k, v in h.auth().items()],
+        *[
+            (k.lower().encode(), v.encode())
+            for k, v in h.sign("POST", "/v1/chat/completions", body).items()
+        ],
     ]
     return {
         "type": "http",

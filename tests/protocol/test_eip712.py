@@ -12,7 +12,6 @@ from tallystick.protocol import (
     Receipt,
     SignedReceipt,
     UsageRecord,
-    bearer_message,
     bench_signing,
     hash_token_ids,
     receipt_message,
@@ -71,11 +70,6 @@ def test_usage_record_encoding_equals_encode_typed_data() -> None:
         "prevRoot": b"\x05" * 32,
     }
     assert usage_record_message(DOMAIN, RECORD) == reference("UsageRecord", message)
-
-
-def test_bearer_encoding_equals_encode_typed_data() -> None:
-    message = {"channelId": CHANNEL, "expiresAt": 1_900_000_000}
-    assert bearer_message(DOMAIN, CHANNEL, 1_900_000_000) == reference("BearerToken", message)
 
 
 def test_domain_separator_binds_chain_and_escrow() -> None:

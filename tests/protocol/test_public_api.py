@@ -7,14 +7,14 @@ import tallystick.protocol as protocol
 DOCUMENTED = {
     # types
     "Domain", "Prices", "Receipt", "SignedReceipt", "UsageRecord", "SignedUsageRecord",
-    "BearerToken",
+    "RequestAuth", "SignedRequestAuth",
     # identifiers, pricing, usage chain
     "model_id", "channel_id", "new_salt", "cost_of", "hash_token_ids", "next_usage_root",
     "ZERO_ROOT",
     # EIP-712
-    "receipt_message", "usage_record_message", "bearer_message", "sign_receipt",
-    "sign_usage_record", "make_bearer_token", "recover_receipt_signer",
-    "recover_usage_record_signer",
+    "receipt_message", "usage_record_message", "request_auth_message", "request_hash",
+    "sign_receipt", "sign_usage_record", "sign_request_auth", "recover_receipt_signer",
+    "recover_usage_record_signer", "recover_request_auth_signer",
     # tokenizer
     "TokenizerBundle", "TokenCounter",
     # chain
@@ -25,12 +25,12 @@ DOCUMENTED = {
     "loads_untrusted", "json_too_deep", "check_chat_template", "MAX_JSON_DEPTH", "MAX_JSON_BYTES",
     "MAX_TEMPLATE_NESTING", "MAX_TAG_OPERATORS",
     # errors
-    "TallystickError", "ProtocolError", "InvalidSignature", "InvalidBearerToken",
+    "TallystickError", "ProtocolError", "InvalidSignature", "InvalidRequestAuth",
     "TokenizerMismatch", "InvalidJSON", "InvalidChatTemplate", "ChainError", "ContractError",
     "ChainUnavailable", "DeploymentNotFound",
 }  # fmt: skip
 EXTRA = {
-    "recover_message_signer", "recover_bearer_signer", "bench_signing", "ChannelStatus",
+    "recover_message_signer", "bench_signing", "ChannelStatus",
     "Event", "SkippedReceipt", "Token", "decode_revert",
 }  # fmt: skip
 
