@@ -92,23 +92,41 @@ def open_many(chain: Chain, clients: list[Any], provider: str, model: bytes, n: 
     return [(by_address[e.args["client"]], bytes(e.args["channelId"])) for e in events]
 
 
-async def _serve_one(http: Any, domain: Any, client: Any, channel_id: bytes) -> None:
-    """One paid request: bearer token, chat, verify-free countersign, receipt posted."""
-    from tallystick.protocol import Receipt, UsageRecord, make_bearer_token, sign_receipt
+async def _serve_one(
+    http: Any, domain: Any, client: Any, channel_id: bytes, last: dict[bytes, Any]
+) -> None:
+    """One paid request: signed (§4.3), chat, verify-free countersign, receipt posted.
 
-    token = make_bearer_token(client, domain, channel_id, 3600).encode()
-    headers = {"Authorization": f"Bearer {token}"}
+    ``last`` holds each channel's last countersigned ``(seq, root)``.
+    """
+    import json
+
+    from tallystick.protocol import (
+        ZERO_ROOT,
+        Receipt,
+        RequestAuth,
+        UsageRecord,
+        sign_receipt,
+        sign_request_auth,
+    )
+
+    seq, root = last.get(channel_id, (0, ZERO_ROOT))
     body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
-    resp = await http.post("/v1/chat/completions", json=body, headers=headers)
+    raw = json.dumps(body).encode()
+    path = "/v1/chat/completions"
+    auth = RequestAuth.for_request(channel_id, seq + 1, root, "POST", path, raw, 60)
+    headers = {"Authorization": sign_request_auth(client, domain, auth).header()}
+    resp = await http.post(path, content=raw, headers=headers)
     if resp.status_code != 200:
         raise RuntimeError(f"the node refused a request: {resp.status_code} {resp.text[:200]}")
     r = UsageRecord.from_json(resp.json()["tallystick"]["record"])
     receipt = Receipt(r.channel_id, r.input_tokens, r.output_tokens, r.usage_root())
     posted = await http.post(
-        "/v1/tally/receipts", json=sign_receipt(client, domain, receipt).to_json(), headers=headers
+        "/v1/tally/receipts", json=sign_receipt(client, domain, receipt).to_json()
     )
     if posted.status_code != 200:
         raise RuntimeError(f"the node refused a receipt: {posted.status_code} {posted.text[:200]}")
+    last[channel_id] = (r.seq, receipt.usage_root)
 
 
 async def _grow(url: str, counts: tuple[int, ...], workdir: Path) -> list[dict[str, Any]]:
@@ -131,6 +149,7 @@ async def _grow(url: str, counts: tuple[int, ...], workdir: Path) -> list[dict[s
     )
     app = create_app(settings, engine=engine, account=provider, run_worker=False)
     channels: list[Any] = []
+    served: dict[bytes, Any] = {}
     rows = []
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
@@ -138,12 +157,22 @@ async def _grow(url: str, counts: tuple[int, ...], workdir: Path) -> list[dict[s
             # Warm-up: the first request builds caches the growth figures must not include;
             # its channel is the first of the open channels.
             channels += open_many(chain, clients[:1], provider.address, model, 1)
-            await _serve_one(http, chain.escrow.domain, *channels[0])
+            first_client, first_channel = channels[0]
+            await _serve_one(http, chain.escrow.domain, first_client, first_channel, served)
             base_rss = rss_bytes()
             for n in counts:
                 rows.append(
                     await _stage(
-                        chain, app, http, clients, provider, model, channels, n, base_rss, workdir
+                        chain,
+                        app,
+                        http,
+                        clients,
+                        provider,
+                        model,
+                        (channels, served),
+                        n,
+                        base_rss,
+                        workdir,
                     )
                 )
     return rows
@@ -156,11 +185,12 @@ async def _stage(
     clients: list[Any],
     provider: Any,
     model: bytes,
-    channels: list[Any],
+    book: tuple[list[Any], dict[bytes, Any]],
     n: int,
     base_rss: int,
     workdir: Path,
 ) -> dict[str, Any]:
+    channels, served = book
     console.print(f"  {n} channels: opening {n - len(channels)} on anvil")
     started = time.perf_counter()
     channels += open_many(chain, clients, provider.address, model, n - len(channels))
@@ -168,7 +198,7 @@ async def _stage(
     console.print(f"  {n} channels: one paid request each through the node")
     started = time.perf_counter()
     for client, cid in channels:
-        await _serve_one(http, chain.escrow.domain, client, cid)
+        await _serve_one(http, chain.escrow.domain, client, cid, served)
     served_s = time.perf_counter() - started
     rss = rss_bytes()
     console.print(f"  {n} channels: settlement pass (claimMany of {n} receipts)")

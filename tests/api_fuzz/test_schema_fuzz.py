@@ -1,8 +1,9 @@
 """Fuzz every route of the node from its own ``/openapi.json`` (schemathesis, in-process ASGI).
 
 The app runs with a FakeEngine and an in-memory chain, a channel with a deposit that never
-runs out and a credit limit that never binds, and every request carries a valid bearer token,
-so schema-valid cases reach the engine and the ledger while schema-invalid ones probe the
+runs out and a credit limit that never binds, and every request is signed (§4.3) as it
+reaches the app (``SignAtTheDoor``: over the exact body, for the channel's next seq), so
+schema-valid cases reach the engine and the ledger while schema-invalid ones probe the
 validators. Properties: no 5xx ever, and every error is the OpenAI envelope
 ``{"error": {"message", "type", "param", "code"}}`` with a JSON content type.
 """
@@ -16,12 +17,12 @@ from typing import Any
 import schemathesis
 from eth_account import Account
 from hypothesis import HealthCheck, settings
-from nodekit import ESCROW, FakeChain, open_channel
+from nodekit import ESCROW, SIGN_MARKER, FakeChain, SignAtTheDoor, open_channel
 from nodekit import settings as node_settings
 from schemathesis import GenerationMode
 from tallystick.node import SqliteLedger, create_app
 from tallystick.node.engines import FakeEngine
-from tallystick.protocol import Domain, make_bearer_token
+from tallystick.protocol import Domain
 
 PROVIDER = Account.from_key("0x" + "11" * 32)
 CLIENT = Account.from_key("0x" + "22" * 32)
@@ -47,8 +48,9 @@ def _app() -> Any:
 # event-loop thread until the process exits.
 _TMP = tempfile.TemporaryDirectory(prefix="tallystick-fuzz-")
 CHANNEL = open_channel(FakeChain(DOMAIN, PROVIDER.address), CLIENT)
-AUTH = {"Authorization": f"Bearer {make_bearer_token(CLIENT, DOMAIN, CHANNEL, 86400).encode()}"}
-schema = schemathesis.openapi.from_asgi("/openapi.json", _app())
+AUTH = {"Authorization": SIGN_MARKER}
+APP = SignAtTheDoor(_app(), CLIENT, DOMAIN, CHANNEL)
+schema = schemathesis.openapi.from_asgi("/openapi.json", APP)
 
 
 def assert_envelope(response: Any) -> None:
@@ -72,7 +74,7 @@ def assert_envelope(response: Any) -> None:
     suppress_health_check=list(HealthCheck),
 )
 def test_no_server_errors_and_every_error_is_an_envelope(case: Any) -> None:
-    # Valid cases carry a valid token (so they reach the engine); invalid ones may mangle it.
+    # Valid cases are signed (so they reach the engine); invalid ones may mangle the header.
     positive = case.meta is None or case.meta.generation.mode == GenerationMode.POSITIVE
     headers = {**(case.headers or {}), **AUTH} if positive else {**AUTH, **(case.headers or {})}
     response = case.call(headers=headers, timeout=10)
@@ -96,4 +98,4 @@ def test_the_schema_describes_the_bodies() -> None:
     receipt = raw["paths"]["/v1/tally/receipts"]["post"]["requestBody"]
     assert receipt["required"] is True
     assert "422" not in chat["responses"]
-    assert chat["security"] == [{"bearer": []}]
+    assert chat["security"] == [{"tally": []}]

@@ -18,17 +18,17 @@ from tallystick.client import ChannelInfo
 from tallystick.node.engines import tiny_tokenizer_bundle
 from tallystick.protocol import (
     ZERO_ROOT,
-    SignedRequestAuth,
-    recover_request_auth_signer,
-    request_hash,
     Domain,
     Prices,
     SignedReceipt,
+    SignedRequestAuth,
     SignedUsageRecord,
     TokenCounter,
     UsageRecord,
     hash_token_ids,
     recover_receipt_signer,
+    recover_request_auth_signer,
+    request_hash,
     sign_receipt,
     sign_usage_record,
 )

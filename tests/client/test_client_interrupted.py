@@ -8,7 +8,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from client_fakenode import FakeNode, new_provider
 from client_nodekit import serve_node

@@ -6,7 +6,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from client_nodekit import serve_node
 from tallystick.client import Chain, Tallystick, Wallet

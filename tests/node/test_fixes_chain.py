@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
-from nodekit_chain import ETH, Server, key_hex
+from nodekit_chain import ETH, RawChannel, Server, key_hex
 from tallystick.node import (
     ChannelCache,
     NodeMetrics,
@@ -29,7 +29,6 @@ from tallystick.protocol import (
     Receipt,
     SignedReceipt,
     cost_of,
-    make_bearer_token,
     model_id,
     sign_receipt,
 )
@@ -128,16 +127,12 @@ def test_an_unused_channel_closes_cooperatively_with_a_full_refund(
     cid = _open(deployment, client, provider)
     settings = _settings(anvil, deployment, provider, tmp_path, settle_interval=3600)
     zero = sign_receipt(client, escrow.domain, Receipt(cid, 0, 0, ZERO_ROOT))
-    bearer = make_bearer_token(client, escrow.domain, cid, 600).encode()
+    raw = RawChannel(client, escrow.domain, cid)
     with (
         Server(create_app(settings, engine=engine)) as server,
         httpx.Client(base_url=server.url, timeout=30) as http,
     ):
-        resp = http.post(
-            f"/v1/tally/channels/0x{cid.hex()}/close",
-            json=zero.to_json(),
-            headers={"Authorization": f"Bearer {bearer}"},
-        )
+        resp = raw.post(http, f"/v1/tally/channels/0x{cid.hex()}/close", zero.to_json())
         assert resp.status_code == 200, resp.text
         provider_sig = bytes.fromhex(resp.json()["providerSignature"][2:])
     balance = w3.eth.get_balance(client.address)

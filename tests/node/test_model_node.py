@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 from click.testing import CliRunner
-from nodekit_chain import ETH, chain_args, free_port, wait_healthy
+from nodekit_chain import ETH, RawChannel, chain_args, free_port, wait_healthy
 from tallystick.node.cli import main
 from tallystick.protocol import (
     Prices,
@@ -30,7 +30,6 @@ from tallystick.protocol import (
     TokenizerBundle,
     cost_of,
     hash_token_ids,
-    make_bearer_token,
     model_id,
     recover_usage_record_signer,
     sign_receipt,
@@ -151,17 +150,16 @@ def test_smollm2_served_metered_countersigned_and_settled(served, accounts, anvi
     url, deployment, cid, proc = served
     escrow, provider, client = deployment.escrow, accounts.provider.address, accounts.client
     domain = escrow.domain
-    token = make_bearer_token(client, domain, cid, 600).encode()
-    auth = {"Authorization": f"Bearer {token}"}
+    raw = RawChannel(client, domain, cid)
     messages = [{"role": "user", "content": "What is the capital of France?"}]
     with httpx.Client(base_url=url, timeout=120) as http:
         counter = _counter(http, deployment.registry, provider)
         models = http.get("/v1/models").json()["data"][0]
         assert models["id"] == NAME and models["listed"] is True
         body = {"model": NAME, "messages": messages, "max_tokens": 6, "temperature": 0}
-        plain = http.post("/v1/chat/completions", json=body, headers=auth)
+        plain = raw.post(http, "/v1/chat/completions", body)
         assert plain.status_code == 200, plain.text
-        pj = plain.json()
+        pj = raw.served(plain.json())
         choice = pj["choices"][0]
         first = _verify(
             counter,
@@ -175,10 +173,8 @@ def test_smollm2_served_metered_countersigned_and_settled(served, accounts, anvi
         assert pj["usage"]["completion_tokens"] == first.record.completion_tokens
         receipt = _receipt(client, domain, first)
 
-        streamed = http.post(
-            "/v1/chat/completions",
-            json={**body, "stream": True, "max_tokens": 5},
-            headers={**auth, "X-Tally-Receipt": json.dumps(receipt)},
+        streamed = raw.post(
+            http, "/v1/chat/completions", {**body, "stream": True, "max_tokens": 5}, receipt
         )
         assert streamed.status_code == 200, streamed.text
         chunks = _sse(streamed.text)

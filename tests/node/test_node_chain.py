@@ -1,12 +1,11 @@
 """The node against a real chain: anvil, the real contracts, a real uvicorn server.
 
-Requests carry real bearer tokens, receipts are countersigned with the protocol package, and
+Requests carry real request signatures, receipts are countersigned with the protocol package, and
 the provider's on-chain earnings must equal the cost of the countersigned totals.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -14,18 +13,14 @@ from typing import Any
 import httpx
 import pytest
 from click.testing import CliRunner
-from nodekit_chain import ETH, Server
+from nodekit_chain import ETH, RawChannel, Server
 from tallystick.node import Settings, create_app
 from tallystick.node.cli import main
 from tallystick.node.engines import FakeEngine
 from tallystick.protocol import (
     Prices,
-    Receipt,
-    UsageRecord,
     cost_of,
-    make_bearer_token,
     model_id,
-    sign_receipt,
 )
 
 pytestmark = pytest.mark.chain
@@ -79,27 +74,16 @@ def node(
 
 
 def _chat(
-    http: httpx.Client, token: str, receipt: dict[str, Any] | None = None, **extra: Any
+    http: httpx.Client, raw: RawChannel, receipt: dict[str, Any] | None = None, **extra: Any
 ) -> dict[str, Any]:
-    headers = {"Authorization": f"Bearer {token}"}
-    if receipt:
-        headers["X-Tally-Receipt"] = json.dumps(receipt)
     body = {
         "model": MODEL,
         "messages": [{"role": "user", "content": "What is a tally stick?"}],
         **extra,
     }
-    resp = http.post("/v1/chat/completions", json=body, headers=headers)
+    resp = raw.post(http, "/v1/chat/completions", body, receipt)
     assert resp.status_code == 200, resp.text
     return resp.json()
-
-
-def _countersign(account: Any, domain: Any, body: dict[str, Any]) -> dict[str, Any]:
-    record = UsageRecord.from_json(body["tallystick"]["record"])
-    receipt = Receipt(
-        record.channel_id, record.input_tokens, record.output_tokens, record.usage_root()
-    )
-    return sign_receipt(account, domain, receipt).to_json()
 
 
 def test_requests_are_paid_by_settle_and_claim_many(market, node, accounts):
@@ -107,18 +91,19 @@ def test_requests_are_paid_by_settle_and_claim_many(market, node, accounts):
     server, settings = node
     escrow = deployment.escrow
     domain = escrow.domain
-    token = make_bearer_token(accounts.client, domain, cid, 600).encode()
+    raw = RawChannel(accounts.client, domain, cid)
     with httpx.Client(base_url=server.url, timeout=30) as http:
         receipt = None
         for _ in range(3):
-            body = _chat(http, token, receipt, max_tokens=8)
-            receipt = _countersign(accounts.client, domain, body)
+            body = _chat(http, raw, receipt, max_tokens=8)
+            receipt = raw.countersign(body, delivered=False)
         assert http.post("/v1/tally/receipts", json=receipt).status_code == 200
         # a request the node must refuse: the model is another one's
-        r = http.post(
+        r = raw.post(
+            http,
             "/v1/chat/completions",
-            headers={"Authorization": f"Bearer {token}"},
-            json={"model": "other", "messages": [{"role": "user", "content": "x"}]},
+            {"model": "other", "messages": [{"role": "user", "content": "x"}]},
+            receipt,
         )
         assert r.status_code == 404
     before = escrow.earnings(accounts.provider.address, ETH)
@@ -170,10 +155,10 @@ def test_close_request_makes_the_worker_claim_before_closes_at(market, node, acc
     deployment, _, cid = market
     server, _ = node
     escrow = deployment.escrow
-    token = make_bearer_token(accounts.client, escrow.domain, cid, 600).encode()
+    raw = RawChannel(accounts.client, escrow.domain, cid)
     with httpx.Client(base_url=server.url, timeout=30) as http:
-        body = _chat(http, token, max_tokens=6)
-        receipt = _countersign(accounts.client, escrow.domain, body)
+        body = _chat(http, raw, max_tokens=6)
+        receipt = raw.countersign(body)
         assert http.post("/v1/tally/receipts", json=receipt).status_code == 200
         closes_at = escrow.request_close(accounts.client, cid).value
         owed = cost_of(receipt["inputTokens"], receipt["outputTokens"], PRICES)
@@ -183,9 +168,9 @@ def test_close_request_makes_the_worker_claim_before_closes_at(market, node, acc
             time.sleep(0.1)
         assert escrow.get_channel(cid).paid == owed
         assert int(escrow.w3.eth.get_block("latest")["timestamp"]) < closes_at
-        r = http.post(
+        r = raw.post(
+            http,
             "/v1/chat/completions",
-            headers={"Authorization": f"Bearer {token}"},
-            json={"model": MODEL, "messages": [{"role": "user", "content": "x"}]},
+            {"model": MODEL, "messages": [{"role": "user", "content": "x"}]},
         )
         assert r.status_code == 402 and r.json()["error"]["code"] == "channel_closing"

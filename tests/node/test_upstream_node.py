@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 from click.testing import CliRunner
-from nodekit_chain import ETH, chain_args, free_port, wait_healthy
+from nodekit_chain import ETH, RawChannel, chain_args, free_port, wait_healthy
 from tallystick.node.cli import main
 from tallystick.protocol import (
     Prices,
@@ -28,7 +28,6 @@ from tallystick.protocol import (
     TokenizerBundle,
     cost_of,
     hash_token_ids,
-    make_bearer_token,
     model_id,
     recover_usage_record_signer,
     sign_receipt,
@@ -161,26 +160,25 @@ def test_upstream_engine_is_metered_countersigned_and_settled(
     url = f"http://127.0.0.1:{port}"
     try:
         wait_healthy(url, node, timeout=120)
-        token = make_bearer_token(client, escrow.domain, cid, 600).encode()
-        auth = {"Authorization": f"Bearer {token}"}
+        signer = RawChannel(client, escrow.domain, cid)
         messages = [{"role": "user", "content": "hello there"}]
         body = {"model": NAME, "messages": messages, "max_tokens": 6, "temperature": 0}
         with httpx.Client(base_url=url, timeout=60) as http:
             listing = deployment.registry.get_listing(provider.address, model_id(NAME))
             raw = http.get(f"/v1/tally/tokenizer/{NAME}").content
             counter = TokenCounter(TokenizerBundle.from_bytes(raw, listing.tokenizer_hash))
-            plain = http.post("/v1/chat/completions", json=body, headers=auth)
+            plain = signer.post(http, "/v1/chat/completions", body)
             assert plain.status_code == 200, plain.text
+            signer.served(plain.json())
             text = plain.json()["choices"][0]["message"]["content"]
             first = _verify(
                 counter, escrow.domain, provider.address, plain.json()["tallystick"], messages, text
             )
-            headers = {
-                **auth,
-                "X-Tally-Receipt": json.dumps(_receipt(client, escrow.domain, first)),
-            }
-            streamed = http.post(
-                "/v1/chat/completions", json={**body, "stream": True}, headers=headers
+            streamed = signer.post(
+                http,
+                "/v1/chat/completions",
+                {**body, "stream": True},
+                _receipt(client, escrow.domain, first),
             )
             assert streamed.status_code == 200, streamed.text
             events = [ln[6:] for ln in streamed.text.split("\n\n") if ln.startswith("data: {")]

@@ -12,18 +12,14 @@ import httpx
 import pytest
 from click.testing import CliRunner
 from eth_account import Account
-from nodekit_chain import ETH, Server
+from nodekit_chain import ETH, RawChannel, Server
 from tallystick.node import Settings, create_app, load_settings
 from tallystick.node.cli import main
 from tallystick.node.engines import FakeEngine
 from tallystick.protocol import (
     Prices,
-    Receipt,
-    UsageRecord,
     cost_of,
-    make_bearer_token,
     model_id,
-    sign_receipt,
 )
 
 pytestmark = pytest.mark.chain
@@ -55,22 +51,14 @@ def _market(deployment: Any, accounts: Any, engine: FakeEngine, prices: Prices) 
     return bytes(opened.value)
 
 
-def _chat(http: httpx.Client, token: str, **extra: Any) -> dict[str, Any]:
+def _chat(http: httpx.Client, raw: RawChannel, **extra: Any) -> dict[str, Any]:
     body = {"model": MODEL, "messages": MESSAGES, "max_tokens": MAX_TOKENS, **extra}
-    resp = http.post(
-        "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {token}"}
-    )
+    resp = raw.post(http, "/v1/chat/completions", body)
     assert resp.status_code == 200, resp.text
     if extra.get("stream"):
         last = [ln for ln in resp.text.split("\n\n") if ln.startswith("data: {")][-1]
-        return dict(json.loads(last[len("data: ") :]))
-    return dict(resp.json())
-
-
-def _countersign(client: Any, domain: Any, body: dict[str, Any]) -> dict[str, Any]:
-    r = UsageRecord.from_json(body["tallystick"]["record"])
-    receipt = Receipt(r.channel_id, r.input_tokens, r.output_tokens, r.usage_root())
-    return sign_receipt(client, domain, receipt).to_json()
+        return raw.served(dict(json.loads(last[len("data: ") :])))
+    return raw.served(dict(resp.json()))
 
 
 def test_worker_claims_once_unclaimed_value_exceeds_the_gas_multiple(
@@ -96,12 +84,12 @@ def test_worker_claims_once_unclaimed_value_exceeds_the_gas_multiple(
         claim_gas_multiple=1.0,
         credit_requests=16,
     )
-    token = make_bearer_token(accounts.client, escrow.domain, cid, 600).encode()
+    raw = RawChannel(accounts.client, escrow.domain, cid)
     with (
         Server(create_app(settings, engine=engine)) as server,
         httpx.Client(base_url=server.url, timeout=30) as http,
     ):
-        first = _countersign(accounts.client, escrow.domain, _chat(http, token))
+        first = raw.countersign(_chat(http, raw))
         assert http.post("/v1/tally/receipts", json=first).status_code == 200
         value = cost_of(first["inputTokens"], first["outputTokens"], prices)
         assert value < w3.eth.gas_price * 50_000
@@ -109,8 +97,8 @@ def test_worker_claims_once_unclaimed_value_exceeds_the_gas_multiple(
         assert escrow.get_channel(cid).paid == 0
         body: dict[str, Any] = {}
         for _ in range(8):
-            body = _chat(http, token)
-        last = _countersign(accounts.client, escrow.domain, body)
+            body = _chat(http, raw)
+        last = raw.countersign(body)
         assert http.post("/v1/tally/receipts", json=last).status_code == 200
         owed = cost_of(last["inputTokens"], last["outputTokens"], prices)
         deadline = time.monotonic() + 15
@@ -155,24 +143,22 @@ def test_the_provider_key_and_keystore_password_never_leak(
         str(with_key.model_dump()),
         with_key.model_dump_json(),
     ]
-    token = make_bearer_token(client, escrow.domain, cid, 600).encode()
+    raw = RawChannel(client, escrow.domain, cid)
     monkeypatch.setenv("TALLYSTICK_NODE_KEYSTORE_PASSWORD", password)
     with (
         Server(create_app(settings, engine=engine)) as server,
         httpx.Client(base_url=server.url, timeout=30) as http,
     ):
-        first = _countersign(client, escrow.domain, _chat(http, token))
+        first = raw.countersign(_chat(http, raw))
         assert http.post("/v1/tally/receipts", json=first).status_code == 200
-        streamed = _chat(http, token, stream=True)
-        receipt = _countersign(client, escrow.domain, streamed)
+        streamed = _chat(http, raw, stream=True)
+        receipt = raw.countersign(streamed, delivered=False)
         seen.append(json.dumps(streamed))
         for bad in (
             http.post("/v1/chat/completions", json={"model": MODEL}, headers={}),
             http.post("/v1/chat/completions", content=b"{", headers={"Authorization": "x"}),
-            http.post(
-                "/v1/chat/completions",
-                json={"model": MODEL, "messages": MESSAGES},
-                headers={"Authorization": f"Bearer {token}"},
+            raw.post(
+                http, "/v1/chat/completions", {"model": MODEL, "messages": MESSAGES}
             ),  # 402: receipt required
             http.post("/v1/tally/receipts", json={**receipt, "signature": "0x" + "00" * 65}),
             http.get("/v1/nothing"),

@@ -422,3 +422,41 @@ def same_block_front_run(w3: Any, victim: Callable[[], Any], front_run: Callable
 
 def _pending(w3: Any) -> int:
     return int(w3.provider.make_request("txpool_status", [])["result"]["pending"], 16)
+
+
+def signed_post(
+    url: str,
+    client: Any,
+    info: Any,
+    path: str,
+    body: Any,
+    *,
+    seq: int | None = None,
+    receipt: Any = None,
+) -> httpx.Response:
+    """POST ``body`` to a node signed by ``client``'s key for ``info`` (§4.3), by hand.
+
+    ``seq`` defaults to the client's next one; a piggybacked ``receipt`` (a SignedReceipt)
+    is sent along and the request is signed after its root, as the SDK does.
+    """
+    import json
+
+    from tallystick.protocol import RequestAuth, sign_request_auth
+
+    tally = client.store.tally(info.channel_id)
+    raw = json.dumps(body).encode()
+    root = receipt.receipt.usage_root if receipt is not None else tally.usage_root
+    auth = RequestAuth.for_request(
+        info.channel_id, tally.seq + 1 if seq is None else seq, root, "POST", path, raw, 60
+    )
+    signed = sign_request_auth(client.biller.signer(info), info.domain, auth)
+    headers = {"content-type": "application/json", "Authorization": signed.header()}
+    if receipt is not None:
+        headers["X-Tally-Receipt"] = json.dumps(receipt.to_json())
+    return httpx.post(f"{url}{path}", content=raw, headers=headers, timeout=30)
+
+
+def signed_get(url: str, client: Any, info: Any, path: str) -> httpx.Response:
+    """GET ``path`` signed by ``client`` for ``info`` (a read: channel view, record)."""
+    header = client.biller.authorization(info, "GET", path, b"")
+    return httpx.get(f"{url}{path}", headers={"Authorization": header}, timeout=30)

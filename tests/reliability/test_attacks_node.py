@@ -14,14 +14,23 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
-from reliakit import MESSAGES, MODEL, PRICES, same_block_front_run, send_outbidding
+from reliakit import (
+    MESSAGES,
+    MODEL,
+    PRICES,
+    same_block_front_run,
+    send_outbidding,
+    signed_get,
+)
 from tallystick.client import BillingDispute, PriceChanged
 from tallystick.protocol import (
+    ZERO_ROOT,
     Prices,
+    RequestAuth,
     UsageRecord,
     cost_of,
-    make_bearer_token,
     model_id,
+    sign_request_auth,
     sign_usage_record,
 )
 
@@ -119,11 +128,7 @@ def _assert_nothing_signed(market: Any, client: Any, info: Any) -> None:
     assert tally.seq == 0 and tally.receipt is None  # countersigned nothing
     (dispute,) = client.store.disputes(info.channel_id)
     assert dispute.evidence["tallystick"]["record"]["seq"] == 1  # the signed record, kept
-    bearer = client.biller.bearer(info)
-    view = httpx.get(
-        f"{market.endpoint}/v1/tally/channels/{info.hex_id}",
-        headers={"Authorization": f"Bearer {bearer}"},
-    ).json()
+    view = signed_get(market.endpoint, client, info, f"/v1/tally/channels/{info.hex_id}").json()
     assert view["countersigned"]["seq"] == 0 and view["lastSeq"] == 1
     assert market.escrow.get_channel(info.channel_id).paid == 0
 
@@ -174,28 +179,26 @@ def test_a_provider_tampering_after_signing_gets_a_billing_dispute_and_no_receip
     assert market.earnings() == earnings
 
 
-def test_a_bearer_token_for_someone_elses_channel_is_401(
+def test_a_request_signed_for_someone_elses_channel_is_401(
     market: Any, malicious_node: Any, make_client: Any
 ) -> None:
     malicious_node(None)
     victim = make_client(market.accounts.client, "victim")
     info = victim.channels.open(MODEL, DEPOSIT)
     thief = market.accounts.client2
-    token = make_bearer_token(thief, market.escrow.domain, info.channel_id, 600).encode()
-    body = {"model": MODEL, "messages": MESSAGES, "max_tokens": 8}
+    body = json.dumps({"model": MODEL, "messages": MESSAGES, "max_tokens": 8}).encode()
+    path = "/v1/chat/completions"
+    auth = RequestAuth.for_request(info.channel_id, 1, ZERO_ROOT, "POST", path, body, 60)
     resp = httpx.post(
-        f"{market.endpoint}/v1/chat/completions",
-        json=body,
-        headers={"Authorization": f"Bearer {token}"},
+        f"{market.endpoint}{path}",
+        content=body,
+        headers={"Authorization": sign_request_auth(thief, market.escrow.domain, auth).header()},
     )
     assert resp.status_code == 401, resp.text
     error = resp.json()["error"]
     assert error["code"] == "invalid_signer" and thief.address in error["message"]
     assert victim.store.tally(info.channel_id).seq == 0
-    view = httpx.get(
-        f"{market.endpoint}/v1/tally/channels/{info.hex_id}",
-        headers={"Authorization": f"Bearer {victim.biller.bearer(info)}"},
-    ).json()
+    view = signed_get(market.endpoint, victim, info, f"/v1/tally/channels/{info.hex_id}").json()
     assert view["lastSeq"] == 0  # nothing served, nothing signed
 
 

@@ -7,13 +7,12 @@ new ones refused) for a few seconds, or a minute under ``--long``.
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
 import httpx
 import pytest
-from reliakit import MESSAGES, MODEL, PRICES, wait_for
+from reliakit import MESSAGES, MODEL, PRICES, signed_post, wait_for
 from tallystick.protocol import cost_of
 
 pytestmark = pytest.mark.chain
@@ -22,12 +21,11 @@ DEPOSIT = 10**15
 SMALL_DEPOSIT = 10**6  # a few requests of 16 tokens; not a 2000-token worst case
 
 
-def _chat(url: str, bearer: str, max_tokens: int, receipt: Any = None) -> httpx.Response:
-    headers = {"Authorization": f"Bearer {bearer}"}
-    if receipt is not None:
-        headers["X-Tally-Receipt"] = json.dumps(receipt.to_json())
+def _chat(
+    url: str, client: Any, info: Any, max_tokens: int, seq: int | None = None
+) -> httpx.Response:
     body = {"model": MODEL, "messages": MESSAGES, "max_tokens": max_tokens}
-    return httpx.post(f"{url}/v1/chat/completions", json=body, headers=headers, timeout=30)
+    return signed_post(url, client, info, "/v1/chat/completions", body, seq=seq)
 
 
 def test_node_serves_through_an_rpc_outage_and_settles_when_the_chain_is_back(
@@ -41,8 +39,7 @@ def test_node_serves_through_an_rpc_outage_and_settles_when_the_chain_is_back(
     # A second channel driven by hand, to probe the credit rule during the outage.
     other = make_client(market.accounts.client2, "other")
     other_info = other.channels.open(MODEL, DEPOSIT)
-    other_bearer = other.biller.bearer(other_info)
-    assert _chat(node.url, other_bearer, 8).status_code == 200  # cached before the cut
+    assert _chat(node.url, other, other_info, 8).status_code == 200  # cached before the cut
     small = make_client(market.accounts[6], "small")
     small_info = small.channels.open(MODEL, SMALL_DEPOSIT)
     small.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=16)
@@ -58,10 +55,10 @@ def test_node_serves_through_an_rpc_outage_and_settles_when_the_chain_is_back(
         served += 1
         time.sleep(0.1)
     # The credit rule still holds without the chain: one unpaid record, and the deposit cap.
-    unpaid = _chat(node.url, other_bearer, 8)
+    unpaid = _chat(node.url, other, other_info, 8, seq=2)
     assert unpaid.status_code == 402, unpaid.text
     assert unpaid.json()["error"]["code"] == "receipt_required"
-    too_big = _chat(node.url, small.biller.bearer(small_info), 2000)
+    too_big = _chat(node.url, small, small_info, 2000)
     assert too_big.status_code == 402, too_big.text
     assert too_big.json()["error"]["code"] == "insufficient_deposit"
     # Nothing could be claimed while the chain was away.

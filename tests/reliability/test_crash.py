@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
-from reliakit import MESSAGES, MODEL, PRICES, wait_for
+from reliakit import MESSAGES, MODEL, PRICES, signed_get, wait_for
 from tallystick.client import ClientError, Tallystick
 from tallystick.protocol import cost_of
 
@@ -60,8 +60,7 @@ class Load:
 
 
 def _view(client: Tallystick, info: Any, url: str) -> dict[str, Any]:
-    headers = {"Authorization": f"Bearer {client.biller.bearer(info)}"}
-    resp = httpx.get(f"{url}/v1/tally/channels/{info.hex_id}", headers=headers, timeout=10)
+    resp = signed_get(url, client, info, f"/v1/tally/channels/{info.hex_id}")
     assert resp.status_code == 200, resp.text
     body: dict[str, Any] = resp.json()
     return body

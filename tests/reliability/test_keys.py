@@ -21,7 +21,7 @@ import pytest
 from eth_account import Account
 from reliakit import HERE, MESSAGES, MODEL
 from tallystick.client import ClientError, Wallet
-from tallystick.protocol import make_bearer_token
+from tallystick.protocol import RequestAuth, sign_request_auth
 
 # ~1,200 prompt tokens at 1,000 wei: more than the 10**6 deposit can pay (InsufficientDeposit)
 HUGE = [{"role": "user", "content": "hello " * 1200}]
@@ -82,9 +82,12 @@ def test_keys_never_reach_logs_errors_or_metrics(
         with pytest.raises(ClientError) as caught:
             bad()
         errors += [str(caught.value), repr(caught.value)]
-    thief = make_bearer_token(accounts.client2, market.escrow.domain, info.channel_id, 60)
+    theft = RequestAuth.for_request(
+        info.channel_id, 3, b"\0" * 32, "POST", "/v1/chat/completions", b"{}", 60
+    )
+    thief = sign_request_auth(accounts.client2, market.escrow.domain, theft)
     for headers, path, payload in (
-        ({"Authorization": f"Bearer {thief.encode()}"}, "/v1/chat/completions", {}),
+        ({"Authorization": thief.header()}, "/v1/chat/completions", {}),
         ({}, "/v1/tally/receipts", {"channelId": info.hex_id, "signature": "0x00"}),
     ):
         errors.append(httpx.post(node.url + path, json=payload, headers=headers).text)
