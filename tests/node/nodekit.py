@@ -352,14 +352,14 @@ class SignAtTheDoor:
         await self.app(scope, replay, send)
 
     def _sign(self, method: str, path: str, body: bytes, headers: dict[bytes, bytes]) -> str:
-        book = self.app.state.node.gate._book(self.channel_id)
-        root = book.countersigned_root
+        seq, last_root = next_request(self.app.state.node.ledger, self.channel_id)
+        root = last_root
         with contextlib.suppress(ValueError, KeyError, TypeError, UnicodeDecodeError):
             root = bytes.fromhex(json.loads(headers[b"x-tally-receipt"])["usageRoot"][2:])
         auth = RequestAuth(
             self.channel_id,
-            book.seq + book.in_flight + 1,
-            root if len(root) == 32 else book.countersigned_root,
+            seq,
+            root if len(root) == 32 else last_root,
             request_hash(method, path, body),
             int(time.time()) + 60,
             secrets.randbits(64),

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-from reliakit import MESSAGES, MODEL, PRICES, RoundRobinFront, free_port, wait_for
+from reliakit import MESSAGES, MODEL, PRICES, RoundRobinFront, free_port, signed_post, wait_for
 from tallystick.protocol import ZERO_ROOT, UsageRecord, cost_of
 from test_crash import DEPOSIT, Load, _view
 
@@ -143,16 +143,16 @@ def test_the_credit_rule_holds_across_replicas(
     nodes, _ = replicas
     client = make_client(market.accounts.client, "c", tokenizer_dir=tmp_path / "tok")
     info = client.channels.open(MODEL, DEPOSIT)
-    headers = {"Authorization": f"Bearer {client.biller.bearer(info)}"}
     body = {"model": MODEL, "messages": MESSAGES, "max_tokens": 200}
     results: list[httpx.Response] = []
 
-    def post(url: str) -> None:
-        results.append(
-            httpx.post(url + "/v1/chat/completions", json=body, headers=headers, timeout=60)
-        )
+    def post(url: str, seq: int) -> None:
+        # Signed for seq 1 and 2: the second is the client's next request while the first runs.
+        results.append(signed_post(url, client, info, "/v1/chat/completions", body, seq=seq))
 
-    threads = [threading.Thread(target=post, args=(n.url,)) for n in nodes[:2]]
+    threads = [
+        threading.Thread(target=post, args=(n.url, seq)) for seq, n in enumerate(nodes[:2], start=1)
+    ]
     for t in threads:
         t.start()
         time.sleep(0.05)  # the first is generating (0.003 s a token) when the second arrives
