@@ -175,6 +175,7 @@ def signing_costs(n: int) -> dict[str, dict[str, float]]:
             raise AssertionError("recovered the wrong signer")
 
     return {
+        **request_auth_costs(n),
         "receipt sign": time_per_call(lambda: sign_receipt(account, domain, receipt), n),
         "receipt verify": time_per_call(lambda: check(recover_receipt_signer(domain, signed_r)), n),
         "usage record sign": time_per_call(lambda: sign_usage_record(account, domain, record), n),
@@ -182,6 +183,52 @@ def signing_costs(n: int) -> dict[str, dict[str, float]]:
             lambda: check(recover_usage_record_signer(domain, signed_u)), n
         ),
     }  # fmt: skip
+
+
+def request_auth_costs(n: int) -> dict[str, dict[str, float]]:
+    """The per-request signature (§4.3) over a chat body with a ~1,000-token prompt, ms.
+
+    Client: hash the body, sign, format the header. Node: parse the header, hash the body it
+    received, recover the signer (then a dict lookup for one use and a compare for the seq).
+    """
+    import json
+
+    from eth_account import Account
+    from tallystick.protocol import (
+        Domain,
+        RequestAuth,
+        SignedRequestAuth,
+        recover_request_auth_signer,
+        request_hash,
+        sign_request_auth,
+    )
+
+    account = Account.create()
+    domain = Domain(31337, "0x" + "e5" * 20)
+    prompt = " ".join(f"word{i}" for i in range(1000))
+    body = json.dumps(
+        {"model": "m", "messages": [{"role": "user", "content": prompt}], "max_tokens": 64}
+    ).encode()
+    path, root, cid = "/v1/chat/completions", b"\x33" * 32, b"\x22" * 32
+
+    def sign() -> str:
+        auth = RequestAuth.for_request(cid, 7, root, "POST", path, body, 60)
+        return sign_request_auth(account, domain, auth).header()
+
+    header = sign()
+
+    def verify() -> None:
+        signed = SignedRequestAuth.from_header(header)
+        if signed.auth.request_hash != request_hash("POST", path, body):
+            raise AssertionError("the body does not match")
+        if recover_request_auth_signer(domain, signed) != account.address:
+            raise AssertionError("recovered the wrong signer")
+        signed.auth.struct_hash()  # the one-use key
+
+    return {
+        f"request signature sign (client, {len(body):,}-byte body)": time_per_call(sign, n),
+        f"request signature verify (node, {len(body):,}-byte body)": time_per_call(verify, n),
+    }
 
 
 def _serving_ttft(serving: dict[str, Any] | None) -> tuple[float | None, str]:
@@ -220,7 +267,15 @@ def run(
                  f"{count['p50_ms']:.3f}", f"{count['p95_ms']:.3f}"])  # fmt: skip
     console.print(table("Protocol costs", ["operation", "p50 ms", "p95 ms"], rows))
     console.print(f"[dim]node added TTFT {source}[/]")
+    sign_key = next(k for k in signing if k.startswith("request signature sign"))
+    verify_key = next(k for k in signing if k.startswith("request signature verify"))
     targets = [
+        Target(
+            "request signature sign p50 (client)", signing[sign_key]["p50_ms"], 0.5, False, "ms"
+        ),
+        Target(
+            "request signature verify p50 (node)", signing[verify_key]["p50_ms"], 0.5, False, "ms"
+        ),
         Target("receipt sign p50", signing["receipt sign"]["p50_ms"], 0.5, False, "ms"),
         Target("receipt verify p50", signing["receipt verify"]["p50_ms"], 0.5, False, "ms"),
         Target("client verification, 1,000-token prompt", verify["p50_ms"], 5.0, False, "ms"),

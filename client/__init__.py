@@ -35,6 +35,7 @@ from ._errors import (
     TokenChanged,
     WalletError,
 )
+from ._node import InsecureEndpointWarning
 from ._store import BillLine, ChannelInfo, ChannelTally, Dispute, Store
 from ._transport import TallyTransport
 from ._verify import DEFAULT_TOLERANCE, Served, Tolerance, VerifiedBill, verify_bill
@@ -56,6 +57,7 @@ __all__ = [
     "ClientError",
     "Closed",
     "Dispute",
+    "InsecureEndpointWarning",
     "InsufficientDeposit",
     "InvalidResponse",
     "Listing",

@@ -7,7 +7,6 @@ limit and depth-checked before they are parsed (``_json.py``): ``InvalidResponse
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import warnings
 from collections.abc import Callable
@@ -15,7 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-from tallystick.protocol import ProtocolError, SignedReceipt
+from tallystick.protocol import ProtocolError, SignedReceipt, is_loopback
 
 from ._errors import InvalidResponse, NodeError, PaymentRequired, from_httpx
 from ._json import (
@@ -28,25 +27,13 @@ from ._json import (
     too_deep,
 )
 
-__all__ = ["InsecureEndpointWarning", "NodeClient", "is_loopback", "node_error", "send"]
+__all__ = ["InsecureEndpointWarning", "NodeClient", "node_error", "send", "warn_if_insecure"]
 
 Authorizer = Callable[[str, str, bytes], str]  # (method, path, body) -> Authorization value
 
 
 class InsecureEndpointWarning(UserWarning):
     """A node endpoint is plain ``http://`` to another host: requests travel readable."""
-
-
-def is_loopback(host: str | None) -> bool:
-    """True for ``localhost`` and loopback addresses (where plain HTTP stays on the machine)."""
-    if not host:
-        return False
-    if host.lower() == "localhost" or host.lower().endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def warn_if_insecure(endpoint: str) -> None:

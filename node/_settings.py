@@ -22,6 +22,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from tallystick.protocol import is_loopback
 
 from ._errors import ConfigError
 
@@ -55,6 +56,11 @@ class Settings(BaseModel):
     # http
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
+    # HTTPS: both or neither. Without them a non-loopback bind needs insecure_http (a TLS
+    # reverse proxy in front, docs/deployment.md).
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    insecure_http: bool = False
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     default_max_tokens: int = Field(default=512, ge=1)
     # payment gate
@@ -89,6 +95,21 @@ class Settings(BaseModel):
     # logging
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "kv"] = "kv"
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
+
+    def check_listen(self) -> None:
+        """``ConfigError`` unless the HTTP side is safe to start as configured."""
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("--tls-cert and --tls-key go together: give both or neither")
+        if self.tls or self.insecure_http or is_loopback(self.host):
+            return
+        raise ConfigError(
+            f"refusing to serve plain HTTP on {self.host}: give --tls-cert and --tls-key, or "
+            "put a TLS reverse proxy in front and pass --insecure-http (docs/deployment.md)"
+        )
 
     @property
     def ledger_location(self) -> str | Path:

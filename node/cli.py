@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
-from tallystick.protocol import ChainError, Prices, TallystickError, model_id
+from tallystick.protocol import ChainError, Prices, TallystickError, is_loopback, model_id
 
 from ._errors import ConfigError, KeyLoadError
 from ._keys import load_account
@@ -116,6 +116,23 @@ def _chain_message(exc: ChainError) -> str:
     return f"contract error {exc}" + (f": {hint}" if hint else "")
 
 
+def _check_endpoint(endpoint: str) -> None:
+    # Clients send prompts, answers and receipts there: only a local test node may skip TLS.
+    from urllib.parse import urlsplit
+
+    if not endpoint:
+        return  # the registry refuses it with RegistryEmptyEndpoint
+    parts = urlsplit(endpoint)
+    if parts.scheme == "https" and parts.hostname:
+        return
+    if parts.scheme == "http" and is_loopback(parts.hostname):
+        return
+    raise ConfigError(
+        f"the endpoint {endpoint!r} must be an https:// URL (plain http:// only for a node on "
+        "this machine, e.g. http://127.0.0.1:8000); see docs/deployment.md"
+    )
+
+
 def _settings(cli: dict[str, Any]) -> Settings:
     config = cli.pop("config", None)
     if cli.get("min_claim") == ():
@@ -154,8 +171,22 @@ def main() -> None:
 @click.option("--engine", type=click.Choice(["transformers", "upstream"]))
 @click.option("--upstream-url", help="OpenAI-compatible server to meter (--engine upstream).")
 @click.option("--upstream-model", help="Model id on the upstream server (default: its first).")
-@click.option("--host")
+@click.option("--host", help="Address to bind (default 127.0.0.1).")
 @click.option("--port", type=int)
+@click.option(
+    "--tls-cert",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="PEM certificate (chain): serve HTTPS.",
+)
+@click.option(
+    "--tls-key", type=click.Path(dir_okay=False, path_type=Path), help="PEM private key of it."
+)
+@click.option(
+    "--insecure-http",
+    is_flag=True,
+    default=None,
+    help="Serve plain HTTP on a non-loopback address (a TLS reverse proxy is in front).",
+)
 @click.option("--credit-requests", type=int, help="Unpaid requests allowed per channel.")
 @click.option("--settle-interval", type=float, help="Seconds between settlement passes.")
 @click.option(
@@ -191,6 +222,8 @@ def serve(**cli: Any) -> None:
     from ._logging import configure_logging
 
     settings = _settings(cli)
+    settings.check_listen()
+    _check_tls_files(settings)
     configure_logging(settings.log_level, settings.log_format)
     account = _account(settings)
     # Connect and load before uvicorn starts: a failure in its lifespan prints a traceback,
@@ -203,7 +236,26 @@ def serve(**cli: Any) -> None:
         port=settings.port,
         log_config=None,
         log_level=settings.log_level.lower(),
+        ssl_certfile=settings.tls_cert,
+        ssl_keyfile=settings.tls_key,
     )
+
+
+def _check_tls_files(settings: Settings) -> None:
+    # uvicorn would load them only after the model, and fail with a traceback.
+    if settings.tls_cert is None or settings.tls_key is None:
+        return
+    import ssl
+
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+            settings.tls_cert, settings.tls_key
+        )
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            f"cannot use --tls-cert {settings.tls_cert} with --tls-key {settings.tls_key}: "
+            f"{getattr(exc, 'strerror', None) or exc}"
+        ) from None
 
 
 async def _preflight(settings: Settings, account: Any) -> tuple[Any, Any]:
@@ -231,6 +283,7 @@ async def _preflight(settings: Settings, account: Any) -> tuple[Any, Any]:
 @_one_line_errors
 def register(endpoint: str, metadata: str, **cli: Any) -> None:
     """Register this key as a provider (or update its endpoint)."""
+    _check_endpoint(endpoint)
     account, registry, _ = _bindings(_settings(cli))
     if registry.get_provider(account.address).registered:
         tx = registry.update_endpoint(account, endpoint)

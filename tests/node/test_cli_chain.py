@@ -65,13 +65,18 @@ def test_register_list_reprice_delist_and_status(cli, deployment, accounts):
         "tallystick-node register",
     )
     fails(cli("register", "--endpoint", ""), 1, "RegistryEmptyEndpoint()")
-    assert f"registered {provider} at http://node.example" in ok(
-        cli("register", "--endpoint", "http://node.example")
+    fails(cli("register", "--endpoint", "http://node.example"), 2, "must be an https:// URL")
+    assert registry.get_provider(provider).registered is False
+    assert f"registered {provider} at https://node.example" in ok(
+        cli("register", "--endpoint", "https://node.example")
     )
-    assert "endpoint updated to http://node2.example" in ok(
-        cli("register", "--endpoint", "http://node2.example")
+    assert "endpoint updated to https://node2.example" in ok(
+        cli("register", "--endpoint", "https://node2.example")
     )
-    assert registry.get_provider(provider).endpoint == "http://node2.example"
+    assert "endpoint updated to http://127.0.0.1:8000" in ok(
+        cli("register", "--endpoint", "http://127.0.0.1:8000")  # a node on this machine
+    )
+    assert registry.get_provider(provider).endpoint == "http://127.0.0.1:8000"
 
     out = ok(cli("list-model", *LIST, *PRICE))
     assert f"listed {NAME} (modelId 0x{model_id(NAME).hex()}, tokenizerHash {HASH}" in out
@@ -91,7 +96,7 @@ def test_register_list_reprice_delist_and_status(cli, deployment, accounts):
         "tallystick-node list-model",
     )
     status = ok(cli("status"))
-    assert "registered at http://node2.example" in status and NAME in status
+    assert "registered at http://127.0.0.1:8000" in status and NAME in status
 
     assert f"delisted {NAME}" in ok(cli("delist", "--model-name", NAME))
     assert not registry.is_listed(provider, model_id(NAME))

@@ -137,7 +137,7 @@ def test_upstream_engine_is_metered_countersigned_and_settled(
     provider, client, escrow = accounts.provider, accounts.client, deployment.escrow
     args = chain_args(anvil.url, deployment, provider, tmp_path / "node.db")
     runner = CliRunner()
-    assert runner.invoke(main, ["register", *args, "--endpoint", "http://x"]).exit_code == 0
+    assert runner.invoke(main, ["register", *args, "--endpoint", "https://x"]).exit_code == 0
     listed = runner.invoke(
         main,
         [

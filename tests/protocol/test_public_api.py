@@ -30,7 +30,7 @@ DOCUMENTED = {
     "ChainUnavailable", "DeploymentNotFound",
 }  # fmt: skip
 EXTRA = {
-    "recover_message_signer", "bench_signing", "ChannelStatus",
+    "recover_message_signer", "bench_signing", "is_loopback", "ChannelStatus",
     "Event", "SkippedReceipt", "Token", "decode_revert",
 }  # fmt: skip
 
