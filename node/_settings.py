@@ -57,7 +57,7 @@ class Settings(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     # HTTPS: both or neither. Without them a non-loopback bind needs insecure_http (a TLS
-    # reverse proxy in front, docs/deployment.md).
+    # reverse proxy in front, docs/https.md).
     tls_cert: Path | None = None
     tls_key: Path | None = None
     insecure_http: bool = False
@@ -108,7 +108,7 @@ class Settings(BaseModel):
             return
         raise ConfigError(
             f"refusing to serve plain HTTP on {self.host}: give --tls-cert and --tls-key, or "
-            "put a TLS reverse proxy in front and pass --insecure-http (docs/deployment.md)"
+            "put a TLS reverse proxy in front and pass --insecure-http (docs/https.md)"
         )
 
     @property

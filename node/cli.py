@@ -129,7 +129,7 @@ def _check_endpoint(endpoint: str) -> None:
         return
     raise ConfigError(
         f"the endpoint {endpoint!r} must be an https:// URL (plain http:// only for a node on "
-        "this machine, e.g. http://127.0.0.1:8000); see docs/deployment.md"
+        "this machine, e.g. http://127.0.0.1:8000); see docs/https.md"
     )
 
 
