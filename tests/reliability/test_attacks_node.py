@@ -21,6 +21,7 @@ from reliakit import (
     same_block_front_run,
     send_outbidding,
     signed_get,
+    signed_post,
 )
 from tallystick.client import BillingDispute, PriceChanged
 from tallystick.protocol import (
@@ -210,11 +211,7 @@ def test_max_tokens_whose_worst_case_exceeds_the_deposit_is_402(
     deposit = 10**6  # 1000 output tokens at 3000 wei would cost 3 * 10**6
     info = client.channels.open(MODEL, deposit)
     body = {"model": MODEL, "messages": MESSAGES, "max_tokens": 1000}
-    resp = httpx.post(
-        f"{market.endpoint}/v1/chat/completions",
-        json=body,
-        headers={"Authorization": f"Bearer {client.biller.bearer(info)}"},
-    )
+    resp = signed_post(market.endpoint, client, info, "/v1/chat/completions", body)
     assert resp.status_code == 402, resp.text
     assert resp.json()["error"]["code"] == "insufficient_deposit"
     assert client.store.tally(info.channel_id).seq == 0

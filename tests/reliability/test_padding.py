@@ -13,9 +13,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-from reliakit import MESSAGES, MODEL, PRICES
+from reliakit import MESSAGES, MODEL, PRICES, signed_get, signed_post
 from tallystick.client import BillingDispute, ChannelDisputed
 from tallystick.protocol import ProtocolError, cost_of
 
@@ -59,12 +58,8 @@ def _requests(log: Path) -> list[dict[str, Any]]:
 
 
 def _view(market: Any, client: Any, info: Any) -> dict[str, Any]:
-    bearer = client.biller.bearer(info)
     return dict(
-        httpx.get(
-            f"{market.endpoint}/v1/tally/channels/{info.hex_id}",
-            headers={"Authorization": f"Bearer {bearer}"},
-        ).json()
+        signed_get(market.endpoint, client, info, f"/v1/tally/channels/{info.hex_id}").json()
     )
 
 
@@ -144,11 +139,12 @@ def test_without_max_tokens_the_node_caps_its_default_to_the_deposit_and_says_so
     client = make_client(market.accounts.client, "client")
     deposit = 2 * 10**5  # ~60 output tokens: below the node's default of 512
     info = client.channels.open(MODEL, deposit)
-    bearer = client.biller.bearer(info)
-    resp = httpx.post(
-        f"{market.endpoint}/v1/chat/completions",
-        json={"model": MODEL, "messages": MESSAGES},
-        headers={"Authorization": f"Bearer {bearer}"},
+    resp = signed_post(
+        market.endpoint,
+        client,
+        info,
+        "/v1/chat/completions",
+        {"model": MODEL, "messages": MESSAGES},
     )
     assert resp.status_code == 200, resp.text
     prompt = resp.json()["usage"]["prompt_tokens"]
