@@ -11,14 +11,22 @@ and each channel's on-chain payment equals the client's verified bill.
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import psycopg
 import pytest
-from reliakit import MESSAGES, MODEL, PRICES, RoundRobinFront, free_port, signed_post, wait_for
+from reliakit import (
+    MESSAGES,
+    MODEL,
+    PRICES,
+    RoundRobinFront,
+    free_port,
+    signed_get,
+    signed_post,
+    wait_for,
+)
 from tallystick.protocol import ZERO_ROOT, UsageRecord, cost_of
 from test_crash import DEPOSIT, Load, _view
 
@@ -153,9 +161,15 @@ def test_the_credit_rule_holds_across_replicas(
     threads = [
         threading.Thread(target=post, args=(n.url, seq)) for seq, n in enumerate(nodes[:2], start=1)
     ]
-    for t in threads:
-        t.start()
-        time.sleep(0.05)  # the first is generating (0.003 s a token) when the second arrives
+    view = f"/v1/tally/channels/{info.hex_id}"
+    threads[0].start()
+    # The second goes once the first is generating (0.003 s a token), as the other replica sees.
+    wait_for(
+        lambda: signed_get(nodes[1].url, client, info, view).json()["inFlight"] == 1,
+        10,
+        "the first request in flight",
+    )
+    threads[1].start()
     for t in threads:
         t.join(60)
     codes = sorted(r.status_code for r in results)
