@@ -171,9 +171,9 @@ class PaymentGate:
     ) -> Reservation:
         """Hold the request's worst case, or raise 402 saying what the client must do.
 
-        The signed seq and root are checked first, under the channel's ledger lock: a
-        request the client did not sign for the channel's next seq never reaches the credit
-        rule and never takes a seq.
+        The signed seq and root are checked under the channel's ledger lock, after the
+        channel's state and before the credit rule: a request the client did not sign for the
+        channel's next seq never takes a seq.
         """
         channel = authorized.channel
         cid = channel.channel_id
@@ -184,8 +184,8 @@ class PaymentGate:
                     channel = await self._channel(cid, refresh=True)
                 with self._ledger.channel_lock(cid):
                     book = self._ledger.book(cid)
-                    self._check_next(authorized, book)
                     self._check_open(channel, book)
+                    self._check_next(authorized, book)
                     self._check_credit(book)
                     need = self._shortfall(channel, book, prompt_tokens, max_tokens)
                     if need <= 0:

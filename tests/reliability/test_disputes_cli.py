@@ -10,9 +10,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-from reliakit import MESSAGES, MODEL
+from reliakit import MESSAGES, MODEL, signed_post
 from tallystick.client import BillingDispute
 from tallystick.client.cli import main
 
@@ -79,11 +78,12 @@ def test_disputes_are_listed_the_channel_refused_and_left_by_a_unilateral_close(
     closes_at = market.escrow.get_channel(info.channel_id).closes_at
     assert code == 0 and "402 channel_closing" in out and f"channel finalize {cid}" in out
     # Meanwhile the node serves nothing on the channel
-    bearer = make_client(market.accounts.client, "client").biller.bearer(info)
-    resp = httpx.post(
-        f"{market.endpoint}/v1/chat/completions",
-        json={"model": MODEL, "messages": MESSAGES, "max_tokens": 4},
-        headers={"Authorization": f"Bearer {bearer}"},
+    resp = signed_post(
+        market.endpoint,
+        make_client(market.accounts.client, "client"),
+        info,
+        "/v1/chat/completions",
+        {"model": MODEL, "messages": MESSAGES, "max_tokens": 4},
     )
     assert resp.status_code == 402 and resp.json()["error"]["code"] == "channel_closing"
     code, _, err = _run([*args, "channel", "finalize", cid], capsys)
