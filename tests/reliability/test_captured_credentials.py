@@ -177,6 +177,22 @@ def test_a_captured_receipt_closes_nothing(victim: Any, market: Any) -> None:
     _refused(_steal(node.url, "POST", close, "", receipt), 401, "missing_api_key")
     # The channel is not closing: the victim is served, then closes it itself.
     assert _chat(client).tally.record.record.seq == 2
+    # The victim asks the node to countersign its final receipt; both signatures are now on
+    # the wire. A stranger sends closeCooperative with them first: only the parties may.
+    final = client.store.tally(info.channel_id).receipt
+    client.node(node.url).close(final, client.biller.authorizer(info))
+    answer = json.loads(tap.last("POST", close).answer)
+    provider_sig = bytes.fromhex(answer["providerSignature"][2:])
+    from tallystick.protocol import ContractError, SignedReceipt
+
+    stranger = market.accounts.client2
+    with pytest.raises(ContractError) as refused:
+        market.escrow.close_cooperative(
+            stranger, SignedReceipt.from_json(answer["receipt"]), provider_sig
+        )
+    assert refused.value.name == "EscrowNotParty"
+    assert refused.value.args[0] == stranger.address
+    assert market.escrow.get_channel(info.channel_id).status.name == "OPEN"
     closed = client.channels.close(info.channel_id)
     assert closed.refund == DEPOSIT - closed.paid
     assert market.escrow.get_channel(info.channel_id).status.name == "CLOSED"
