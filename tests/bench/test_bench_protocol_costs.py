@@ -40,6 +40,11 @@ def test_run_reports_targets_and_the_node_added_ttft(tiny_counter: Any, results_
     )
     assert result["node_added_ttft_ms"] == pytest.approx(4.0)
     names = [t["name"] for t in result["targets"]]
-    assert names[:2] == ["receipt sign p50", "receipt verify p50"]
+    assert names[:4] == [
+        "request signature sign p50 (client)",
+        "request signature verify p50 (node)",
+        "receipt sign p50",
+        "receipt verify p50",
+    ]
     assert all(v["p50_ms"] > 0 for v in result["signing"].values())
     assert (results_dir / "protocol_costs.json").exists()
