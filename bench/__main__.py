@@ -1,7 +1,7 @@
 """``python -m bench`` (``make bench``): every section in one run, then one table of targets.
 
     python -m bench [--only gas_per_request,growth,serving,protocol_costs,gateway,gas,
-                            false_disputes] [--quick]
+                            false_disputes,replicas] [--quick]
 
 ``--quick`` runs each section in a minimal configuration (seconds, except the model loads).
 """
@@ -13,7 +13,15 @@ import sys
 import time
 from typing import Any
 
-from . import false_disputes, gas_per_request, gateway, growth, protocol_costs, serving
+from . import (
+    false_disputes,
+    gas_per_request,
+    gateway,
+    growth,
+    protocol_costs,
+    replicas,
+    serving,
+)
 from ._common import Target, console, show_targets
 
 SECTIONS = (
@@ -24,6 +32,7 @@ SECTIONS = (
     "protocol_costs",
     "gateway",
     "false_disputes",
+    "replicas",
 )
 
 
@@ -34,6 +43,9 @@ def _quick() -> dict[str, Any]:
         "serving": serving.Config(levels=(1, 2), max_tokens=8, min_requests=1),
         "gateway": gateway.Config(levels=(1, 2), max_tokens=8, min_requests=1),
         "false_disputes": false_disputes.Config(per_cell=2, max_tokens=16),
+        "replicas": replicas.Config(
+            streams=2, max_tokens=8, min_requests=2, ledger_requests=50, channels=10
+        ),
     }
 
 
@@ -64,6 +76,8 @@ def run(only: tuple[str, ...], quick: bool) -> list[Target]:
             figures[name] = gateway.run(configs.get(name))
         elif name == "false_disputes":
             figures[name] = false_disputes.run(configs.get(name))
+        elif name == "replicas":
+            figures[name] = replicas.run(configs.get(name))
         elif name == "protocol_costs":
             figures[name] = protocol_costs.run(figures.get("serving"))
         console.print(f"[dim]{name}: {time.monotonic() - section_start:.0f} s[/]")

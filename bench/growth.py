@@ -129,7 +129,9 @@ async def _serve_one(
     last[channel_id] = (r.seq, receipt.usage_root)
 
 
-async def _grow(url: str, counts: tuple[int, ...], workdir: Path) -> list[dict[str, Any]]:
+async def _grow(
+    url: str, counts: tuple[int, ...], workdir: Path, ledger: str | None = None
+) -> list[dict[str, Any]]:
     import httpx
     from tallystick.node import Settings, create_app
     from tallystick.node.engines import FakeEngine
@@ -143,6 +145,7 @@ async def _grow(url: str, counts: tuple[int, ...], workdir: Path) -> list[dict[s
         escrow=chain.escrow.address,
         registry=chain.registry.address,
         db=workdir / "node.db",
+        ledger=ledger,
         settle_interval=86400,
         claim_gas_multiple=0,
         channel_cache_ttl=3600,
@@ -231,11 +234,12 @@ def _ledger_bytes(workdir: Path) -> int:
     return sum(p.stat().st_size for p in workdir.glob("node.db*"))
 
 
-def grow_channels(counts: tuple[int, ...]) -> list[dict[str, Any]]:
+def grow_channels(counts: tuple[int, ...], ledger: str | None = None) -> list[dict[str, Any]]:
+    """``ledger``: a PostgreSQL URL for the node's ledger (default: SQLite in a temp folder)."""
     # A 1,000-receipt claimMany needs more gas than a 30M block: the chain allows it so the
     # pass can be timed, and the table says whether it would fit a mainnet-sized block.
     with anvil(gas_limit=GROWTH_GAS_LIMIT) as url, tempfile.TemporaryDirectory() as tmp:
-        return asyncio.run(_grow(url, counts, Path(tmp)))
+        return asyncio.run(_grow(url, counts, Path(tmp), ledger))
 
 
 # --- verification vs prompt length ----------------------------------------------------

@@ -108,6 +108,11 @@ class ChainView(Protocol):
         """``CloseRequested`` events of our channels from ``from_block``, and the next block."""
         ...
 
+    async def tx_confirmations(self, tx_hash: str) -> int | None:
+        """Blocks from the one holding ``tx_hash`` to the head (1: in the head block), or None
+        when the chain has no receipt for it (never mined, or dropped by a reorg)."""
+        ...
+
     async def key_retirements(self, from_block: int) -> tuple[list[KeyRetirement], int]:
         """``SessionKeyRetired`` events of our channels from ``from_block``, and the next block."""
         ...

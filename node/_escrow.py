@@ -14,6 +14,7 @@ from typing import Any
 import requests
 from eth_abi import decode as abi_decode
 from eth_account.signers.local import LocalAccount
+from eth_typing import HexStr
 from eth_utils import event_abi_to_log_topic, function_abi_to_4byte_selector, to_checksum_address
 from eth_utils.abi import get_abi_output_types
 from tallystick.protocol import (
@@ -31,6 +32,7 @@ from tallystick.protocol import (
     read_deployment,
 )
 from web3 import HTTPProvider, Web3
+from web3.exceptions import TransactionNotFound
 from web3.providers.rpc.utils import ExceptionRetryConfiguration
 from web3.types import RPCEndpoint
 
@@ -262,6 +264,20 @@ class EscrowChain:
     async def close_requests(self, from_block: int) -> tuple[list[CloseRequest], int]:
         return await asyncio.to_thread(self._close_requests, from_block)
 
+    async def tx_confirmations(self, tx_hash: str) -> int | None:
+        return await asyncio.to_thread(self._tx_confirmations, tx_hash)
+
+    def _tx_confirmations(self, tx_hash: str) -> int | None:
+        w3 = self.escrow.w3
+        try:
+            receipt = w3.eth.get_transaction_receipt(HexStr(tx_hash))
+        except TransactionNotFound:
+            return None
+        except Exception as exc:  # transport: the caller retries on its next pass
+            raise ChainUnavailable(f"chain RPC failed: {exc}") from exc
+        head = _rpc(lambda: int(w3.eth.block_number))
+        return head - int(receipt["blockNumber"]) + 1
+
     def _close_requests(self, from_block: int) -> tuple[list[CloseRequest], int]:
         head = self.escrow.block_number()
         if head < from_block:
@@ -272,7 +288,10 @@ class EscrowChain:
             cid = bytes(event.args["channelId"])
             if self.escrow.get_channel(cid).provider == self.provider:
                 out.append(CloseRequest(cid, int(event.args["closesAt"]), event.block_number))
-        return out, head + 1
+        # With confirmations, the last blocks are scanned again next time: a reorg may have
+        # put a CloseRequested into a block at a height already scanned (events repeat; the
+        # cache applies them idempotently).
+        return out, max(head + 1 - self.confirmations, from_block)
 
     async def key_retirements(self, from_block: int) -> tuple[list[KeyRetirement], int]:
         return await asyncio.to_thread(self._key_retirements, from_block)

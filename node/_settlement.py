@@ -45,6 +45,7 @@ __all__ = ["Candidate", "SettlementWorker", "plan_batches", "receipt_gas"]
 log = logging.getLogger("tallystick.node.settlement")
 
 SCAN_KEY = "close_scan_block"
+FINALITY_WINDOW = 50  # the most recent claims whose finality each loop checks
 LEASE = "settlement"
 KEY_SCAN_KEY = "key_scan_block"
 RETIRED_KEY = "retired_session_keys"  # JSON {channel hex: {key: validUntil}}, pruned once past
@@ -94,6 +95,7 @@ class SettlementWorker:
     ) -> None:
         self._owner = owner or uuid.uuid4().hex
         self._lease_ttl = settings.replica_ttl
+        self._confirmations = settings.confirmations
         self._leader = False
         self._chain = chain
         self._ledger = ledger
@@ -141,6 +143,7 @@ class SettlementWorker:
                 if not self.holds_lease():
                     await asyncio.sleep(self._poll)
                     continue
+                await self.check_finality()
                 urgent = await self.scan_close_requests() + await self.scan_key_retirements()
                 due = time.monotonic() >= next_settle or self._wake.is_set()
                 self._wake.clear()
@@ -156,6 +159,26 @@ class SettlementWorker:
                 log.exception("settlement: unexpected error; retrying in %.0fs", delay)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=delay)
+
+    async def check_finality(self) -> None:
+        """Mark mined claims "final" once ``confirmations`` deep, "reorged" if the chain lost them.
+
+        Bookkeeping only: what gets claimed always follows the chain's claimed totals, so a
+        reorged claim's receipts are candidates again without anything read from here.
+        """
+        for row in self._ledger.claims(limit=FINALITY_WINDOW):
+            if row.status != "confirmed" or row.tx_hash is None:
+                continue
+            depth = await self._chain.tx_confirmations(row.tx_hash)
+            if depth is None:
+                log.warning(
+                    "settlement: claim %s was dropped by a reorg; claiming again", row.tx_hash
+                )
+                self._ledger.set_claim_status(row.claim_id, "reorged")
+                self._metrics.claims.labels("reorged").inc()
+                self.wake()
+            elif depth >= max(self._confirmations, 1):
+                self._ledger.set_claim_status(row.claim_id, "final")
 
     async def scan_close_requests(self) -> int:
         """Apply new ``CloseRequested`` events; the number of our channels now closing."""

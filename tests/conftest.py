@@ -6,7 +6,7 @@ deployment of the contracts, and the path of the real model.
 - ``deployment``: ProviderRegistry, TallyEscrow (challenge period 3600 s) and MockUSDC,
   deployed once per session; every test that uses it runs between ``evm_snapshot`` and
   ``evm_revert``, so it sees a fresh chain state.
-- ``postgres``: a throw-away PostgreSQL cluster per session (``pgkit.py``); ``pg_url``: a
+- ``postgres``: a throw-away PostgreSQL cluster per session (``bench/_postgres.py``); ``pg_url``: a
   fresh empty database on it.
 - ``model_dir``: the SmolLM2 GGUF folder (skips when absent).
 Options: ``--long`` runs the soak tests marked ``slow``.
@@ -18,6 +18,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,6 +28,8 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # `bench` (shared kit: PostgreSQL cluster, front) is top-level
+    sys.path.insert(0, str(ROOT))
 ANVIL = ROOT / "node_modules" / ".bin" / "anvil"
 MNEMONIC = "test test test test test test test test test test test junk"
 CHAIN_ID = 31337
@@ -210,8 +213,8 @@ def advance_time(w3: Any) -> Any:
 
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[Any]:
-    """A throw-away PostgreSQL cluster for the session (``pgkit.PgCluster``)."""
-    from pgkit import PgCluster
+    """A throw-away PostgreSQL cluster for the session (``bench/_postgres.py``)."""
+    from bench._postgres import PgCluster
 
     cluster = PgCluster.start()
     try:

@@ -46,7 +46,7 @@ class ClaimRow:
 
     claim_id: int
     tx_hash: str | None
-    status: str  # "pending", "confirmed", "failed"
+    status: str  # "pending", "confirmed" (mined), "final", "reorged" (dropped), "failed"
     created_at: float
     gas_used: int | None
     amount: int | None
@@ -114,6 +114,7 @@ class LedgerStore(Protocol):
         skipped: dict[bytes, str] | None = None,
     ) -> None: ...
     def claims(self, limit: int = 100) -> list[ClaimRow]: ...
+    def set_claim_status(self, claim_id: int, status: str) -> None: ...
     def get_meta(self, key: str) -> str | None: ...
     def set_meta(self, key: str, value: str) -> None: ...
     def close(self) -> None: ...
@@ -375,6 +376,11 @@ class SqlLedger:
                     "WHERE claim_id = ? AND channel_id = ?",
                     (reason, claim_id, channel_id),
                 )
+
+    def set_claim_status(self, claim_id: int, status: str) -> None:
+        """A mined claim became "final" (deep enough) or was "reorged" (dropped)."""
+        with self._tx():
+            self._execute("UPDATE claims SET status = ? WHERE claim_id = ?", (status, claim_id))
 
     def claims(self, limit: int = 100) -> list[ClaimRow]:
         rows = self._read(

@@ -62,8 +62,9 @@ def test_a_claim_dropped_by_a_reorg_is_claimed_again_on_the_next_pass(
     deployment, _, cid = market
     ledger = SqliteLedger(tmp_path / "ledger.db")
     ledger.add_receipt(_receipt(accounts.client, deployment, cid, (1000, 500)))
-    chain = _chain(deployment, accounts.provider, confirmations=0)
+    chain = _chain(deployment, accounts.provider, confirmations=2)
     settings = Settings(
+        confirmations=2,
         rpc="http://unused",
         escrow=deployment.escrow.address,
         registry=deployment.registry.address,
@@ -92,4 +93,11 @@ def test_a_claim_dropped_by_a_reorg_is_claimed_again_on_the_next_pass(
     assert again.amount == want and again.tx_hash != first.tx_hash
     assert deployment.escrow.get_channel(cid).paid == want
     assert asyncio.run(worker.settle(force=False)) == []  # and only once
+    # The ledger's history follows: the lost claim is "reorged", the new one "final" once
+    # two blocks deep (confirmations=2), not before.
+    asyncio.run(worker.check_finality())
+    assert [c.status for c in ledger.claims()] == ["confirmed", "reorged"]
+    w3.provider.make_request("anvil_mine", [1])
+    asyncio.run(worker.check_finality())
+    assert [c.status for c in ledger.claims()] == ["final", "reorged"]
     ledger.close()

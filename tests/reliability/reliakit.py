@@ -5,7 +5,7 @@
 - ``NodeProcess``: ``tallystick-node serve`` as a subprocess (``_fake_node.py``: the real CLI
   with FakeEngine), which a test can SIGKILL and restart on the same ledger.
 - ``TcpProxy``: a TCP relay (node -> anvil) that a test can cut, black-hole and restore.
-- ``RoundRobinFront``: one endpoint in front of several node replicas, a request each in turn.
+(The round-robin front before node replicas is ``bench/_front.py``, shared with ``make bench``.)
 """
 
 from __future__ import annotations
@@ -155,95 +155,6 @@ class NodeProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-
-# --- replicas behind one endpoint ------------------------------------------------------------
-
-
-class RoundRobinFront:
-    """An HTTP front on ``port``: each request goes to the next backend, as a load balancer.
-
-    A backend that refuses the connection is skipped (the request was never sent); when none
-    accepts, the answer is 503. A backend that dies after the request was sent resets the
-    client's connection: the outcome is unknown, so the client must not be told "refused".
-    ``served[url]`` counts the answers each backend gave.
-    """
-
-    def __init__(self, port: int, backends: list[str]) -> None:
-        import http.server
-        import itertools
-
-        self.backends = backends
-        self.served = {url: 0 for url in backends}
-        self._next = itertools.cycle(range(len(backends)))
-        self._lock = threading.Lock()
-        self._http = httpx.Client(timeout=httpx.Timeout(60.0, connect=2.0))
-        front = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                front._forward(self)
-
-            def do_POST(self) -> None:
-                front._forward(self)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-
-    def _order(self) -> list[str]:
-        with self._lock:
-            first = next(self._next)
-        return [self.backends[(first + i) % len(self.backends)] for i in range(len(self.backends))]
-
-    def _forward(self, handler: Any) -> None:
-        length = int(handler.headers.get("Content-Length") or 0)
-        body = handler.rfile.read(length) if length else b""
-        headers = {k: v for k, v in handler.headers.items() if k.lower() not in _HOP}
-        for backend in self._order():
-            request = self._http.build_request(
-                handler.command, backend + handler.path, headers=headers, content=body
-            )
-            try:
-                response = self._http.send(request, stream=True)
-            except httpx.ConnectError:
-                continue  # never sent: try the next replica
-            except httpx.HTTPError:
-                _reset(handler.connection)
-                return
-            try:
-                self._relay(handler, response)
-                with self._lock:
-                    self.served[backend] += 1
-            except (httpx.HTTPError, OSError):
-                _reset(handler.connection)  # died mid-answer: the client sees a broken reply
-            finally:
-                response.close()
-            return
-        handler.send_error(503, "no replica accepted the connection")
-
-    def _relay(self, handler: Any, response: httpx.Response) -> None:
-        # Read the whole answer first: a replica that dies mid-answer resets the client.
-        chunks = list(response.iter_raw())
-        handler.send_response(response.status_code)
-        for key, value in response.headers.items():
-            if key.lower() not in _HOP and key.lower() != "content-length":
-                handler.send_header(key, value)
-        handler.send_header("Content-Length", str(sum(len(c) for c in chunks)))
-        handler.end_headers()
-        for chunk in chunks:
-            handler.wfile.write(chunk)
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._http.close()
-
-
-_HOP = {"connection", "keep-alive", "transfer-encoding", "host", "content-length", "upgrade"}
 
 
 # --- a TCP proxy that can be cut -------------------------------------------------------------

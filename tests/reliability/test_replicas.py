@@ -21,7 +21,6 @@ from reliakit import (
     MESSAGES,
     MODEL,
     PRICES,
-    RoundRobinFront,
     free_port,
     signed_get,
     signed_post,
@@ -29,6 +28,8 @@ from reliakit import (
 )
 from tallystick.protocol import ZERO_ROOT, UsageRecord, cost_of
 from test_crash import DEPOSIT, Load, _view
+
+from bench._front import RoundRobinFront
 
 pytestmark = pytest.mark.chain
 

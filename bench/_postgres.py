@@ -1,4 +1,4 @@
-"""A throw-away PostgreSQL cluster for tests and benches (Debian's postgresql, initdb/pg_ctl).
+"""A throw-away PostgreSQL cluster for benches and tests (Debian's postgresql, initdb/pg_ctl).
 
 ``PgCluster.start(fsync=...)`` makes a cluster in a fresh temporary folder, listening on
 127.0.0.1 at a free port with trust auth; ``new_database()`` returns the URL of an empty
