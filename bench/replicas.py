@@ -117,7 +117,9 @@ def _measure(setup: str, replicas: int, upstream: str, config: Config, workdir: 
         cfg = serving.Config(
             levels=(config.streams,), max_tokens=config.max_tokens, min_requests=config.min_requests
         )
-        (result,) = serving._http_levels(setup, cfg, serving._node_request(clients, cfg))
+        console.print(f"  {setup}: {config.streams} streams through {endpoint}")
+        # Reported as serving's "node" system: the same SDK path, timing and summary.
+        (result,) = serving._http_levels("node", cfg, serving._node_request(clients, cfg))
         return result
 
 
