@@ -108,10 +108,13 @@ def test_sigkill_under_load_loses_no_receipt_and_bills_nothing_twice(
         client, info = load.client, load.info
         tally = client.store.tally(info.channel_id)
         bill = client.bill(info.channel_id)
-        # One bill line per answered request, consecutive seqs, and the cumulative totals are
-        # exactly the sum of the per-request counts: nothing billed twice, nothing skipped.
-        assert tally.seq == load.served == len(bill)
-        assert [line.seq for line in bill] == list(range(1, load.served + 1))
+        # One bill line per request the node signed, consecutive seqs, and the cumulative
+        # totals are exactly the sum of the per-request counts: nothing billed twice, nothing
+        # skipped. A kill between the node's record write and its answer leaves one request
+        # the caller saw fail but the SDK resolved from the restarted node's ledger (its
+        # record, verified): at most one per channel, as the SDK sends one at a time.
+        assert load.served <= tally.seq == len(bill) <= load.served + 1
+        assert [line.seq for line in bill] == list(range(1, tally.seq + 1))
         assert sum(line.prompt_tokens for line in bill) == tally.input_tokens
         assert sum(line.completion_tokens for line in bill) == tally.output_tokens
         assert (
