@@ -110,11 +110,11 @@ def test_ignition_deploys_and_node_and_sdk_read_the_addresses_by_chain_id(
     run = CliRunner().invoke(
         node_cli,
         ["register", "--rpc", chain, "--deployments", str(DEPLOYMENTS), "--key", key,
-         "--endpoint", "http://node.example"],
+         "--endpoint", "https://node.example"],
     )  # fmt: skip
     assert run.exit_code == 0, run.output
     registry = Registry(w3, found.registry)
-    assert registry.get_provider(accounts.provider.address).endpoint == "http://node.example"
+    assert registry.get_provider(accounts.provider.address).endpoint == "https://node.example"
     # So does the SDK.
     sdk = Chain.connect(chain, deployments=DEPLOYMENTS)
     assert (sdk.escrow.address, sdk.registry.address) == (found.escrow, found.registry)
