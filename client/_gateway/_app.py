@@ -26,6 +26,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+from tallystick.protocol import TallystickError
 
 from ._errors import GatewayError
 from ._ledger import ApiKey
@@ -64,6 +65,7 @@ def create_app(gateway: Gateway) -> Starlette:
         ],
         exception_handlers={
             GatewayError: _gateway_error,
+            TallystickError: _tallystick_error,
             HTTPException: _http_error,
             Exception: _crash,
         },
@@ -301,6 +303,13 @@ def _authenticate(request: Request) -> ApiKey:
 async def _gateway_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, GatewayError)
     return JSONResponse(exc.envelope(), status_code=exc.status, headers=exc.headers)
+
+
+async def _tallystick_error(request: Request, exc: Exception) -> Response:
+    # The chain or the SDK failed outside a provider's request (discovery, a key lookup).
+    error = GatewayError(502, f"the gateway could not serve this: {exc}", "upstream_error",
+                         type="api_error")  # fmt: skip
+    return JSONResponse(error.envelope(), status_code=502)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

@@ -86,8 +86,8 @@ def _serve(s: Any, options: dict[str, Any]) -> None:
     wallet = s.wallet()
     assert wallet is not None
     gw = open_gateway(wallet, s.store, s.chain(), settings)
-    _first_key(gw.ledger)
     base = f"http://{settings.host}:{settings.port}/v1"
+    _first_key(gw.ledger, base)
     err.print(
         f"tallystick gateway on {base}: wallet {wallet.address}, budget {settings.budget} "
         f"of {settings.token}, store {s.store}",
@@ -97,14 +97,15 @@ def _serve(s: Any, options: dict[str, Any]) -> None:
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
 
 
-def _first_key(ledger: Ledger) -> None:
+def _first_key(ledger: Ledger, base_url: str) -> None:
     if ledger.keys():
         return
     key, secret = ledger.create_key("default")
     err.print(
         f"created API key {key.name!r} (no limits; shown once): [bold]{secret}[/bold]\n"
-        f"  export OPENAI_BASE_URL=http://127.0.0.1:PORT/v1 OPENAI_API_KEY={secret}",
+        f"  export OPENAI_BASE_URL={base_url} OPENAI_API_KEY={secret}",
         highlight=False,
+        soft_wrap=True,
     )
 
 
