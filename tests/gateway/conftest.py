@@ -24,12 +24,19 @@ def token_delay() -> float:
 
 
 @pytest.fixture(scope="module")
+def cheap_node_args() -> tuple[str, ...]:
+    """Extra ``tallystick-node serve`` options of the cheap provider (a module may override)."""
+    return ()
+
+
+@pytest.fixture(scope="module")
 def gw_market(
     anvil: Any,
     w3: Any,
     accounts: Any,
     tmp_path_factory: pytest.TempPathFactory,
     token_delay: float,
+    cheap_node_args: tuple[str, ...],
 ) -> Iterator[GatewayMarket]:
     """Fresh contracts and two providers (cheap: accounts.provider, dear: accounts.provider2)."""
     from tallystick.protocol import deploy
@@ -37,7 +44,10 @@ def gw_market(
     deployment = deploy(w3, accounts.deployer, challenge_period=3600)
     market = GatewayMarket(deployment, accounts, anvil, w3, tmp_path_factory.mktemp("gateway"))
     try:
-        market.add_provider(accounts.provider, CHEAP, delay=token_delay).node.start()
+        cheap = market.add_provider(
+            accounts.provider, CHEAP, delay=token_delay, args=cheap_node_args
+        )
+        cheap.node.start()
         market.add_provider(accounts.provider2, DEAR, delay=token_delay).node.start()
         yield market
     finally:

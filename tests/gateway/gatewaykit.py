@@ -49,7 +49,9 @@ class GatewayMarket:
     workdir: Path
     providers: list[Provider] = field(default_factory=list)
 
-    def add_provider(self, account: Any, prices: Prices, *, delay: float = 0.0) -> Provider:
+    def add_provider(
+        self, account: Any, prices: Prices, *, delay: float = 0.0, args: tuple[str, ...] = ()
+    ) -> Provider:
         from tallystick.node.engines import tiny_tokenizer_bundle
 
         port = free_port()
@@ -67,7 +69,7 @@ class GatewayMarket:
         env = {"TALLYSTICK_NODE_KEY": "0x" + account.key.hex().removeprefix("0x")}
         if delay:
             env["TALLY_FAKE_TOKEN_DELAY"] = str(delay)
-        node = NodeProcess(market, folder, env=env)
+        node = NodeProcess(market, folder, env=env, args=list(args))
         provider = Provider(account, market, node)
         self.providers.append(provider)
         return provider
