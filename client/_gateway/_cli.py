@@ -93,6 +93,12 @@ def _serve(s: Any, options: dict[str, Any]) -> None:
         f"of {settings.token}, store {s.store}",
         highlight=False,
     )
+    if settings.host not in ("127.0.0.1", "localhost", "::1"):
+        err.print(
+            f"[bold yellow]warning:[/bold yellow] listening on {settings.host}: anyone who can "
+            "reach it with a key spends from this wallet, over plain HTTP",
+            highlight=False,
+        )
     app = create_app(gw)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
 

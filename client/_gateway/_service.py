@@ -43,6 +43,7 @@ __all__ = ["Failover", "Gateway", "Plan", "Started", "open_gateway"]
 
 PATHS = {"chat": "/v1/chat/completions", "text": "/v1/completions"}
 _CALLER_ERRORS = frozenset({400, 413, 422})  # another provider would refuse it too
+CONNECT_TIMEOUT_S = 5.0
 
 
 class Failover(Exception):
@@ -99,7 +100,7 @@ class Gateway:
             budget=settings.budget,
             deposit=settings.deposit,
             idle_close_s=settings.idle_close_s,
-            timeout=settings.request_timeout_s,
+            timeout=_timeout(settings),
         )
         self.pool.on_settled = self._charge_interrupted
         self._offers: tuple[float, list[Listing]] | None = None
@@ -334,10 +335,13 @@ def open_gateway(
 ) -> Gateway:
     """A gateway paying from ``wallet``, keeping channels, receipts and spend in ``store``."""
     inner = transport or httpx.HTTPTransport(retries=1)
-    client = Tallystick(
-        wallet, store, chain=chain, transport=inner, timeout=settings.request_timeout_s
-    )
+    client = Tallystick(wallet, store, chain=chain, transport=inner, timeout=_timeout(settings))
     return Gateway(client, inner, Ledger(client.store.path), settings)
+
+
+def _timeout(settings: GatewaySettings) -> httpx.Timeout:
+    # A node that does not even accept the connection is failed over within seconds.
+    return httpx.Timeout(settings.request_timeout_s, connect=CONNECT_TIMEOUT_S)
 
 
 def _read_error(response: httpx.Response) -> NodeError:
