@@ -567,3 +567,25 @@ async def test_upstream_failures_are_502_or_503_and_bill_nothing(make_node, erro
         assert r.status_code == status and r.json()["error"]["code"] == code
         assert h.ledger.last_record(h.channel_id) is None
         assert (await h.chat()).status_code == status  # the reservation was released
+
+
+async def test_a_record_being_served_is_pending_and_one_never_served_is_not_found(make_node):
+    import asyncio
+
+    async with make_node(engine=FakeEngine(reply="Hello there, friend.", token_delay=0.02)) as h:
+        cid = "0x" + h.channel_id.hex()
+        serving = asyncio.create_task(h.chat())
+        for _ in range(200):
+            view = (await h.http.get(f"/v1/tally/channels/{cid}", headers=h.auth())).json()
+            if view["inFlight"]:
+                break
+            await asyncio.sleep(0.005)
+        pending = await h.http.get(f"/v1/tally/channels/{cid}/records/1", headers=h.auth())
+        assert pending.status_code == 404 and pending.json()["error"]["code"] == "record_pending"
+        assert pending.headers["retry-after"] == "1"
+        assert (await serving).status_code == 200
+        got = await h.http.get(f"/v1/tally/channels/{cid}/records/1", headers=h.auth())
+        assert got.status_code == 200
+        # Nothing in flight could become seq 2: final (a client drops such a request, §6).
+        never = await h.http.get(f"/v1/tally/channels/{cid}/records/2", headers=h.auth())
+        assert never.status_code == 404 and never.json()["error"]["code"] == "record_not_found"
