@@ -11,6 +11,7 @@
 Errors: see ``_errors.py`` for the tree (all derive from ``tallystick.protocol.TallystickError``).
 """
 
+from ._audit import AuditCase, AuditReport, AuditTolerance, Reference, audit
 from ._chain import ETH, Chain, Listing
 from ._channels import Balance, Channels, Closed
 from ._chat import TallyStream
@@ -44,6 +45,9 @@ from ._wallet import Wallet
 __all__ = [
     "DEFAULT_TOLERANCE",
     "ETH",
+    "AuditCase",
+    "AuditReport",
+    "AuditTolerance",
     "Balance",
     "BillLine",
     "BillingDispute",
@@ -68,6 +72,7 @@ __all__ = [
     "PaymentRequired",
     "PriceChanged",
     "ProviderNotFound",
+    "Reference",
     "Served",
     "Store",
     "StoreError",
@@ -79,6 +84,7 @@ __all__ = [
     "VerifiedBill",
     "Wallet",
     "WalletError",
+    "audit",
     "check_node_listing",
     "find_offers",
     "verify_bill",

@@ -12,6 +12,7 @@ Signatures are by the channel's session key when it has one, else by the wallet.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -58,9 +59,12 @@ from ._verify import (
 from ._wallet import Wallet
 
 if TYPE_CHECKING:
+    from ._auditor import Auditor
     from ._chain import Chain
 
 __all__ = ["LOCK_TIMEOUT_S", "RECEIPT_HEADER", "Biller"]
+
+log = logging.getLogger("tallystick.client")
 
 RECEIPT_HEADER = "X-Tally-Receipt"
 REQUEST_TTL_S = 60  # a request signature is valid this long (the node takes it once)
@@ -95,6 +99,7 @@ class Biller:
         self.record_wait_s = record_wait_s
         self.tolerance = tolerance
         self.chain = chain  # only to name the challenge period in a dispute's way out
+        self.auditor: Auditor | None = None  # set by Tallystick(audit_weights=...)
         self._lock = threading.Lock()
         self.on_lock_wait = on_lock_wait
         # One request at a time per channel, across processes too (``ChannelLock``).
@@ -192,6 +197,22 @@ class Biller:
             )
             raise self._dispute(malformed, evidence, tallystick) from exc
         return self._countersign(channel, bill)
+
+    def audit_later(
+        self, channel: ChannelInfo, body: dict[str, Any], served: Served, tallystick: Any
+    ) -> None:
+        """Hand a verified response to the auditor (§10.4); it picks a fraction, off-path."""
+        if self.auditor is None or self.auditor.fraction <= 0:
+            return
+        from ._auditor import case_from_response
+
+        try:
+            case = case_from_response(channel, body, served.prompt_ids, tallystick)
+        except (ProtocolError, ValueError, TypeError) as exc:
+            log.warning("cannot audit channel %s: %s", channel.hex_id, exc)
+            return
+        if case is not None:
+            self.auditor.consider(case)
 
     def _countersign(self, channel: ChannelInfo, bill: VerifiedBill) -> VerifiedBill:
         record = bill.record.record

@@ -8,6 +8,7 @@ verified and countersigned.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -175,7 +176,11 @@ class Completions(_Endpoint):
 
 
 def _body(**fields: Any) -> dict[str, Any]:
-    return {k: v for k, v in fields.items() if v is not None}
+    body = {k: v for k, v in fields.items() if v is not None}
+    # Always a seed of our own choosing: the record commits to it and an audit replays it
+    # (docs/protocol.md §10.2). 63 bits: a non-negative int64.
+    body.setdefault("seed", secrets.randbits(63))
+    return body
 
 
 def _parse(response: httpx.Response, result: type[BaseModel], slot: BillSlot) -> Any:

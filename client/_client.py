@@ -8,6 +8,8 @@ from typing import Any
 import httpx
 from eth_account.signers.local import LocalAccount
 
+from ._audit import AuditCase, AuditReport, Reference, audit
+from ._auditor import DEFAULT_AUDIT_FRACTION, AuditLog, Auditor, AuditRecord, rank_by_audits
 from ._billing import MAX_UNSEEN_TOKENS, Biller
 from ._chain import Chain, Listing
 from ._channels import Channels
@@ -37,7 +39,9 @@ class Tallystick:
     be billed past the text it delivered, ``tolerance`` how many ids a bill may carry beyond
     the canonical encoding of its text (docs/protocol.md §6). A request waits while another
     one, of this process or another one on the same store, uses its channel;
-    ``on_lock_wait(channel_id, holder)`` is told once when it starts waiting.
+    ``on_lock_wait(channel_id, holder)`` is told once when it starts waiting. ``audit_weights``
+    (the listed weights file) turns on background audits of ``audit_fraction`` of the bills
+    (default 5%, §10.4); a provider with a failed audit is ranked out of discovery.
     """
 
     def __init__(
@@ -53,6 +57,8 @@ class Tallystick:
         max_unseen_tokens: int = MAX_UNSEEN_TOKENS,
         tolerance: Tolerance = DEFAULT_TOLERANCE,
         on_lock_wait: LockWait | None = None,
+        audit_weights: str | Path | None = None,
+        audit_fraction: float | None = None,
     ) -> None:
         self.wallet = wallet
         self.store = store if isinstance(store, Store) else Store(store)
@@ -72,6 +78,13 @@ class Tallystick:
             chain=chain,
             on_lock_wait=on_lock_wait,
         )
+        # Audits (§10.4): always logged; run on a fraction of bills when we hold the weights.
+        self.audits = AuditLog(self.store.path.parent / "audits.db")
+        fraction = audit_fraction
+        if fraction is None:
+            fraction = DEFAULT_AUDIT_FRACTION if audit_weights is not None else 0.0
+        self.auditor = Auditor(self.audits, audit_weights, fraction=fraction)
+        self.biller.auditor = self.auditor
         self.chat = Chat(self)
         self.completions = Completions(self)
         self.channels = Channels(self)
@@ -100,8 +113,24 @@ class Tallystick:
         max_input_price: int | None = None,
         max_output_price: int | None = None,
     ) -> list[Listing]:
-        """Active on-chain listings, cheapest first."""
-        return find_offers(self.chain, model, max_input_price, max_output_price)
+        """Active on-chain listings of providers without a failed audit, cheapest first."""
+        offers = find_offers(self.chain, model, max_input_price, max_output_price)
+        return rank_by_audits(offers, self.audits)
+
+    def audit(
+        self, evidence: AuditCase | AuditReport | dict[str, Any], weights: str | Path | None = None
+    ) -> AuditReport:
+        """Audit one case (or re-check a report) now, with ``weights`` or ``audit_weights``."""
+        if isinstance(evidence, dict):
+            obj = evidence.get("case", evidence)
+            evidence = AuditCase.from_json(obj)
+        case = evidence.case if isinstance(evidence, AuditReport) else evidence
+        reference = Reference.load(weights) if weights is not None else self.auditor.reference()
+        return audit(case, reference)
+
+    def audit_record(self, provider: str) -> AuditRecord:
+        """How many of ``provider``'s audits passed and failed, as this client saw them."""
+        return self.audits.record(provider)
 
     def node(self, endpoint: str) -> NodeClient:
         return NodeClient(endpoint, self.http)
@@ -164,6 +193,8 @@ class Tallystick:
         return self.store.bill(self.channel(channel).channel_id)
 
     def close(self) -> None:
+        self.auditor.close()
+        self.audits.close()
         for client in self._clients.values():
             client.close()
         self.http.close()

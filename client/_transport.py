@@ -297,6 +297,7 @@ class _VerifyingStream(httpx.SyncByteStream):
         self.slot.tallystick = tallystick if isinstance(tallystick, dict) else {}
         self.settled = True  # verified, or disputed with its evidence stored
         self.slot.bill = self.t.settle(self.served, text, finish, tallystick, evidence)
+        self.t.biller.audit_later(self.t.channel, self.body, self.served, self.slot.tallystick)
 
 
 def _kind(request: httpx.Request) -> str | None:

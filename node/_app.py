@@ -334,6 +334,20 @@ async def _complete(request: Request, kind: type[ChatRequest] | type[CompletionR
     return JSONResponse(answer, headers=headers)
 
 
+def _audit_terms(engine: Any) -> dict[str, Any]:
+    """What an audit of this node's records can check (§10.5): the weights and the sampler.
+
+    Only the in-process engine samples with the seeded sampler; in front of an upstream
+    engine ``audit`` is ``"none"``, so no client believes an audit that cannot hold."""
+    model_hash = getattr(engine, "model_hash", None)
+    sampler = getattr(engine, "sampler", None)
+    return {
+        "model_hash": None if model_hash is None else "0x" + model_hash.hex(),
+        "audit": "seeded" if sampler and model_hash else "none",
+        "sampler": sampler,
+    }
+
+
 async def _models(request: Request) -> Any:
     node = _node(request)
     engine = node.engine
@@ -360,6 +374,7 @@ async def _models(request: Request) -> Any:
                     "token": listing.token,
                 },
                 "listed": listing is not None and listing.active,
+                **_audit_terms(engine),
             }
         ],
     }

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -20,6 +21,8 @@ if TYPE_CHECKING:
     from .engines import Engine
 
 __all__ = ["build_engine", "check_engine_settings"]
+
+log = logging.getLogger("tallystick.node")
 
 
 def check_engine_settings(settings: Settings) -> None:
@@ -43,15 +46,31 @@ async def build_engine(settings: Settings) -> Engine:
             return await _upstream(settings, _upstream_url(settings.upstream_url))
         from .engines._transformers import TransformersEngine
 
-        return await asyncio.to_thread(
+        engine = await asyncio.to_thread(
             TransformersEngine.load,
             source,
             model_name=settings.model_name,
             max_batch=settings.max_batch,
             max_queue=settings.max_queue,
         )
+        if settings.test_only_perturb_weights:
+            _cheat(engine, settings.test_only_perturb_weights)
+        return engine
     except engines.ModelLoadError as exc:
         raise ConfigError(f"--model {settings.model}: {exc}") from exc
+
+
+def _cheat(engine: Any, size: float) -> None:
+    """TEST ONLY: perturb the served weights, keep claiming the listed modelHash (§10)."""
+    from .engines._substitute import substitute
+
+    log.warning(
+        "TEST ONLY: serving weights perturbed by %g x each tensor's std while claiming "
+        "modelHash 0x%s: every audit of this node must fail",
+        size,
+        engine.model_hash.hex() if engine.model_hash else "",
+    )
+    substitute(engine._model, "perturb", size)
 
 
 def _upstream_url(url: str | None) -> str:

@@ -30,6 +30,7 @@ from tallystick.protocol import (
     SignedReceipt,
     UsageRecord,
     cost_of,
+    hash_proof,
     hash_token_ids,
     model_id,
     recover_receipt_signer,
@@ -41,7 +42,7 @@ from ._auth import Authorized, SeenRequests, parse_request_auth, signer_of
 from ._chain import ChannelCache
 from ._errors import ApiError, chain_unavailable
 from ._ledger import Book, LedgerStore
-from ._types import ChannelInfo, ChannelStatus, StoredReceipt, StoredRecord
+from ._types import ChannelInfo, ChannelStatus, Provenance, StoredReceipt, StoredRecord
 
 __all__ = ["Authorized", "PaymentGate", "Reservation"]
 
@@ -275,11 +276,14 @@ class PaymentGate:
         prompt_ids: list[int],
         completion_ids: list[int],
         timings: dict[str, float] | None = None,
+        provenance: Provenance | None = None,
     ) -> StoredRecord:
         """Sign and store the record of a finished (or cut-short) request; no awaits inside."""
         with self._ledger.channel_lock(reservation.channel.channel_id):
             self.release(reservation)
-            return self._sign_next(reservation, model, prompt_ids, completion_ids, timings)
+            return self._sign_next(
+                reservation, model, prompt_ids, completion_ids, timings, provenance or Provenance()
+            )
 
     def _sign_next(
         self,
@@ -288,6 +292,7 @@ class PaymentGate:
         prompt_ids: list[int],
         completion_ids: list[int],
         timings: dict[str, float] | None,
+        provenance: Provenance,
     ) -> StoredRecord:
         book = self._ledger.book(reservation.channel.channel_id)
         served_in, served_out = book.totals
@@ -302,9 +307,16 @@ class PaymentGate:
             input_tokens=served_in + len(prompt_ids),
             output_tokens=served_out + len(completion_ids),
             prev_root=prev_root,
+            seed=provenance.seed,
+            temperature=provenance.temperature,
+            top_p=provenance.top_p,
+            model_hash=provenance.model_hash,
+            proof_hash=hash_proof(provenance.proof),
         )
         signed = sign_usage_record(self._account, self.domain, record)
-        stored = StoredRecord(signed, list(completion_ids), model, time.time(), timings or {})
+        stored = StoredRecord(
+            signed, list(completion_ids), model, time.time(), timings or {}, provenance.proof
+        )
         self._ledger.add_record(stored)
         return stored
 

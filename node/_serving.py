@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -18,11 +19,17 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
-from tallystick.protocol import MAX_JSON_DEPTH, ProtocolError, json_too_deep
+from tallystick.protocol import (
+    MAX_JSON_DEPTH,
+    ProtocolError,
+    encode_proof,
+    json_too_deep,
+    params_units,
+)
 
 from ._errors import ApiError
 from ._schemas import ChatRequest, CompletionRequest
-from ._types import ChannelInfo, StoredRecord
+from ._types import ChannelInfo, Provenance, StoredRecord
 
 if TYPE_CHECKING:
     from ._app import NodeState
@@ -63,6 +70,7 @@ class Completion:
     finish_reason: str | None = None
     started: float = field(default_factory=time.perf_counter)
     stamps: list[float] = field(default_factory=list)  # arrival time of each event
+    logits: list[float] = field(default_factory=list)  # the seeded sampler's, one per id
 
     @property
     def response_id(self) -> str:
@@ -74,6 +82,7 @@ class Completion:
     def add(self, event: TokenEvent) -> None:
         self.stamps.append(time.perf_counter())
         self.ids.extend(event.token_ids)
+        self.logits.extend(event.logits)
         self.text.append(event.text)
         self.finish_reason = event.finish_reason or self.finish_reason
 
@@ -82,7 +91,7 @@ class Completion:
         node = self.node
         t = self.timings()
         stored = node.gate.finalize(
-            self.reservation, self.request.model, self.prompt.ids, self.ids, t
+            self.reservation, self.request.model, self.prompt.ids, self.ids, t, self.provenance()
         )
         self.ticket.settle(len(self.prompt.ids) + len(self.ids))
         node.metrics.observe_request(
@@ -94,6 +103,18 @@ class Completion:
             t["total_ms"] / 1e3,
         )
         return stored
+
+    def provenance(self) -> Provenance:
+        """The record's §10 fields: the proof only when every id came with its logit."""
+        engine = self.node.engine
+        proof = encode_proof(self.logits) if len(self.logits) == len(self.ids) else []
+        return Provenance(
+            seed=self.params.seed or 0,
+            temperature=params_units(self.params.temperature),
+            top_p=params_units(self.params.top_p),
+            model_hash=getattr(engine, "model_hash", None) or bytes(32),
+            proof=proof,
+        )
 
     def abandon(self) -> None:
         """Nothing billable happened (the engine failed before any id was delivered)."""
@@ -255,6 +276,7 @@ def tallystick_object(stored: StoredRecord) -> dict[str, Any]:
         "completion_token_ids": stored.completion_ids,
         "prompt_token_ids_hash": "0x" + record.prompt_hash.hex(),
         "timings": stored.timings,
+        "proof": stored.proof,
     }
 
 
@@ -306,7 +328,8 @@ async def _admit(
         max_tokens=max_tokens,
         temperature=request.temperature,
         top_p=request.top_p,
-        seed=request.seed,
+        # Every record names its seed (§10.2): the node picks one when the client did not.
+        seed=request.seed if request.seed is not None else secrets.randbits(63),
         stop=request.stop_tuple(),
     )
     ticket = node.limiter.admit(channel.channel_id, len(prompt.ids) + max_tokens)

@@ -51,6 +51,9 @@ class Settings(BaseModel):
     engine: Literal["transformers", "upstream"] = "transformers"
     upstream_url: str | None = None
     upstream_model: str | None = None  # the id the upstream serves (default: its first)
+    # TEST ONLY (make demo, tests): serve weights perturbed by Gaussian noise of this fraction
+    # of each tensor's std while still claiming the listed modelHash: a cheating node.
+    test_only_perturb_weights: float | None = Field(default=None, gt=0)
     max_batch: int = Field(default=8, ge=1)
     max_queue: int = Field(default=64, ge=1)
     # http

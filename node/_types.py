@@ -47,6 +47,17 @@ class ChannelInfo:
 
 
 @dataclass(frozen=True)
+class Provenance:
+    """What produced a completion (§10): the record's seed, sampling params, weights, proof."""
+
+    seed: int = 0
+    temperature: int = 0  # millionths, as the record carries it
+    top_p: int = 1_000_000
+    model_hash: bytes = bytes(32)
+    proof: list[int] = field(default_factory=list, repr=False)  # PROOF_SCALE logits
+
+
+@dataclass(frozen=True)
 class StoredRecord:
     """A usage record the node signed, with the completion ids it covers."""
 
@@ -57,6 +68,8 @@ class StoredRecord:
     # {"ttft_ms", "itl_ms", "total_ms"} as sent with the completion ({} for records that
     # older nodes stored without them)
     timings: dict[str, float] = field(default_factory=dict)
+    # the committed logit of each completion id (§10.3; [] from an engine without one)
+    proof: list[int] = field(default_factory=list, repr=False)
 
     @property
     def seq(self) -> int:

@@ -213,6 +213,12 @@ def main() -> None:
 @click.option("--tpm-limit", type=int, help="Tokens per minute per channel (0 = off).")
 @click.option("--max-batch", type=int)
 @click.option("--max-queue", type=int)
+@click.option(
+    "--test-only-perturb-weights",
+    type=click.FloatRange(min=0, min_open=True),
+    help="TEST ONLY: serve weights with Gaussian noise of this fraction of each tensor's std "
+    "while claiming the listed modelHash (a cheating node for make demo; audits must fail).",
+)
 @_one_line_errors
 def serve(**cli: Any) -> None:
     """Serve the OpenAI-compatible API and settle receipts in the background."""

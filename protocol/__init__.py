@@ -48,6 +48,16 @@ from ._errors import (
     TallystickError,
     TokenizerMismatch,
 )
+from ._fidelity import (
+    PROOF_SCALE,
+    SAMPLER,
+    decode_proof,
+    encode_proof,
+    gumbel_noise,
+    hash_proof,
+    model_hash,
+    params_units,
+)
 from ._ids import channel_id, model_id, new_salt
 from ._pricing import cost_of
 from ._request_auth import RequestAuth, SignedRequestAuth, request_hash
@@ -77,6 +87,8 @@ __all__ = [
     "MAX_JSON_DEPTH",
     "MAX_TAG_OPERATORS",
     "MAX_TEMPLATE_NESTING",
+    "PROOF_SCALE",
+    "SAMPLER",
     "ZERO_ROOT",
     "ChainError",
     "ChainUnavailable",
@@ -117,16 +129,22 @@ __all__ = [
     "check_chat_template",
     "connect",
     "cost_of",
+    "decode_proof",
     "decode_revert",
     "deploy",
+    "encode_proof",
+    "gumbel_noise",
+    "hash_proof",
     "hash_token_ids",
     "is_loopback",
     "json_too_deep",
     "load_artifact",
     "loads_untrusted",
+    "model_hash",
     "model_id",
     "new_salt",
     "next_usage_root",
+    "params_units",
     "read_deployment",
     "receipt_message",
     "recover_message_signer",

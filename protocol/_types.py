@@ -18,6 +18,8 @@ from ._errors import ProtocolError
 
 UINT32_MAX = 2**32 - 1
 UINT64_MAX = 2**64 - 1
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
 UINT96_MAX = 2**96 - 1
 UINT256_MAX = 2**256 - 1
 

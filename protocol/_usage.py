@@ -11,6 +11,8 @@ from eth_utils import keccak
 
 from ._errors import ProtocolError
 from ._types import (
+    INT64_MAX,
+    INT64_MIN,
     UINT32_MAX,
     UINT64_MAX,
     check_bytes32,
@@ -22,10 +24,12 @@ from ._types import (
 )
 
 ZERO_ROOT = bytes(32)
+EMPTY_HASH = keccak(b"")
 USAGE_RECORD_TYPE = (
     "UsageRecord(bytes32 channelId,uint64 seq,uint32 promptTokens,uint32 completionTokens,"
     "bytes32 promptHash,bytes32 completionHash,uint64 inputTokens,uint64 outputTokens,"
-    "bytes32 prevRoot)"
+    "bytes32 prevRoot,int64 seed,uint32 temperature,uint32 topP,bytes32 modelHash,"
+    "bytes32 proofHash)"
 )
 USAGE_RECORD_TYPEHASH = keccak(text=USAGE_RECORD_TYPE)
 
@@ -52,9 +56,30 @@ class UsageRecord:
     input_tokens: int
     output_tokens: int
     prev_root: bytes
+    # What produced the ids (§10): the seed and sampling parameters the sampler was keyed by
+    # (temperature and top_p in millionths), the listing's modelHash and the hash of the
+    # per-token logit proof. The defaults describe a record that claims nothing about them.
+    seed: int = 0
+    temperature: int = 0
+    top_p: int = 1_000_000
+    model_hash: bytes = bytes(32)
+    proof_hash: bytes = EMPTY_HASH
 
     def __post_init__(self) -> None:
-        for name in ("channel_id", "prompt_hash", "completion_hash", "prev_root"):
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError(f"seed must be an integer, got {self.seed!r}")
+        if not INT64_MIN <= self.seed <= INT64_MAX:
+            raise ValueError(f"seed must be a signed 64-bit integer, got {self.seed}")
+        check_uint("temperature", self.temperature, UINT32_MAX)
+        check_uint("top_p", self.top_p, UINT32_MAX)
+        for name in (
+            "channel_id",
+            "prompt_hash",
+            "completion_hash",
+            "prev_root",
+            "model_hash",
+            "proof_hash",
+        ):
             object.__setattr__(self, name, check_bytes32(name, getattr(self, name)))
         check_uint("seq", self.seq, UINT64_MAX)
         check_uint("prompt_tokens", self.prompt_tokens, UINT32_MAX)
@@ -75,6 +100,11 @@ class UsageRecord:
             + self.input_tokens.to_bytes(32, "big")
             + self.output_tokens.to_bytes(32, "big")
             + self.prev_root
+            + self.seed.to_bytes(32, "big", signed=True)
+            + self.temperature.to_bytes(32, "big")
+            + self.top_p.to_bytes(32, "big")
+            + self.model_hash
+            + self.proof_hash
         )
 
     def usage_root(self) -> bytes:
@@ -93,6 +123,11 @@ class UsageRecord:
             "inputTokens": self.input_tokens,
             "outputTokens": self.output_tokens,
             "prevRoot": hex32(self.prev_root),
+            "seed": str(self.seed),
+            "temperature": self.temperature,
+            "topP": self.top_p,
+            "modelHash": hex32(self.model_hash),
+            "proofHash": hex32(self.proof_hash),
         }
 
     @classmethod
@@ -115,6 +150,11 @@ class UsageRecord:
             input_tokens=num("inputTokens", UINT64_MAX),
             output_tokens=num("outputTokens", UINT64_MAX),
             prev_root=b32("prevRoot"),
+            seed=_seed(wire_field(obj, "seed")),
+            temperature=num("temperature", UINT32_MAX),
+            top_p=num("topP", UINT32_MAX),
+            model_hash=b32("modelHash"),
+            proof_hash=b32("proofHash"),
         )
 
 
@@ -140,6 +180,16 @@ class SignedUsageRecord:
         record = UsageRecord.from_json(wire_field(obj, "record"))
         signature = parse_hex("signature", wire_field(obj, "signature"), 65)
         return cls(record, signature)
+
+
+def _seed(value: Any) -> int:
+    # A decimal string: JSON numbers above 2^53 lose precision in JavaScript clients.
+    if not isinstance(value, str) or not value.lstrip("-").isdigit() or len(value) > 20:
+        raise ProtocolError(f"seed must be a decimal string, got {value!r}")
+    seed = int(value)
+    if not INT64_MIN <= seed <= INT64_MAX:
+        raise ProtocolError(f"seed must be a signed 64-bit integer, got {seed}")
+    return seed
 
 
 def next_usage_root(prev_root: bytes, record: UsageRecord) -> bytes:

@@ -250,7 +250,7 @@ class SqlLedger:
         rec = stored.signed.record
         with self._tx():
             self._execute(
-                "INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     rec.channel_id,
                     rec.seq,
@@ -261,6 +261,7 @@ class SqlLedger:
                     stored.model,
                     stored.created_at,
                     json.dumps(stored.timings),
+                    json.dumps(stored.proof),
                 ),
             )
 
@@ -422,7 +423,9 @@ class SqlLedger:
             )
 
 
-_RECORD_SQL = "SELECT record, signature, completion_ids, model, created_at, timings FROM records"
+_RECORD_SQL = (
+    "SELECT record, signature, completion_ids, model, created_at, timings, proof FROM records"
+)
 _RECEIPT_SQL = (
     "SELECT channel_id, seq, input_tokens, output_tokens, usage_root, signature, received_at "
     "FROM receipts"
@@ -447,6 +450,7 @@ def _record(row: tuple[Any, ...]) -> StoredRecord:
         model=row[3],
         created_at=row[4],
         timings=json.loads(row[5]) if row[5] else {},
+        proof=json.loads(row[6]) if row[6] else [],
     )
 
 

@@ -27,7 +27,7 @@ CREATE TABLE IF NOT EXISTS channels (
 CREATE TABLE IF NOT EXISTS records (
     channel_id BYTEA NOT NULL, seq BIGINT NOT NULL, record TEXT NOT NULL,
     signature BYTEA NOT NULL, usage_root BYTEA NOT NULL, completion_ids TEXT NOT NULL,
-    model TEXT NOT NULL, created_at DOUBLE PRECISION NOT NULL, timings TEXT,
+    model TEXT NOT NULL, created_at DOUBLE PRECISION NOT NULL, timings TEXT, proof TEXT,
     PRIMARY KEY (channel_id, seq));
 CREATE UNIQUE INDEX IF NOT EXISTS records_root ON records (channel_id, usage_root);
 CREATE TABLE IF NOT EXISTS receipts (
@@ -51,6 +51,7 @@ CREATE UNLOGGED TABLE IF NOT EXISTS reservations (
 CREATE INDEX IF NOT EXISTS reservations_channel ON reservations (channel_id);
 CREATE UNLOGGED TABLE IF NOT EXISTS replicas (
     owner TEXT PRIMARY KEY, seen_at DOUBLE PRECISION NOT NULL);
+ALTER TABLE records ADD COLUMN IF NOT EXISTS proof TEXT;
 """
 _SCHEMA_LOCK = 0x7A11_57C6  # replicas starting together create the schema one at a time
 LOCK_TIMEOUT = "10s"  # a channel held longer than this by another replica is an error

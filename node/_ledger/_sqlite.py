@@ -27,7 +27,7 @@ CREATE TABLE IF NOT EXISTS channels (
 CREATE TABLE IF NOT EXISTS records (
     channel_id BLOB NOT NULL, seq INTEGER NOT NULL, record TEXT NOT NULL,
     signature BLOB NOT NULL, usage_root BLOB NOT NULL, completion_ids TEXT NOT NULL,
-    model TEXT NOT NULL, created_at REAL NOT NULL, timings TEXT,
+    model TEXT NOT NULL, created_at REAL NOT NULL, timings TEXT, proof TEXT,
     PRIMARY KEY (channel_id, seq));
 CREATE UNIQUE INDEX IF NOT EXISTS records_root ON records (channel_id, usage_root);
 CREATE TABLE IF NOT EXISTS receipts (
@@ -71,6 +71,9 @@ class SqliteLedger(SqlLedger):
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(records)")}
         if "timings" not in columns:
             self._db.execute("ALTER TABLE records ADD COLUMN timings TEXT")
+        # ... and before records kept their logit proof (§10): NULL = none.
+        if "proof" not in columns:
+            self._db.execute("ALTER TABLE records ADD COLUMN proof TEXT")
 
     def _begin(self) -> None:
         self._db.execute("BEGIN IMMEDIATE")

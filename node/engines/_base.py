@@ -67,6 +67,9 @@ class TokenEvent:
     text: str  # "" while a UTF-8 char or a possible stop string is held back
     finish_reason: str | None  # None, "stop" (EOS or stop string; text cut before it), "length"
     timing: Timing | None = None  # set on the final event only
+    # The logit of each id in token_ids as the seeded sampler saw it (the record's proof, §10);
+    # empty from an engine without the seeded sampler.
+    logits: tuple[float, ...] = ()
 
 
 @runtime_checkable

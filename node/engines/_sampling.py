@@ -1,14 +1,52 @@
-"""Per-sequence sampling: greedy, temperature and nucleus (top-p), with a private generator."""
+"""Per-sequence sampling.
+
+``SeededSampler`` is the auditable sampler of docs/protocol.md §10.2: the id at completion
+position ``i`` is ``argmax(logits + T * gumbel_noise(seed, i))`` over the nucleus (greedy at
+temperature 0), so anyone holding the weights and the record can recompute it. It also keeps
+each chosen id's logit, the per-token proof the record commits to.
+
+``sample`` with ``make_generator`` is the earlier torch-multinomial sampler, kept only as the
+baseline the fidelity bench measures the seeded sampler's overhead against.
+"""
 
 from __future__ import annotations
 
 import secrets
 
 import torch
+from tallystick.protocol._fidelity import gumbel_noise, nucleus, params_units
 
 from ._base import SamplingParams
 
-__all__ = ["make_generator", "sample"]
+__all__ = ["SeededSampler", "make_generator", "sample"]
+
+
+class SeededSampler:
+    """Picks one request's ids from (seed, position); remembers each chosen id's logit."""
+
+    def __init__(self, params: SamplingParams) -> None:
+        if params.seed is None:
+            raise ValueError("the seeded sampler needs a seed (the node picks one if absent)")
+        self.seed = params.seed
+        # The record carries millionths: sample with exactly the value it will state.
+        self.temperature = params_units(params.temperature) / 1e6
+        self.top_p = params_units(params.top_p) / 1e6
+        self.position = 0
+        self.logits: list[float] = []
+
+    def __call__(self, logits: torch.Tensor) -> int:
+        """The next id from one row of logits (vocab,)."""
+        row = logits.float()
+        if self.temperature == 0:
+            choice = int(torch.argmax(row))
+        else:
+            scores = row + self.temperature * gumbel_noise(self.seed, self.position, row.shape[0])
+            if self.top_p < 1.0:
+                scores = scores.masked_fill(~nucleus(row, self.temperature, self.top_p), -torch.inf)
+            choice = int(torch.argmax(scores))
+        self.position += 1
+        self.logits.append(float(row[choice]))
+        return choice
 
 
 def make_generator(seed: int | None) -> torch.Generator:
@@ -19,7 +57,7 @@ def make_generator(seed: int | None) -> torch.Generator:
 
 
 def sample(logits: torch.Tensor, params: SamplingParams, gen: torch.Generator) -> int:
-    """Pick the next id from one row of logits (vocab,)."""
+    """The baseline (not auditable) sampler: pick the next id from one row of logits (vocab,)."""
     if params.temperature == 0:
         return int(torch.argmax(logits))
     probs = torch.softmax(logits.float() / params.temperature, dim=-1)  # (vocab,)

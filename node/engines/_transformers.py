@@ -15,7 +15,8 @@ import os
 import threading
 from collections import deque
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,7 +25,7 @@ from ._base import Prompt, SamplingParams, TokenEvent
 from ._batch import Batch
 from ._errors import EngineError, EngineOverloaded, EngineStopped, PromptTooLong
 from ._loading import LoadedModel, load_model
-from ._sampling import make_generator, sample
+from ._sampling import SeededSampler, make_generator, sample
 from ._sequence import SequenceOutput
 
 __all__ = ["TransformersEngine"]
@@ -42,6 +43,7 @@ class _Request:
     params: SamplingParams
     output: SequenceOutput
     generator: torch.Generator
+    sampler: SeededSampler | None  # None: the baseline sampler (fidelity bench only)
     loop: asyncio.AbstractEventLoop
     events: asyncio.Queue[TokenEvent | BaseException] = field(default_factory=asyncio.Queue)
     last_id: int = -1
@@ -66,8 +68,11 @@ class TransformersEngine:
         max_batch: int = 16,
         max_queue: int = 64,
         num_threads: int | None = None,
+        seeded: bool = True,
+        model_hash: bytes | None = None,
     ) -> None:
         from tallystick.protocol import TokenCounter, TokenizerBundle
+        from tallystick.protocol._fidelity import SAMPLER
 
         self._model = loaded.model
         self.model_name = model_name or loaded.name
@@ -82,6 +87,10 @@ class TransformersEngine:
         self._max_batch = max_batch
         self._max_queue = max_queue
         self._threads = num_threads or default_threads()
+        # The audit contract of §10: the seeded sampler's name and the weights' modelHash.
+        self._seeded = seeded
+        self.sampler = SAMPLER if seeded else None
+        self.model_hash = model_hash
         self._waiting: deque[_Request] = deque()
         self._running: list[_Request] = []
         self._wake = threading.Condition()
@@ -90,7 +99,13 @@ class TransformersEngine:
 
     @classmethod
     def load(cls, source: str, **kwargs: Any) -> TransformersEngine:
-        """Load ``source`` (model folder, ``.gguf`` file or hub id) and build the engine."""
+        """Load ``source`` (model folder, ``.gguf`` file or hub id) and build the engine.
+
+        A local source's modelHash (§10.1) is computed from the files as loaded."""
+        from tallystick.protocol._fidelity import model_hash
+
+        if "model_hash" not in kwargs and Path(source).exists():
+            kwargs["model_hash"] = model_hash(source)
         return cls(load_model(source), **kwargs)
 
     async def start(self) -> None:
@@ -156,6 +171,7 @@ class TransformersEngine:
             params=params,
             output=SequenceOutput(self.counter.decode, self._eos_ids, params, budget),
             generator=make_generator(params.seed),
+            sampler=SeededSampler(params) if self._seeded and params.seed is not None else None,
             loop=asyncio.get_running_loop(),
         )
 
@@ -207,9 +223,15 @@ class TransformersEngine:
     ) -> list[tuple[_Request, TokenEvent]]:
         out = []
         for request, row in zip(requests, logits, strict=True):
-            if not request.cancelled:
+            if request.cancelled:
+                continue
+            if request.sampler is None:
                 request.last_id = sample(row, request.params, request.generator)
                 out.append((request, request.output.add(request.last_id)))
+            else:
+                request.last_id = request.sampler(row)
+                event = request.output.add(request.last_id)
+                out.append((request, replace(event, logits=(request.sampler.logits[-1],))))
         return out
 
     def _publish(self, batch: Batch, events: list[tuple[_Request, TokenEvent]]) -> None:

@@ -40,6 +40,11 @@ RECORD = UsageRecord(
     input_tokens=1234,
     output_tokens=5678,
     prev_root=b"\x05" * 32,
+    seed=-(2**63) + 7,
+    temperature=700_000,
+    top_p=950_000,
+    model_hash=b"\x0a" * 32,
+    proof_hash=b"\x0b" * 32,
 )
 
 
@@ -68,6 +73,11 @@ def test_usage_record_encoding_equals_encode_typed_data() -> None:
         "inputTokens": 1234,
         "outputTokens": 5678,
         "prevRoot": b"\x05" * 32,
+        "seed": -(2**63) + 7,
+        "temperature": 700_000,
+        "topP": 950_000,
+        "modelHash": b"\x0a" * 32,
+        "proofHash": b"\x0b" * 32,
     }
     assert usage_record_message(DOMAIN, RECORD) == reference("UsageRecord", message)
 

@@ -24,6 +24,9 @@ DOCUMENTED = {
     # untrusted input
     "loads_untrusted", "json_too_deep", "check_chat_template", "MAX_JSON_DEPTH", "MAX_JSON_BYTES",
     "MAX_TEMPLATE_NESTING", "MAX_TAG_OPERATORS",
+    # proof of the model (§10)
+    "model_hash", "gumbel_noise", "params_units", "encode_proof", "decode_proof", "hash_proof",
+    "PROOF_SCALE", "SAMPLER",
     # errors
     "TallystickError", "ProtocolError", "InvalidSignature", "InvalidRequestAuth",
     "TokenizerMismatch", "InvalidJSON", "InvalidChatTemplate", "ChainError", "ContractError",

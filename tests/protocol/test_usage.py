@@ -50,12 +50,15 @@ def test_struct_hash_matches_its_definition() -> None:
     type_hash = keccak(
         text="UsageRecord(bytes32 channelId,uint64 seq,uint32 promptTokens,"
         "uint32 completionTokens,bytes32 promptHash,bytes32 completionHash,"
-        "uint64 inputTokens,uint64 outputTokens,bytes32 prevRoot)"
+        "uint64 inputTokens,uint64 outputTokens,bytes32 prevRoot,int64 seed,"
+        "uint32 temperature,uint32 topP,bytes32 modelHash,bytes32 proofHash)"
     )
     words = [1, 3, 2]
     encoded = type_hash + CHANNEL + b"".join(w.to_bytes(32, "big") for w in words)
     encoded += r.prompt_hash + r.completion_hash
     encoded += (3).to_bytes(32, "big") + (2).to_bytes(32, "big") + ZERO_ROOT
+    # the defaults: seed 0, temperature 0, top_p 1.0, no model hash, the empty proof
+    encoded += bytes(64) + (1_000_000).to_bytes(32, "big") + bytes(32) + keccak(b"")
     assert r.struct_hash() == keccak(encoded)
 
 

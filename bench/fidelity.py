@@ -1,0 +1,373 @@
+"""Fidelity: does the audit (docs/protocol.md §10) catch substituted models, and never an
+honest one? Plus what the seeded sampler costs the provider and what an audit costs the client.
+
+    python -m bench.fidelity [--quick]
+
+- honest: generations by the real TransformersEngine (seeded sampler) at batch 1/4/8, torch
+  threads 1/2, temperature 0 and 0.7, audited against the listed weights: false positives,
+  and the largest honest proof error and smallest margin (the measured tolerance);
+- detection: the same generations from substituted weights (4-bit rounding, Gaussian noise of
+  1% of each tensor's std, a dropped layer, a random initialisation) and from the listed
+  weights at a temperature 0.3 above the one requested: the share of audits that fail;
+- overhead: tokens/s at 8 streams, seeded sampler against the baseline multinomial sampler,
+  interleaved runs; verifier cost: audit time over generation time of a 64-token completion.
+
+Writes bench/results/fidelity.json. The engine path is the same for streaming and plain
+answers; the node-level test (tests/node/test_fidelity_node.py) audits both through a node.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import copy
+import json
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = ROOT / ".models" / "SmolLM2-135M-Instruct" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+RESULTS = ROOT / "bench" / "results" / "fidelity.json"
+CHAIN_ID, ESCROW = 31337, "0x" + "ee" * 20
+PERTURB_SIZE = 0.01  # noise std as a fraction of each tensor's own std
+TOPICS = (
+    "a lighthouse keeper", "payment channels", "a busy market", "the history of bread",
+    "planting a garden", "a dragon who cooks", "the water cycle", "learning a language",
+    "a night train", "how bees talk", "an old clock", "the first bicycle", "rain in a city",
+    "a chess club", "volcanoes", "a lost umbrella", "the moon landing", "baking sourdough",
+    "a desert well", "paper money", "a violin maker", "coral reefs", "winter birds",
+    "a small library", "glass blowing", "the printing press", "a fishing village",
+    "solar panels", "a snow storm", "maps and sailors",
+)  # fmt: skip
+VERBS = ("Write a short story about", "Explain", "Describe", "Write a poem about")
+
+
+@dataclass(frozen=True)
+class Config:
+    honest_per_cell: int = 13  # x batches(3) x threads(2) x temperatures(2) = 312 generations
+    detect_per_kind: int = 100
+    max_tokens: int = 64
+    batches: tuple[int, ...] = (1, 4, 8)
+    threads: tuple[int, ...] = (1, 2)
+    temperatures: tuple[float, ...] = (0.0, 0.7)
+    overhead_rounds: int = 3
+
+
+QUICK = Config(honest_per_cell=2, detect_per_kind=8, max_tokens=32, overhead_rounds=1)
+
+
+@dataclass
+class Generation:
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    logits: list[float]
+    seed: int
+    temperature: float
+    seconds: float = 0.0
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def prompts(counter: Any, n: int, offset: int = 0) -> list[list[int]]:
+    out = []
+    for i in range(offset, offset + n):
+        text = f"{VERBS[i % len(VERBS)]} {TOPICS[(i // len(VERBS)) % len(TOPICS)]}."
+        out.append(counter.chat_prompt_ids([{"role": "user", "content": text}]))
+    return out
+
+
+def generate(
+    engine: Any,
+    prompt_ids: Sequence[list[int]],
+    *,
+    seeds: Sequence[int],
+    temperature: float,
+    max_tokens: int,
+) -> list[Generation]:
+    """Run the prompts concurrently through ``engine`` (one running batch)."""
+    from tallystick.node.engines import Prompt, SamplingParams
+
+    async def one(ids: list[int], seed: int) -> Generation:
+        params = SamplingParams(max_tokens=max_tokens, temperature=temperature, seed=seed)
+        started = time.perf_counter()
+        out, logits = [], []
+        async for event in engine.generate(Prompt(ids=ids), params):
+            out.extend(event.token_ids)
+            logits.extend(event.logits)
+        took = time.perf_counter() - started
+        return Generation(ids, out, logits, seed, temperature, took)
+
+    async def all_() -> list[Generation]:
+        await engine.start()
+        try:
+            return list(
+                await asyncio.gather(*(one(p, s) for p, s in zip(prompt_ids, seeds, strict=True)))
+            )
+        finally:
+            await engine.stop()
+
+    return asyncio.run(all_())
+
+
+def case_for(gen: Generation, account: Any, *, claimed_temperature: float | None = None) -> Any:
+    """A signed record for ``gen`` as a node would sign it, claiming ``claimed_temperature``."""
+    from tallystick.client import AuditCase
+    from tallystick.protocol import (
+        Domain,
+        UsageRecord,
+        encode_proof,
+        hash_proof,
+        hash_token_ids,
+        params_units,
+        sign_usage_record,
+    )
+
+    temperature = gen.temperature if claimed_temperature is None else claimed_temperature
+    proof = encode_proof(gen.logits)
+    record = UsageRecord(
+        channel_id=b"\x01" * 32,
+        seq=1,
+        prompt_tokens=len(gen.prompt_ids),
+        completion_tokens=len(gen.completion_ids),
+        prompt_hash=hash_token_ids(gen.prompt_ids),
+        completion_hash=hash_token_ids(gen.completion_ids),
+        input_tokens=len(gen.prompt_ids),
+        output_tokens=len(gen.completion_ids),
+        prev_root=bytes(32),
+        seed=gen.seed,
+        temperature=params_units(temperature),
+        top_p=1_000_000,
+        model_hash=gen.meta["model_hash"],
+        proof_hash=hash_proof(proof),
+    )
+    signed = sign_usage_record(account, Domain(CHAIN_ID, ESCROW), record)
+    return AuditCase(
+        model="SmolLM2-135M-Instruct",
+        provider=account.address,
+        chain_id=CHAIN_ID,
+        escrow=ESCROW,
+        signed=signed,
+        prompt_ids=gen.prompt_ids,
+        completion_ids=gen.completion_ids,
+        proof=proof,
+        seed=gen.seed,
+        temperature=temperature,
+    )
+
+
+class Harness:
+    """The reference weights, an engine per variant, and a signing key, loaded once."""
+
+    def __init__(self, model: Path = MODEL) -> None:
+        from eth_account import Account
+        from tallystick.client import Reference
+        from tallystick.node.engines import TransformersEngine, load_model
+
+        self.model = model
+        self.reference = Reference.load(model, threads=1)
+        self.account = Account.from_key(b"\x42" * 32)
+        self._loaded = load_model(str(model))
+        self._engine_cls = TransformersEngine
+        self.counter = TransformersEngine(self._loaded).counter
+
+    def engine(self, substitution: str | None = None, *, threads: int = 1, seeded: bool = True):
+        from tallystick.node.engines import LoadedModel
+        from tallystick.node.engines._substitute import substitute
+
+        loaded = self._loaded
+        if substitution:
+            model = substitute(copy.deepcopy(loaded.model), substitution, PERTURB_SIZE)
+            loaded = LoadedModel(model, loaded.tokenizer, loaded.name, loaded.context_length,
+                                 loaded.eos_ids)  # fmt: skip
+        return self._engine_cls(
+            loaded,
+            num_threads=threads,
+            max_batch=8,
+            seeded=seeded,
+            model_hash=self.reference.model_hash,  # a cheat claims the listed weights
+        )
+
+    def run(self, engine: Any, prompt_ids: list[list[int]], batch: int, seed0: int,
+            temperature: float, max_tokens: int) -> list[Generation]:  # fmt: skip
+        out: list[Generation] = []
+        for start in range(0, len(prompt_ids), batch):
+            chunk = prompt_ids[start : start + batch]
+            seeds = [seed0 + start + i for i in range(len(chunk))]
+            out += generate(engine, chunk, seeds=seeds, temperature=temperature,
+                            max_tokens=max_tokens)  # fmt: skip
+        for g in out:
+            g.meta["model_hash"] = self.reference.model_hash
+        return out
+
+    def audit(self, gen: Generation, claimed_temperature: float | None = None) -> Any:
+        from tallystick.client import audit
+
+        return audit(case_for(gen, self.account, claimed_temperature=claimed_temperature),
+                     self.reference)  # fmt: skip
+
+
+def honest(h: Harness, cfg: Config) -> dict[str, Any]:
+    reports, offset = [], 0
+    for threads in cfg.threads:
+        for batch in cfg.batches:
+            engine = h.engine(threads=threads)
+            for temperature in cfg.temperatures:
+                n = cfg.honest_per_cell
+                ids = prompts(h.counter, n, offset)
+                gens = h.run(engine, ids, batch, 1000 + offset, temperature, cfg.max_tokens)
+                offset += n
+                for g in gens:
+                    r = h.audit(g)
+                    reports.append((batch, threads, temperature, r))
+    fails = [r for *_, r in reports if not r.passed]
+    return {
+        "generations": len(reports),
+        "false_positives": len(fails),
+        "max_proof_error": max(r.figures.get("max_proof_error", 0) for *_, r in reports),
+        "min_margin": min(r.figures.get("min_margin", 0) for *_, r in reports),
+        "tokens": sum(r.figures["tokens"] for *_, r in reports),
+        "failures": [r.to_json() for r in fails[:3]],
+        "cells": {
+            f"batch{b}_threads{t}_temp{temp}": sum(
+                1 for bb, tt, te, _ in reports if (bb, tt, te) == (b, t, temp)
+            )
+            for b in cfg.batches
+            for t in cfg.threads
+            for temp in cfg.temperatures
+        },
+    }
+
+
+def detection(h: Harness, cfg: Config) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    kinds = [("round4", None), ("perturb", None), ("drop_layer", None), ("random_init", None),
+             ("wrong_temperature", 0.3)]  # fmt: skip
+    for kind, temp_shift in kinds:
+        engine = h.engine(None if temp_shift else kind)
+        caught = total = 0
+        half = cfg.detect_per_kind // 2
+        for i, temperature in enumerate(cfg.temperatures):
+            n = half if i == 0 else cfg.detect_per_kind - half
+            ids = prompts(h.counter, n, 500 + 37 * i)
+            served = temperature + (temp_shift or 0.0)
+            gens = h.run(engine, ids, 8, 7000 + 100 * i, served, cfg.max_tokens)
+            for g in gens:
+                report = h.audit(g, claimed_temperature=temperature if temp_shift else None)
+                total += 1
+                caught += report.verdict == "fail"
+        out[kind] = {"audited": total, "caught": caught, "rate": caught / total}
+    out["perturb"]["size"] = f"N(0, ({PERTURB_SIZE} * std of each tensor)^2)"
+    out["wrong_temperature"]["served"] = "requested + 0.3 (0 -> 0.3, 0.7 -> 1.0)"
+    return out
+
+
+def overhead(h: Harness, cfg: Config) -> dict[str, Any]:
+    """tokens/s at 8 streams, temperature 0.7, seeded vs baseline, interleaved."""
+    rates: dict[str, list[float]] = {"seeded": [], "baseline": []}
+    ids = prompts(h.counter, 8, 900)
+    for _ in range(cfg.overhead_rounds):
+        for name, seeded in (("baseline", False), ("seeded", True)):
+            engine = h.engine(seeded=seeded)
+            started = time.perf_counter()
+            gens = generate(engine, ids, seeds=list(range(8)), temperature=0.7,
+                            max_tokens=cfg.max_tokens)  # fmt: skip
+            took = time.perf_counter() - started
+            rates[name].append(sum(len(g.completion_ids) for g in gens) / took)
+    seeded, baseline = max(rates["seeded"]), max(rates["baseline"])
+    return {
+        "seeded_tok_s": round(seeded, 2),
+        "baseline_tok_s": round(baseline, 2),
+        "runs": rates,
+        "overhead": round(1 - seeded / baseline, 4),
+    }
+
+
+def verifier_cost(h: Harness, cfg: Config) -> dict[str, Any]:
+    """Audit time over generation time for single 64-token completions (median of 5)."""
+    engine = h.engine()
+    ratios, gen_s, audit_s = [], [], []
+    for i, ids in enumerate(prompts(h.counter, 5, 950)):
+        (g,) = h.run(engine, [ids], 1, 99 + i, 0.7, 64)
+        started = time.perf_counter()
+        h.audit(g)
+        a = time.perf_counter() - started
+        gen_s.append(g.seconds)
+        audit_s.append(a)
+        ratios.append(a / g.seconds)
+    return {
+        "completion_tokens": 64,
+        "generation_s": round(statistics.median(gen_s), 3),
+        "audit_s": round(statistics.median(audit_s), 3),
+        "ratio": round(statistics.median(ratios), 4),
+    }
+
+
+def run(cfg: Config | None = None) -> dict[str, Any]:
+    import torch
+
+    cfg = cfg or Config()
+    h = Harness()
+    torch.set_num_threads(1)
+    started = time.monotonic()
+    figures = {
+        "config": cfg.__dict__,
+        "honest": honest(h, cfg),
+        "detection": detection(h, cfg),
+        "overhead": overhead(h, cfg),
+        "verifier": verifier_cost(h, cfg),
+    }
+    figures["seconds"] = round(time.monotonic() - started, 1)
+    figures["targets"] = targets(figures)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(figures, indent=2, default=str) + "\n")
+    _print(figures)
+    return figures
+
+
+def targets(f: dict[str, Any]) -> list[dict[str, Any]]:
+    out = [
+        {"name": f"fidelity: {k} caught", "measured": round(100 * v["rate"], 1), "limit": 99,
+         "unit": "%", "op": ">="}
+        for k, v in f["detection"].items()
+    ]  # fmt: skip
+    out += [
+        {"name": "fidelity: false positives (honest audits)",
+         "measured": f["honest"]["false_positives"], "limit": 0, "unit": "", "op": "<="},
+        {"name": "fidelity: provider overhead at 8 streams",
+         "measured": round(100 * f["overhead"]["overhead"], 2), "limit": 3, "unit": "%",
+         "op": "<="},
+        {"name": "fidelity: audit / generation, 64 tokens", "measured": f["verifier"]["ratio"],
+         "limit": 0.2, "unit": "x", "op": "<="},
+    ]  # fmt: skip
+    return out
+
+
+def _print(f: dict[str, Any]) -> None:
+    h = f["honest"]
+    print(
+        f"honest: {h['generations']} generations, {h['tokens']} tokens, "
+        f"{h['false_positives']} false positives; max proof error {h['max_proof_error']}, "
+        f"min margin {h['min_margin']}"
+    )
+    for kind, v in f["detection"].items():
+        print(f"detection {kind}: {v['caught']}/{v['audited']} ({100 * v['rate']:.1f}%)")
+    o, v = f["overhead"], f["verifier"]
+    print(
+        f"overhead at 8 streams: seeded {o['seeded_tok_s']} tok/s, baseline "
+        f"{o['baseline_tok_s']} tok/s ({100 * o['overhead']:.2f}%)"
+    )
+    print(f"verifier: audit {v['audit_s']} s / generation {v['generation_s']} s = {v['ratio']}")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.fidelity")
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args(argv)
+    run(QUICK if args.quick else None)
+
+
+if __name__ == "__main__":
+    main()

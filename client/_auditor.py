@@ -1,0 +1,192 @@
+"""Background audits (docs/protocol.md §10.4): a client-set fraction of verified bills is
+audited off the request path, results are kept per provider, and a provider with a failed
+audit is no longer used.
+
+``Auditor.consider`` is called after a bill is countersigned; it only copies what the audit
+needs and hands it to one worker thread. ``AuditLog`` is a small SQLite file beside the
+client store (``audits.db``): every verdict, and every failed report in full.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import sqlite3
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ._audit import AuditCase, AuditReport, Reference, audit
+
+__all__ = ["DEFAULT_AUDIT_FRACTION", "AuditLog", "AuditRecord", "Auditor", "rank_by_audits"]
+
+log = logging.getLogger("tallystick.client")
+
+DEFAULT_AUDIT_FRACTION = 0.05  # of requests, when the client holds the listed weights
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS audits (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, provider TEXT NOT NULL, model TEXT NOT NULL,
+    channel_id TEXT NOT NULL, seq INTEGER NOT NULL, verdict TEXT NOT NULL, report TEXT,
+    created_at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS audits_provider ON audits (provider);
+"""
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """A provider's audit record as this client has seen it."""
+
+    provider: str
+    passed: int
+    failed: int
+
+    @property
+    def trusted(self) -> bool:
+        return self.failed == 0
+
+
+class AuditLog:
+    """Every audit verdict per provider; failed reports in full (self-contained evidence)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.executescript(_SCHEMA)
+
+    def add(self, report: AuditReport) -> None:
+        case = report.case
+        keep = None if report.passed else json.dumps(report.to_json())
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO audits (provider, model, channel_id, seq, verdict, report, "
+                "created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    case.provider.lower(),
+                    case.model,
+                    "0x" + case.signed.record.channel_id.hex(),
+                    case.signed.record.seq,
+                    report.verdict,
+                    keep,
+                    time.time(),
+                ),
+            )
+
+    def record(self, provider: str) -> AuditRecord:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT verdict, COUNT(*) FROM audits WHERE provider = ? GROUP BY verdict",
+                (provider.lower(),),
+            ).fetchall()
+        counts = dict(rows)
+        return AuditRecord(provider, counts.get("pass", 0), counts.get("fail", 0))
+
+    def failures(self, provider: str | None = None) -> list[AuditReport]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT report FROM audits WHERE verdict = 'fail' AND (? IS NULL OR provider = ?) "
+                "ORDER BY id",
+                (provider and provider.lower(), provider and provider.lower()),
+            ).fetchall()
+        return [AuditReport.from_json(json.loads(r[0])) for r in rows]
+
+    def close(self) -> None:
+        self._db.close()
+
+
+class Auditor:
+    """Audits ``fraction`` of the bills it is shown, in one background thread."""
+
+    def __init__(
+        self,
+        log_: AuditLog,
+        weights: str | Path | None = None,
+        *,
+        fraction: float = DEFAULT_AUDIT_FRACTION,
+        reference: Reference | None = None,
+    ) -> None:
+        if not 0 <= fraction <= 1:
+            raise ValueError(f"the audit fraction must be in [0, 1], got {fraction}")
+        self.log = log_
+        self.fraction = fraction
+        self._weights = weights
+        self._reference = reference
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tallystick-audit")
+        self._ref_lock = threading.Lock()
+
+    def reference(self) -> Reference:
+        with self._ref_lock:
+            if self._reference is None:
+                if self._weights is None:
+                    raise ValueError("no reference weights: pass audit_weights=PATH")
+                self._reference = Reference.load(self._weights)
+            return self._reference
+
+    def consider(self, case: AuditCase) -> Future[AuditReport] | None:
+        """Maybe schedule an audit of ``case``; never blocks the request."""
+        if self.fraction <= 0 or secrets.randbelow(1_000_000) >= self.fraction * 1_000_000:
+            return None
+        return self.submit(case)
+
+    def submit(self, case: AuditCase) -> Future[AuditReport]:
+        return self._pool.submit(self._run, case)
+
+    def _run(self, case: AuditCase) -> AuditReport:
+        report = audit(case, self.reference())
+        if report.verdict != "unverifiable":
+            self.log.add(report)
+        if report.verdict == "fail":
+            log.warning(
+                "audit failed: provider %s, model %s, channel 0x%s seq %d: %s",
+                case.provider,
+                case.model,
+                case.signed.record.channel_id.hex(),
+                case.signed.record.seq,
+                "; ".join(report.reasons),
+            )
+        return report
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+
+def rank_by_audits(offers: list[Any], audits: AuditLog) -> list[Any]:
+    """Drop providers with a failed audit; among the rest, more passed audits first at one
+    price (the order ``offers`` came in, cheapest first, is otherwise kept)."""
+    records = {o.provider: audits.record(o.provider) for o in offers}
+    kept = [o for o in offers if records[o.provider].trusted]
+    return sorted(
+        kept,
+        key=lambda o: (o.prices.output_per_m, o.prices.input_per_m, -records[o.provider].passed),
+    )
+
+
+def case_from_response(
+    channel: Any, body: dict[str, Any], prompt_ids: list[int], tallystick: dict[str, Any]
+) -> AuditCase | None:
+    """The audit case of one verified response, or None when it carries nothing to audit."""
+    from tallystick.protocol import SignedUsageRecord
+
+    proof = tallystick.get("proof")
+    if not isinstance(proof, list) or not proof:
+        return None
+    signed = SignedUsageRecord.from_json(tallystick)
+    seed = body.get("seed")  # absent (an OpenAI client): the node chose it, as the record says
+    return AuditCase(
+        model=channel.model,
+        provider=channel.provider,
+        chain_id=channel.chain_id,
+        escrow=channel.escrow,
+        signed=signed,
+        prompt_ids=list(prompt_ids),
+        completion_ids=list(tallystick.get("completion_token_ids") or []),
+        proof=[int(v) for v in proof],
+        seed=seed if isinstance(seed, int) else signed.record.seed,
+        temperature=float(body.get("temperature", 1.0)),
+        top_p=float(body.get("top_p", 1.0)),
+    )
