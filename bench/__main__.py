@@ -1,7 +1,7 @@
 """``python -m bench`` (``make bench``): every section in one run, then one table of targets.
 
     python -m bench [--only gas_per_request,growth,serving,protocol_costs,gateway,gas,
-                            false_disputes,replicas] [--quick]
+                            false_disputes,replicas,fidelity] [--quick]
 
 ``--quick`` runs each section in a minimal configuration (seconds, except the model loads).
 """
@@ -15,6 +15,7 @@ from typing import Any
 
 from . import (
     false_disputes,
+    fidelity,
     gas_per_request,
     gateway,
     growth,
@@ -33,6 +34,7 @@ SECTIONS = (
     "gateway",
     "false_disputes",
     "replicas",
+    "fidelity",
 )
 
 
@@ -46,6 +48,7 @@ def _quick() -> dict[str, Any]:
         "replicas": replicas.Config(
             streams=2, max_tokens=8, min_requests=2, ledger_requests=50, channels=10
         ),
+        "fidelity": fidelity.QUICK,
     }
 
 
@@ -78,6 +81,8 @@ def run(only: tuple[str, ...], quick: bool) -> list[Target]:
             figures[name] = false_disputes.run(configs.get(name))
         elif name == "replicas":
             figures[name] = replicas.run(configs.get(name))
+        elif name == "fidelity":
+            figures[name] = fidelity.run(configs.get(name))
         elif name == "protocol_costs":
             figures[name] = protocol_costs.run(figures.get("serving"))
         console.print(f"[dim]{name}: {time.monotonic() - section_start:.0f} s[/]")

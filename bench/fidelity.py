@@ -48,9 +48,11 @@ VERBS = ("Write a short story about", "Explain", "Describe", "Write a poem about
 
 @dataclass(frozen=True)
 class Config:
-    honest_per_cell: int = 13  # x batches(3) x threads(2) x temperatures(2) = 312 generations
-    detect_per_kind: int = 100
-    max_tokens: int = 64
+    # Sized for the shared 2-core box (about 40 minutes): 13 x batches(3) x threads(2) x
+    # temperatures(2) = 312 honest generations; 20 audits per substitution.
+    honest_per_cell: int = 13
+    detect_per_kind: int = 20
+    max_tokens: int = 32
     batches: tuple[int, ...] = (1, 4, 8)
     threads: tuple[int, ...] = (1, 2)
     temperatures: tuple[float, ...] = (0.0, 0.7)
@@ -222,6 +224,8 @@ def honest(h: Harness, cfg: Config) -> dict[str, Any]:
                 for g in gens:
                     r = h.audit(g)
                     reports.append((batch, threads, temperature, r))
+                failed = sum(not r.passed for *_, r in reports)
+                _progress(f"honest b{batch} t{threads} T{temperature}: {failed}/{len(reports)}")
     fails = [r for *_, r in reports if not r.passed]
     return {
         "generations": len(reports),
@@ -248,6 +252,7 @@ def detection(h: Harness, cfg: Config) -> dict[str, Any]:
     for kind, temp_shift in kinds:
         engine = h.engine(None if temp_shift else kind)
         caught = total = 0
+        smallest_error = float("inf")  # how far the least-caught audit sat from tolerance
         half = cfg.detect_per_kind // 2
         for i, temperature in enumerate(cfg.temperatures):
             n = half if i == 0 else cfg.detect_per_kind - half
@@ -258,7 +263,10 @@ def detection(h: Harness, cfg: Config) -> dict[str, Any]:
                 report = h.audit(g, claimed_temperature=temperature if temp_shift else None)
                 total += 1
                 caught += report.verdict == "fail"
-        out[kind] = {"audited": total, "caught": caught, "rate": caught / total}
+                smallest_error = min(smallest_error, report.figures.get("max_proof_error", 0))
+        out[kind] = {"audited": total, "caught": caught, "rate": caught / total,
+                     "smallest_max_proof_error": smallest_error}  # fmt: skip
+        _progress(f"detection {kind}: {caught}/{total}")
     out["perturb"]["size"] = f"N(0, ({PERTURB_SIZE} * std of each tensor)^2)"
     out["wrong_temperature"]["served"] = "requested + 0.3 (0 -> 0.3, 0.7 -> 1.0)"
     return out
@@ -276,13 +284,42 @@ def overhead(h: Harness, cfg: Config) -> dict[str, Any]:
                             max_tokens=cfg.max_tokens)  # fmt: skip
             took = time.perf_counter() - started
             rates[name].append(sum(len(g.completion_ids) for g in gens) / took)
+        _progress(f"overhead round: {rates}")
     seeded, baseline = max(rates["seeded"]), max(rates["baseline"])
     return {
         "seeded_tok_s": round(seeded, 2),
         "baseline_tok_s": round(baseline, 2),
         "runs": rates,
         "overhead": round(1 - seeded / baseline, 4),
+        "sampler_ms_per_token": sampler_cost(),
     }
+
+
+def sampler_cost(n: int = 300) -> dict[str, float]:
+    """The two samplers alone on one vocabulary-sized row, one thread (ms per token)."""
+    import torch
+    from tallystick.node.engines import SamplingParams
+    from tallystick.node.engines._sampling import SeededSampler, make_generator, sample
+
+    torch.set_num_threads(1)
+    params = SamplingParams(max_tokens=1, temperature=0.7, seed=3)
+    row = torch.randn(49152) * 3
+    seeded, gen = SeededSampler(params), make_generator(3)
+    best = {"seeded": float("inf"), "baseline": float("inf")}
+    for _ in range(3):
+        started = time.perf_counter()
+        for _ in range(n):
+            seeded(row)
+        best["seeded"] = min(best["seeded"], (time.perf_counter() - started) / n * 1e3)
+        started = time.perf_counter()
+        for _ in range(n):
+            sample(row, params, gen)
+        best["baseline"] = min(best["baseline"], (time.perf_counter() - started) / n * 1e3)
+    return {k: round(v, 3) for k, v in best.items()}
+
+
+def _progress(line: str) -> None:
+    print(f"[fidelity {time.strftime('%H:%M:%S')}] {line}", flush=True)
 
 
 def verifier_cost(h: Harness, cfg: Config) -> dict[str, Any]:
@@ -312,13 +349,13 @@ def run(cfg: Config | None = None) -> dict[str, Any]:
     h = Harness()
     torch.set_num_threads(1)
     started = time.monotonic()
-    figures = {
-        "config": cfg.__dict__,
-        "honest": honest(h, cfg),
-        "detection": detection(h, cfg),
-        "overhead": overhead(h, cfg),
-        "verifier": verifier_cost(h, cfg),
-    }
+    figures: dict[str, Any] = {"config": cfg.__dict__}
+    # Cheapest first; the JSON is rewritten after each section, so a cut run keeps its figures.
+    for name, section in (("overhead", overhead), ("verifier", verifier_cost),
+                          ("detection", detection), ("honest", honest)):  # fmt: skip
+        figures[name] = section(h, cfg)
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(json.dumps(figures, indent=2, default=str) + "\n")
     figures["seconds"] = round(time.monotonic() - started, 1)
     figures["targets"] = targets(figures)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
@@ -359,6 +396,7 @@ def _print(f: dict[str, Any]) -> None:
         f"overhead at 8 streams: seeded {o['seeded_tok_s']} tok/s, baseline "
         f"{o['baseline_tok_s']} tok/s ({100 * o['overhead']:.2f}%)"
     )
+    print(f"sampler alone, ms per token: {o['sampler_ms_per_token']}")
     print(f"verifier: audit {v['audit_s']} s / generation {v['generation_s']} s = {v['ratio']}")
 
 

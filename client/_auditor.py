@@ -4,7 +4,7 @@ audit is no longer used.
 
 ``Auditor.consider`` is called after a bill is countersigned; it only copies what the audit
 needs and hands it to one worker thread. ``AuditLog`` is a small SQLite file beside the
-client store (``audits.db``): every verdict, and every failed report in full.
+client store (``<store>.audits.db``): every verdict, and every failed report in full.
 """
 
 from __future__ import annotations
@@ -118,6 +118,7 @@ class Auditor:
         self._reference = reference
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tallystick-audit")
         self._ref_lock = threading.Lock()
+        self.scheduled: list[Future[AuditReport]] = []
 
     def reference(self) -> Reference:
         with self._ref_lock:
@@ -134,7 +135,14 @@ class Auditor:
         return self.submit(case)
 
     def submit(self, case: AuditCase) -> Future[AuditReport]:
-        return self._pool.submit(self._run, case)
+        future = self._pool.submit(self._run, case)
+        self.scheduled.append(future)
+        return future
+
+    def drain(self, timeout: float | None = None) -> list[AuditReport]:
+        """Wait for every scheduled audit; their reports, oldest first (then forgotten)."""
+        done, self.scheduled = self.scheduled, []
+        return [f.result(timeout=timeout) for f in done]
 
     def _run(self, case: AuditCase) -> AuditReport:
         report = audit(case, self.reference())

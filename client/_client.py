@@ -79,7 +79,7 @@ class Tallystick:
             on_lock_wait=on_lock_wait,
         )
         # Audits (§10.4): always logged; run on a fraction of bills when we hold the weights.
-        self.audits = AuditLog(self.store.path.parent / "audits.db")
+        self.audits = AuditLog(self.store.path.with_suffix(".audits.db"))
         fraction = audit_fraction
         if fraction is None:
             fraction = DEFAULT_AUDIT_FRACTION if audit_weights is not None else 0.0

@@ -339,12 +339,21 @@ def _steps(run: _Run) -> int:
         Wallet(run.client),
         run.workdir / "client.db",
         chain=Chain.connect(run.rpc, run.d.registry.address, run.d.escrow.address),
+        audit_weights=run.model,  # the client holds the listed weights: it can audit
+        audit_fraction=1.0,  # every request, for the demo (default 5%)
     ) as client:
         _step_open(run, client)
         _step_requests(run, client)
+        _step_audits(run, command, client)
         _step_settle(run, command, client)
     code = _step_bill(run)
     return _step_gateway(run) if code == EXIT_OK else code
+
+
+def _step_audits(run: _Run, command: list[str], client: Tallystick) -> None:
+    from ._demo_audit import audit_step
+
+    audit_step(run, command, client)
 
 
 def _step_gateway(run: _Run) -> int:
@@ -489,9 +498,10 @@ def _send_eth(w3: Web3, sender: LocalAccount, to: str, value: int) -> None:
 # ---------------------------------------------------------------------------- 3. node
 
 
-def _step_node(run: _Run, command: list[str]) -> None:
-    run.console.rule("[bold]3 · Provider node")
-    port = _free_port()
+def _step_node(run: _Run, command: list[str], extra: tuple[str, ...] | list[str] = ()) -> None:
+    if not extra:
+        run.console.rule("[bold]3 · Provider node")
+    port = _free_port() if not run.endpoint else int(run.endpoint.rsplit(":", 1)[1])
     run.endpoint = f"http://127.0.0.1:{port}"
     cmd = [
         *command,
@@ -505,6 +515,7 @@ def _step_node(run: _Run, command: list[str]) -> None:
         "86400",  # the demo triggers settlement itself, with `tallystick-node settle`
         "--log-format",
         "kv",
+        *extra,
     ]
     proc = run.procs.start("node", cmd, run.workdir / "node.log", env=_node_env(run))
     # Read while the node loads (it takes seconds to parse): the listing needs it.

@@ -453,3 +453,6 @@ def main(argv: list[str] | None = None) -> None:
         if os.environ.get("TALLYSTICK_DEBUG"):
             raise
         _fail(f"{type(exc).__name__}: {exc} (TALLYSTICK_DEBUG=1 shows the traceback)")
+
+
+from . import _audit_cli  # noqa: E402, F401  (registers `tallystick audit`)

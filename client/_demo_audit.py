@@ -1,0 +1,74 @@
+"""``tallystick demo`` step 6b: proof of the model (docs/protocol.md §10).
+
+The client holds the listed weights and audits every request (fraction 1.0 for the demo; 5%
+by default): the honest node's audits pass. The node is then restarted with the TEST-ONLY
+flag ``--test-only-perturb-weights 0.01`` (weights with noise of 1% of each tensor's std,
+still claiming the listed modelHash): the next request is billed as usual, and its audit
+fails with a self-contained report; the client drops the provider from discovery.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._client import Tallystick
+
+CHEAT_SIZE = "0.01"
+
+
+def audit_step(run: Any, command: list[str], client: Tallystick) -> None:
+    from . import _demo as demo  # the demo's own steps and helpers (imported at call time)
+
+    run.console.rule("[bold]6b · Proof of the model: audits against the listed weights")
+    with run.console.status("auditing the requests (one prefill each, in the background)…"):
+        reports = client.auditor.drain(timeout=600)
+    for report in reports:
+        _show(run, report)
+    if not reports or not all(r.passed for r in reports):
+        raise demo.DemoError("an audit of the honest node did not pass")
+    run.console.print(
+        f"\n[bold yellow]TEST ONLY:[/bold yellow] restarting the node with "
+        f"--test-only-perturb-weights {CHEAT_SIZE} (perturbed weights, same modelHash claimed)"
+    )
+    _restart_node(run, command)
+    prompt = demo.PROMPTS[1]
+    run.console.print(f"\n[bold cyan]client ›[/bold cyan] {prompt}")
+    bill = demo._ask(run, client, prompt, stream=False, seed=99)
+    demo._show_receipt(run, client, bill, prompt)
+    with run.console.status("auditing…"):
+        (report,) = client.auditor.drain(timeout=600)
+    _show(run, report)
+    if report.verdict != "fail":
+        raise demo.DemoError("the audit of the perturbed node did not fail")
+    path = run.workdir.parent / f"tallystick-demo-failed-audit-{run.provider.address[:10]}.json"
+    path.write_text(json.dumps(report.to_json(), indent=1) + "\n")
+    ranked = [o.provider for o in client.providers(demo.MODEL_NAME)]
+    run.console.print(
+        f"failed-audit report (re-check: tallystick audit {path} --weights {run.model}); "
+        f"discovery now offers {len(ranked)} provider(s) for {demo.MODEL_NAME}: the cheat is "
+        f"{'gone' if run.provider.address not in ranked else 'STILL LISTED'}"
+    )
+    if run.provider.address in ranked:
+        raise demo.DemoError("the provider with a failed audit is still ranked in discovery")
+
+
+def _show(run: Any, report: Any) -> None:
+    f = report.figures
+    mark = "[green]pass[/green]" if report.passed else "[bold red]FAIL[/bold red]"
+    run.console.print(
+        f"  audit seq {report.case.signed.record.seq}: {mark}  {f.get('tokens')} tokens, "
+        f"largest logit difference {f.get('max_proof_error')}, smallest margin "
+        f"{f.get('min_margin')}, {f.get('audit_s')} s"
+        + ("" if report.passed else f" — {'; '.join(report.reasons)}")
+    )
+
+
+def _restart_node(run: Any, command: list[str]) -> None:
+    from . import _demo as demo
+
+    node = next(p for p in run.procs.procs if p.name == "node")
+    demo._stop_group(node.popen)
+    run.procs.procs.remove(node)
+    demo._step_node(run, command, extra=["--test-only-perturb-weights", CHEAT_SIZE])
