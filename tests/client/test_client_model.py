@@ -105,3 +105,45 @@ def test_stop_string_answer_is_verified(client: Tallystick, smol: dict[str, Any]
     # The ids that completed the stop string are billed; the text stops right before it.
     assert decoded.startswith(choice.message.content + ",")
     assert bill.completion_tokens < MAX_TOKENS
+
+
+def test_audits_of_plain_and_streamed_answers_pass_in_the_background(
+    smol: dict[str, Any],
+    accounts: Any,
+    w3: Any,
+    model_dir: Path,
+    model_file: str,
+    tmp_path: Path,
+) -> None:
+    """§10: the SDK sends a seed, the node signs what produced the ids, the audit replays it."""
+    d = smol["d"]
+    chain = Chain(w3, d.registry.address, d.escrow.address)
+    weights = model_dir / model_file
+    with Tallystick(
+        Wallet(accounts.client), tmp_path / "c.db", chain=chain, audit_weights=weights,
+        audit_fraction=1.0,
+    ) as c:  # fmt: skip
+        c.channels.open(smol["model"], 10**12)
+        provider = c.channels.list()[0].provider
+        for temperature, stream in ((0.0, False), (0.7, True), (0.7, False)):
+            args = {"model": smol["model"], "messages": _ask("Tell me about the sea."),
+                    "max_tokens": MAX_TOKENS, "temperature": temperature}  # fmt: skip
+            if stream:
+                for _ in c.chat.completions.create(**args, stream=True):
+                    pass
+            else:
+                c.chat.completions.create(**args)
+        reports = c.auditor.drain(timeout=600)
+        assert [r.verdict for r in reports] == ["pass"] * 3, [r.to_json() for r in reports]
+        assert {r.case.signed.record.temperature for r in reports} == {0, 700_000}
+        assert all(r.case.signed.record.model_hash == reports[0].case.signed.record.model_hash
+                   != bytes(32) for r in reports)  # fmt: skip
+        assert c.audit_record(provider).passed == 3
+        assert [o.provider for o in c.providers(smol["model"])] == [provider]
+        # a forged proof is a failed audit, the provider leaves discovery
+        case = reports[0].case
+        forged = type(case)(**{**case.__dict__, "proof": [v + 200 for v in case.proof]})
+        assert c.audit(forged).verdict == "fail"
+        c.audits.add(c.audit(forged))
+        assert c.providers(smol["model"]) == []
+        assert c.audits.failures(provider)[0].verdict == "fail"

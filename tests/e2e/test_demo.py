@@ -75,7 +75,9 @@ def test_demo_runs_to_a_bill_that_adds_up(model_dir: Path) -> None:
     )
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-4000:]
-    assert "The bill adds up: 2 requests cost" in output
+    assert "The bill adds up: 3 requests cost" in output  # 2, then 1 to the cheating node
+    assert output.count("audit seq") == 3 and "FAIL" in output  # proof of the model (6b)
+    assert "the cheat is gone" in output
     assert "The plain openai SDK paid through Tallystick" in output  # the gateway step
     assert "gateway channel closed cooperatively" in output
     assert "✗" not in output  # every check of the bill passed
