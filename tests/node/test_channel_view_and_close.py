@@ -48,7 +48,7 @@ async def test_record_endpoint_returns_the_timings_sent_with_the_completion(make
         assert got["timings"] == sent
 
 
-def test_a_ledger_written_without_timings_is_migrated(tmp_path):
+def test_a_ledger_written_without_timings_or_proofs_is_migrated(tmp_path):
     import sqlite3
 
     path = tmp_path / "old.db"
@@ -62,7 +62,7 @@ def test_a_ledger_written_without_timings_is_migrated(tmp_path):
     db.close()
     ledger = SqliteLedger(path)
     columns = [row[1] for row in ledger._db.execute("PRAGMA table_info(records)")]
-    assert columns[-1] == "timings"
+    assert columns[-2:] == ["timings", "proof"]
     ledger.close()
 
 
