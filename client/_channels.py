@@ -180,10 +180,13 @@ class Channels:
     def request_close(self, channel: bytes | str) -> int:
         """Start a unilateral close; return ``closesAt`` (unix seconds)."""
         info = self._client.channel(channel)
-        with contextlib.suppress(ClientError):
-            # An unverifiable bill stays unsigned: closing is the way out of it.
-            self._client.biller.resolve_pending(info)
-        self._client.biller.deliver(info)  # the provider may still claim what we owe it
+        biller = self._client.biller
+        # No request of another process in between: its pending request is not ours to settle.
+        with biller.locked(info):
+            with contextlib.suppress(ClientError):
+                # An unverifiable bill stays unsigned: closing is the way out of it.
+                biller.resolve_pending(info)
+            biller.deliver(info)  # the provider may still claim what we owe it
         closes_at = self._chain.request_close(self._client.account, info.channel_id)
         self._client.store.update_channel(info.channel_id, status="closing")
         return closes_at
