@@ -69,6 +69,8 @@ class ChannelPool:
         self._quarantine: dict[bytes, float] = {}
         self._last_used: dict[bytes, float] = {}
         self._pending_deposits = 0  # opens and top-ups under way
+        self._opening = 0  # opens under way: a channel they add to the store is theirs
+        self._known: set[bytes] = set()  # channels a request may lease
         self._http: dict[bytes, tuple[ChannelInfo, httpx.Client]] = {}
         # Called with each interrupted request's bill once settled (the gateway charges it).
         self.on_settled: Callable[[ChannelInfo, VerifiedBill], None] | None = None
@@ -90,6 +92,8 @@ class ChannelPool:
                     self._pending_deposits += amount
                     if short is not None:
                         self._busy.add(short.channel_id)
+                    else:
+                        self._opening += 1
                     break
                 if time.monotonic() > deadline:
                     raise GatewayError(
@@ -188,10 +192,18 @@ class ChannelPool:
 
     # internals (callers hold self._lock where noted)
 
+    def _candidates(self, offer: Listing) -> list[ChannelInfo]:
+        # holds self._lock. A channel appears in the store before the open that made it has
+        # marked it busy; while an open is under way, only channels known before are offered.
+        channels = self.channels(offer)
+        if self._opening == 0:
+            self._known.update(c.channel_id for c in channels)
+        return [c for c in channels if c.channel_id in self._known]
+
     def _idle_channel(self, offer: Listing, worst_cost: int) -> ChannelInfo | None:
         # holds self._lock
         now = time.monotonic()
-        for channel in self.channels(offer):
+        for channel in self._candidates(offer):
             if (
                 channel.channel_id in self._busy
                 or self._quarantine.get(channel.channel_id, 0) > now
@@ -204,7 +216,7 @@ class ChannelPool:
     def _idle_short_channel(self, offer: Listing) -> ChannelInfo | None:
         # holds self._lock: an idle channel too poor for the request, to top up
         now = time.monotonic()
-        for channel in self.channels(offer):
+        for channel in self._candidates(offer):
             if (
                 channel.channel_id not in self._busy
                 and self._quarantine.get(channel.channel_id, 0) <= now
@@ -222,24 +234,27 @@ class ChannelPool:
         return sum(c.deposit for c in self.channels())
 
     def _fund(self, offer: Listing, short: ChannelInfo | None, amount: int) -> Lease:
+        info: ChannelInfo | None = None
         try:
             with self._chain_lock:
                 if short is not None:
                     info = self.client.channels.top_up(short.channel_id, amount)
                 else:
                     info = self.client.channels.open(offer.model, amount, offer.provider)
-        except BaseException:
-            with self._lock:
-                if short is not None:
-                    self._busy.discard(short.channel_id)
-                self._lock.notify_all()
-            raise
         finally:
             with self._lock:
+                # In one step with the bookkeeping: the new channel is in the store already,
+                # and no other request may lease it before this one holds it.
                 self._pending_deposits -= amount
-        with self._lock:
-            self._busy.add(info.channel_id)
-            self._last_used[info.channel_id] = time.monotonic()
+                if short is None:
+                    self._opening -= 1
+                if info is not None:
+                    self._known.add(info.channel_id)
+                    self._busy.add(info.channel_id)
+                    self._last_used[info.channel_id] = time.monotonic()
+                elif short is not None:
+                    self._busy.discard(short.channel_id)
+                self._lock.notify_all()
         return self._leased(info)
 
     def _leased(self, channel: ChannelInfo) -> Lease:
@@ -262,7 +277,8 @@ class ChannelPool:
         """Settle the channel's interrupted request, if any (before it serves or closes)."""
         if self.client.store.pending(channel.channel_id) is None:
             return None
-        bill = self.client.biller.resolve_pending(channel)
+        with self.client.biller.locked(channel):  # never beside a request in flight
+            bill = self.client.biller.resolve_pending(channel)
         if bill is not None and self.on_settled is not None:
             self.on_settled(channel, bill)
         return bill

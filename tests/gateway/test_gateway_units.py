@@ -155,3 +155,49 @@ def test_plan_adds_max_tokens_and_takes_the_hints_out():
     body, r = plan_request("chat", raw, {"x-tally-max-output-price": "7"}, SETTINGS)
     assert "tallystick" not in body and body["max_tokens"] == 64
     assert (r.pin, r.max_input_price, r.max_output_price, r.max_tokens) == (A, 5, 7, 64)
+
+
+class _FakeLedger:
+    def authenticate(self, secret: str) -> object | None:
+        return object() if secret == "tsk-good" else None
+
+
+class _FakeGateway:
+    """Just enough of ``Gateway`` for the app's error paths (no chain, no node)."""
+
+    settings = SETTINGS
+    ledger = _FakeLedger()
+
+    def models(self) -> list[dict[str, object]]:
+        from tallystick.protocol import ChainUnavailable
+
+        raise ChainUnavailable("cannot reach the chain RPC at http://127.0.0.1:9")
+
+
+def test_the_app_answers_every_error_as_an_openai_envelope():
+    from starlette.testclient import TestClient
+    from tallystick.client._gateway import create_app
+
+    client = TestClient(create_app(_FakeGateway()), raise_server_exceptions=False)  # type: ignore[arg-type]
+    cases = [
+        ("GET", "/v1/models", {}, 502, "upstream_error"),
+        ("POST", "/v1/chat/completions", {}, 401, "invalid_api_key"),
+        (
+            "POST",
+            "/v1/chat/completions",
+            {"Authorization": "Bearer tsk-bad"},
+            401,
+            "invalid_api_key",
+        ),
+        ("GET", "/v1/nothing", {}, 404, "not_found"),
+        ("PUT", "/v1/completions", {}, 405, "method_not_allowed"),
+    ]
+    for method, path, headers, status, code in cases:
+        response = client.request(method, path, headers=headers)
+        assert response.status_code == status, (path, response.text)
+        error = response.json()["error"]
+        assert error["code"] == code and set(error) == {"message", "type", "param", "code"}
+    refused = client.post(
+        "/v1/chat/completions", content=b"{", headers={"Authorization": "Bearer tsk-good"}
+    )
+    assert refused.status_code == 400 and refused.json()["error"]["code"] == "invalid_json"
