@@ -183,18 +183,19 @@ class SqlLedger:
     # the book (§8.1 across replicas) -------------------------------------------------------
 
     def book(self, channel_id: bytes) -> Book:
+        # Two round trips (the last record, then everything else in one row): a replica pays
+        # each one to the database server on every request.
         with self._tx():
             last = self.last_record(channel_id)
-            signed = self._read("SELECT MAX(seq) FROM receipts WHERE channel_id = ?", (channel_id,))
-            held = self._read(
-                "SELECT COUNT(*), COALESCE(SUM(prompt), 0), COALESCE(SUM(max_tokens), 0) "
-                "FROM reservations WHERE channel_id = ?",
-                (channel_id,),
-            )[0]
-            closing = self._read("SELECT 1 FROM closing WHERE channel_id = ?", (channel_id,))
-        in_flight, reserved_input, reserved_output = (int(v) for v in held)
+            row = self._read(_BOOK_SQL, (channel_id,) * 5)[0]
+        countersigned, in_flight, reserved_input, reserved_output, closing = row
         return Book(
-            last, int(signed[0][0] or 0), in_flight, reserved_input, reserved_output, bool(closing)
+            last,
+            int(countersigned or 0),
+            int(in_flight),
+            int(reserved_input),
+            int(reserved_output),
+            bool(closing),
         )
 
     def add_reservation(self, channel_id: bytes, owner: str, prompt: int, max_tokens: int) -> int:
@@ -423,6 +424,13 @@ class SqlLedger:
             )
 
 
+_BOOK_SQL = (
+    "SELECT (SELECT MAX(seq) FROM receipts WHERE channel_id = ?), "
+    "(SELECT COUNT(*) FROM reservations WHERE channel_id = ?), "
+    "(SELECT COALESCE(SUM(prompt), 0) FROM reservations WHERE channel_id = ?), "
+    "(SELECT COALESCE(SUM(max_tokens), 0) FROM reservations WHERE channel_id = ?), "
+    "(SELECT COUNT(*) FROM closing WHERE channel_id = ?)"
+)
 _RECORD_SQL = (
     "SELECT record, signature, completion_ids, model, created_at, timings, proof FROM records"
 )
