@@ -14,7 +14,7 @@ import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from starlette.responses import Response
@@ -322,7 +322,8 @@ async def _admit(
     if receipt_header:
         await node.gate.accept_receipt(_receipt_json(receipt_header))
     chat = isinstance(request, ChatRequest)
-    prompt = _prompt(engine, request, Prompt)
+    # The engine may reuse the KV of this channel's earlier prompts, never another's.
+    prompt = replace(_prompt(engine, request, Prompt), cache_scope=channel.channel_id)
     max_tokens = _max_tokens(node, request, len(prompt.ids), channel)
     params = SamplingParams(
         max_tokens=max_tokens,

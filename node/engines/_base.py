@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Hashable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -44,6 +44,8 @@ class Prompt:
     ids: list[int]  # the metered prompt ids (counting rule §6)
     messages: list[dict[str, Any]] | None = None  # chat requests
     text: str | None = None  # text-completion requests
+    # Whose cached prefixes this prompt may reuse (the node: the channel id); None = shared.
+    cache_scope: Hashable = None
 
 
 @dataclass(frozen=True)

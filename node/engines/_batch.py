@@ -55,6 +55,41 @@ class Batch:
         self._merge(cache, mask)
         return out.logits[:, -1, :]  # (n, vocab)
 
+    def prefill_after(
+        self, model: Any, prefix: list[tuple[torch.Tensor, torch.Tensor]], suffix: list[int]
+    ) -> torch.Tensor:
+        """Run one prompt whose first ids' KV is ``prefix`` (a PrefixCache hit): only the
+        ``suffix`` is computed. Merges it in; returns its last logits (1, vocab)."""
+        start = int(prefix[0][0].shape[2])
+        cache = DynamicCache()
+        for layer, (keys, values) in enumerate(prefix):
+            cache.update(keys, values, layer)
+        ids = torch.tensor([suffix], dtype=torch.long)  # (1, suffix)
+        mask = torch.ones((1, start + len(suffix)), dtype=torch.long)  # (1, prefix + suffix)
+        positions = torch.arange(start, start + len(suffix), dtype=torch.long).unsqueeze(0)
+        out = model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        self._merge(cache, mask)
+        return out.logits[:, -1, :]  # (1, vocab)
+
+    def row_kv(self, row: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """A copy of ``row``'s KV without its padding: per layer (1, heads, length, dim)."""
+        length = int(self.lengths[row])
+        start = int(self.mask.shape[1]) - length
+        return [
+            (
+                layer.keys[row : row + 1, :, start:].clone(),
+                layer.values[row : row + 1, :, start:].clone(),
+            )
+            for layer in self._layers(self.cache)
+        ]
+
     def decode(self, model: Any, last_ids: Sequence[int]) -> torch.Tensor:
         """One step for every sequence, fed its last id; returns next logits (batch, vocab)."""
         ids = torch.tensor(last_ids, dtype=torch.long).unsqueeze(1)  # (batch, 1)

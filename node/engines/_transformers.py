@@ -14,7 +14,7 @@ import logging
 import os
 import threading
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Hashable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from ._base import Prompt, SamplingParams, TokenEvent
 from ._batch import Batch
 from ._errors import EngineError, EngineOverloaded, EngineStopped, PromptTooLong
 from ._loading import LoadedModel, load_model
+from ._prefix import PrefixCache
 from ._sampling import SeededSampler, make_generator, sample
 from ._sequence import SequenceOutput
 
@@ -33,6 +34,8 @@ __all__ = ["TransformersEngine"]
 log = logging.getLogger("tallystick.node.engines")
 
 THREADS_ENV = "TALLYSTICK_THREADS"
+# KV of finished sequences kept for prefix reuse (SmolLM2-135M, float32: ~46 KB per token).
+DEFAULT_PREFIX_CACHE_BYTES = 512 * 2**20
 
 
 @dataclass(eq=False)
@@ -45,8 +48,10 @@ class _Request:
     generator: torch.Generator
     sampler: SeededSampler | None  # None: the baseline sampler (fidelity bench only)
     loop: asyncio.AbstractEventLoop
+    scope: Hashable = None  # prefix-cache scope (the node passes the channel id)
     events: asyncio.Queue[TokenEvent | BaseException] = field(default_factory=asyncio.Queue)
     last_id: int = -1
+    sampled: list[int] = field(default_factory=list)  # generated (KV holds all but the last)
     cancelled: bool = False  # set by the consumer when it closes the iterator
 
     def send(self, item: TokenEvent | BaseException) -> None:
@@ -70,6 +75,7 @@ class TransformersEngine:
         num_threads: int | None = None,
         seeded: bool = True,
         model_hash: bytes | None = None,
+        prefix_cache_bytes: int = DEFAULT_PREFIX_CACHE_BYTES,
     ) -> None:
         from tallystick.protocol import TokenCounter, TokenizerBundle
         from tallystick.protocol._fidelity import SAMPLER
@@ -96,6 +102,7 @@ class TransformersEngine:
         self._wake = threading.Condition()
         self._worker: threading.Thread | None = None
         self._stopping = False
+        self.prefix_cache = PrefixCache(prefix_cache_bytes)  # touched by the worker only
 
     @classmethod
     def load(cls, source: str, **kwargs: Any) -> TransformersEngine:
@@ -173,6 +180,7 @@ class TransformersEngine:
             generator=make_generator(params.seed),
             sampler=SeededSampler(params) if self._seeded and params.seed is not None else None,
             loop=asyncio.get_running_loop(),
+            scope=prompt.cache_scope,
         )
 
     # --- the worker thread -------------------------------------------------------------
@@ -200,10 +208,19 @@ class TransformersEngine:
     def _step(self, batch: Batch) -> None:
         self._drop_done(batch)
         admitted = self._admit()
-        if admitted:
-            logits = batch.prefill(self._model, [r.prompt for r in admitted])
-            self._running.extend(admitted)
-            self._publish(batch, self._sample(admitted, logits))
+        cold = []
+        for request in admitted:  # a cached prefix: only the rest of the prompt is computed
+            hit = self.prefix_cache.match(request.scope, request.prompt)
+            if hit is None:
+                cold.append(request)
+                continue
+            logits = batch.prefill_after(self._model, hit.layers, request.prompt[hit.length :])
+            self._running.append(request)
+            self._publish(batch, self._sample([request], logits))
+        if cold:
+            logits = batch.prefill(self._model, [r.prompt for r in cold])
+            self._running.extend(cold)
+            self._publish(batch, self._sample(cold, logits))
         if self._running:
             logits = batch.decode(self._model, [r.last_id for r in self._running])
             self._publish(batch, self._sample(self._running, logits))
@@ -227,9 +244,11 @@ class TransformersEngine:
                 continue
             if request.sampler is None:
                 request.last_id = sample(row, request.params, request.generator)
+                request.sampled.append(request.last_id)
                 out.append((request, request.output.add(request.last_id)))
             else:
                 request.last_id = request.sampler(row)
+                request.sampled.append(request.last_id)
                 event = request.output.add(request.last_id)
                 out.append((request, replace(event, logits=(request.sampler.logits[-1],))))
         return out
@@ -242,6 +261,11 @@ class TransformersEngine:
 
     def _drop_done(self, batch: Batch) -> None:
         rows = [i for i, r in enumerate(self._running) if not _done(r)]
+        if len(rows) < len(self._running) and self.prefix_cache.max_bytes > 0:
+            for i, request in enumerate(self._running):
+                if _done(request) and int(batch.lengths[i]) >= self.prefix_cache.min_tokens:
+                    ids = [*request.prompt, *request.sampled][: int(batch.lengths[i])]
+                    self.prefix_cache.put(request.scope, ids, batch.row_kv(i))
         batch.keep(rows)
         self._running = [self._running[i] for i in rows]
 
