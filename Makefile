@@ -3,12 +3,12 @@
 SHELL := /bin/bash
 ENV := source scripts/env.sh &&
 
-.PHONY: setup test test-contracts test-python lint abi demo bench model deploy clean
+.PHONY: setup test test-contracts test-python lint abi demo bench model llama deploy clean
 
 setup:
 	@bash scripts/setup.sh
 
-test: setup
+test: setup llama
 	@$(ENV) $(MAKE) --no-print-directory lint
 	@$(ENV) $(MAKE) --no-print-directory test-contracts
 	@$(ENV) $(MAKE) --no-print-directory test-python
@@ -28,6 +28,11 @@ abi:
 model:
 	@bash scripts/fetch-model.sh
 
+# llama.cpp's llama-server (CPU), built once into ~/.cache/tallystick/llama.cpp/<version>/ from the
+# llama.cpp vendored in llama-cpp-python's PyPI sdist; skipped when already built.
+llama:
+	@$(ENV) bash scripts/build-llama.sh >/dev/null
+
 demo: setup model
 	@$(ENV) tallystick demo $(DEMO_ARGS)
 
@@ -36,7 +41,7 @@ demo: setup model
 deploy:
 	@bash scripts/deploy.sh $(DEPLOY_ARGS)
 
-bench: setup model
+bench: setup model llama
 	@$(ENV) python -m bench
 
 clean:

@@ -5,12 +5,16 @@
 - ``upstream``: ``--upstream-url URL`` is the OpenAI-compatible server that generates;
   ``--model PATH|HUB_ID`` is still required, for the tokenizer and chat template the node
   meters with (docs/protocol.md §6) and serves at ``/v1/tally/tokenizer``.
+- ``llamacpp``: the node runs ``llama-server`` on ``--model FILE.gguf`` with ``--max-batch``
+  parallel slots (``--llama-server``, ``--llama-ctx``, ``--llama-threads``, ``--llama-args``)
+  and meters it as an upstream.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import shlex
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -33,6 +37,16 @@ def check_engine_settings(settings: Settings) -> None:
         )
     if settings.engine == "upstream":
         _upstream_url(settings.upstream_url)
+    if settings.engine == "llamacpp":
+        if not settings.model.lower().endswith(".gguf"):
+            raise ConfigError(f"--engine llamacpp needs --model FILE.gguf, got {settings.model}")
+        _llama_args(settings.llama_args)
+        from .engines import ModelLoadError, find_llama_server
+
+        try:
+            find_llama_server(settings.llama_server)
+        except ModelLoadError as exc:
+            raise ConfigError(str(exc)) from exc
 
 
 async def build_engine(settings: Settings) -> Engine:
@@ -44,6 +58,8 @@ async def build_engine(settings: Settings) -> Engine:
     try:
         if settings.engine == "upstream":
             return await _upstream(settings, _upstream_url(settings.upstream_url))
+        if settings.engine == "llamacpp":
+            return await asyncio.to_thread(_llamacpp, settings)
         from .engines._transformers import TransformersEngine
 
         engine = await asyncio.to_thread(
@@ -87,9 +103,34 @@ async def _upstream(settings: Settings, url: str) -> Engine:
 
     options: dict[str, Any] = {
         "upstream_model": settings.upstream_model,
+        "api_key": (
+            settings.upstream_api_key.get_secret_value() if settings.upstream_api_key else None
+        ),
         # The upstream server queues and batches; the node bounds what it has in flight.
         "max_concurrency": settings.max_batch + settings.max_queue,
     }
     if settings.model_name:
         options["model_name"] = settings.model_name
     return await asyncio.to_thread(UpstreamEngine.from_source, url, str(settings.model), **options)
+
+
+def _llama_args(args: str | None) -> list[str]:
+    try:
+        return shlex.split(args or "")
+    except ValueError as exc:
+        raise ConfigError(f"--llama-args {args!r}: {exc}") from exc
+
+
+def _llamacpp(settings: Settings) -> Engine:
+    from .engines import LlamaCppEngine, find_llama_server
+
+    return LlamaCppEngine(
+        str(settings.model),
+        binary=find_llama_server(settings.llama_server),
+        parallel=settings.max_batch,
+        slot_context=settings.llama_ctx,
+        threads=settings.llama_threads,
+        extra_args=_llama_args(settings.llama_args),
+        model_name=settings.model_name,
+        max_queue=settings.max_queue,
+    )

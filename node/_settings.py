@@ -48,12 +48,18 @@ class Settings(BaseModel):
     # model / engine
     model: str | None = None
     model_name: str | None = None
-    engine: Literal["transformers", "upstream"] = "transformers"
+    engine: Literal["transformers", "upstream", "llamacpp"] = "transformers"
     upstream_url: str | None = None
     upstream_model: str | None = None  # the id the upstream serves (default: its first)
     # TEST ONLY (make demo, tests): serve weights perturbed by Gaussian noise of this fraction
     # of each tensor's std while still claiming the listed modelHash: a cheating node.
     test_only_perturb_weights: float | None = Field(default=None, gt=0)
+    upstream_api_key: SecretStr | None = None  # sent as a bearer token to the upstream
+    # --engine llamacpp: the node runs llama-server (max_batch slots) on the --model GGUF
+    llama_server: str | None = None  # the binary (default: the one `make llama` builds)
+    llama_ctx: int | None = Field(default=None, ge=16)  # tokens per slot (default: the model's)
+    llama_threads: int | None = Field(default=None, ge=1)
+    llama_args: str | None = None  # more llama-server flags, shell-quoted
     max_batch: int = Field(default=8, ge=1)
     max_queue: int = Field(default=64, ge=1)
     # http

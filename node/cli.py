@@ -168,9 +168,14 @@ def main() -> None:
 @_chain_options
 @click.option("--model", help="Model folder, .gguf file or hub id.")
 @click.option("--model-name", help="The id served in /v1/models (default: from the path).")
-@click.option("--engine", type=click.Choice(["transformers", "upstream"]))
+@click.option("--engine", type=click.Choice(["transformers", "upstream", "llamacpp"]))
 @click.option("--upstream-url", help="OpenAI-compatible server to meter (--engine upstream).")
 @click.option("--upstream-model", help="Model id on the upstream server (default: its first).")
+@click.option("--upstream-api-key", help="Bearer key for the upstream (or its env variable).")
+@click.option("--llama-server", help="llama-server binary (--engine llamacpp; make llama's).")
+@click.option("--llama-ctx", type=int, help="Context tokens per llama.cpp slot (the model's).")
+@click.option("--llama-threads", type=int, help="llama-server threads (default: its own choice).")
+@click.option("--llama-args", help="More llama-server flags, shell-quoted (--engine llamacpp).")
 @click.option("--host", help="Address to bind (default 127.0.0.1).")
 @click.option("--port", type=int)
 @click.option(
@@ -279,6 +284,9 @@ async def _preflight(settings: Settings, account: Any) -> tuple[Any, Any]:
         # serving loop, so the app's lifespan starts it again there.
         await engine.start()
         await engine.stop()
+    elif settings.engine == "llamacpp":
+        await engine.start()  # llama-server loads now (one line if it fails) and keeps running
+        await engine.disconnect()  # type: ignore[attr-defined]
     return chain, engine
 
 

@@ -246,5 +246,20 @@ def model_file(model_dir: Path) -> str:
     return MODEL_FILE
 
 
+@pytest.fixture(scope="session")
+def llama_server_bin() -> Path:
+    """The llama-server binary `make llama` builds (``make test`` builds it first; in CI a
+    missing one fails rather than skips)."""
+    from tallystick.node.engines import built_llama_server
+
+    binary = built_llama_server()
+    if not binary.is_file():
+        message = f"llama-server not built at {binary}: run `make llama`"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return binary
+
+
 def pytest_report_header(config: pytest.Config) -> str:
     return f"tallystick: anvil={'yes' if ANVIL.exists() else 'missing'}, cpu={os.cpu_count()}"

@@ -19,11 +19,18 @@ from ._errors import (
 )
 from ._fake import FakeEngine
 from ._gguf_cache import cache_root, cached_gguf_folder, convert_gguf, gguf_cache_entry
+from ._llamacpp import (
+    LLAMA_CPP_PYTHON_VERSION,
+    LlamaCppEngine,
+    built_llama_server,
+    find_llama_server,
+)
 from ._loading import LoadedModel, LoadedTokenizer, default_model_name, load_model, load_tokenizer
 from ._tiny import TINY_CHAT_TEMPLATE, tiny_tokenizer_bundle, tiny_tokenizer_json
 from ._upstream import UpstreamEngine
 
 __all__ = [
+    "LLAMA_CPP_PYTHON_VERSION",
     "TINY_CHAT_TEMPLATE",
     "Detokenizer",
     "Engine",
@@ -31,6 +38,7 @@ __all__ = [
     "EngineOverloaded",
     "EngineStopped",
     "FakeEngine",
+    "LlamaCppEngine",
     "LoadedModel",
     "LoadedTokenizer",
     "ModelLoadError",
@@ -43,10 +51,12 @@ __all__ = [
     "UpstreamEngine",
     "UpstreamError",
     "UpstreamUnavailable",
+    "built_llama_server",
     "cache_root",
     "cached_gguf_folder",
     "convert_gguf",
     "default_model_name",
+    "find_llama_server",
     "gguf_cache_entry",
     "load_model",
     "load_tokenizer",

@@ -6,6 +6,12 @@ returned text with the model's own tokenizer. Prompt ids are always computed loc
 counting rule, §6); the upstream's ``prompt_tokens`` is only checked, with a warning when it
 differs. Stop strings are applied here, not upstream, so the text always follows §6 from
 the metered ids; the upstream stream is closed as soon as one matches.
+
+llama.cpp's ``llama-server`` (found by its ``/props``) is driven through its native
+``/completion``: the node sends the metered prompt ids themselves (so the model reads exactly
+what is billed) and reads each generated id from the stream (``return_tokens``); its
+``/tokenize`` is checked against the node's tokenizer at start. ``cache_prompt`` lets a slot
+reuse the KV cache of the prompt prefix it already holds (billing is unchanged).
 """
 
 from __future__ import annotations
@@ -75,6 +81,10 @@ class UpstreamEngine:
         self._client: httpx.AsyncClient | None = None
         self._want_ids = True  # ask for vLLM token ids until the upstream refuses them
         self._running = 0
+        self.llamacpp: dict[str, Any] | None = None  # llama-server's /props, when it is one
+        # llama.cpp: prompt ids read from a slot's KV cache / computed (its final ``timings``)
+        self.prompt_tokens_cached = 0
+        self.prompt_tokens_computed = 0
 
     @classmethod
     def from_source(cls, base_url: str, source: str, **kwargs: Any) -> UpstreamEngine:
@@ -95,11 +105,13 @@ class UpstreamEngine:
         )
         try:
             await self._discover_model(client)
+            await self._discover_llamacpp(client)
         except BaseException:
             await client.aclose()
             raise
         self._client = client
-        log.info("metering upstream %s (model %s)", self._base_url, self._upstream_model)
+        mode = "llama.cpp native /completion" if self.llamacpp else "OpenAI API"
+        log.info("metering upstream %s (model %s, %s)", self._base_url, self._upstream_model, mode)
 
     async def stop(self) -> None:
         client, self._client = self._client, None
@@ -137,25 +149,71 @@ class UpstreamEngine:
             )
         self._upstream_model = ids[0]
 
+    async def _discover_llamacpp(self, client: httpx.AsyncClient) -> None:
+        """Switch to the native API when ``client`` is a llama-server whose vocabulary is ours."""
+        try:
+            response = await client.get("/props")
+            props = response.json() if response.status_code == 200 else None
+        except (httpx.HTTPError, ValueError):
+            return
+        if not isinstance(props, dict) or "default_generation_settings" not in props:
+            return
+        sample = self.counter.chat_prompt_ids(
+            [{"role": "user", "content": "Café 東京 naïve ünïcödé 12345 <tag> \t tabs"}]
+        )
+        text = self._encoder.decode(sample, skip_special_tokens=False)
+        try:
+            answer = await client.post(
+                "/tokenize", json={"content": text, "add_special": False, "parse_special": True}
+            )
+            theirs = [int(t) for t in answer.json()["tokens"]]
+        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+            raise UpstreamError(f"{self._base_url}/tokenize failed: {exc!r}") from exc
+        ours = self._encode_special(text)
+        if theirs != ours:
+            raise UpstreamError(
+                f"llama.cpp at {self._base_url} tokenises differently from --model's tokenizer "
+                f"({len(theirs)} vs {len(ours)} ids for the same prompt): serve the same GGUF"
+            )
+        slot_ctx = (props.get("default_generation_settings") or {}).get("n_ctx")
+        if isinstance(slot_ctx, int) and 0 < slot_ctx < self.context_length:
+            log.info(
+                "llama.cpp slots hold %d tokens (model context %d): prompts are limited to it",
+                slot_ctx,
+                self.context_length,
+            )
+            self.context_length = slot_ctx
+        self.llamacpp = props
+
+    def _encode_special(self, text: str) -> list[int]:
+        return list(self._encoder.encode(text, add_special_tokens=False).ids)
+
     async def _stream(
         self, client: httpx.AsyncClient, prompt: Prompt, params: SamplingParams
     ) -> AsyncIterator[TokenEvent]:
         budget = min(params.max_tokens, self.context_length - len(prompt.ids))
         output = SequenceOutput(self.counter.decode, self._eos_ids, params, budget)
-        meter = _Meter(self._encoder, output, budget)
+        native = _NativeChunks(self._encoder) if self.llamacpp is not None else None
+        meter = _Meter(self._encoder, output, budget, hold_back=native is None)
         self._running += 1
         try:
             async with self._open(client, prompt, params, budget) as response:
                 output.mark_scheduled()
-                async for chunk in _chunks(response):
+                async for raw in _chunks(response):
+                    chunk = native.convert(raw) if native is not None else raw
                     self._check_prompt_tokens(chunk, prompt)
+                    if output.finished:
+                        continue  # llama.cpp ends by itself (EOS, n_predict): read its timings
                     for event in meter.feed(chunk):
                         yield event
-                    if output.finished:
+                    if output.finished and (native is None or output.detok.stopped):
                         return  # leaving the block closes the upstream stream
                 if not output.finished:
                     for event in meter.end():
                         yield event
+                if native is not None:
+                    self.prompt_tokens_cached += native.cached
+                    self.prompt_tokens_computed += native.computed
         except httpx.TransportError as exc:
             raise UpstreamUnavailable(f"{self._base_url}: {exc!r}") from exc
         finally:
@@ -178,6 +236,8 @@ class UpstreamEngine:
             yield response
 
     def _request(self, prompt: Prompt, params: SamplingParams, budget: int) -> tuple[str, dict]:
+        if self.llamacpp is not None:
+            return "/completion", _native_body(prompt, params, budget)
         body: dict[str, Any] = {
             "model": self._upstream_model,
             "stream": True,
@@ -207,11 +267,78 @@ class UpstreamEngine:
             )
 
 
+def _native_body(prompt: Prompt, params: SamplingParams, budget: int) -> dict[str, Any]:
+    """llama-server's ``/completion`` body: the metered ids in, ids out, plain sampling."""
+    body: dict[str, Any] = {
+        "prompt": prompt.ids,  # exactly the billed prompt (no BOS added to a list of ids)
+        "n_predict": budget,
+        "stream": True,
+        "return_tokens": True,
+        "cache_prompt": True,  # reuse the slot's KV cache for a shared prefix
+        "temperature": params.temperature,
+        "top_p": params.top_p,
+        # OpenAI sampling: no top-k/min-p/typical/repetition samplers of llama.cpp's defaults.
+        "top_k": 0,
+        "min_p": 0.0,
+        "typical_p": 1.0,
+        "repeat_penalty": 1.0,
+        "presence_penalty": 0.0,
+        "frequency_penalty": 0.0,
+    }
+    if params.seed is not None:
+        body["seed"] = params.seed
+    return body
+
+
+class _NativeChunks:
+    """Turns llama-server's native stream chunks into OpenAI-shaped ones with ``token_ids``.
+
+    Each chunk carries the id llama.cpp sampled (``tokens``) and its running count
+    (``tokens_predicted``). llama.cpp sends no chunk for an id that ends inside a UTF-8
+    character; the next chunk's text covers it, so when the count shows ids it held back,
+    that chunk's text is tokenised instead (the only place re-tokenising is used).
+    """
+
+    def __init__(self, encoder: Any) -> None:
+        self._encoder = encoder
+        self._seen = 0  # ids llama.cpp reported so far
+        self.cached = 0  # prompt ids llama.cpp reused from the slot's cache (final timings)
+        self.computed = 0  # prompt ids it evaluated
+
+    def convert(self, chunk: dict[str, Any]) -> dict[str, Any]:
+        tokens = chunk.get("tokens")
+        ids = [int(t) for t in tokens] if isinstance(tokens, list) else []
+        content = chunk.get("content") if isinstance(chunk.get("content"), str) else ""
+        predicted = chunk.get("tokens_predicted")
+        if ids and isinstance(predicted, int) and not chunk.get("stop"):
+            if predicted > self._seen + len(ids) and content:
+                held = predicted - self._seen - len(ids)
+                ids = list(self._encoder.encode(content, add_special_tokens=False).ids)
+                log.debug("llama.cpp held back %d ids (split character): re-tokenised", held)
+            self._seen = predicted
+        choice: dict[str, Any] = {"token_ids": ids, "text": content}
+        timings = chunk.get("timings")
+        if chunk.get("stop") and isinstance(timings, dict):
+            self.cached = int(timings.get("cache_n") or 0)
+            self.computed = int(timings.get("prompt_n") or 0)
+        if chunk.get("stop"):
+            choice["finish_reason"] = "length" if chunk.get("stop_type") == "limit" else "stop"
+        out: dict[str, Any] = {"choices": [choice]}
+        if isinstance(chunk.get("tokens_evaluated"), int) and chunk.get("stop"):
+            out["usage"] = {"prompt_tokens": chunk["tokens_evaluated"]}
+        return out
+
+
 class _Meter:
     """Turns upstream chunks into metered TokenEvents, holding back the newest ids so the
-    final event carries at least one id (none only when the upstream generated nothing)."""
+    final event carries at least one id (none only when the upstream generated nothing).
+    With ``hold_back=False`` (llama.cpp: its ids arrive one per chunk) each id is sent at
+    once and an upstream end that no id announced is a final event without ids."""
 
-    def __init__(self, encoder: Any, output: SequenceOutput, budget: int) -> None:
+    def __init__(
+        self, encoder: Any, output: SequenceOutput, budget: int, *, hold_back: bool = True
+    ) -> None:
+        self._hold_back = hold_back
         self._encoder = encoder
         self._output = output
         self._budget = budget
@@ -228,6 +355,8 @@ class _Meter:
         ids = choice.get("token_ids")
         if isinstance(ids, list) and ids:
             self._ids_mode = True
+            if not self._hold_back:
+                return self._emit([int(i) for i in ids])
             ready, self._pending = self._pending, [int(i) for i in ids]
             return self._emit(ready)
         self._text += _text_of(choice)
