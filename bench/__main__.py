@@ -42,7 +42,9 @@ def _quick() -> dict[str, Any]:
     return {
         "gas_per_request": gas_per_request.Config(batches=(1, 2), per_receipt=(1, 50)),
         "growth": growth.Config(channels=(5, 10), prompt_lengths=(256,), verify_n=5),
-        "serving": serving.Config(levels=(1, 2), max_tokens=8, min_requests=1),
+        "serving": serving.Config.for_this_machine(
+            levels=(1, 2), max_tokens=8, min_requests=1, prefix=False
+        ),
         "gateway": gateway.Config(levels=(1, 2), max_tokens=8, min_requests=1),
         "false_disputes": false_disputes.Config(per_cell=2, max_tokens=16),
         "replicas": replicas.Config(

@@ -1,17 +1,28 @@
 """Serving side by side: the same model, prompts and machine at 1, 4, 8 and 16 concurrent streams.
 
-    python -m bench.serving [--levels 1,4,8,16] [--max-tokens 64] [--systems engine,node,peer]
+    python -m bench.serving [--levels 1,4,8,16] [--max-tokens 64] [--systems llama,node-llama,...]
 
 (a) ``engine``: the bare ``TransformersEngine`` in-process (no HTTP, no metering);
 (b) ``node``: a real ``tallystick-node serve`` subprocess on anvil with the real contracts,
     driven through the client SDK, one channel per stream, every bill verified and
     countersigned (credit rule: one unpaid request per channel);
-(c) ``peer``: ``transformers serve`` on the same weights, driven through the ``openai`` SDK.
+(c) ``peer``: ``transformers serve`` on the same weights, driven through the ``openai`` SDK;
+(d) ``llama``: llama.cpp's ``llama-server`` (``make llama``) on the same GGUF, one slot per
+    stream, continuous batching, driven through the ``openai`` SDK;
+(e) ``node-llama``: ``tallystick-node serve --engine upstream`` in front of such a
+    llama-server (native ``/completion``, llama.cpp's token ids), driven as (b);
+(f) ``vllm`` and (g) ``node-vllm``: the same pair with ``vllm serve`` instead, run by default
+    only where ``vllm`` is installed and a CUDA GPU is present (the GPU plan in
+    docs/internals.md); levels then include 64 streams.
 
 One system at a time; greedy decoding, the same ``max_tokens``; tokens are counted as
-actually generated (none of the three can be told to ignore EOS through the same API, so
+actually generated (none of them can be told to ignore EOS through the same API, so
 the prompts ask for long answers). Reports aggregate output tokens/s, TTFT and inter-token
 latency percentiles, and the ratios the targets are defined on.
+
+Prefix reuse (with the nodes (b), (e), (g)): a 5-turn chat whose system prompt is ~1,000
+tokens, through the node; the 5th turn's TTFT after turns 1-4 on the same channel ("cached")
+against the same-length 5th turn sent cold with another system prompt ("uncached").
 """
 
 from __future__ import annotations
@@ -22,6 +33,8 @@ import contextlib
 import gc
 import math
 import os
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -66,12 +79,40 @@ PROMPTS = (
 START_TIMEOUT_S = 420.0  # loading the GGUF takes ~45 s on an idle 2-core box; more when busy
 PRICES = (10**12, 4 * 10**12)  # wei per million input / output tokens
 DEPOSIT = 10**17
-SYSTEMS = ("engine", "node", "peer")
+ALL_SYSTEMS = ("llama", "node-llama", "engine", "node", "peer", "vllm", "node-vllm")
 LABELS = {
     "engine": "(a) bare engine",
     "node": "(b) tallystick-node",
     "peer": "(c) transformers serve",
+    "llama": "(d) llama-server",
+    "node-llama": "(e) node + llama-server",
+    "vllm": "(f) vLLM",
+    "node-vllm": "(g) node + vLLM",
 }
+LLAMA_SLOT_CTX = 2048  # tokens per llama-server slot: the prefix-reuse chat fits in one
+PREFIX_SYSTEM_TOKENS = 1000
+PREFIX_TURNS = 5
+PREFIX_REPEATS = 3
+
+
+def gpu_with_vllm() -> bool:
+    """A CUDA GPU and the ``vllm`` command: the machine the GPU plan is for."""
+    if shutil.which("vllm") is None:
+        return False
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except ImportError:
+        return False
+
+
+def default_systems() -> tuple[str, ...]:
+    gpu = gpu_with_vllm()
+    return tuple(s for s in ALL_SYSTEMS if gpu or "vllm" not in s)
+
+
+SYSTEMS = ("llama", "node-llama", "engine", "node", "peer")
 
 
 @dataclass(frozen=True)
@@ -82,6 +123,15 @@ class Config:
     systems: tuple[str, ...] = SYSTEMS
     peer_continuous_batching: bool = True
     model: Path = MODEL_GGUF
+    prefix: bool = True  # the prefix-reuse chat with each node system
+
+    @classmethod
+    def for_this_machine(cls, **kwargs: Any) -> Config:
+        """Every system this machine can run; with a GPU and vLLM, 64 streams too."""
+        if gpu_with_vllm():
+            kwargs.setdefault("levels", (1, 4, 8, 16, 64))
+        kwargs.setdefault("systems", default_systems())
+        return cls(**kwargs)
 
 
 @dataclass
@@ -257,7 +307,15 @@ def _node_command() -> list[str]:
     return [sys.executable, "-c", "from tallystick.node.cli import main; main()"]
 
 
-def run_node(config: Config, workdir: Path) -> list[LevelResult]:
+def run_node(
+    config: Config,
+    workdir: Path,
+    system: str = "node",
+    engine_args: tuple[str, ...] = (),
+    prefix: dict[str, Any] | None = None,
+) -> list[LevelResult]:
+    """Levels through a real node (``engine_args`` picks its engine); with ``prefix`` given,
+    also the prefix-reuse chat, its figures stored there."""
     with anvil() as url:
         chain = start_chain(url)
         provider = funded_account(chain.w3)
@@ -267,7 +325,7 @@ def run_node(config: Config, workdir: Path) -> list[LevelResult]:
         cmd += ["--registry", chain.registry.address, "--db", str(workdir / "node.db")]
         cmd += ["--model", str(config.model), "--model-name", MODEL_NAME, "--port", str(port)]
         cmd += ["--max-batch", str(max(config.levels)), "--credit-requests", "1"]
-        cmd += ["--settle-interval", "86400", "--log-level", "WARNING"]
+        cmd += ["--settle-interval", "86400", "--log-level", "WARNING", *engine_args]
         # The key travels in the environment, not argv, so `ps` does not show it.
         env = {**os.environ, "TALLYSTICK_NODE_KEY": provider.key.hex(), "PYTHONUNBUFFERED": "1"}
         log = workdir / "node.log"
@@ -281,7 +339,11 @@ def run_node(config: Config, workdir: Path) -> list[LevelResult]:
             _list(chain, provider, endpoint, _context_length(config.model))
             clients = _clients(chain, provider, workdir, max(config.levels))
             try:
-                return _http_levels("node", config, _node_request(clients, config))
+                levels = _http_levels(system, config, _node_request(clients, config))
+                if prefix is not None:
+                    prefix.update(prefix_reuse(clients[0], config))
+                    _report_prefix(system, prefix)
+                return levels
             finally:
                 for client, _ in clients:
                     client.close()
@@ -353,6 +415,133 @@ def _node_request(clients: list[tuple[Any, Any]], config: Config) -> Callable[[i
         return line
 
     return request
+
+
+# --- prefix reuse: a 5-turn chat with a long system prompt --------------------------------
+
+_FILLER = (
+    "You are the archivist of a seaside town. You answer questions about its lighthouse, "
+    "its harbour, its fishing boats, its market days and its weather, briefly and kindly. "
+)
+
+
+def _system_prompt(config: Config, nonce: str) -> str:
+    """A system prompt of about ``PREFIX_SYSTEM_TOKENS`` tokens that starts with ``nonce``."""
+    from tallystick.node.engines import load_tokenizer
+
+    tokenizer = load_tokenizer(str(config.model)).tokenizer
+    text = f"Session {nonce}. "
+    while len(tokenizer.encode(text, add_special_tokens=False)) < PREFIX_SYSTEM_TOKENS:
+        text += _FILLER
+    return text
+
+
+def _ttft(client: Any, channel: Any, messages: list[dict[str, str]]) -> tuple[float, str]:
+    started = time.perf_counter()
+    first = None
+    parts = []
+    chunks = client.chat.completions.create(
+        model=MODEL_NAME,
+        messages=messages,
+        max_tokens=12,
+        temperature=0,
+        stream=True,
+        channel=channel.channel_id,
+    )
+    for chunk in chunks:
+        if chunk.choices and chunk.choices[0].delta.content:
+            first = first or time.perf_counter()
+            parts.append(chunk.choices[0].delta.content)
+    if chunks.tally is None or first is None:
+        raise BenchError("a prefix-reuse turn ended without text or a verified bill")
+    return first - started, "".join(parts)
+
+
+def prefix_reuse(client_channel: tuple[Any, Any], config: Config) -> dict[str, Any]:
+    """TTFT of the 5th turn after turns 1-4 (cached) and of the same turn sent cold."""
+    client, channel = client_channel
+    questions = [f"What happens at the harbour at {hour} o'clock?" for hour in range(6, 11)]
+    cached, cold = [], []
+    for repeat in range(PREFIX_REPEATS):
+        messages = [{"role": "system", "content": _system_prompt(config, f"A{repeat}")}]
+        for turn in range(PREFIX_TURNS):
+            messages.append({"role": "user", "content": questions[turn]})
+            ttft, reply = _ttft(client, channel, messages)
+            messages.append({"role": "assistant", "content": reply})
+        cached.append(ttft)
+        # The same 5-turn history under a system prompt no earlier request started with.
+        fresh = [{"role": "system", "content": _system_prompt(config, f"B{repeat}")}]
+        fresh += messages[1:-1]
+        cold.append(_ttft(client, channel, fresh)[0])
+    return {
+        "turn5_ttft_cached_s": statistics.median(cached),
+        "turn5_ttft_uncached_s": statistics.median(cold),
+        "ratio": statistics.median(cached) / statistics.median(cold),
+        "repeats": PREFIX_REPEATS,
+    }
+
+
+def _report_prefix(system: str, figures: dict[str, Any]) -> None:
+    console.print(
+        f"  {LABELS[system]:<24} prefix reuse: 5th-turn TTFT "
+        f"{figures['turn5_ttft_cached_s'] * 1e3:.0f} ms cached vs "
+        f"{figures['turn5_ttft_uncached_s'] * 1e3:.0f} ms uncached ({figures['ratio']:.2f}x)"
+    )
+
+
+# --- (d)-(g) llama.cpp and vLLM, bare and behind the node ------------------------------
+
+
+@contextlib.contextmanager
+def upstream_server(kind: str, config: Config, workdir: Path) -> Iterator[tuple[str, str]]:
+    """A running ``llama-server`` (kind ``llama``) or ``vllm serve`` (``vllm``): (url, model id)."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    slots = max(config.levels)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if kind == "llama":
+        from tallystick.node.engines import ModelLoadError, find_llama_server
+
+        try:
+            binary = find_llama_server()
+        except ModelLoadError as exc:
+            raise BenchError(str(exc)) from exc
+        cmd = [str(binary), "--model", str(config.model), "--host", "127.0.0.1"]
+        cmd += ["--port", str(port), "--parallel", str(slots), "--cont-batching"]
+        cmd += ["--ctx-size", str(LLAMA_SLOT_CTX * slots), "--alias", MODEL_NAME, "--no-webui"]
+        health, model = f"{url}/health", MODEL_NAME
+    elif kind == "vllm":
+        folder = ensure_hf_model(config.model)
+        cmd = ["vllm", "serve", str(folder), "--host", "127.0.0.1", "--port", str(port)]
+        cmd += ["--max-num-seqs", str(max(slots, 64)), "--served-model-name", MODEL_NAME]
+        health, model = f"{url}/v1/models", MODEL_NAME
+    else:
+        raise BenchError(f"unknown upstream {kind!r}")
+    log = workdir / f"{kind}.log"
+    console.print(f"  starting {kind} on port {port} (log {log})")
+    with _process(cmd, log, env) as proc:
+        try:
+            wait_http(health, proc, START_TIMEOUT_S, kind)
+        except BenchError:
+            console.print(_tail(log))
+            raise
+        yield url, model
+
+
+def run_bare_upstream(kind: str, config: Config, workdir: Path) -> list[LevelResult]:
+    import openai
+
+    with upstream_server(kind, config, workdir) as (url, model):
+        sdk = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=600)
+        return _http_levels(kind, config, _peer_request(sdk, model, config))
+
+
+def run_node_upstream(
+    kind: str, config: Config, workdir: Path, prefix: dict[str, Any] | None
+) -> list[LevelResult]:
+    with upstream_server(kind, config, workdir) as (url, model):
+        args = ("--engine", "upstream", "--upstream-url", url, "--upstream-model", model)
+        return run_node(config, workdir, f"node-{kind}", args, prefix)
 
 
 # --- (c) transformers serve ------------------------------------------------------------
@@ -430,41 +619,53 @@ def _peer_request(sdk: Any, model: str, config: Config) -> Callable[[int, int], 
 
 def run(config: Config | None = None) -> dict[str, Any]:
     """Measure every system, print, save ``serving.json``; returns the figures."""
-    config = config or Config()
+    config = config or Config.for_this_machine()
     console.print(
         f"[bold]Serving[/] {MODEL_NAME}: levels {config.levels}, max_tokens "
         f"{config.max_tokens}, greedy, systems {', '.join(config.systems)}"
     )
     results: dict[str, list[LevelResult]] = {}
+    prefix: dict[str, dict[str, Any]] = {}
     errors: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="tallystick-bench-") as tmp:
         for system in config.systems:
+            figures: dict[str, Any] | None = {} if config.prefix else None
             try:
-                results[system] = _run_system(system, config, Path(tmp))
+                results[system] = _run_system(system, config, Path(tmp), figures)
             except Exception as exc:  # one failing system must not hide the others' figures
                 errors[system] = f"{type(exc).__name__}: {exc}"
                 console.print(f"  [red]{LABELS.get(system, system)} failed:[/] {errors[system]}")
-    targets = _targets(results, config)
+            if figures:
+                prefix[system] = figures
+    targets = _targets(results, config, prefix)
     _print(results, targets)
     out = {
         "config": {**asdict(config), "model": str(config.model)},
         "levels": {s: [r.to_json() for r in rs] for s, rs in results.items()},
         "errors": errors,
         "node_added_ttft_s": added_ttft(results),
+        "node_llama_added_ttft_s": added_ttft(results, "node-llama", "llama"),
+        "prefix_reuse": prefix,
         "targets": [t.to_json() for t in targets],
     }
     save("serving", out)
     return out
 
 
-def _run_system(system: str, config: Config, workdir: Path) -> list[LevelResult]:
+def _run_system(
+    system: str, config: Config, workdir: Path, prefix: dict[str, Any] | None = None
+) -> list[LevelResult]:
     if system == "engine":
         return run_engine(config)
     if system == "node":
-        return run_node(config, workdir)
+        return run_node(config, workdir, prefix=prefix)
     if system == "peer":
         return run_peer(config, workdir)
-    raise BenchError(f"unknown system {system!r} (choose from {', '.join(SYSTEMS)})")
+    if system in ("llama", "vllm"):
+        return run_bare_upstream(system, config, workdir)
+    if system in ("node-llama", "node-vllm"):
+        return run_node_upstream(system.removeprefix("node-"), config, workdir, prefix)
+    raise BenchError(f"unknown system {system!r} (choose from {', '.join(ALL_SYSTEMS)})")
 
 
 def _at(results: dict[str, list[LevelResult]], system: str, streams: int) -> LevelResult | None:
@@ -477,24 +678,49 @@ def _ratio(a: LevelResult | None, b: LevelResult | None) -> float | None:
     return a.tokens_per_s / b.tokens_per_s
 
 
-def added_ttft(results: dict[str, list[LevelResult]]) -> float | None:
-    """(b) TTFT p50 minus (a) TTFT p50 at one stream: what metering adds before the first token."""
-    node, engine = _at(results, "node", 1), _at(results, "engine", 1)
-    if node is None or engine is None:
+def added_ttft(
+    results: dict[str, list[LevelResult]], node: str = "node", bare: str = "engine"
+) -> float | None:
+    """``node`` TTFT p50 minus ``bare`` TTFT p50 at one stream: what metering adds before the
+    first token ((b) - (a) by default; (e) - (d) for llama.cpp)."""
+    front, engine = _at(results, node, 1), _at(results, bare, 1)
+    if front is None or engine is None:
         return None
-    return node.ttft_p50_s - engine.ttft_p50_s
+    return front.ttft_p50_s - engine.ttft_p50_s
 
 
-def _targets(results: dict[str, list[LevelResult]], config: Config) -> list[Target]:
+def _targets(
+    results: dict[str, list[LevelResult]],
+    config: Config,
+    prefix: dict[str, dict[str, Any]] | None = None,
+) -> list[Target]:
+    out = []
+    systems = set(config.systems)
+    if {"llama", "node-llama"} & systems:
+        for n in (1, 4, 8):
+            ratio = _ratio(_at(results, "node-llama", n), _at(results, "llama", n))
+            out.append(Target(f"(e)/(d) tokens/s at {n} streams", ratio, 0.90, True, "x"))
+        added = added_ttft(results, "node-llama", "llama")
+        ms = None if added is None else added * 1e3
+        out.append(Target("(e) - (d) TTFT p50 at 1 stream", ms, 10.0, False, "ms"))
+    if {"vllm", "node-vllm"} & systems:
+        ratio = _ratio(_at(results, "node-vllm", 64), _at(results, "vllm", 64))
+        out.append(Target("(g)/(f) tokens/s at 64 streams", ratio, 0.95, True, "x"))
     node8 = _at(results, "node", 8)
-    vs_engine = _ratio(node8, _at(results, "engine", 8))
-    out = [
-        Target("(b)/(a) tokens/s at 8 streams", vs_engine, 0.90, True, "x"),
-        Target("(b)@8 / (b)@1 tokens/s", _ratio(node8, _at(results, "node", 1)), 5.0, True, "x"),
-    ]
-    for n in config.levels:
-        ratio = _ratio(_at(results, "node", n), _at(results, "peer", n))
-        out.append(Target(f"(b)/(c) tokens/s at {n} streams", ratio, 1.0, True, "x"))
+    if {"engine", "node", "peer"} & systems:
+        vs_engine = _ratio(node8, _at(results, "engine", 8))
+        out.append(Target("(b)/(a) tokens/s at 8 streams", vs_engine, 0.90, True, "x"))
+        scaling = _ratio(node8, _at(results, "node", 1))
+        out.append(Target("(b)@8 / (b)@1 tokens/s", scaling, 5.0, True, "x"))
+        for n in config.levels:
+            ratio = _ratio(_at(results, "node", n), _at(results, "peer", n))
+            out.append(Target(f"(b)/(c) tokens/s at {n} streams", ratio, 1.0, True, "x"))
+    if config.prefix:
+        for system in ("node-llama", "node", "node-vllm"):
+            if system in systems:
+                ratio = (prefix or {}).get(system, {}).get("ratio")
+                name = f"{LABELS[system][:3]} 5th-turn TTFT cached/uncached"
+                out.append(Target(name, ratio, 0.30, False, "x"))
     return out
 
 
@@ -519,19 +745,22 @@ def _print(results: dict[str, list[LevelResult]], targets: list[Target]) -> None
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--levels", default="1,4,8,16")
+    parser.add_argument("--levels", default=None, help="default 1,4,8,16 (+64 with a GPU)")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--min-requests", type=int, default=3)
-    parser.add_argument("--systems", default=",".join(SYSTEMS))
+    parser.add_argument("--systems", default=",".join(default_systems()))
     parser.add_argument("--no-peer-cb", action="store_true", help="transformers serve without CB")
+    parser.add_argument("--no-prefix", action="store_true", help="skip the prefix-reuse chat")
     args = parser.parse_args()
+    levels = args.levels or ("1,4,8,16,64" if gpu_with_vllm() else "1,4,8,16")
     run(
         Config(
-            levels=tuple(int(x) for x in args.levels.split(",")),
+            levels=tuple(int(x) for x in levels.split(",")),
             max_tokens=args.max_tokens,
             min_requests=args.min_requests,
             systems=tuple(args.systems.split(",")),
             peer_continuous_batching=not args.no_peer_cb,
+            prefix=not args.no_prefix,
         )
     )
 
