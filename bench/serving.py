@@ -41,7 +41,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -270,9 +270,14 @@ def _drive(streams: int, rounds: int, request: Callable[[int, int], Timeline]) -
 
 
 def _http_levels(
-    system: str, config: Config, request: Callable[[int, int], Timeline]
+    system: str,
+    config: Config,
+    request: Callable[[int, int], Timeline],
+    warm: Callable[[int], Any] | None = None,
 ) -> list[LevelResult]:
     request(0, 0)  # warm-up (and, for the SDK, the tokenizer download and cache)
+    if warm is not None:  # every stream's first request out of the measured levels
+        _drive(max(config.levels), 1, lambda stream, _i: warm(stream) or Timeline(0.0))
     out = []
     for n in config.levels:
         out.append(summarize(system, n, _drive(n, _rounds(config, n), request)))
@@ -313,9 +318,11 @@ def run_node(
     system: str = "node",
     engine_args: tuple[str, ...] = (),
     prefix: dict[str, Any] | None = None,
+    context: int | None = None,
 ) -> list[LevelResult]:
-    """Levels through a real node (``engine_args`` picks its engine); with ``prefix`` given,
-    also the prefix-reuse chat, its figures stored there."""
+    """Levels through a real node (``engine_args`` picks its engine; ``context`` is the
+    context length it serves, default the GGUF's); with ``prefix`` given, also the
+    prefix-reuse chat, its figures stored there."""
     with anvil() as url:
         chain = start_chain(url)
         provider = funded_account(chain.w3)
@@ -336,10 +343,13 @@ def run_node(
             except BenchError:
                 console.print(_tail(log))
                 raise
-            _list(chain, provider, endpoint, _context_length(config.model))
+            _list(chain, provider, endpoint, context or _context_length(config.model))
             clients = _clients(chain, provider, workdir, max(config.levels))
             try:
-                levels = _http_levels(system, config, _node_request(clients, config))
+                warm = _node_request(clients, replace(config, max_tokens=2))
+                levels = _http_levels(
+                    system, config, _node_request(clients, config), lambda i: warm(i, i)
+                )
                 if prefix is not None:
                     prefix.update(prefix_reuse(clients[0], config))
                     _report_prefix(system, prefix)
@@ -509,6 +519,11 @@ def upstream_server(kind: str, config: Config, workdir: Path) -> Iterator[tuple[
         cmd = [str(binary), "--model", str(config.model), "--host", "127.0.0.1"]
         cmd += ["--port", str(port), "--parallel", str(slots), "--cont-batching"]
         cmd += ["--ctx-size", str(LLAMA_SLOT_CTX * slots), "--alias", MODEL_NAME, "--no-webui"]
+        # All cores but one, as the node's own engine: the rest is the node's and the load
+        # generator's. llama.cpp's threads spin at each barrier; one descheduled thread stalls
+        # the step (0.9 tok/s with 2 threads on the shared 2-core box vs ~90 with 1).
+        threads = str(llama_threads())
+        cmd += ["--threads", threads, "--threads-batch", threads]
         health, model = f"{url}/health", MODEL_NAME
     elif kind == "vllm":
         folder = ensure_hf_model(config.model)
@@ -528,6 +543,12 @@ def upstream_server(kind: str, config: Config, workdir: Path) -> Iterator[tuple[
         yield url, model
 
 
+def llama_threads() -> int:
+    from tallystick.node.engines._llamacpp import default_llama_threads
+
+    return default_llama_threads()
+
+
 def run_bare_upstream(kind: str, config: Config, workdir: Path) -> list[LevelResult]:
     import openai
 
@@ -541,7 +562,9 @@ def run_node_upstream(
 ) -> list[LevelResult]:
     with upstream_server(kind, config, workdir) as (url, model):
         args = ("--engine", "upstream", "--upstream-url", url, "--upstream-model", model)
-        return run_node(config, workdir, f"node-{kind}", args, prefix)
+        # The node serves llama.cpp's slot context (it limits prompts), vLLM's the model's.
+        context = LLAMA_SLOT_CTX if kind == "llama" else None
+        return run_node(config, workdir, f"node-{kind}", args, prefix, context)
 
 
 # --- (c) transformers serve ------------------------------------------------------------

@@ -58,7 +58,7 @@ class Settings(BaseModel):
     # --engine llamacpp: the node runs llama-server (max_batch slots) on the --model GGUF
     llama_server: str | None = None  # the binary (default: the one `make llama` builds)
     llama_ctx: int | None = Field(default=None, ge=16)  # tokens per slot (default: the model's)
-    llama_threads: int | None = Field(default=None, ge=1)
+    llama_threads: int | None = Field(default=None, ge=1)  # default: all cores but one
     llama_args: str | None = None  # more llama-server flags, shell-quoted
     max_batch: int = Field(default=8, ge=1)
     max_queue: int = Field(default=64, ge=1)
