@@ -118,3 +118,37 @@ def test_idle_channels_are_closed_cooperatively_and_a_dropped_stream_charged_fir
     # The close settled the dropped stream from the node's record; the key paid for it.
     (row,) = [r for r in _usage(gateway) if r["key"] == "idler"]
     assert row["requests"] == 1 and row["channel"] == dropped and row["cost"] >= 2 * 3000
+
+
+def test_concurrent_streams_never_share_a_channel(gateway):
+    import threading
+
+    key = gateway.create_key("crowd")
+    spans: list[tuple[float, float, str, int]] = []
+    errors: list[str] = []
+
+    def call() -> None:
+        client = openai.OpenAI(base_url=gateway.base_url, api_key=key, max_retries=0)
+        try:
+            start = time.monotonic()
+            with client.chat.completions.with_streaming_response.create(
+                model="fake-model", messages=MESSAGES, max_tokens=8, stream=True
+            ) as raw:
+                tokens = sum(bool(c.choices and c.choices[0].delta.content) for c in raw.parse())
+                spans.append((start, time.monotonic(), raw.headers["x-tally-channel"], tokens))
+        except Exception as exc:
+            errors.append(f"{type(exc).__name__}: {exc}")
+
+    threads = [threading.Thread(target=call) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(spans) == 6 and all(s[3] > 0 for s in spans)
+    for a in spans:
+        for b in spans:
+            if a is not b and a[0] < b[1] and b[0] < a[1]:  # in flight at the same time
+                assert a[2] != b[2], "two requests in flight shared a channel"
+    (row,) = [r for r in json.loads(gateway.cli("usage", "--by", "key", "--json").stdout)
+              if r["key"] == "crowd"]  # fmt: skip
+    assert row["requests"] == 6
