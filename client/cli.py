@@ -18,7 +18,19 @@ from typing import Any, NoReturn
 import click
 from rich.console import Console
 from rich.table import Table
-from tallystick.protocol import ChainUnavailable, ContractError, TallystickError, cost_of
+from tallystick.protocol import (
+    ETH_INFO,
+    ChainUnavailable,
+    ContractError,
+    TallystickError,
+    TokenInfo,
+    connect,
+    cost_of,
+    format_amount,
+    format_price,
+    parse_amount,
+    token_info,
+)
 
 from ._chain import Chain
 from ._client import Tallystick
@@ -34,6 +46,7 @@ from ._wallet import Wallet
 
 __all__ = ["cli", "main"]
 
+_AMOUNT_HELP = "whole tokens with the symbol (1.5USDC, '0.01 ETH') or base units (digits only)"
 DEFAULT_STORE = Path.home() / ".tallystick" / "client.db"
 out = Console()
 err = Console(stderr=True)
@@ -50,6 +63,7 @@ class Settings:
     keystore: str | None
     store: Path
     deployments: Path | None = None
+    _w3: Any = None
 
     def wallet(self, *, required: bool = True) -> Wallet | None:
         if self.key:
@@ -69,6 +83,28 @@ class Settings:
                 "--registry and --escrow are needed (or TALLYSTICK_REGISTRY/…), or --deployments"
             )
         return Chain.connect(self.rpc, self.registry, self.escrow, deployments=self.deployments)
+
+    def token(self, token: str) -> TokenInfo:
+        """The symbol and decimals of ``token``, read once from --rpc (base units if unreadable)."""
+        if int(token, 16) == 0:
+            return ETH_INFO
+        if self._w3 is None:
+            try:
+                self._w3 = connect(self.rpc, 5.0)
+            except Exception:
+                return TokenInfo(token, f"base units of {token}", 0)
+        return token_info(self._w3, token)
+
+    def money(self, amount: int, token: str) -> str:
+        """``amount`` base units of ``token`` as people read it: ``"1.5 USDC"``."""
+        return format_amount(amount, self.token(token))
+
+    def prices(self, prices: Any, token: str) -> str:
+        info = self.token(token)
+        return (
+            f"{format_price(prices.input_per_m, info, 'input')}, "
+            f"{format_price(prices.output_per_m, info, 'output')}"
+        )
 
     def client(self, *, chain: bool = True, wallet: bool = True) -> Tallystick:
         return Tallystick(
@@ -122,15 +158,17 @@ def providers(
     chain = s.chain()
     from ._discovery import find_offers
 
-    table = Table("provider", "endpoint", "model", "in /M", "out /M", "token", "context")
+    s._w3 = chain.w3
+    table = Table("provider", "endpoint", "model", "input / 1M", "output / 1M", "token", "context")
     for o in find_offers(chain, model, max_input_price, max_output_price):
+        info = s.token(o.token)
         table.add_row(
             o.provider,
             o.endpoint,
             o.model,
-            str(o.prices.input_per_m),
-            str(o.prices.output_per_m),
-            _token(o.token),
+            format_amount(o.prices.input_per_m, info),
+            format_amount(o.prices.output_per_m, info),
+            f"{info.symbol} {o.token}" if not info.is_eth else "ETH",
             str(o.context_length),
         )
     out.print(table)
@@ -143,7 +181,7 @@ def channel() -> None:
 
 @channel.command("open")
 @click.option("--model", required=True)
-@click.option("--deposit", type=int, required=True, help="base units (wei for ETH)")
+@click.option("--deposit", required=True, help=_AMOUNT_HELP)
 @click.option("--provider", help="provider address (default: the cheapest)")
 @click.option("--session-key", is_flag=True, help="sign requests with a per-channel key")
 @click.option(
@@ -156,7 +194,7 @@ def channel() -> None:
 def channel_open(
     s: Settings,
     model: str,
-    deposit: int,
+    deposit: str,
     provider: str | None,
     session_key: bool,
     max_input_price: int | None,
@@ -169,19 +207,33 @@ def channel_open(
     checked against its node) before the transaction is mined; the prices printed are the ones
     the escrow snapshotted for the channel.
     """
+    spec = _amount(deposit)
     with s.client() as client:
+        from ._discovery import choose_offer
+
+        s._w3 = client.chain.w3
+        offer = choose_offer(
+            client.chain,
+            model,
+            provider,
+            max_input_price=max_input_price,
+            max_output_price=max_output_price,
+        )
+        base = _base_units(spec, s.token(offer.token), "--deposit")
         info = client.channels.open(
             model,
-            deposit,
-            provider,
+            base,
+            offer.provider,
             session_key=session_key,
             max_input_price=max_input_price,
             max_output_price=max_output_price,
         )
     out.print(
         f"opened channel {info.hex_id} with {info.provider} for {info.model}: "
-        f"deposit {info.deposit} {_token(info.token)}, per million tokens "
-        f"input {info.prices.input_per_m} / output {info.prices.output_per_m}"
+        f"deposit {s.money(info.deposit, info.token)}, prices "
+        f"{s.prices(info.prices, info.token)}",
+        soft_wrap=True,
+        highlight=False,
     )
 
 
@@ -197,13 +249,20 @@ def channel_session_key(s: Settings, channel_id: str) -> None:
 
 @channel.command("topup")
 @click.argument("channel_id")
-@click.option("--amount", type=int, required=True, help="base units")
+@click.option("--amount", required=True, help=_AMOUNT_HELP)
 @click.pass_obj
-def channel_topup(s: Settings, channel_id: str, amount: int) -> None:
+def channel_topup(s: Settings, channel_id: str, amount: str) -> None:
     """Add to a channel's deposit."""
+    spec = _amount(amount)
     with s.client() as client:
-        info = client.channels.top_up(channel_id, amount)
-    out.print(f"channel {info.hex_id}: deposit now {info.deposit} {_token(info.token)}")
+        s._w3 = client.chain.w3
+        token = client.channel(channel_id).token
+        info = client.channels.top_up(channel_id, _base_units(spec, s.token(token), "--amount"))
+    out.print(
+        f"channel {info.hex_id}: deposit now {s.money(info.deposit, info.token)}",
+        soft_wrap=True,
+        highlight=False,
+    )
 
 
 @channel.command("close")
@@ -213,15 +272,20 @@ def channel_topup(s: Settings, channel_id: str, amount: int) -> None:
 def channel_close(s: Settings, channel_id: str, unilateral: bool) -> None:
     """Close a channel: cooperatively (immediate) or unilaterally (after the challenge period)."""
     with s.client() as client:
+        s._w3 = client.chain.w3
+        token = client.channel(channel_id).token
         if unilateral:
             closes_at = client.channels.request_close(channel_id)
             b = client.channels.balance(channel_id)
             out.print(
                 f"close requested: the challenge period ends at {utc(closes_at)}. Until then the "
                 "node serves nothing more on this channel (402 channel_closing) and its "
-                f"settlement worker may claim what you countersigned ({b.spent} of the deposit "
-                f"{b.deposit}). Run `tallystick channel finalize {channel_id}` after "
-                f"{utc(closes_at)} to get back the rest ({b.refundable} now)."
+                f"settlement worker may claim what you countersigned ({s.money(b.spent, token)} of "
+                f"the deposit {s.money(b.deposit, token)}). Run `tallystick channel finalize "
+                f"{channel_id}` after {utc(closes_at)} to get back the rest "
+                f"({s.money(b.refundable, token)} now).",
+                soft_wrap=True,
+                highlight=False,
             )
             return
         closed = client.channels.close_auto(channel_id)
@@ -233,7 +297,10 @@ def channel_close(s: Settings, channel_id: str, unilateral: bool) -> None:
         )
         return
     out.print(
-        f"closed: provider paid {closed.paid}, refunded {closed.refund} (tx {closed.tx_hash})"
+        f"closed: provider paid {s.money(closed.paid, token)}, refunded "
+        f"{s.money(closed.refund, token)} (tx {closed.tx_hash})",
+        soft_wrap=True,
+        highlight=False,
     )
 
 
@@ -243,9 +310,14 @@ def channel_close(s: Settings, channel_id: str, unilateral: bool) -> None:
 def channel_finalize(s: Settings, channel_id: str) -> None:
     """Finish a unilateral close once the challenge period is over."""
     with s.client() as client:
+        s._w3 = client.chain.w3
+        token = client.channel(channel_id).token
         closed = client.channels.finalize(channel_id)
     out.print(
-        f"finalized: provider paid {closed.paid}, refunded {closed.refund} (tx {closed.tx_hash})"
+        f"finalized: provider paid {s.money(closed.paid, token)}, refunded "
+        f"{s.money(closed.refund, token)} (tx {closed.tx_hash})",
+        soft_wrap=True,
+        highlight=False,
     )
 
 
@@ -254,6 +326,7 @@ def channel_finalize(s: Settings, channel_id: str) -> None:
 def channel_list(s: Settings) -> None:
     """Your channels with their spend and what is refundable."""
     with s.client() as client:
+        s._w3 = client.chain.w3
         table = Table("id", "provider", "model", "deposit", "spent", "refundable", "status")
         for info in client.channels.list():
             b = client.channels.balance(info.channel_id)
@@ -261,9 +334,9 @@ def channel_list(s: Settings) -> None:
                 info.hex_id[:18] + "…",
                 info.provider,
                 info.model,
-                str(b.deposit),
-                str(b.spent),
-                str(b.refundable),
+                s.money(b.deposit, info.token),
+                s.money(b.spent, info.token),
+                s.money(b.refundable, info.token),
                 b.status + (" (disputed)" if client.store.disputes(info.channel_id) else ""),
             )
     out.print(table)
@@ -295,10 +368,12 @@ def chat(
         bill = stream.tally
         if bill is not None:
             r = bill.record.record
+            token = client.channel(bill.record.record.channel_id).token
             err.print(
                 f"[dim]verified bill: seq {r.seq}, {r.prompt_tokens} prompt + "
-                f"{r.completion_tokens} completion tokens, cost {bill.cost}, "
-                f"channel total {bill.total_cost}[/dim]"
+                f"{r.completion_tokens} completion tokens, cost {s.money(bill.cost, token)}, "
+                f"channel total {s.money(bill.total_cost, token)}[/dim]",
+                highlight=False,
             )
 
 
@@ -310,7 +385,7 @@ def bill(s: Settings, channel_id: str | None) -> None:
     with s.client(chain=False, wallet=False) as client:
         channels = [client.channel(channel_id)] if channel_id else client.channels.list()
         for info in channels:
-            out.print(_bill_table(client, info))
+            out.print(_bill_table(client, info, s.token(info.token)))
             disputes = client.store.disputes(info.channel_id)
             if disputes:
                 out.print(_disputes_table(disputes, title=f"{info.hex_id}: refused bills"))
@@ -374,7 +449,7 @@ cli.add_command(_gateway_cmd, "gateway")
 cli.add_command(_usage_cmd, "usage")
 
 
-def _bill_table(client: Tallystick, info: ChannelInfo) -> Table:
+def _bill_table(client: Tallystick, info: ChannelInfo, token: TokenInfo) -> Table:
     table = Table(
         "seq",
         "prompt tokens",
@@ -385,12 +460,19 @@ def _bill_table(client: Tallystick, info: ChannelInfo) -> Table:
     lines = client.store.bill(info.channel_id)
     for line in lines:
         table.add_row(
-            str(line.seq), str(line.prompt_tokens), str(line.completion_tokens), str(line.cost)
+            str(line.seq),
+            str(line.prompt_tokens),
+            str(line.completion_tokens),
+            format_amount(line.cost, token),
         )
     tally = client.store.tally(info.channel_id)
     total = cost_of(tally.input_tokens, tally.output_tokens, info.prices)
     table.add_row(
-        "total", str(tally.input_tokens), str(tally.output_tokens), str(total), style="bold"
+        "total",
+        str(tally.input_tokens),
+        str(tally.output_tokens),
+        format_amount(total, token),
+        style="bold",
     )
     return table
 
@@ -409,8 +491,18 @@ def _disputes_table(found: list[Dispute], title: str) -> Table:
     return table
 
 
-def _token(token: str) -> str:
-    return "wei" if int(token, 16) == 0 else f"units of {token}"
+def _amount(text: str) -> Any:
+    try:
+        return parse_amount(text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _base_units(spec: Any, token: TokenInfo, option: str) -> int:
+    try:
+        return int(spec.base_units(token))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint=option) from None
 
 
 def _explain(exc: BaseException) -> str:

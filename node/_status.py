@@ -6,7 +6,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
-from tallystick.protocol import cost_of
+from tallystick.protocol import cost_of, format_amount, token_info
 
 from ._ledger import open_ledger
 from ._settings import Settings
@@ -30,11 +30,12 @@ def show_status(settings: Settings, provider: str, registry: Any, escrow: Any) -
     tokens = set()
     for listing in registry.listings_of(provider):
         tokens.add(listing.token)
+        info = token_info(registry.w3, listing.token)
         listings.add_row(
             listing.name,
-            str(listing.input_price_per_m),
-            str(listing.output_price_per_m),
-            listing.token,
+            format_amount(listing.input_price_per_m, info),
+            format_amount(listing.output_price_per_m, info),
+            info.symbol if info.is_eth else f"{info.symbol} {listing.token}",
             str(listing.context_length),
             "yes" if listing.active else "no",
         )
@@ -44,7 +45,12 @@ def show_status(settings: Settings, provider: str, registry: Any, escrow: Any) -
     for col in ("token", "claimed (withdrawable)", "countersigned, unclaimed"):
         earnings.add_column(col)
     for token in sorted(tokens):
-        earnings.add_row(token, str(escrow.earnings(provider, token)), str(unclaimed.get(token, 0)))
+        info = token_info(registry.w3, token)
+        earnings.add_row(
+            info.symbol if info.is_eth else f"{info.symbol} {token}",
+            format_amount(escrow.earnings(provider, token), info),
+            format_amount(unclaimed.get(token, 0), info),
+        )
     console.print(earnings)
 
 
@@ -87,8 +93,8 @@ def _channels(
                 f"{served.input_tokens}/{served.output_tokens}" if served else "0/0",
                 f"{signed.input_tokens}/{signed.output_tokens}" if signed else "0/0",
                 f"{state.input_tokens}/{state.output_tokens}",
-                str(state.deposit),
-                str(state.paid),
+                format_amount(state.deposit, token_info(escrow.w3, state.token)),
+                format_amount(state.paid, token_info(escrow.w3, state.token)),
             )
     finally:
         ledger.close()

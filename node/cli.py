@@ -13,7 +13,18 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
-from tallystick.protocol import ChainError, Prices, TallystickError, is_loopback, model_id
+from tallystick.protocol import (
+    ChainError,
+    Prices,
+    TallystickError,
+    TokenInfo,
+    format_amount,
+    format_price,
+    is_loopback,
+    model_id,
+    parse_amount,
+    token_info,
+)
 
 from ._errors import ConfigError, KeyLoadError
 from ._keys import load_account
@@ -23,7 +34,66 @@ __all__ = ["main"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 ETH = "0x0000000000000000000000000000000000000000"
-_PRICE = click.IntRange(min=0, max=2**96 - 1)  # uint96 on-chain
+_UINT96 = 2**96 - 1  # prices are uint96 on-chain
+_PRICE_HELP = (
+    "per million {} tokens: whole tokens with the symbol (0.20USDC, '0.000001 ETH') "
+    "or base units (digits only)"
+)
+
+
+def _price(text: str, token: TokenInfo, option: str) -> int:
+    """A price option in base units of ``token`` (see ``parse_amount`` for the rule)."""
+    try:
+        value = parse_amount(text).base_units(token)
+    except ValueError as exc:
+        raise ConfigError(f"{option}: {exc}") from None
+    if value > _UINT96:
+        raise ConfigError(f"{option}: {text} is above the largest price (2**96-1 base units)")
+    return value
+
+
+def _resolve_token(given: str, w3: Any, candidates: list[str]) -> str:
+    """``given`` as an address: a 0x address, ``ETH``, or the symbol of one of ``candidates``."""
+    if given.lower().startswith("0x"):
+        from eth_utils import is_address, to_checksum_address
+
+        if not is_address(given):
+            raise ConfigError(f"--token {given!r} is not an address (nor ETH or a symbol)")
+        return str(to_checksum_address(given))
+    if given.upper() == "ETH":
+        return ETH
+    found = {
+        c.lower(): c
+        for c in candidates
+        if int(c, 16) != 0 and token_info(w3, c).symbol.lower() == given.lower()
+    }
+    if len(found) == 1:
+        return next(iter(found.values()))
+    if not found:
+        known = sorted({token_info(w3, c).symbol for c in candidates} | {"ETH"})
+        raise ConfigError(
+            f"no payment token with the symbol {given!r} here (known: {', '.join(known)}); "
+            "give its 0x address"
+        )
+    raise ConfigError(
+        f"several tokens have the symbol {given!r} ({', '.join(sorted(found.values()))}); "
+        "give the 0x address"
+    )
+
+
+def _known_tokens(settings: Settings, registry: Any, provider: str) -> list[str]:
+    """Tokens this provider may hold: its listings' and the dev chain's MockUSDC."""
+    tokens = [listing.token for listing in registry.listings_of(provider)]
+    if settings.deployments is not None:
+        from tallystick.protocol import read_deployment
+
+        try:
+            found = read_deployment(settings.deployments, int(registry.w3.eth.chain_id))
+        except TallystickError:
+            found = None
+        if found is not None and found.token:
+            tokens.append(found.token)
+    return tokens
 
 
 def _chain_options(fn: F) -> F:
@@ -315,17 +385,22 @@ def register(endpoint: str, metadata: str, **cli: Any) -> None:
     "and the context length are read from it, as `serve --model` would serve them.",
 )
 @click.option("--model-name", help="The id served in /v1/models (default: from --model).")
-@click.option("--input-price", type=_PRICE, required=True, help="Per million input tokens.")
-@click.option("--output-price", type=_PRICE, required=True, help="Per million output tokens.")
-@click.option("--token", default=ETH, show_default=True, help="Payment token (0x0 = ETH).")
+@click.option("--input-price", required=True, help=_PRICE_HELP.format("input"))
+@click.option("--output-price", required=True, help=_PRICE_HELP.format("output"))
+@click.option(
+    "--token",
+    default="ETH",
+    show_default=True,
+    help="Payment token: ETH, a 0x address, or the symbol of a token you list or hold.",
+)
 @click.option("--tokenizer-hash", help="0x-hex keccak of the tokenizer bundle (without --model).")
 @click.option("--context-length", type=click.IntRange(min=1), help="Default: from --model.")
 @_one_line_errors
 def list_model(
     model: str | None,
     model_name: str | None,
-    input_price: int,
-    output_price: int,
+    input_price: str,
+    output_price: str,
     token: str,
     tokenizer_hash: str | None,
     context_length: int | None,
@@ -336,17 +411,30 @@ def list_model(
     name = _model_name(model, model_name)
     digest, context = _listing_facts(model, tokenizer_hash, context_length)
     account, registry, _ = _bindings(settings)
+    token = _resolve_token(token, registry.w3, _known_tokens(settings, registry, account.address))
+    info = token_info(registry.w3, token)
+    prices = Prices(
+        _price(input_price, info, "--input-price"), _price(output_price, info, "--output-price")
+    )
     tx = registry.list_model(
         account,
         name,
-        Prices(input_price, output_price),
+        prices,
         token=token,
         tokenizer_hash=digest,
         context_length=context,
     )
     click.echo(
         f"listed {name} (modelId 0x{model_id(name).hex()}, tokenizerHash "
-        f"0x{digest.hex()}, context {context}, tx 0x{tx.tx_hash.hex()})"
+        f"0x{digest.hex()}, context {context}, {_prices_text(prices, info)}, "
+        f"tx 0x{tx.tx_hash.hex()})"
+    )
+
+
+def _prices_text(prices: Prices, info: TokenInfo) -> str:
+    return (
+        f"{format_price(prices.input_per_m, info, 'input')}, "
+        f"{format_price(prices.output_per_m, info, 'output')}"
     )
 
 
@@ -411,18 +499,23 @@ def _first_line(exc: BaseException) -> str:
 @_chain_options
 @click.option("--model", help="Model path (the name is derived as for serve).")
 @click.option("--model-name", help="The listed model name.")
-@click.option("--input-price", type=_PRICE, required=True)
-@click.option("--output-price", type=_PRICE, required=True)
+@click.option("--input-price", required=True, help=_PRICE_HELP.format("input"))
+@click.option("--output-price", required=True, help=_PRICE_HELP.format("output"))
 @_one_line_errors
 def set_price(
-    model: str | None, model_name: str | None, input_price: int, output_price: int, **cli: Any
+    model: str | None, model_name: str | None, input_price: str, output_price: str, **cli: Any
 ) -> None:
-    """Change a listing's prices (new channels only)."""
+    """Change a listing's prices (new channels only), in the listing's payment token."""
     settings = _settings(cli)
     name = _model_name(model, model_name)
     account, registry, _ = _bindings(settings)
-    tx = registry.set_price(account, model_id(name), Prices(input_price, output_price))
-    click.echo(f"{name}: {input_price}/{output_price} per million (tx 0x{tx.tx_hash.hex()})")
+    listing = registry.get_listing(account.address, model_id(name))
+    info = token_info(registry.w3, listing.token)
+    prices = Prices(
+        _price(input_price, info, "--input-price"), _price(output_price, info, "--output-price")
+    )
+    tx = registry.set_price(account, model_id(name), prices)
+    click.echo(f"{name}: {_prices_text(prices, info)} (tx 0x{tx.tx_hash.hex()})")
 
 
 @main.command()
@@ -441,14 +534,23 @@ def delist(model: str | None, model_name: str | None, **cli: Any) -> None:
 
 @main.command()
 @_chain_options
-@click.option("--token", default=ETH, show_default=True)
+@click.option(
+    "--token",
+    default="ETH",
+    show_default=True,
+    help="ETH, a 0x address, or the symbol of a token you list (USDC).",
+)
 @click.option("--to", "to", help="Recipient (default: the provider).")
 @_one_line_errors
 def withdraw(token: str, to: str | None, **cli: Any) -> None:
     """Pull claimed earnings to your wallet."""
-    account, _, escrow = _bindings(_settings(cli))
-    tx = escrow.withdraw(account, token, to)
-    click.echo(f"withdrew {tx.value} of {token} (tx 0x{tx.tx_hash.hex()})")
+    settings = _settings(cli)
+    account, registry, escrow = _bindings(settings)
+    address = _resolve_token(token, escrow.w3, _known_tokens(settings, registry, account.address))
+    tx = escrow.withdraw(account, address, to)
+    info = token_info(escrow.w3, address)
+    where = "" if info.is_eth else f" ({address})"
+    click.echo(f"withdrew {format_amount(tx.value, info)}{where} (tx 0x{tx.tx_hash.hex()})")
 
 
 @main.command()
@@ -465,9 +567,18 @@ def settle(**cli: Any) -> None:
     outcomes = asyncio.run(_settle(settings, _account(settings)))
     if not outcomes:
         click.echo("nothing to claim")
+        return
+    _, _, escrow = _bindings(settings)
     for outcome in outcomes:
+        by_token: dict[str, int] = {}
+        for cid, amount in outcome.claimed.items():
+            token = escrow.get_channel(cid).token
+            by_token[token] = by_token.get(token, 0) + amount
+        amounts = " + ".join(
+            format_amount(v, token_info(escrow.w3, t)) for t, v in sorted(by_token.items())
+        )
         click.echo(
-            f"claimed {outcome.amount} over {len(outcome.claimed)} channel(s), "
+            f"claimed {amounts or 'nothing'} over {len(outcome.claimed)} channel(s), "
             f"{len(outcome.skipped)} skipped (tx {outcome.tx_hash}, gas {outcome.gas_used})"
         )
         for cid, reason in outcome.skipped.items():

@@ -65,6 +65,15 @@ from ._revert import decode_revert
 from ._rpc import FailoverHTTPProvider, rpc_label, split_rpc_urls
 from ._tokenizer import TokenCounter, TokenizerBundle
 from ._types import Domain, Prices, Receipt, SignedReceipt
+from ._units import (
+    ETH_INFO,
+    AmountSpec,
+    TokenInfo,
+    format_amount,
+    format_price,
+    parse_amount,
+    token_info,
+)
 from ._untrusted import (
     MAX_JSON_BYTES,
     MAX_JSON_DEPTH,
@@ -83,6 +92,7 @@ from ._usage import (
 )
 
 __all__ = [
+    "ETH_INFO",
     "MAX_JSON_BYTES",
     "MAX_JSON_DEPTH",
     "MAX_TAG_OPERATORS",
@@ -90,6 +100,7 @@ __all__ = [
     "PROOF_SCALE",
     "SAMPLER",
     "ZERO_ROOT",
+    "AmountSpec",
     "ChainError",
     "ChainUnavailable",
     "ChannelState",
@@ -120,6 +131,7 @@ __all__ = [
     "TallystickError",
     "Token",
     "TokenCounter",
+    "TokenInfo",
     "TokenizerBundle",
     "TokenizerMismatch",
     "TxResult",
@@ -133,6 +145,8 @@ __all__ = [
     "decode_revert",
     "deploy",
     "encode_proof",
+    "format_amount",
+    "format_price",
     "gumbel_noise",
     "hash_proof",
     "hash_token_ids",
@@ -145,6 +159,7 @@ __all__ = [
     "new_salt",
     "next_usage_root",
     "params_units",
+    "parse_amount",
     "read_deployment",
     "receipt_message",
     "recover_message_signer",
@@ -158,5 +173,6 @@ __all__ = [
     "sign_request_auth",
     "sign_usage_record",
     "split_rpc_urls",
+    "token_info",
     "usage_record_message",
 ]

@@ -29,6 +29,7 @@ def serve_node(
     provider: Any,
     rpc: str,
     db: Path,
+    token: str | None = None,
 ) -> Iterator[str]:
     """Register ``provider``, list ``engine``'s model at ``prices``, serve; yield the endpoint."""
     from tallystick.node import Settings, create_app
@@ -40,6 +41,7 @@ def serve_node(
         provider,
         engine.model_name,
         prices,
+        **({"token": token} if token else {}),
         tokenizer_hash=engine.tokenizer_bundle.hash(),
         context_length=engine.context_length,
     )

@@ -57,7 +57,9 @@ def test_channel_open_prints_the_snapshot_prices_and_honours_the_caps(
     assert code == 1 and err.count("\n") == 1 and "within the price limits" in err
     code, out, _ = _run([*open_, "--max-output-price", str(PRICES.output_per_m)], capsys)
     assert code == 0
-    assert f"input {PRICES.input_per_m} / output {PRICES.output_per_m}" in out
+    # ETH has 18 decimals: 3e9 wei per million tokens is 0.000000003 ETH.
+    assert "deposit 0.001 ETH" in out
+    assert "prices 0.000000003 ETH / 1M input tokens, 0.000000009 ETH / 1M output tokens" in out
 
 
 def test_channel_open_refuses_a_price_raised_before_the_transaction(
@@ -83,3 +85,59 @@ def test_channel_open_refuses_a_price_raised_before_the_transaction(
     assert f"now input {raised.input_per_m} / output {raised.output_per_m}" in err
     assert "nothing was deposited" in err
     assert len(deployment.escrow.channels_opened()) == nonce
+
+
+USDC_PRICES = Prices(input_per_m=200_000, output_per_m=1_500_000)  # 0.20 / 1.50 USDC
+
+
+@pytest.fixture
+def usdc_args(deployment: Any, accounts: Any, anvil: Any, tmp_path: Path) -> Iterator[list[str]]:
+    """Global options for ``accounts.client`` (holding 100 USDC), a node listed in MockUSDC."""
+    from tallystick.node.engines import FakeEngine
+
+    deployment.usdc.mint(accounts.client, accounts.client.address, 100 * 10**6)
+    with serve_node(
+        FakeEngine(model_name="fake-model"),
+        USDC_PRICES,
+        deployment=deployment,
+        provider=accounts.provider,
+        rpc=anvil.url,
+        db=tmp_path / "node.db",
+        token=deployment.usdc.address,
+    ):
+        out = ["--rpc", anvil.url, "--registry", deployment.registry.address]
+        out += ["--escrow", deployment.escrow.address, "--store", str(tmp_path / "c.db")]
+        yield [*out, "--key", "0x" + accounts.client.key.hex().removeprefix("0x")]
+
+
+def test_amounts_in_the_tokens_own_units(
+    usdc_args: list[str], deployment: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 13: symbol and decimals read on-chain; 1.5USDC, '1.5 USDC' and base units accepted,
+    a bare decimal and another token's symbol refused before anything is sent."""
+    code, out, _ = _run([*usdc_args, "providers"], capsys)
+    assert code == 0 and "0.2 USDC" in out and "1.5 USDC" in out
+    open_ = [*usdc_args, "channel", "open", "--model", "fake-model", "--deposit"]
+    for bad, says in [
+        ("1.5", "ambiguous"),
+        ("1.5ETH", "is in ETH but this amount is paid in USDC"),
+        ("1.0000001USDC", "more decimals than USDC has (6)"),
+        ("lots", "is not an amount"),
+    ]:
+        code, _, err = _run([*open_, bad], capsys)
+        assert code == 2 and says in " ".join(err.split()), (bad, err)
+    assert deployment.escrow.channels_opened() == []
+    code, out, _ = _run([*open_, "1.5USDC"], capsys)
+    assert code == 0, out
+    assert "deposit 1.5 USDC" in out
+    assert "0.20 USDC / 1M input tokens, 1.50 USDC / 1M output tokens" in out
+    cid = out.split("opened channel ")[1].split()[0]
+    assert deployment.escrow.get_channel(bytes.fromhex(cid[2:])).deposit == 1_500_000
+    code, out, _ = _run([*usdc_args, "channel", "topup", cid, "--amount", "0.5 USDC"], capsys)
+    assert code == 0 and "deposit now 2 USDC" in out
+    code, out, _ = _run([*usdc_args, "channel", "topup", cid, "--amount", "250000"], capsys)
+    assert code == 0 and "deposit now 2.25 USDC" in out
+    code, out, _ = _run([*usdc_args, "channel", "list"], capsys)
+    assert code == 0 and "2.25 USDC" in out
+    code, out, _ = _run([*usdc_args, "channel", "close", cid], capsys)
+    assert code == 0 and "provider paid 0 USDC, refunded 2.25 USDC" in out

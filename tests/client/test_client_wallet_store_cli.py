@@ -95,7 +95,9 @@ def test_cli_bill_table(wallet: Wallet, fake: FakeNode, tmp_path: Path) -> None:
     key = "0x" + wallet.account.key.hex().removeprefix("0x")
     result = CliRunner().invoke(cli, ["--key", key, "--store", str(store), "bill"])
     assert result.exit_code == 0, result.output
-    assert str(bill.cost) in result.output and "total" in result.output
+    # The fake channel is in ETH: the cost reads in ETH, exactly (no rounding).
+    assert bill.cost == 60 and "0.00000000000000006 ETH" in result.output
+    assert "total" in result.output
 
 
 def test_channel_open_help_names_the_price_caps_and_the_snapshot() -> None:

@@ -84,9 +84,10 @@ def test_register_list_reprice_delist_and_status(cli, deployment, accounts):
     assert (listing.input_price_per_m, listing.output_price_per_m) == (100, 300)
     assert listing.tokenizer_hash == bytes.fromhex(HASH[2:]) and listing.context_length == 2048
 
-    assert "fake-model: 7/9 per million" in ok(
-        cli("set-price", "--model-name", NAME, "--input-price", "7", "--output-price", "9")
-    )
+    assert (
+        "fake-model: 0.000000000000000007 ETH / 1M input tokens, "
+        "0.000000000000000009 ETH / 1M output tokens"
+    ) in ok(cli("set-price", "--model-name", NAME, "--input-price", "7", "--output-price", "9"))
     listing = registry.get_listing(provider, model_id(NAME))
     assert (listing.input_price_per_m, listing.output_price_per_m) == (7, 9)
     fails(
@@ -144,10 +145,76 @@ def test_withdraw_pays_out_claimed_earnings(cli, deployment, accounts, w3):
     assert earned > 0
     to = accounts.other.address
     before = w3.eth.get_balance(to)
-    assert f"withdrew {earned} of {ETH}" in ok(cli("withdraw", "--to", to))
+    assert earned == 2 * 10**9
+    assert "withdrew 0.000000002 ETH" in ok(cli("withdraw", "--to", to))
     assert w3.eth.get_balance(to) - before == earned
     assert escrow.earnings(provider.address, ETH) == 0
     assert "nothing to claim" in ok(cli("settle"))
+
+
+def test_amounts_in_the_tokens_own_units_and_withdraw_by_symbol(cli, deployment, accounts):
+    """Issue 13: prices typed and shown in USDC, status in USDC, withdraw --token USDC."""
+    registry, escrow, usdc = deployment.registry, deployment.escrow, deployment.usdc
+    provider, client = accounts.provider, accounts.client
+    registry.register(provider, "http://node.example")
+    fails(cli("list-model", *LIST, *PRICE, "--token", "USDC"), 2, "no payment token", "USDC")
+    fails(
+        cli(
+            "list-model",
+            *LIST,
+            "--input-price",
+            "0.2",
+            "--output-price",
+            "1",
+            "--token",
+            "0x" + "ab" * 20,
+        ),
+        2,
+        "ambiguous",
+    )
+    out = ok(
+        cli(
+            "list-model",
+            *LIST,
+            "--input-price",
+            "0.20USDC",
+            "--output-price",
+            "1.5 USDC",
+            "--token",
+            usdc.address,
+        )
+    )
+    assert "0.20 USDC / 1M input tokens, 1.50 USDC / 1M output tokens" in out
+    listing = registry.get_listing(provider.address, model_id(NAME))
+    assert (listing.input_price_per_m, listing.output_price_per_m) == (200_000, 1_500_000)
+    fails(
+        cli("set-price", "--model-name", NAME, "--input-price", "1ETH", "--output-price", "1"),
+        2,
+        "is in ETH but this amount is paid in USDC",
+    )
+    out = ok(
+        cli(
+            "set-price", "--model-name", NAME, "--input-price", "1USDC", "--output-price", "2000000"
+        )
+    )
+    assert "1.00 USDC / 1M input tokens, 2.00 USDC / 1M output tokens" in out
+
+    usdc.mint(client, client.address, 10 * 10**6)
+    limits = {
+        "token": usdc.address,
+        "max_input_price_per_m": 10**6,
+        "max_output_price_per_m": 2 * 10**6,
+    }
+    cid = bytes(escrow.open(client, provider.address, model_id(NAME), 5 * 10**6, **limits).value)
+    # 1M input + 0.25M output tokens: 1 + 0.5 = 1.5 USDC
+    escrow.claim(
+        provider, sign_receipt(client, escrow.domain, Receipt(cid, 10**6, 250_000, b"\x01" * 32))
+    )
+    status = " ".join(ok(cli("status")).split())
+    assert "1 USDC" in status and "1.5 USDC" in status and "5 USDC" in status
+    assert f"withdrew 1.5 USDC ({usdc.address})" in ok(cli("withdraw", "--token", "usdc"))
+    assert usdc.balance_of(provider.address) == 1_500_000
+    fails(cli("withdraw", "--token", "DAI"), 2, "no payment token with the symbol 'DAI'", "USDC")
 
 
 def test_chain_and_key_errors_are_one_line(cli, anvil, deployment, accounts, tmp_path):
