@@ -163,14 +163,23 @@ class Auditor:
         self._pool.shutdown(wait=True)
 
 
-def rank_by_audits(offers: list[Any], audits: AuditLog) -> list[Any]:
-    """Drop providers with a failed audit; among the rest, more passed audits first at one
-    price (the order ``offers`` came in, cheapest first, is otherwise kept)."""
+def rank_by_audits(
+    offers: list[Any], audits: AuditLog, published: dict[str, int] | None = None
+) -> list[Any]:
+    """Drop providers with a failed audit of our own; put those with failed audits published
+    on-chain by others after the rest (unverified: anyone can publish one, so they are ranked
+    down, not dropped); then cheapest first, and more passed audits first at one price."""
     records = {o.provider: audits.record(o.provider) for o in offers}
+    reported = published or {}
     kept = [o for o in offers if records[o.provider].trusted]
     return sorted(
         kept,
-        key=lambda o: (o.prices.output_per_m, o.prices.input_per_m, -records[o.provider].passed),
+        key=lambda o: (
+            reported.get(o.provider, 0) > 0,
+            o.prices.output_per_m,
+            o.prices.input_per_m,
+            -records[o.provider].passed,
+        ),
     )
 
 

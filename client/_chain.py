@@ -57,6 +57,7 @@ class Listing:
     tokenizer_hash: bytes
     context_length: int
     active: bool
+    model_hash: bytes = bytes(32)  # the listed weights (§10.1); zero: no claim
 
     @classmethod
     def of(cls, listing: ChainListing, endpoint: str) -> Listing:
@@ -70,6 +71,7 @@ class Listing:
             tokenizer_hash=listing.tokenizer_hash,
             context_length=listing.context_length,
             active=listing.active,
+            model_hash=listing.model_hash,
         )
 
 
@@ -134,6 +136,15 @@ class Chain:
     def listing(self, provider: str, model: str) -> Listing:
         endpoint = self.registry.get_provider(provider).endpoint
         return Listing.of(self.registry.get_listing(provider, model_id(model)), endpoint)
+
+    def published_audits(self, providers: set[str]) -> dict[str, int]:
+        """How many failed audits others published on-chain per provider (§10.7)."""
+        counts: dict[str, int] = {}
+        for event in self.registry.audit_reports():
+            who = str(event.args["provider"])
+            if who in providers:
+                counts[who] = counts.get(who, 0) + 1
+        return counts
 
     def rpc_failures(self) -> dict[tuple[str, str], int]:
         """Transport failures per (RPC URL label, kind) since connecting (failover counts)."""

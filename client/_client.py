@@ -7,6 +7,8 @@ from typing import Any
 
 import httpx
 from eth_account.signers.local import LocalAccount
+from eth_utils import keccak
+from tallystick.protocol import model_id
 
 from ._audit import AuditCase, AuditReport, Reference, audit
 from ._auditor import DEFAULT_AUDIT_FRACTION, AuditLog, Auditor, AuditRecord, rank_by_audits
@@ -115,7 +117,17 @@ class Tallystick:
     ) -> list[Listing]:
         """Active on-chain listings of providers without a failed audit, cheapest first."""
         offers = find_offers(self.chain, model, max_input_price, max_output_price)
-        return rank_by_audits(offers, self.audits)
+        published = self.chain.published_audits({o.provider for o in offers})
+        return rank_by_audits(offers, self.audits, published)
+
+    def publish_audit(self, report: AuditReport, *, uri: str, report_bytes: bytes) -> Any:
+        """Publish a failed audit on-chain (an ``AuditReported`` event: its hash and ``uri``)."""
+        if report.verdict != "fail":
+            raise ClientError(f"only a failed audit is published, not a {report.verdict!r} one")
+        case = report.case
+        return self.chain.registry.report_audit(
+            self.account, case.provider, model_id(case.model), keccak(report_bytes), uri
+        )
 
     def audit(
         self, evidence: AuditCase | AuditReport | dict[str, Any], weights: str | Path | None = None

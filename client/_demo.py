@@ -51,6 +51,8 @@ from tallystick.protocol import (
     connect,
     cost_of,
     deploy,
+    model_hash,
+    model_id,
     recover_receipt_signer,
     recover_usage_record_signer,
 )
@@ -637,12 +639,15 @@ def _step_list(run: _Run) -> None:
         tokenizer_hash=tokenizer_hash,
         context_length=context,
     )
+    weights = model_hash(run.model)  # the listing commits to the weights (protocol §10.1)
+    run.d.registry.set_model_hash(run.provider, model_id(MODEL_NAME), weights)
     run.console.print(
         f"registered {_short(run.provider.address)} at {run.endpoint}\n"
         f"listed {MODEL_NAME}: {_usdc(PRICES.input_per_m)} per 1M input tokens, "
         f"{_usdc(PRICES.output_per_m)} per 1M output tokens "
         f"(= {PRICES.input_per_m // 10**6} and {PRICES.output_per_m // 10**6} base units per "
-        f"token), context {context}, tokenizerHash {_short('0x' + tokenizer_hash.hex())}"
+        f"token), context {context}, tokenizerHash {_short('0x' + tokenizer_hash.hex())}, "
+        f"modelHash {_short('0x' + weights.hex())}"
     )
 
 

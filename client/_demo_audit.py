@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
+from eth_utils import keccak
+
 if TYPE_CHECKING:
     from ._client import Tallystick
 
@@ -44,6 +46,13 @@ def audit_step(run: Any, command: list[str], client: Tallystick) -> None:
         raise demo.DemoError("the audit of the perturbed node did not fail")
     path = run.workdir.parent / f"tallystick-demo-failed-audit-{run.provider.address[:10]}.json"
     path.write_text(json.dumps(report.to_json(), indent=1) + "\n")
+    raw = path.read_bytes()
+    tx = client.publish_audit(report, uri=path.as_uri(), report_bytes=raw)
+    run.console.print(
+        f"published on-chain: ProviderRegistry.reportAudit (event AuditReported, report hash "
+        f"{demo._short('0x' + keccak(raw).hex())}): {tx.gas_used:,} gas"
+    )
+    run.events["audit_report_gas"] = tx.gas_used
     ranked = [o.provider for o in client.providers(demo.MODEL_NAME)]
     run.console.print(
         f"failed-audit report (re-check: tallystick audit {path} --weights {run.model}); "

@@ -66,6 +66,9 @@ def check_node_listing(node: NodeClient, listing: Listing) -> None:
         "context length": listing.context_length,
         "tokenizer hash": "0x" + listing.tokenizer_hash.hex(),
     }
+    if listing.model_hash != bytes(32):  # a claimed weights hash must be the one served
+        got["model hash"] = str(entry.get("model_hash")).lower()
+        expected["model hash"] = "0x" + listing.model_hash.hex()
     diffs = [f"{k}: chain {v}, node {got[k]}" for k, v in expected.items() if got[k] != v]
     if diffs:
         raise ListingMismatch(

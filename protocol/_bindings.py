@@ -126,6 +126,7 @@ class Listing:
     tokenizer_hash: bytes
     context_length: int
     active: bool
+    model_hash: bytes = bytes(32)  # the served weights (§10.1); zero: no claim, no audit
 
     @property
     def prices(self) -> Prices:
@@ -479,7 +480,7 @@ class Registry:
     def get_listing(self, provider: str, model_id: bytes) -> Listing:
         address = checksum("provider", provider)
         raw = _call(self.contract.functions.getListing(address, model_id))
-        pi, po, token, tokenizer_hash, context_length, active, name = raw
+        pi, po, token, tokenizer_hash, context_length, active, name, weights = raw
         return Listing(
             provider=address,
             model_id=bytes(model_id),
@@ -490,6 +491,7 @@ class Registry:
             tokenizer_hash=bytes(tokenizer_hash),
             context_length=int(context_length),
             active=bool(active),
+            model_hash=bytes(weights),
         )
 
     def listings_of(self, provider: str) -> list[Listing]:
@@ -537,6 +539,30 @@ class Registry:
         )
         result = transact(self.w3, account, fn)
         return _with_value(result, result.event("ModelListed").args["modelId"])
+
+    def set_model_hash(self, account: LocalAccount, model_id: bytes, model_hash: bytes) -> TxResult:
+        """Claim the weights a listing serves (§10.1); a re-listing clears the claim."""
+        fn = self.contract.functions.setModelHash(model_id, model_hash)
+        return transact(self.w3, account, fn)
+
+    def report_audit(
+        self, account: LocalAccount, provider: str, model_id: bytes, report_hash: bytes, uri: str
+    ) -> TxResult:
+        """Publish a failed audit (§10.7): its hash and where to fetch it; anyone may."""
+        fn = self.contract.functions.reportAudit(
+            checksum("provider", provider), model_id, report_hash, uri
+        )
+        return transact(self.w3, account, fn)
+
+    def audit_reports(self, provider: str | None = None, from_block: int = 0) -> list[Event]:
+        """``AuditReported`` events (of ``provider``'s listings, when given)."""
+        event = self.contract.events.AuditReported
+        arguments = {"provider": checksum("provider", provider)} if provider else None
+        try:
+            logs = event.get_logs(from_block=from_block, argument_filters=arguments)
+        except Exception as exc:  # web3 raises several types for a node that refuses the filter
+            raise ChainError(f"cannot read AuditReported events: {exc}") from exc
+        return _events(self.w3, list(logs))
 
     def set_price(self, account: LocalAccount, model_id: bytes, prices: Prices) -> TxResult:
         fn = self.contract.functions.setPrice(model_id, prices.input_per_m, prices.output_per_m)

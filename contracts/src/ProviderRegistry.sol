@@ -14,9 +14,10 @@ contract ProviderRegistry is IProviderRegistry {
         uint96 outputPricePerM;
         uint32 contextLength; // > 0 once listed: marks the model as known to `modelsOf`
         bool active;
-        // slot 2, 3
+        // slot 2, 3, 4
         bytes32 tokenizerHash;
         string name;
+        bytes32 modelHash; // the served weights (docs/protocol.md §10.1); zero = no claim
     }
 
     /// @dev TallyEscrow packs a channel's output price into a uint88 beside its status.
@@ -77,6 +78,7 @@ contract ProviderRegistry is IProviderRegistry {
         l.contextLength = contextLength;
         l.active = true;
         l.tokenizerHash = tokenizerHash;
+        l.modelHash = bytes32(0); // a re-listing may serve other weights: claim them again
         emit ModelListed(
             msg.sender, modelId, name, inputPricePerM, outputPricePerM, token, tokenizerHash, contextLength
         );
@@ -88,6 +90,16 @@ contract ProviderRegistry is IProviderRegistry {
         l.inputPricePerM = inputPricePerM;
         l.outputPricePerM = outputPricePerM;
         emit PriceUpdated(msg.sender, modelId, inputPricePerM, outputPricePerM);
+    }
+
+    function setModelHash(bytes32 modelId, bytes32 modelHash) external {
+        _activeListing(msg.sender, modelId).modelHash = modelHash;
+        emit ModelHashSet(msg.sender, modelId, modelHash);
+    }
+
+    /// @notice Anyone may publish a failed audit; clients re-check the report before acting on it.
+    function reportAudit(address provider, bytes32 modelId, bytes32 reportHash, string calldata uri) external {
+        emit AuditReported(msg.sender, provider, modelId, reportHash, uri);
     }
 
     function delist(bytes32 modelId) external {
@@ -126,7 +138,8 @@ contract ProviderRegistry is IProviderRegistry {
             tokenizerHash: l.tokenizerHash,
             contextLength: l.contextLength,
             active: l.active,
-            name: l.name
+            name: l.name,
+            modelHash: l.modelHash
         });
     }
 

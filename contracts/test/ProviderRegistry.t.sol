@@ -131,6 +131,46 @@ contract ProviderRegistryTest is Test {
         assertEq(l.contextLength, 4096);
     }
 
+    function test_setModelHash_storesTheWeightsHashBesideTheTokenizerHash() public {
+        bytes32 id = _listAlice();
+        bytes32 weights = keccak256("weights");
+        assertEq(registry.getListing(ALICE, id).modelHash, bytes32(0), "no claim at first");
+        vm.expectEmit(address(registry));
+        emit IProviderRegistry.ModelHashSet(ALICE, id, weights);
+        vm.prank(ALICE);
+        registry.setModelHash(id, weights);
+        assertEq(registry.getListing(ALICE, id).modelHash, weights);
+    }
+
+    function test_setModelHash_isClearedByARelisting() public {
+        bytes32 id = _listAlice();
+        vm.startPrank(ALICE);
+        registry.setModelHash(id, keccak256("weights"));
+        registry.listModel(MODEL, 30, 40, address(0), TOK, 4096);
+        vm.stopPrank();
+        assertEq(registry.getListing(ALICE, id).modelHash, bytes32(0));
+    }
+
+    function test_setModelHash_revertsForAModelTheCallerHasNotListed() public {
+        bytes32 id = _listAlice();
+        vm.expectRevert(abi.encodeWithSelector(IProviderRegistry.RegistryModelNotListed.selector, BOB, id));
+        vm.prank(BOB);
+        registry.setModelHash(id, keccak256("weights"));
+        vm.startPrank(ALICE);
+        registry.delist(id);
+        vm.expectRevert(abi.encodeWithSelector(IProviderRegistry.RegistryModelNotListed.selector, ALICE, id));
+        registry.setModelHash(id, keccak256("weights"));
+        vm.stopPrank();
+    }
+
+    function test_reportAudit_emitsTheReportForAnyCaller() public {
+        bytes32 id = _listAlice();
+        vm.expectEmit(address(registry));
+        emit IProviderRegistry.AuditReported(BOB, ALICE, id, keccak256("report"), "ipfs://r");
+        vm.prank(BOB);
+        registry.reportAudit(ALICE, id, keccak256("report"), "ipfs://r");
+    }
+
     function test_listModel_revertsForAnUnregisteredCaller() public {
         vm.expectRevert(abi.encodeWithSelector(IProviderRegistry.RegistryNotRegistered.selector, BOB));
         vm.prank(BOB);

@@ -109,6 +109,24 @@ def test_register_and_list(deployment: Any, accounts: Any) -> None:
     assert not d.registry.is_listed(provider.address, mid)
 
 
+def test_model_hash_and_published_audits(deployment: Any, accounts: Any) -> None:
+    """§10: the listing carries modelHash; a failed audit is published as an event (gas)."""
+    d, provider, client = deployment, accounts.provider, accounts.client
+    mid = list_eth_model(d, provider)
+    assert d.registry.get_listing(provider.address, mid).model_hash == bytes(32)
+    set_hash = d.registry.set_model_hash(provider, mid, b"\x0c" * 32)
+    assert d.registry.get_listing(provider.address, mid).model_hash == b"\x0c" * 32
+    uri = "https://reports.example/0123456789abcdef.json"
+    tx = d.registry.report_audit(client, provider.address, mid, b"\x0d" * 32, uri)
+    (event,) = d.registry.audit_reports(provider.address)
+    assert event.args["reporter"] == client.address
+    assert (event.args["reportHash"], event.args["uri"]) == (b"\x0d" * 32, uri)
+    assert d.registry.audit_reports(client.address) == []
+    # a cheap publication: an event, no storage (printed for the docs)
+    print(f"setModelHash {set_hash.gas_used} gas, reportAudit {tx.gas_used} gas")
+    assert tx.gas_used < 40_000
+
+
 def test_open_eth_channel(deployment: Any, accounts: Any, w3: Any) -> None:
     d, client, provider = deployment, accounts.client, accounts.provider
     mid = list_eth_model(d, provider)

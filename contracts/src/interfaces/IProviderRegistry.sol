@@ -18,6 +18,7 @@ interface IProviderRegistry {
         uint32 contextLength;
         bool active;
         string name;
+        bytes32 modelHash;
     }
 
     event ProviderRegistered(address indexed provider, string endpoint, string metadata);
@@ -35,6 +36,12 @@ interface IProviderRegistry {
     );
     event PriceUpdated(address indexed provider, bytes32 indexed modelId, uint96 inputPricePerM, uint96 outputPricePerM);
     event ModelDelisted(address indexed provider, bytes32 indexed modelId);
+    event ModelHashSet(address indexed provider, bytes32 indexed modelId, bytes32 modelHash);
+    /// @notice A failed audit (docs/protocol.md §10.4): `reportHash` = keccak256 of the report's
+    /// JSON bytes, found at `uri`. Not verified on-chain: anyone may publish one.
+    event AuditReported(
+        address indexed reporter, address indexed provider, bytes32 indexed modelId, bytes32 reportHash, string uri
+    );
 
     error RegistryAlreadyRegistered(address provider);
     error RegistryNotRegistered(address provider);
@@ -58,6 +65,8 @@ interface IProviderRegistry {
         uint32 contextLength
     ) external returns (bytes32 modelId);
     function setPrice(bytes32 modelId, uint96 inputPricePerM, uint96 outputPricePerM) external;
+    function setModelHash(bytes32 modelId, bytes32 modelHash) external;
+    function reportAudit(address provider, bytes32 modelId, bytes32 reportHash, string calldata uri) external;
     function delist(bytes32 modelId) external;
 
     function providerCount() external view returns (uint256);
