@@ -148,8 +148,27 @@ class Tallystick:
         return NodeClient(endpoint, self.http)
 
     def channel(self, channel: bytes | str | ChannelInfo) -> ChannelInfo:
-        """A channel of the store by id (bytes, ``0x`` hex or ``ChannelInfo``)."""
+        """A channel of the store by id (bytes, ``0x`` hex, ``ChannelInfo``) or a unique prefix.
+
+        A prefix (``0x4c53e4``, at least 4 hex digits) must match exactly one stored channel:
+        ``ChannelNotFound`` names the candidates when it matches several, or says none did.
+        """
+        if isinstance(channel, str):
+            text = channel.lower().removeprefix("0x")
+            if len(text) < 64 and all(c in "0123456789abcdef" for c in text):
+                return self._channel_by_prefix(channel, text)
         return self.store.channel(channel_key(channel))
+
+    def _channel_by_prefix(self, given: str, prefix: str) -> ChannelInfo:
+        if len(prefix) < 4:
+            raise ChannelNotFound(f"{given!r}: give at least 4 hex digits of the channel id")
+        found = [c for c in self.store.channels() if c.channel_id.hex().startswith(prefix)]
+        if len(found) == 1:
+            return found[0]
+        if not found:
+            raise ChannelNotFound(f"no channel in the store {self.store.path} starts with {given}")
+        ids = ", ".join(c.hex_id for c in found)
+        raise ChannelNotFound(f"{given} is ambiguous: it starts {len(found)} channels ({ids})")
 
     def channel_for(
         self, model: str, channel: bytes | str | ChannelInfo | None = None

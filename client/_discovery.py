@@ -39,11 +39,29 @@ def choose_offer(
     """The listing of ``provider`` for ``model``, or the cheapest one; ``ProviderNotFound``."""
     offers = find_offers(chain, model, **limits)
     if provider is not None:
-        offers = [o for o in offers if o.provider.lower() == provider.lower()]
+        offers = [o for o in offers if o.provider.lower() == _provider(chain, provider).lower()]
     if not offers:
         who = f"provider {provider}" if provider else "any provider"
         raise ProviderNotFound(f"{who} does not list model {model!r} (within the price limits)")
     return offers[0]
+
+
+def _provider(chain: Chain, given: str) -> str:
+    """A full provider address, or the one registered provider ``given`` is a prefix of."""
+    text = given.lower()
+    if len(text) == 42:
+        return given
+    if len(text.removeprefix("0x")) < 4:
+        raise ProviderNotFound(f"{given!r}: give at least 4 hex digits of the provider address")
+    wanted = text if text.startswith("0x") else "0x" + text
+    found = [p for p in chain.providers() if p.lower().startswith(wanted)]
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise ProviderNotFound(f"no registered provider's address starts with {given}")
+    raise ProviderNotFound(
+        f"{given} is ambiguous: {len(found)} providers start so ({', '.join(found)})"
+    )
 
 
 def check_node_listing(node: NodeClient, listing: Listing) -> None:

@@ -150,9 +150,14 @@ def cli(ctx: click.Context, **options: Any) -> None:
 @click.option("--model", help="only this model")
 @click.option("--max-input-price", type=int, help="per million input tokens, base units")
 @click.option("--max-output-price", type=int, help="per million output tokens, base units")
+@click.option("--json", "as_json", is_flag=True, help="one JSON object per offer (base units)")
 @click.pass_obj
 def providers(
-    s: Settings, model: str | None, max_input_price: int | None, max_output_price: int | None
+    s: Settings,
+    model: str | None,
+    max_input_price: int | None,
+    max_output_price: int | None,
+    as_json: bool,
 ) -> None:
     """List providers and their models, cheapest first."""
     chain = s.chain()
@@ -160,7 +165,25 @@ def providers(
 
     s._w3 = chain.w3
     table = Table("provider", "endpoint", "model", "input / 1M", "output / 1M", "token", "context")
-    for o in find_offers(chain, model, max_input_price, max_output_price):
+    offers = find_offers(chain, model, max_input_price, max_output_price)
+    if as_json:
+        rows = [
+            {
+                "provider": o.provider,
+                "endpoint": o.endpoint,
+                "model": o.model,
+                "inputPerMillion": str(o.prices.input_per_m),
+                "outputPerMillion": str(o.prices.output_per_m),
+                "token": o.token,
+                "symbol": s.token(o.token).symbol,
+                "decimals": s.token(o.token).decimals,
+                "contextLength": o.context_length,
+            }
+            for o in offers
+        ]
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for o in offers:
         info = s.token(o.token)
         table.add_row(
             o.provider,
@@ -171,7 +194,7 @@ def providers(
             f"{info.symbol} {o.token}" if not info.is_eth else "ETH",
             str(o.context_length),
         )
-    out.print(table)
+    _show(table)
 
 
 @cli.group()
@@ -322,24 +345,46 @@ def channel_finalize(s: Settings, channel_id: str) -> None:
 
 
 @channel.command("list")
+@click.option("--json", "as_json", is_flag=True, help="one JSON object per channel (base units)")
 @click.pass_obj
-def channel_list(s: Settings) -> None:
+def channel_list(s: Settings, as_json: bool) -> None:
     """Your channels with their spend and what is refundable."""
     with s.client() as client:
         s._w3 = client.chain.w3
         table = Table("id", "provider", "model", "deposit", "spent", "refundable", "status")
+        rows: list[dict[str, Any]] = []
         for info in client.channels.list():
             b = client.channels.balance(info.channel_id)
+            disputed = bool(client.store.disputes(info.channel_id))
+            rows.append(
+                {
+                    "channelId": info.hex_id,
+                    "provider": info.provider,
+                    "endpoint": info.endpoint,
+                    "model": info.model,
+                    "token": info.token,
+                    "symbol": s.token(info.token).symbol,
+                    "deposit": str(b.deposit),
+                    "spent": str(b.spent),
+                    "paid": str(b.paid),
+                    "refundable": str(b.refundable),
+                    "status": b.status,
+                    "disputed": disputed,
+                }
+            )
             table.add_row(
-                info.hex_id[:18] + "…",
+                info.hex_id,
                 info.provider,
                 info.model,
                 s.money(b.deposit, info.token),
                 s.money(b.spent, info.token),
                 s.money(b.refundable, info.token),
-                b.status + (" (disputed)" if client.store.disputes(info.channel_id) else ""),
+                b.status + (" (disputed)" if disputed else ""),
             )
-    out.print(table)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    _show(table)
 
 
 @cli.command()
@@ -378,17 +423,25 @@ def chat(
 
 
 @cli.command()
-@click.option("--channel", "channel_id", help="channel id (default: every channel)")
+@click.option("--channel", "channel_id", help="channel id or a unique prefix (default: every one)")
+@click.option("--json", "as_json", is_flag=True, help="every channel's bill lines (base units)")
 @click.pass_obj
-def bill(s: Settings, channel_id: str | None) -> None:
+def bill(s: Settings, channel_id: str | None, as_json: bool) -> None:
     """Per-request bill of verified, countersigned requests."""
     with s.client(chain=False, wallet=False) as client:
         channels = [client.channel(channel_id)] if channel_id else client.channels.list()
+        if as_json:
+            click.echo(json.dumps([_bill_json(client, i, s) for i in channels], indent=2))
+            return
         for info in channels:
-            out.print(_bill_table(client, info, s.token(info.token)))
+            # The title on its own line: a table title wraps, and the id is copied from it.
+            out.print(
+                f"{info.hex_id} · {info.model} · {info.provider}", soft_wrap=True, highlight=False
+            )
+            _show(_bill_table(client, info, s.token(info.token)))
             disputes = client.store.disputes(info.channel_id)
             if disputes:
-                out.print(_disputes_table(disputes, title=f"{info.hex_id}: refused bills"))
+                _show(_disputes_table(disputes, title="refused bills"))
                 out.print(client.biller.way_out(info), soft_wrap=True, highlight=False)
 
 
@@ -412,7 +465,7 @@ def disputes(s: Settings, channel_id: str | None, as_json: bool) -> None:
         if not found:
             out.print("no disputes: every bill you received was verified and countersigned")
             return
-        out.print(
+        _show(
             _disputes_table(found, title="refused bills (tallystick disputes --json: all evidence)")
         )
         for cid_, way in ways.items():
@@ -455,7 +508,6 @@ def _bill_table(client: Tallystick, info: ChannelInfo, token: TokenInfo) -> Tabl
         "prompt tokens",
         "completion tokens",
         "cost",
-        title=f"{info.hex_id} · {info.model} · {info.provider}",
     )
     lines = client.store.bill(info.channel_id)
     for line in lines:
@@ -477,12 +529,48 @@ def _bill_table(client: Tallystick, info: ChannelInfo, token: TokenInfo) -> Tabl
     return table
 
 
+def _bill_json(client: Tallystick, info: ChannelInfo, s: Settings) -> dict[str, Any]:
+    tally = client.store.tally(info.channel_id)
+    return {
+        "channelId": info.hex_id,
+        "provider": info.provider,
+        "model": info.model,
+        "token": info.token,
+        "symbol": s.token(info.token).symbol,
+        "lines": [
+            {
+                "seq": line.seq,
+                "promptTokens": line.prompt_tokens,
+                "completionTokens": line.completion_tokens,
+                "cost": str(line.cost),
+            }
+            for line in client.store.bill(info.channel_id)
+        ],
+        "inputTokens": tally.input_tokens,
+        "outputTokens": tally.output_tokens,
+        "total": str(cost_of(tally.input_tokens, tally.output_tokens, info.prices)),
+    }
+
+
+def _show(table: Table) -> None:
+    """Print ``table`` whole: wider than the terminal rather than cut (ids are copied from it)."""
+    from rich.measure import Measurement
+
+    needed = Measurement.get(out, out.options.update(max_width=100_000), table).maximum
+    width = out.width  # print() clamps its width= to the console's: widen the console
+    out.width = max(width, needed)
+    try:
+        out.print(table)
+    finally:
+        out.width = width
+
+
 def _disputes_table(found: list[Dispute], title: str) -> Table:
     table = Table("id", "channel", "seq", "when", "what did not check out", "evidence", title=title)
     for d in found:
         table.add_row(
             str(d.id),
-            "0x" + d.channel_id.hex()[:12] + "…",
+            "0x" + d.channel_id.hex(),
             str(d.seq) if d.seq is not None else "-",
             utc(int(d.created_at)),
             summary(d.mismatches),

@@ -15,8 +15,28 @@ from ._types import ChannelStatus
 __all__ = ["show_status"]
 
 
-def show_status(settings: Settings, provider: str, registry: Any, escrow: Any) -> None:
+def _show(console: Console, table: Table) -> None:
+    """Print ``table`` whole: wider than the terminal rather than cut (ids are copied from it)."""
+    from rich.measure import Measurement
+
+    needed = Measurement.get(console, console.options.update(max_width=100_000), table).maximum
+    width = console.width  # print() clamps its width= to the console's: widen the console
+    console.width = max(width, needed)
+    try:
+        console.print(table)
+    finally:
+        console.width = width
+
+
+def show_status(
+    settings: Settings, provider: str, registry: Any, escrow: Any, as_json: bool = False
+) -> None:
     """Print registration, listings, channels (served/countersigned/claimed) and earnings."""
+    if as_json:
+        import json
+
+        print(json.dumps(status_json(settings, provider, registry, escrow), indent=2))
+        return
     console = Console()
     info = registry.get_provider(provider)
     console.print(
@@ -39,7 +59,7 @@ def show_status(settings: Settings, provider: str, registry: Any, escrow: Any) -
             str(listing.context_length),
             "yes" if listing.active else "no",
         )
-    console.print(listings)
+    _show(console, listings)
     unclaimed = _channels(console, settings, escrow, tokens)
     earnings = Table(title="earnings")
     for col in ("token", "claimed (withdrawable)", "countersigned, unclaimed"):
@@ -51,7 +71,7 @@ def show_status(settings: Settings, provider: str, registry: Any, escrow: Any) -
             format_amount(escrow.earnings(provider, token), info),
             format_amount(unclaimed.get(token, 0), info),
         )
-    console.print(earnings)
+    _show(console, earnings)
 
 
 def _channels(
@@ -88,7 +108,7 @@ def _channels(
                 )
                 unclaimed[state.token] = unclaimed.get(state.token, 0) + max(due, 0)
             table.add_row(
-                "0x" + cached.channel_id.hex()[:12] + "…",
+                "0x" + cached.channel_id.hex(),
                 ChannelStatus(int(state.status)).name.lower(),
                 f"{served.input_tokens}/{served.output_tokens}" if served else "0/0",
                 f"{signed.input_tokens}/{signed.output_tokens}" if signed else "0/0",
@@ -98,5 +118,63 @@ def _channels(
             )
     finally:
         ledger.close()
-    console.print(table)
+    _show(console, table)
     return unclaimed
+
+
+def status_json(settings: Settings, provider: str, registry: Any, escrow: Any) -> dict[str, Any]:
+    """The same facts as the tables, for scripts: amounts as decimal strings of base units."""
+    info = registry.get_provider(provider)
+    listings = registry.listings_of(provider)
+    tokens = {listing.token for listing in listings}
+    channels = []
+    ledger = open_ledger(settings.ledger_location)
+    try:
+        for cached in ledger.channels():
+            state = escrow.get_channel(cached.channel_id)
+            rec = ledger.last_record(cached.channel_id)
+            rct = ledger.last_receipt(cached.channel_id)
+            served = rec.signed.record if rec else None
+            signed = rct.signed.receipt if rct else None
+            tokens.add(state.token)
+            channels.append(
+                {
+                    "channelId": "0x" + cached.channel_id.hex(),
+                    "status": ChannelStatus(int(state.status)).name.lower(),
+                    "token": state.token,
+                    "deposit": str(state.deposit),
+                    "paid": str(state.paid),
+                    "served": [served.input_tokens, served.output_tokens] if served else [0, 0],
+                    "countersigned": [signed.input_tokens, signed.output_tokens]
+                    if signed
+                    else [0, 0],
+                    "claimed": [state.input_tokens, state.output_tokens],
+                }
+            )
+    finally:
+        ledger.close()
+    return {
+        "provider": provider,
+        "registered": bool(info.registered),
+        "endpoint": info.endpoint if info.registered else None,
+        "listings": [
+            {
+                "model": listing.name,
+                "inputPerMillion": str(listing.input_price_per_m),
+                "outputPerMillion": str(listing.output_price_per_m),
+                "token": listing.token,
+                "symbol": token_info(registry.w3, listing.token).symbol,
+                "contextLength": listing.context_length,
+                "active": bool(listing.active),
+            }
+            for listing in listings
+        ],
+        "channels": channels,
+        "earnings": {
+            token: {
+                "symbol": token_info(registry.w3, token).symbol,
+                "withdrawable": str(escrow.earnings(provider, token)),
+            }
+            for token in sorted(tokens)
+        },
+    }

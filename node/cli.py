@@ -613,11 +613,12 @@ async def _settle(settings: Settings, account: Any) -> Any:
 
 @main.command()
 @_chain_options
+@click.option("--json", "as_json", is_flag=True, help="The same as JSON (amounts in base units).")
 @_one_line_errors
-def status(**cli: Any) -> None:
+def status(as_json: bool, **cli: Any) -> None:
     """Registration, listings, channels and earnings, as tables."""
     from ._status import show_status
 
     settings = _settings(cli)
     account, registry, escrow = _bindings(settings)
-    show_status(settings, account.address, registry, escrow)
+    show_status(settings, account.address, registry, escrow, as_json=as_json)

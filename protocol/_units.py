@@ -13,6 +13,7 @@ and convert at the edge. The input rule is unambiguous:
 from __future__ import annotations
 
 import re
+import weakref
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -60,7 +61,8 @@ class TokenInfo:
 
 
 ETH_INFO = TokenInfo(_ZERO, "ETH", 18)
-_CACHE: dict[tuple[int, str], TokenInfo] = {}
+# Per Web3 object (weakly held, so a new connection never reads an old one's entries).
+_CACHE: weakref.WeakKeyDictionary[Any, dict[str, TokenInfo]] = weakref.WeakKeyDictionary()
 
 
 def token_info(w3: Any, address: str) -> TokenInfo:
@@ -75,8 +77,8 @@ def token_info(w3: Any, address: str) -> TokenInfo:
     from eth_utils import to_checksum_address
 
     address = to_checksum_address(address)
-    key = (id(w3), address)
-    found = _CACHE.get(key)
+    cache = _CACHE.setdefault(w3, {})
+    found = cache.get(address)
     if found is not None:
         return found
     try:
@@ -88,7 +90,7 @@ def token_info(w3: Any, address: str) -> TokenInfo:
         info = TokenInfo(address, symbol, decimals)
     except Exception:  # any failure: fall back to base units, never guess decimals
         info = TokenInfo(address, f"base units of {address}", 0)
-    _CACHE[key] = info
+    cache[address] = info
     return info
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -141,3 +142,48 @@ def test_amounts_in_the_tokens_own_units(
     assert code == 0 and "2.25 USDC" in out
     code, out, _ = _run([*usdc_args, "channel", "close", cid], capsys)
     assert code == 0 and "provider paid 0 USDC, refunded 2.25 USDC" in out
+
+
+def test_ids_are_whole_take_prefixes_and_listings_have_json(
+    usdc_args: list[str], deployment: Any, accounts: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 13: ids are never cut in tables (the test terminal is 80 columns), any unique
+    prefix is taken for a channel or a provider, and every listing has --json."""
+    provider = accounts.provider.address
+    open_ = [*usdc_args, "channel", "open", "--model", "fake-model", "--deposit", "1USDC"]
+    code, out, _ = _run([*open_, "--provider", provider[:8]], capsys)  # a provider prefix
+    assert code == 0, out
+    cid = out.split("opened channel ")[1].split()[0]
+    code, _, err = _run([*open_, "--provider", "0xdeadbeef"], capsys)
+    assert code == 1 and "no registered provider's address starts with 0xdeadbeef" in err
+    for command in (["providers"], ["channel", "list"], ["bill"]):
+        code, out, _ = _run([*usdc_args, *command], capsys)
+        assert code == 0 and "…" not in out, (command, out)
+    code, out, _ = _run([*usdc_args, "providers"], capsys)
+    assert provider in out and deployment.usdc.address in out
+    code, out, _ = _run([*usdc_args, "channel", "list"], capsys)
+    assert cid in out and provider in out
+    code, out, _ = _run([*usdc_args, "channel", "topup", cid[:10], "--amount", "1USDC"], capsys)
+    assert code == 0 and f"channel {cid}: deposit now 2 USDC" in out
+    code, raw, _ = _run_raw([*usdc_args, "providers", "--json"], capsys)
+    (offer,) = json.loads(raw)
+    assert offer["provider"] == provider and offer["symbol"] == "USDC"
+    assert offer["inputPerMillion"] == str(USDC_PRICES.input_per_m) and offer["decimals"] == 6
+    code, raw, _ = _run_raw([*usdc_args, "channel", "list", "--json"], capsys)
+    (row,) = json.loads(raw)
+    assert row["channelId"] == cid and row["deposit"] == "2000000" and row["status"] == "open"
+    code, raw, _ = _run_raw([*usdc_args, "bill", "--json", "--channel", cid[:8]], capsys)
+    (bill,) = json.loads(raw)
+    assert bill["channelId"] == cid and bill["lines"] == [] and bill["symbol"] == "USDC"
+    code, out, _ = _run([*usdc_args, "channel", "close", cid[:12]], capsys)
+    assert code == 0 and "refunded 2 USDC" in out
+
+
+def _run_raw(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = 0
+    try:
+        main(argv)
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err

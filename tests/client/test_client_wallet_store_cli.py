@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import replace
@@ -108,3 +109,38 @@ def test_channel_open_help_names_the_price_caps_and_the_snapshot() -> None:
     assert "--max-input-price INTEGER only offers at most this per million input tokens" in text
     assert "--max-output-price INTEGER only offers at most this per million output tokens" in text
     assert "refused, and nothing deposited" in text and "snapshotted" in text
+
+
+def test_channel_ids_by_unique_prefix(wallet: Wallet, fake: FakeNode, tmp_path: Path) -> None:
+    """Issue 13: any unique prefix of a channel id works; an ambiguous or unknown one is a
+    clear one-line error naming the candidates."""
+    from dataclasses import replace
+
+    from tallystick.client._errors import ChannelNotFound
+
+    store = tmp_path / "c.db"
+    base = fake.channel_info()
+    a = replace(base, channel_id=bytes.fromhex("abcd01" + "00" * 29))
+    b = replace(base, channel_id=bytes.fromhex("abcd02" + "00" * 29))
+    with Tallystick(wallet, store, transport=fake.transport) as c:
+        c.store.add_channel(a)
+        c.store.add_channel(b)
+        assert c.channel("0xabcd01").channel_id == a.channel_id
+        assert c.channel("ABCD02").channel_id == b.channel_id
+        assert c.channel(a.hex_id).channel_id == a.channel_id
+        with pytest.raises(ChannelNotFound, match="ambiguous: it starts 2 channels"):
+            c.channel("0xabcd")
+        with pytest.raises(ChannelNotFound, match="no channel in the store"):
+            c.channel("0xffff")
+        with pytest.raises(ChannelNotFound, match="at least 4 hex digits"):
+            c.channel("0xab")
+    key = "0x" + wallet.account.key.hex().removeprefix("0x")
+    result = CliRunner().invoke(cli, ["--key", key, "--store", str(store), "bill", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)
+    assert {r["channelId"] for r in rows} == {a.hex_id, b.hex_id}
+    assert all(r["lines"] == [] and r["total"] == "0" for r in rows)
+    result = CliRunner().invoke(
+        cli, ["--key", key, "--store", str(store), "bill", "--channel", "0xabcd02"]
+    )
+    assert result.exit_code == 0 and b.hex_id in result.output and a.hex_id not in result.output

@@ -7,6 +7,7 @@ and no traceback.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -212,6 +213,11 @@ def test_amounts_in_the_tokens_own_units_and_withdraw_by_symbol(cli, deployment,
     )
     status = " ".join(ok(cli("status")).split())
     assert "1 USDC" in status and "1.5 USDC" in status and "5 USDC" in status
+    # Ids whole in the tables (80 columns here), and the same as JSON.
+    assert "…" not in status and usdc.address in status
+    data = json.loads(ok(cli("status", "--json")))
+    assert data["listings"][0]["symbol"] == "USDC"
+    assert data["earnings"][usdc.address]["withdrawable"] == "1500000"
     assert f"withdrew 1.5 USDC ({usdc.address})" in ok(cli("withdraw", "--token", "usdc"))
     assert usdc.balance_of(provider.address) == 1_500_000
     fails(cli("withdraw", "--token", "DAI"), 2, "no payment token with the symbol 'DAI'", "USDC")
