@@ -429,13 +429,6 @@ def list_model(
         f"0x{digest.hex()}, context {context}, {_prices_text(prices, info)}, "
         f"tx 0x{tx.tx_hash.hex()})"
     )
-
-
-def _prices_text(prices: Prices, info: TokenInfo) -> str:
-    return (
-        f"{format_price(prices.input_per_m, info, 'input')}, "
-        f"{format_price(prices.output_per_m, info, 'output')}"
-    )
     if model is not None and Path(model).exists():
         # The weights as `serve --model` loads them (docs/protocol.md §10.1).
         from tallystick.protocol import model_hash
@@ -443,6 +436,13 @@ def _prices_text(prices: Prices, info: TokenInfo) -> str:
         weights = model_hash(model)
         tx = registry.set_model_hash(account, model_id(name), weights)
         click.echo(f"modelHash 0x{weights.hex()} (tx 0x{tx.tx_hash.hex()})")
+
+
+def _prices_text(prices: Prices, info: TokenInfo) -> str:
+    return (
+        f"{format_price(prices.input_per_m, info, 'input')}, "
+        f"{format_price(prices.output_per_m, info, 'output')}"
+    )
 
 
 def _model_name(model: str | None, model_name: str | None) -> str:
