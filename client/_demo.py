@@ -40,6 +40,7 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from eth_utils import function_abi_to_4byte_selector
 from rich.console import Console
+from rich.markup import escape
 from rich.panel import Panel
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -323,7 +324,8 @@ def run_demo(options: DemoOptions, console: Console | None = None) -> int:
         console.print(f"\n[bold yellow]interrupted ({why})[/bold yellow]")
         code = exc.exit_code if isinstance(exc, _Stop) else EXIT_INTERRUPTED
     except TallystickError as exc:
-        console.print(f"\n[bold red]demo failed:[/bold red] {exc}")
+        # escape(): the message is text, not markup ('tallystick[node]' would be swallowed)
+        console.print(f"\n[bold red]demo failed:[/bold red] {escape(str(exc))}")
         _show_node_log_tail(run)
     finally:
         _finish(run, code)

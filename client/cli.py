@@ -124,7 +124,14 @@ def _say_waiting(channel_id: bytes, holder: LockHolder) -> None:
     )
 
 
-@click.group(context_settings={"auto_envvar_prefix": "TALLYSTICK", "show_default": True})
+@click.group(
+    context_settings={
+        "auto_envvar_prefix": "TALLYSTICK",
+        "show_default": True,
+        "help_option_names": ["-h", "--help"],
+    }
+)
+@click.version_option(package_name="tallystick", prog_name="tallystick")
 @click.option(
     "--rpc",
     default="http://127.0.0.1:8545",

@@ -230,6 +230,7 @@ def _bindings(settings: Settings) -> tuple[Any, Any, Any]:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="tallystick", prog_name="tallystick-node")
 def main() -> None:
     """Tallystick provider node: serve a model for per-token on-chain payment."""
 
