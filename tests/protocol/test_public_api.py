@@ -11,6 +11,9 @@ DOCUMENTED = {
     # identifiers, pricing, usage chain
     "model_id", "channel_id", "new_salt", "cost_of", "hash_token_ids", "next_usage_root",
     "ZERO_ROOT",
+    # amounts in a token's own units
+    "TokenInfo", "ETH_INFO", "token_info", "format_amount", "format_price", "parse_amount",
+    "AmountSpec",
     # EIP-712
     "receipt_message", "usage_record_message", "request_auth_message", "request_hash",
     "sign_receipt", "sign_usage_record", "sign_request_auth", "recover_receipt_signer",
