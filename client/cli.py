@@ -29,6 +29,7 @@ from tallystick.protocol import (
     format_amount,
     format_price,
     parse_amount,
+    split_rpc_urls,
     token_info,
 )
 
@@ -82,6 +83,10 @@ class Settings:
             raise click.UsageError(
                 "--registry and --escrow are needed (or TALLYSTICK_REGISTRY/…), or --deployments"
             )
+        try:
+            split_rpc_urls(self.rpc)  # a malformed --rpc is a usage error, said before connecting
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--rpc") from None
         return Chain.connect(self.rpc, self.registry, self.escrow, deployments=self.deployments)
 
     def token(self, token: str) -> TokenInfo:

@@ -35,12 +35,34 @@ OnFailure = Callable[[str, str, BaseException], None]  # (url label, error kind,
 
 
 def split_rpc_urls(value: str | Sequence[str]) -> list[str]:
-    """``"a, b"`` or ``["a", "b"]`` -> ``["a", "b"]``; ValueError when none is given."""
+    """``"a, b"`` or ``["a", "b"]`` -> ``["a", "b"]``; ValueError when none is given.
+
+    A URL without a scheme gets one: ``localhost:8545`` -> ``http://localhost:8545`` on this
+    machine (loopback), ``rpc.example:443`` -> ``https://rpc.example:443`` elsewhere. Other
+    schemes (``ws://``, ``ftp://``) are refused with a ValueError saying what is accepted.
+    """
     items = value.split(",") if isinstance(value, str) else list(value)
-    urls = [u.strip() for u in items if u.strip()]
+    urls = [_with_scheme(u.strip()) for u in items if u.strip()]
     if not urls:
         raise ValueError("no RPC URL given")
     return urls
+
+
+def _with_scheme(url: str) -> str:
+    from ._endpoint import is_loopback
+
+    if "://" not in url:
+        host = urlsplit("//" + url).hostname
+        if not host:
+            raise ValueError(f"RPC URL {url!r} has no host: give e.g. http://127.0.0.1:8545")
+        return ("http://" if is_loopback(host) else "https://") + url
+    scheme = url.split("://", 1)[0].lower()
+    if scheme not in ("http", "https"):
+        raise ValueError(
+            f"RPC URL {url!r}: only http:// and https:// JSON-RPC URLs are supported "
+            f"(not {scheme}://), e.g. http://127.0.0.1:8545"
+        )
+    return url
 
 
 def rpc_label(index: int, url: str) -> str:

@@ -187,3 +187,15 @@ def _run_raw(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, 
         code = int(exc.code or 0)
     captured = capsys.readouterr()
     return code, captured.out, captured.err
+
+
+def test_rpc_without_a_scheme_and_a_refused_one(
+    args: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 13: ``--rpc localhost:8545`` works; ``ws://`` is a usage error naming --rpc."""
+    url = args[1]
+    no_scheme = [*args[:1], url.removeprefix("http://"), *args[2:]]
+    code, out, _ = _run([*no_scheme, "providers"], capsys)
+    assert code == 0 and "fake-model" in out
+    code, _, err = _run([*args[:1], "ws://127.0.0.1:1", *args[2:], "providers"], capsys)
+    assert code == 2 and "--rpc" in err and "only http:// and https://" in " ".join(err.split())

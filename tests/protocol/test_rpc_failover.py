@@ -111,3 +111,15 @@ def test_split_and_label() -> None:
     assert rpc_label(1, "https://rpc.example/v2/SECRETKEY") == "1:rpc.example"
     with pytest.raises(ValueError, match="no RPC URL"):
         split_rpc_urls(" , ")
+
+
+def test_rpc_urls_without_a_scheme_are_completed(anvil: Any) -> None:
+    """Issue 13: ``--rpc localhost:8545`` used to fail with "No connection adapters were found"."""
+    port = anvil.url.rsplit(":", 1)[1]
+    assert split_rpc_urls(f"localhost:{port}") == [f"http://localhost:{port}"]
+    assert split_rpc_urls("rpc.example:443/key") == ["https://rpc.example:443/key"]
+    assert int(connect(f"127.0.0.1:{port}").eth.chain_id) == 31337
+    with pytest.raises(ValueError, match=r"only http:// and https://.*not ws://"):
+        split_rpc_urls("ws://127.0.0.1:8545")
+    with pytest.raises(ValueError, match="has no host"):
+        split_rpc_urls(":8545")
