@@ -21,11 +21,13 @@ contract EscrowHandler {
     struct Ghost {
         uint256 client; // index
         uint256 provider; // index
-        bool hasSessionKey;
+        uint256 currentKey; // private key of the channel's session key (0: none)
+        uint256 signerKey; // private key that countersigned the latest receipt
         uint64 signedIn; // highest receipt the client countersigned
         uint64 signedOut;
         uint64 claimedIn; // highest receipt claimed (by claim, claimMany or closeCooperative)
         uint64 claimedOut;
+        address token; // the payment token the client accepted at open
     }
 
     ProviderRegistry public immutable registry;
@@ -42,7 +44,17 @@ contract EscrowHandler {
     mapping(address client => mapping(address token => uint256)) public refunded;
     mapping(address provider => mapping(address token => uint256)) public withdrawn;
     uint256 internal salts;
+    uint256 internal keyCount; // session keys are 0x5E0000 + n, one per authorisation
+    mapping(bytes32 id => mapping(uint256 key => uint256 validUntil)) internal retiredUntil;
     bool public forgeryPaid;
+    /// Set if anyone but the channel's provider moved its claimed totals.
+    bool public nonProviderMovedTotals;
+    /// Set if a receipt whose signer was valid (client, current key, retired key in grace) was refused.
+    bool public validReceiptRefused;
+    /// Set if a receipt signed by a retired key past its grace paid.
+    bool public expiredKeyPaid;
+    /// Set if an open went through in another token than the client accepted.
+    bool public openedInAnotherToken;
     /// Set if an open went through although a price was above the client's limit.
     bool public openedAboveLimit;
     /// Set when a call the handler knew to be valid reverted (failOnRevert is off, so it is recorded here).
@@ -92,7 +104,8 @@ contract EscrowHandler {
         address client = clientAt(c);
         address token = inUsdc ? address(usdc) : ETH;
         amount = uint96(_bound(amount, 1, inUsdc ? 1e13 : 100 ether));
-        address sessionKey = withSessionKey ? vm.addr(_sessionKeyOf(c)) : address(0);
+        uint256 key = withSessionKey ? _newKey() : 0;
+        address sessionKey = key == 0 ? address(0) : vm.addr(key);
         // The client's limits are the prices it was just quoted: the tightest limits that must pass.
         (uint96 maxIn, uint96 maxOut,) = registry.quote(providerAt(p), models[p][inUsdc ? 1 : 0]);
         bytes32 id;
@@ -118,7 +131,7 @@ contract EscrowHandler {
             }
         }
         channels.push(id);
-        ghost[id] = Ghost(c, p, withSessionKey, 0, 0, 0, 0);
+        ghost[id] = Ghost(c, p, key, clientKeys[c], 0, 0, 0, 0, token);
         deposited[client][token] += amount;
         ++calls["open"];
     }
@@ -187,29 +200,128 @@ contract EscrowHandler {
         ++calls["topUp"];
     }
 
-    /// The client serves a request: it countersigns new, higher totals (kept in the ghost books).
-    function countersign(uint256 chSeed, uint32 moreIn, uint32 moreOut) external {
+    /// The client serves a request: it (or its current session key) countersigns new, higher totals.
+    function countersign(uint256 chSeed, uint32 moreIn, uint32 moreOut, bool bySessionKey) external {
         (bytes32 id, ITallyEscrow.ChannelView memory ch) = _pick(chSeed);
         if (id == 0 || ch.status == ITallyEscrow.Status.Closed) return;
         Ghost storage g = ghost[id];
         g.signedIn += uint64(_bound(moreIn, 0, 5e6));
         g.signedOut += uint64(_bound(moreOut, 1, 2e6));
+        g.signerKey = bySessionKey && g.currentKey != 0 ? g.currentKey : clientKeys[g.client];
         ++calls["countersign"];
     }
 
-    function claim(uint256 chSeed, bool bySessionKey) external {
+    /// The client replaces (or revokes) the session key; the old one is retired for one challenge period.
+    function rotateKey(uint256 chSeed, bool revoke) external {
+        (bytes32 id, ITallyEscrow.ChannelView memory ch) = _pick(chSeed);
+        if (id == 0 || ch.status != ITallyEscrow.Status.Open) return;
+        Ghost storage g = ghost[id];
+        uint256 next = revoke ? 0 : _newKey();
+        vm.prank(ch.client);
+        try escrow.authorizeSessionKey(id, next == 0 ? address(0) : vm.addr(next)) {}
+        catch (bytes memory reason) {
+            return _unexpected("rotateKey", reason);
+        }
+        if (g.currentKey != 0) retiredUntil[id][g.currentKey] = block.timestamp + challenge;
+        g.currentKey = next;
+        ++calls["rotateKey"];
+    }
+
+    /// The provider claims the latest countersigned receipt: it pays when its signer is valid under §7.3, and
+    /// is refused with EscrowInvalidSigner when the signer was retired longer than a challenge period ago.
+    function claim(uint256 chSeed) external {
         (bytes32 id,) = _pick(chSeed);
         if (!_claimable(id, false)) return;
         Ghost storage g = ghost[id];
         ITallyEscrow.Receipt memory r = _receipt(id, g.signedIn, g.signedOut);
-        bytes memory sig = _sign(_signerKey(id, bySessionKey), r);
+        bytes memory sig = _sign(g.signerKey, r);
+        bool valid = _signerValid(id);
         vm.prank(providerAt(g.provider));
-        try escrow.claim(r, sig) {}
-        catch (bytes memory reason) {
-            return _unexpected("claim", reason);
+        try escrow.claim(r, sig) {
+            if (!valid) expiredKeyPaid = true;
+        } catch (bytes memory reason) {
+            if (valid) {
+                validReceiptRefused = true;
+                return _unexpected("claim", reason);
+            }
+            bytes memory expected = abi.encodeWithSelector(
+                ITallyEscrow.EscrowInvalidSigner.selector, vm.addr(g.signerKey), clientAt(g.client)
+            );
+            if (keccak256(reason) != keccak256(expected)) return _unexpected("claim (expired key)", reason);
+            ++calls["claimExpired"];
+            return;
         }
         (g.claimedIn, g.claimedOut) = (g.signedIn, g.signedOut);
         ++calls["claim"];
+    }
+
+    /// Anyone but the provider (the client itself, its session key, a stranger, the other provider) claims a
+    /// receipt the client signed with input one token above the last claim: refused, the totals stay.
+    function jamClaim(uint256 chSeed, uint256 callerSeed) external {
+        (bytes32 id,) = _pick(chSeed);
+        if (!_claimable(id, true)) return;
+        Ghost storage g = ghost[id];
+        ITallyEscrow.Receipt memory r = _receipt(id, g.claimedIn + 1, g.claimedOut);
+        bytes memory sig = _sign(clientKeys[g.client], r);
+        uint256 which = callerSeed % 4;
+        address caller = which == 0
+            ? clientAt(g.client)
+            : which == 1 ? vm.addr(g.currentKey == 0 ? 0xBAD : g.currentKey) : which == 2 ? address(0xBAD) : providerAt((g.provider + 1) % N_PROVIDERS);
+        bytes memory expected =
+            abi.encodeWithSelector(ITallyEscrow.EscrowNotProvider.selector, caller, providerAt(g.provider));
+        vm.prank(caller);
+        if (callerSeed & 4 == 0) {
+            try escrow.claim(r, sig) {
+                nonProviderMovedTotals = true;
+            } catch (bytes memory reason) {
+                if (keccak256(reason) != keccak256(expected)) return _unexpected("jamClaim", reason);
+            }
+        } else {
+            (ITallyEscrow.Receipt[] memory rs, bytes[] memory sigs) = (new ITallyEscrow.Receipt[](1), new bytes[](1));
+            (rs[0], sigs[0]) = (r, sig);
+            try escrow.claimMany(rs, sigs) returns (uint256 total) {
+                if (total != 0) nonProviderMovedTotals = true;
+            } catch (bytes memory reason) {
+                return _unexpected("jamClaimMany", reason);
+            }
+        }
+        ++calls["jamClaim"];
+    }
+
+    /// The provider re-lists a model in the other token right before a client's open: refused with
+    /// EscrowTokenMismatch and nothing moves; the listing is then restored.
+    function switchTokenOpen(uint256 clientSeed, uint256 providerSeed, bool inUsdc, uint96 amount) external {
+        uint256 p = providerSeed % N_PROVIDERS;
+        address client = clientAt(clientSeed % N_CLIENTS);
+        bytes32 model = models[p][inUsdc ? 1 : 0];
+        address accepted = inUsdc ? address(usdc) : ETH;
+        address switched = inUsdc ? ETH : address(usdc);
+        (uint96 maxIn, uint96 maxOut,) = registry.quote(providerAt(p), model);
+        string memory name = inUsdc ? "usdc-model" : "eth-model";
+        vm.prank(providerAt(p));
+        registry.listModel(name, maxIn, maxOut, switched, bytes32(0), 1);
+        amount = uint96(_bound(amount, 1, 1e13));
+        usdc.mint(client, amount);
+        vm.prank(client);
+        usdc.approve(address(escrow), type(uint256).max); // a standing allowance: still not enough
+        vm.deal(client, client.balance + amount);
+        (uint256 usdcBefore, uint256 ethBefore) = (usdc.balanceOf(client), client.balance);
+        vm.prank(client);
+        try escrow.open{value: inUsdc ? 0 : amount}(providerAt(p), model, accepted, amount, address(0), maxIn, maxOut, _salt()) {
+            openedInAnotherToken = true;
+        } catch (bytes memory reason) {
+            bytes memory expected =
+                abi.encodeWithSelector(ITallyEscrow.EscrowTokenMismatch.selector, switched, accepted);
+            if (keccak256(reason) != keccak256(expected)) return _unexpected("switchTokenOpen", reason);
+        }
+        if (usdc.balanceOf(client) != usdcBefore || client.balance != ethBefore) {
+            return _unexpected("switchTokenOpen moved money", "");
+        }
+        vm.prank(client);
+        usdc.approve(address(escrow), 0);
+        vm.prank(providerAt(p));
+        registry.listModel(name, maxIn, maxOut, accepted, bytes32(0), 1);
+        ++calls["switchTokenOpen"];
     }
 
     /// A batch of the latest receipts of up to four channels, plus a forged one that must be skipped.
@@ -219,11 +331,11 @@ contract EscrowHandler {
         uint256 n;
         for (uint256 k; k < 4; ++k) {
             (bytes32 id,) = _pick(seeds[k]);
-            if (!_claimable(id, false) || _inBatch(rs, n, id)) continue;
+            if (!_claimable(id, false) || !_signerValid(id) || _inBatch(rs, n, id)) continue;
             Ghost storage g = ghost[id];
             if (n > 0 && g.provider != ghost[rs[0].channelId].provider) continue; // one provider's batch
             rs[n] = _receipt(id, g.signedIn, g.signedOut);
-            sigs[n] = _sign(_signerKey(id, seeds[k] & 1 == 1), rs[n]);
+            sigs[n] = _sign(g.signerKey, rs[n]);
             ++n;
         }
         if (n == 0) return;
@@ -292,15 +404,15 @@ contract EscrowHandler {
         ++calls["finalize"];
     }
 
-    function closeCooperative(uint256 chSeed, bool bySessionKey) external {
+    function closeCooperative(uint256 chSeed, bool byClient) external {
         (bytes32 id, ITallyEscrow.ChannelView memory ch) = _pick(chSeed);
-        if (!_claimable(id, true)) return;
+        if (!_claimable(id, true) || !_signerValid(id)) return;
         Ghost storage g = ghost[id];
         ITallyEscrow.Receipt memory r = _receipt(id, g.signedIn, g.signedOut);
-        bytes memory clientSig = _sign(_signerKey(id, bySessionKey), r);
+        bytes memory clientSig = _sign(g.signerKey, r);
         bytes memory providerSig = _sign(providerKeys[g.provider], r);
         uint256 before = _balance(ch.token, ch.client);
-        vm.prank(bySessionKey ? ch.client : providerAt(g.provider)); // either party may send it
+        vm.prank(byClient ? ch.client : providerAt(g.provider)); // either party may send it
         try escrow.closeCooperative(r, clientSig, providerSig) {}
         catch (bytes memory reason) {
             return _unexpected("closeCooperative", reason);
@@ -370,17 +482,21 @@ contract EscrowHandler {
         r = _receipt(id, g.signedIn + 1_000_000, g.signedOut + 1_000_000);
         uint256 other = (g.client + 1 + forgerSeed % (N_CLIENTS - 1)) % N_CLIENTS;
         uint256 which = forgerSeed % 3;
-        uint256 key = which == 0 ? providerKeys[g.provider] : which == 1 ? clientKeys[other] : _sessionKeyOf(other);
+        // Keys are never shared between channels: a fresh one stands for another channel's key.
+        uint256 key = which == 0 ? providerKeys[g.provider] : which == 1 ? clientKeys[other] : 0x5E0000 + keyCount + 1;
         sig = _sign(key, r);
     }
 
-    function _signerKey(bytes32 id, bool bySessionKey) internal view returns (uint256) {
+    /// §7.3: the latest receipt's signer is the client, the current key, or a key retired less than a
+    /// challenge period ago.
+    function _signerValid(bytes32 id) internal view returns (bool) {
         Ghost storage g = ghost[id];
-        return bySessionKey && g.hasSessionKey ? _sessionKeyOf(g.client) : clientKeys[g.client];
+        uint256 k = g.signerKey;
+        return k == clientKeys[g.client] || k == g.currentKey || block.timestamp < retiredUntil[id][k];
     }
 
-    function _sessionKeyOf(uint256 c) internal pure returns (uint256) {
-        return 0x5E0 + c;
+    function _newKey() internal returns (uint256) {
+        return 0x5E0000 + ++keyCount;
     }
 
     function _receipt(bytes32 id, uint64 i, uint64 o) internal pure returns (ITallyEscrow.Receipt memory) {
@@ -401,8 +517,8 @@ contract EscrowHandler {
     }
 }
 
-/// @notice Money invariants under random sequences of open/frontRunOpen/topUp/countersign/claim/claimMany/forgery/
-/// requestClose/warp/finalize/closeCooperative/withdraw (runs and depth: test.solidity.invariant in
+/// @notice Money invariants under random sequences of open/frontRunOpen/switchTokenOpen/topUp/countersign/rotateKey/
+/// claim/claimMany/forgery/jamClaim/requestClose/warp/finalize/closeCooperative/withdraw (runs and depth: test.solidity.invariant in
 /// hardhat.config.js; TALLY_LONG=1 for the long campaign).
 contract TallyEscrowInvariantTest is Test {
     uint32 internal constant CHALLENGE = 1 hours;
@@ -422,37 +538,53 @@ contract TallyEscrowInvariantTest is Test {
 
     /// The handler's actions really run (so the invariants below are not vacuous): a scripted sequence.
     function test_handler_everyActionSucceedsInAScriptedSequence() public {
-        handler.open(0, 0, false, 1 ether, true);
+        handler.open(0, 0, false, 1 ether, true); // channel 0: ETH, with a session key
         handler.open(1, 1, true, 5e9, false);
         handler.open(2, 0, true, 5e9, false);
-        handler.countersign(0, 1000, 1000);
-        handler.countersign(1, 2000, 500);
-        handler.countersign(2, 10, 10);
-        handler.claim(0, true);
+        handler.countersign(0, 1000, 1000, true); // by the session key
+        handler.countersign(1, 2000, 500, false);
+        handler.countersign(2, 10, 10, false);
+        handler.claim(0);
         handler.forgeClaim(1, 1);
         handler.forgeClaim(1, 2);
         handler.forgeClaim(0, 0);
+        handler.jamClaim(0, 0); // the client
+        handler.jamClaim(0, 1); // its session key
+        handler.jamClaim(1, 2 | 4); // a stranger, with claimMany
+        handler.jamClaim(2, 3); // the other provider
         uint256[4] memory seeds = [uint256(1), 2, 1, 0];
-        handler.countersign(0, 5, 5);
+        handler.countersign(0, 5, 5, true);
         handler.claimMany(seeds, 2);
         handler.topUp(1, 1e6);
-        handler.countersign(1, 1, 1);
-        handler.closeCooperative(1, false);
+        handler.countersign(1, 1, 1, false);
+        handler.closeCooperative(1, true); // sent by the client
+        handler.countersign(0, 7, 7, true); // by key 1
+        handler.rotateKey(0, false); // key 1 retired, key 2 current
+        handler.claim(0); // key 1's receipt, within its grace: paid
+        handler.countersign(0, 9, 9, true); // by key 2
+        handler.rotateKey(0, true); // key 2 revoked
         handler.requestClose(2);
-        handler.warp(uint32(CHALLENGE));
+        handler.warp(uint32(CHALLENGE)); // key 2's grace is over, and channel 2's challenge period
+        handler.claim(0); // refused: EscrowInvalidSigner
         handler.finalize(2);
         handler.withdraw(0, false);
         handler.withdraw(1, true);
+        handler.switchTokenOpen(0, 0, true, 5e6);
+        handler.switchTokenOpen(1, 1, false, 1 ether);
         handler.frontRunOpen(0, 1, true, 5e9, 0); // output raised
         handler.frontRunOpen(1, 0, false, 1 ether, 1); // input raised
         handler.frontRunOpen(2, 1, false, 1 ether, 3 | (7 << 2)); // both raised
         handler.open(1, 1, true, 5e9, false); // at the raised prices
         invariant_validCallsSucceedAndForgeriesNeverPay();
-        bytes32[11] memory actions = [
+        bytes32[15] memory actions = [
             bytes32("open"), "countersign", "claim", "forgeClaim", "claimMany", "topUp", "closeCooperative",
-            "requestClose", "finalize", "withdraw", "frontRunOpen"
+            "requestClose", "finalize", "withdraw", "frontRunOpen", "rotateKey", "claimExpired", "jamClaim",
+            "switchTokenOpen"
         ];
         for (uint256 k; k < actions.length; ++k) assertGe(handler.calls(actions[k]), 1, string(abi.encode(actions[k])));
+        invariant_onlyTheProviderMovesClaimedTotals();
+        invariant_aReceiptValidWhenCountersignedStaysClaimable();
+        invariant_theChannelsTokenIsTheTokenItsClientAccepted();
         invariant_tokenConservation();
         invariant_providerNeverPaidMoreThanTheHighestClaimedReceipt();
         invariant_clientNeverLosesMoreThanItCountersigned();
@@ -463,6 +595,36 @@ contract TallyEscrowInvariantTest is Test {
         assertEq(bytes(handler.unexpectedAction()), bytes(""), "a valid call reverted");
         assertFalse(handler.forgeryPaid(), "a receipt not signed by the client or its session key paid");
         assertFalse(handler.openedAboveLimit(), "a channel opened at a price above the client's limit");
+    }
+
+    /// (4) Nobody but the channel's provider moves its claimed totals: they are always those of the last receipt
+    /// the provider claimed (the jamming claims of the client, its keys, strangers, other providers all failed).
+    function invariant_onlyTheProviderMovesClaimedTotals() public view {
+        assertFalse(handler.nonProviderMovedTotals(), "someone else than the provider moved the claimed totals");
+        for (uint256 k; k < handler.channelCount(); ++k) {
+            bytes32 id = handler.channels(k);
+            ITallyEscrow.ChannelView memory ch = escrow.getChannel(id);
+            (,,,,,, uint64 claimedIn, uint64 claimedOut,) = handler.ghost(id);
+            assertEq(ch.inputTokens, claimedIn, "input claimed only by the provider");
+            assertEq(ch.outputTokens, claimedOut, "output claimed only by the provider");
+        }
+    }
+
+    /// (5) A receipt valid when countersigned stays claimable as §7.3 says: signed by the client, the current
+    /// key or a key retired less than a challenge period ago it pays; by a key retired longer ago it never does.
+    function invariant_aReceiptValidWhenCountersignedStaysClaimable() public view {
+        assertFalse(handler.validReceiptRefused(), "a receipt whose signer was valid was refused");
+        assertFalse(handler.expiredKeyPaid(), "a key retired longer than a challenge period ago paid");
+    }
+
+    /// (6) The token a channel holds is the token its client accepted, even when the listing switched tokens.
+    function invariant_theChannelsTokenIsTheTokenItsClientAccepted() public view {
+        assertFalse(handler.openedInAnotherToken(), "an open went through in a token the client did not accept");
+        for (uint256 k; k < handler.channelCount(); ++k) {
+            bytes32 id = handler.channels(k);
+            (,,,,,,,, address accepted) = handler.ghost(id);
+            assertEq(escrow.getChannel(id).token, accepted, "the channel's token is the accepted one");
+        }
     }
 
     /// (1) For every token: balance == sum over Open/Closing channels of (deposit - paid) + unwithdrawn earnings.
@@ -483,10 +645,10 @@ contract TallyEscrowInvariantTest is Test {
         for (uint256 k; k < handler.channelCount(); ++k) {
             bytes32 id = handler.channels(k);
             ITallyEscrow.ChannelView memory ch = escrow.getChannel(id);
-            (,,,,, uint64 claimedIn, uint64 claimedOut) = handler.ghost(id);
+            (,,,,,, uint64 claimedIn, uint64 claimedOut,) = handler.ghost(id);
             uint256 cost = escrow.costOf(id, claimedIn, claimedOut);
             assertLe(ch.paid, cost < ch.deposit ? cost : ch.deposit, "paid <= min(cost(highest claimed), deposit)");
-            (, uint256 p,,,,,) = handler.ghost(id);
+            (, uint256 p,,,,,,,) = handler.ghost(id);
             paidTo[p][ch.token == ETH ? 0 : 1] += ch.paid;
         }
         for (uint256 p; p < 2; ++p) {
@@ -510,7 +672,7 @@ contract TallyEscrowInvariantTest is Test {
         for (uint256 k; k < handler.channelCount(); ++k) {
             bytes32 id = handler.channels(k);
             ITallyEscrow.ChannelView memory ch = escrow.getChannel(id);
-            (uint256 c,,, uint64 signedIn, uint64 signedOut,,) = handler.ghost(id);
+            (uint256 c,,,, uint64 signedIn, uint64 signedOut,,,) = handler.ghost(id);
             uint256 cost = escrow.costOf(id, signedIn, signedOut);
             assertLe(ch.paid, cost, "paid <= cost(highest countersigned)");
             uint256 t = ch.token == ETH ? 0 : 1;
