@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 ENV := source scripts/env.sh &&
 
-.PHONY: setup test test-contracts test-python lint abi demo bench model llama deploy clean
+.PHONY: setup test test-contracts test-python lint abi audit demo bench model llama deploy clean
 
 setup:
 	@bash scripts/setup.sh
@@ -24,6 +24,10 @@ lint:
 
 abi:
 	@$(ENV) node scripts/export-abi.mjs
+
+# Static analysis (slither, in its own venv under .tools); not part of `make test`.
+audit:
+	@$(ENV) bash scripts/audit.sh
 
 model:
 	@bash scripts/fetch-model.sh

@@ -50,6 +50,7 @@ contract TallyEscrow is ITallyEscrow, EIP712, ReentrancyGuardTransient {
     mapping(address provider => mapping(address token => uint256)) public earnings;
 
     constructor(address registry_, uint32 challengePeriod_) EIP712("TallyEscrow", "1") {
+        if (registry_ == address(0)) revert EscrowZeroRegistry();
         registry = registry_;
         challengePeriod = challengePeriod_;
     }

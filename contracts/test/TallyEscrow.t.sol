@@ -59,6 +59,11 @@ contract TallyEscrowTest is EscrowFixture {
         assertEq(escrow.challengePeriod(), CHALLENGE);
     }
 
+    function test_constructor_revertsWithoutARegistry() public {
+        vm.expectRevert(abi.encodeWithSelector(ITallyEscrow.EscrowZeroRegistry.selector));
+        new TallyEscrow(address(0), CHALLENGE);
+    }
+
     // ------------------------------------------------------------------ open
 
     function test_open_ethEscrowsTheDepositAndSnapshotsTheListing() public {

@@ -250,6 +250,11 @@ interface ITallyEscrow {
     error EscrowZeroRecipient();
 
     /**
+     * @dev The escrow was deployed without a registry.
+     */
+    error EscrowZeroRegistry();
+
+    /**
      * @dev Opens a channel to `provider` for `modelId` and escrows `amount` of `token`, the payment token
      * the client accepted (zero: ETH, sent as `msg.value`; an ERC-20 is pulled, so approve `amount` first).
      *
