@@ -341,12 +341,17 @@ contract CallersTest is EscrowFixture {
                 vm.expectRevert(abi.encodeWithSelector(IProviderRegistry.RegistryModelNotListed.selector, who, ETH_MODEL));
                 registry.setPrice(ETH_MODEL, 1, 1);
                 vm.expectRevert(abi.encodeWithSelector(IProviderRegistry.RegistryModelNotListed.selector, who, ETH_MODEL));
+                registry.setModelHash(ETH_MODEL, keccak256("other weights"));
+                vm.expectRevert(abi.encodeWithSelector(IProviderRegistry.RegistryModelNotListed.selector, who, ETH_MODEL));
                 registry.delist(ETH_MODEL);
             } else {
                 registry.updateEndpoint("https://rival2.example");
                 registry.setPrice(ETH_MODEL, 1, 1); // its own listing of the same model
+                registry.setModelHash(ETH_MODEL, keccak256("other weights"));
                 registry.delist(ETH_MODEL);
             }
+            // Anyone may publish a failed audit: an event, which changes no listing.
+            registry.reportAudit(provider, ETH_MODEL, keccak256("report"), "https://reports.example/1");
             vm.stopPrank();
         }
         IProviderRegistry.Listing memory after_ = registry.getListing(provider, ETH_MODEL);
