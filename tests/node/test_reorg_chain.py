@@ -89,12 +89,17 @@ def test_a_claim_dropped_by_a_reorg_is_claimed_again_on_the_next_pass(
         w3.provider.make_request("anvil_mine", [1])
     assert deployment.escrow.get_channel(cid).paid == 0  # the chain forgot the claim
     assert ledger.claims()[0].status == "confirmed"  # the ledger has not; it must not matter
+    # The worker's loop checks finality before each pass: the lost claim becomes "reorged".
+    asyncio.run(worker.check_finality())
+    assert [c.status for c in ledger.claims()] == ["reorged"]
     (again,) = asyncio.run(worker.settle(force=False))
-    assert again.amount == want and again.tx_hash != first.tx_hash
+    # The re-sent claim may be byte-identical to the lost one (same nonce, data and fees,
+    # so the same hash): what matters is that the chain has it again.
+    assert again.amount == want
     assert deployment.escrow.get_channel(cid).paid == want
     assert asyncio.run(worker.settle(force=False)) == []  # and only once
-    # The ledger's history follows: the lost claim is "reorged", the new one "final" once
-    # two blocks deep (confirmations=2), not before.
+    # The ledger's history follows: the lost claim stays "reorged", the new one becomes
+    # "final" once two blocks deep (confirmations=2), not before.
     asyncio.run(worker.check_finality())
     assert [c.status for c in ledger.claims()] == ["confirmed", "reorged"]
     w3.provider.make_request("anvil_mine", [1])
