@@ -152,7 +152,9 @@ def test_the_credit_rule_holds_across_replicas(
     nodes, _ = replicas
     client = make_client(market.accounts.client, "c", tokenizer_dir=tmp_path / "tok")
     info = client.channels.open(MODEL, DEPOSIT)
-    body = {"model": MODEL, "messages": MESSAGES, "max_tokens": 200}
+    # 1,500 ids at 0.003 s each: the first request stays in flight for ~4.5 s, long enough for
+    # the other replica's view to be polled while it runs (200 ids, ~0.6 s, was missed under load).
+    body = {"model": MODEL, "messages": MESSAGES, "max_tokens": 1500}
     results: list[httpx.Response] = []
 
     def post(url: str, seq: int) -> None:
