@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import shlex
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -57,9 +58,11 @@ async def build_engine(settings: Settings) -> Engine:
     source = str(settings.model)
     try:
         if settings.engine == "upstream":
-            return await _upstream(settings, _upstream_url(settings.upstream_url))
+            engine = await _upstream(settings, _upstream_url(settings.upstream_url))
+            return await asyncio.to_thread(_commit_weights, engine, source)
         if settings.engine == "llamacpp":
-            return await asyncio.to_thread(_llamacpp, settings)
+            engine = await asyncio.to_thread(_llamacpp, settings)
+            return await asyncio.to_thread(_commit_weights, engine, source)
         from .engines._transformers import TransformersEngine
 
         engine = await asyncio.to_thread(
@@ -74,6 +77,18 @@ async def build_engine(settings: Settings) -> Engine:
         return engine
     except engines.ModelLoadError as exc:
         raise ConfigError(f"--model {settings.model}: {exc}") from exc
+
+
+def _commit_weights(engine: Engine, source: str) -> Engine:
+    """Serve the modelHash of a local ``--model`` an upstream engine runs (§10.5).
+
+    It is the operator's commitment, computed as ``list-model --model`` computes it, so a listing
+    made from the same file matches; with no seeded sampler, ``audit`` stays ``"none"``."""
+    from tallystick.protocol import model_hash
+
+    if Path(source).exists():
+        engine.model_hash = model_hash(source)  # type: ignore[attr-defined]
+    return engine
 
 
 def _cheat(engine: Any, size: float) -> None:

@@ -7,6 +7,7 @@ A real node process that pads its bills (``_cheating_node.py``, special ids) on 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -77,15 +78,24 @@ def test_disputes_are_listed_the_channel_refused_and_left_by_a_unilateral_close(
     code, out, _ = _run([*args, "channel", "close", "--unilateral", cid], capsys)
     closes_at = market.escrow.get_channel(info.channel_id).closes_at
     assert code == 0 and "402 channel_closing" in out and f"channel finalize {cid}" in out
-    # Meanwhile the node serves nothing on the channel
-    resp = signed_post(
-        market.endpoint,
-        make_client(market.accounts.client, "client"),
-        info,
-        "/v1/chat/completions",
-        {"model": MODEL, "messages": MESSAGES, "max_tokens": 4},
-    )
-    assert resp.status_code == 402 and resp.json()["error"]["code"] == "channel_closing"
+    # Meanwhile the node serves nothing on the channel. It learns of the close from the chain
+    # (its next channel read or settlement scan); until then the disputed client's stale seq
+    # gets 409 stale_request: never a 200.
+    codes = []
+    for _ in range(50):
+        resp = signed_post(
+            market.endpoint,
+            make_client(market.accounts.client, "client"),
+            info,
+            "/v1/chat/completions",
+            {"model": MODEL, "messages": MESSAGES, "max_tokens": 4},
+        )
+        codes.append((resp.status_code, resp.json()["error"]["code"]))
+        if codes[-1] == (402, "channel_closing"):
+            break
+        time.sleep(0.3)
+    assert codes[-1] == (402, "channel_closing"), codes
+    assert set(codes[:-1]) <= {(409, "stale_request")}, codes
     code, _, err = _run([*args, "channel", "finalize", cid], capsys)
     assert code == 1 and err.count("\n") == 1 and "ends at" in err
 
