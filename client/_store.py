@@ -171,19 +171,24 @@ class Dispute:
     created_at: float
 
 
-class Store:
-    """A thread-safe SQLite store; every write is one transaction."""
+class SqliteTables:
+    """One SQLite file for durable writes (WAL, synchronous FULL): thread-safe, every write one
+    transaction (``_tx``), reads through ``_query``. The store and the gateway's ledger share it."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(
+        self, path: str | Path, schema: str, *, what: str, busy_timeout_ms: int | None = None
+    ) -> None:
         self.path = Path(path)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            if busy_timeout_ms is not None:
+                self._db.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")  # a receipt must survive a power cut
-            self._db.executescript(_SCHEMA)
+            self._db.executescript(schema)
         except (OSError, sqlite3.Error) as exc:
-            raise StoreError(f"cannot open store {self.path}: {exc}") from exc
+            raise StoreError(f"cannot open {what} {self.path}: {exc}") from exc
         self._lock = threading.RLock()
 
     def close(self) -> None:
@@ -205,6 +210,13 @@ class Store:
             cur = self._db.execute(sql, args)
             cur.row_factory = sqlite3.Row
             return list(cur.fetchall())
+
+
+class Store(SqliteTables):
+    """A thread-safe SQLite store; every write is one transaction."""
+
+    def __init__(self, path: str | Path) -> None:
+        super().__init__(path, _SCHEMA, what="store")
 
     # channels
 

@@ -11,15 +11,13 @@ from __future__ import annotations
 import hashlib
 import secrets
 import sqlite3
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .._errors import StoreError
+from .._store import SqliteTables
 
 __all__ = ["KEY_PREFIX", "USAGE_DIMENSIONS", "ApiKey", "Ledger", "Spend"]
 
@@ -87,41 +85,11 @@ def hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-class Ledger:
+class Ledger(SqliteTables):
     """Keys and spend; thread-safe, every write one transaction."""
 
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-            self._db.execute("PRAGMA busy_timeout=10000")
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
-        except (OSError, sqlite3.Error) as exc:
-            raise StoreError(f"cannot open the gateway's tables in {self.path}: {exc}") from exc
-        self._lock = threading.RLock()
-
-    def close(self) -> None:
-        self._db.close()
-
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
-
-    def _rows(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
-        with self._lock:
-            cur = self._db.execute(sql, args)
-            cur.row_factory = sqlite3.Row
-            return list(cur.fetchall())
+        super().__init__(path, _SCHEMA, what="the gateway's tables in", busy_timeout_ms=10_000)
 
     # keys
 
@@ -163,17 +131,17 @@ class Ledger:
         return self.key(key_id), secret
 
     def key(self, key_id: str) -> ApiKey:
-        rows = self._rows("SELECT * FROM gateway_keys WHERE id = ? OR name = ?", (key_id, key_id))
+        rows = self._query("SELECT * FROM gateway_keys WHERE id = ? OR name = ?", (key_id, key_id))
         if not rows:
             raise StoreError(f"no gateway key {key_id!r}")
         return _key(rows[0])
 
     def keys(self) -> list[ApiKey]:
-        return [_key(r) for r in self._rows("SELECT * FROM gateway_keys ORDER BY created_at")]
+        return [_key(r) for r in self._query("SELECT * FROM gateway_keys ORDER BY created_at")]
 
     def authenticate(self, secret: str) -> ApiKey | None:
         """The active key with this secret, or None."""
-        rows = self._rows(
+        rows = self._query(
             "SELECT * FROM gateway_keys WHERE secret_hash = ? AND revoked_at IS NULL",
             (hash_secret(secret),),
         )
@@ -212,7 +180,7 @@ class Ledger:
 
     def inflight(self, channel_id: str) -> tuple[str, str, str, str] | None:
         """``(key_id, model, provider, token)`` of the channel's unsettled request, if any."""
-        rows = self._rows("SELECT * FROM gateway_inflight WHERE channel_id = ?", (channel_id,))
+        rows = self._query("SELECT * FROM gateway_inflight WHERE channel_id = ?", (channel_id,))
         if not rows:
             return None
         r = rows[0]
@@ -253,7 +221,7 @@ class Ledger:
         if day is not None:
             sql += " AND day = ?"
             args += (day,)
-        return int(self._rows(sql, args)[0][0])
+        return int(self._query(sql, args)[0][0])
 
     def usage(self, by: tuple[str, ...]) -> list[dict[str, Any]]:
         """Requests, tokens and cost grouped by ``by`` (a subset of ``USAGE_DIMENSIONS``)."""
@@ -281,7 +249,7 @@ class Ledger:
         )
         return [
             {k: (int(r[k]) if r[k] is not None and k not in by else r[k]) for k in r.keys()}  # noqa: SIM118
-            for r in self._rows(sql)
+            for r in self._query(sql)
             if r["requests"]
         ]
 
