@@ -24,6 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from tallystick.protocol import ChainError, Domain, model_id
 
 from ._chain import ChainView, ChannelCache
+from ._dashboard import install_dashboard
 from ._errors import ApiError, chain_unavailable
 from ._gate import Authorized, PaymentGate
 from ._keys import load_account
@@ -308,6 +309,7 @@ def _install_routes(app: FastAPI) -> None:
     app.post("/v1/tally/channels/{channel}/close")(_close)
     app.get("/health")(_health)
     app.get("/metrics")(_metrics)
+    install_dashboard(app)
 
 
 async def _chat(request: Request) -> Any:

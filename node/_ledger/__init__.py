@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ._base import Book, ClaimItem, ClaimRow, LedgerStore, SqlLedger
+from ._base import Book, ClaimItem, ClaimRow, LedgerStore, SqlLedger, UsageRow
 from ._postgres import PostgresLedger
 from ._sqlite import SqliteLedger
 
@@ -20,6 +20,7 @@ __all__ = [
     "PostgresLedger",
     "SqlLedger",
     "SqliteLedger",
+    "UsageRow",
     "is_postgres_url",
     "open_ledger",
 ]

@@ -25,7 +25,7 @@ from tallystick.protocol import Prices, Receipt, SignedReceipt, SignedUsageRecor
 
 from .._types import ChannelInfo, ChannelStatus, StoredReceipt, StoredRecord
 
-__all__ = ["Book", "ClaimItem", "ClaimRow", "LedgerStore", "SqlLedger"]
+__all__ = ["Book", "ClaimItem", "ClaimRow", "LedgerStore", "SqlLedger", "UsageRow"]
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,21 @@ class ClaimRow:
     amount: int | None
     error: str | None
     items: tuple[ClaimItem, ...]
+
+
+@dataclass(frozen=True)
+class UsageRow:
+    """One served request as the earnings views read it: counts, totals after it, timings."""
+
+    channel_id: bytes
+    seq: int
+    model: str
+    created_at: float
+    prompt_tokens: int
+    completion_tokens: int
+    input_tokens: int  # the channel's cumulative totals after this request
+    output_tokens: int
+    timings: dict[str, float]
 
 
 @dataclass(frozen=True)
@@ -94,6 +109,7 @@ class LedgerStore(Protocol):
     def get_record(self, channel_id: bytes, seq: int) -> StoredRecord | None: ...
     def last_record(self, channel_id: bytes) -> StoredRecord | None: ...
     def find_record(self, channel_id: bytes, usage_root: bytes) -> StoredRecord | None: ...
+    def usage_since(self, since: float) -> list[UsageRow]: ...
     def add_receipt(self, stored: StoredReceipt) -> None: ...
     def last_receipt(self, channel_id: bytes) -> StoredReceipt | None: ...
     def latest_receipts(self) -> list[StoredReceipt]: ...
@@ -280,6 +296,15 @@ class SqlLedger:
         rows = self._read(sql, (channel_id, usage_root))
         return _record(rows[0]) if rows else None
 
+    def usage_since(self, since: float) -> list[UsageRow]:
+        """Every record signed at or after ``since`` (unix seconds), oldest first."""
+        rows = self._read(
+            "SELECT channel_id, seq, model, created_at, record, timings FROM records "
+            "WHERE created_at >= ? ORDER BY created_at, channel_id, seq",
+            (since,),
+        )
+        return [_usage(row) for row in rows]
+
     # receipts ------------------------------------------------------------------------------
 
     def add_receipt(self, stored: StoredReceipt) -> None:
@@ -459,6 +484,21 @@ def _record(row: tuple[Any, ...]) -> StoredRecord:
         created_at=row[4],
         timings=json.loads(row[5]) if row[5] else {},
         proof=json.loads(row[6]) if row[6] else [],
+    )
+
+
+def _usage(row: tuple[Any, ...]) -> UsageRow:
+    record = UsageRecord.from_json(json.loads(row[4]))
+    return UsageRow(
+        channel_id=bytes(row[0]),
+        seq=row[1],
+        model=row[2],
+        created_at=row[3],
+        prompt_tokens=record.prompt_tokens,
+        completion_tokens=record.completion_tokens,
+        input_tokens=record.input_tokens,
+        output_tokens=record.output_tokens,
+        timings=json.loads(row[5]) if row[5] else {},
     )
 
 

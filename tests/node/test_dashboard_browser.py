@@ -1,0 +1,125 @@
+"""The node's /dashboard in a real headless Chromium, over a real node on anvil.
+
+Paid requests go through a real uvicorn server against the deployed contracts, the settlement
+worker claims them on-chain, and the page must show what the ledger and the chain say: the
+amount earned in ETH, the channel id whole with its deposit, the claim, speed figures and one
+bar per model in the earnings chart. A screenshot is kept under the test's tmp_path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from nodekit_chain import ETH, RawChannel, Server
+from tallystick.node import Settings, create_app
+from tallystick.node.engines import FakeEngine
+from tallystick.protocol import ETH_INFO, Prices, cost_of, format_amount, model_id
+
+pytestmark = pytest.mark.chain
+
+MODEL = "fake-model"
+PRICES = Prices(input_per_m=10**12, output_per_m=2 * 10**12)
+DEPOSIT = 10**17
+
+
+@pytest.fixture
+def served(deployment: Any, accounts: Any, anvil: Any, tmp_path: Any) -> Iterator[Any]:
+    """A node on anvil that served three paid requests on one channel and claimed them."""
+    provider, client = accounts.provider, accounts.client
+    engine = FakeEngine(reply="Paid per token, settled on chain.")
+    deployment.registry.register(provider, "http://127.0.0.1:0")
+    deployment.registry.list_model(
+        provider,
+        MODEL,
+        PRICES,
+        tokenizer_hash=engine.tokenizer_bundle.hash(),
+        context_length=engine.context_length,
+    )
+    cid = bytes(
+        deployment.escrow.open(
+            client,
+            provider.address,
+            model_id(MODEL),
+            DEPOSIT,
+            token=ETH,
+            max_input_price_per_m=PRICES.input_per_m,
+            max_output_price_per_m=PRICES.output_per_m,
+        ).value
+    )
+    settings = Settings(
+        rpc=anvil.url,
+        escrow=deployment.escrow.address,
+        registry=deployment.registry.address,
+        key="0x" + provider.key.hex().removeprefix("0x"),
+        db=tmp_path / "node.db",
+        settle_interval=0.5,
+        poll_interval=0.2,
+        claim_gas_multiple=0,
+        min_claim={ETH: 1},
+    )
+    raw = RawChannel(client, deployment.escrow.domain, cid)
+    with Server(create_app(settings, engine=engine)) as server:
+        with httpx.Client(base_url=server.url, timeout=30) as http:
+            receipt, body = None, {}
+            for question in ("What is a tally stick?", "Who kept the halves?", "Why split?"):
+                r = raw.post(
+                    http,
+                    "/v1/chat/completions",
+                    {"model": MODEL, "messages": [{"role": "user", "content": question}]},
+                    receipt,
+                )
+                assert r.status_code == 200, r.text
+                body = r.json()
+                receipt = raw.countersign(body, delivered=False)
+            assert http.post("/v1/tally/receipts", json=receipt).status_code == 200
+        record = body["tallystick"]["record"]
+        yield server, cid, (record["inputTokens"], record["outputTokens"])
+
+
+def test_the_dashboard_shows_earnings_channels_claims_and_speed(
+    served: Any, deployment: Any, accounts: Any, chromium: Any, screenshot: Any
+) -> None:
+    server, cid, (inp, out) = served
+    earned = format_amount(cost_of(inp, out, PRICES), ETH_INFO)
+    page = chromium.new_page(viewport={"width": 1400, "height": 900})
+    # The worker claims the countersigned receipt within a pass or two: reload until the
+    # page shows the claim (the page itself re-reads every 15 s).
+    for _ in range(40):
+        page.goto(server.url + "/dashboard")
+        page.wait_for_selector("body[data-loaded='1']", timeout=10_000)
+        if "confirmed" in page.inner_text("#claims") or "final" in page.inner_text("#claims"):
+            break
+        page.wait_for_timeout(250)
+    shot = screenshot(page, "node-dashboard")
+    assert shot.stat().st_size > 10_000
+
+    totals = page.inner_text("#totals")
+    assert earned in totals and "3 requests" in totals and f"{inp} in / {out} out" in totals
+    channels = page.inner_text("#channels")
+    assert "0x" + cid.hex() in channels  # whole, never cut
+    assert accounts.client.address in channels
+    assert format_amount(DEPOSIT, ETH_INFO) in channels
+    assert f"{inp}/{out}" in channels
+    claims = page.inner_text("#claims")
+    paid = deployment.escrow.get_channel(cid).paid
+    assert paid == cost_of(inp, out, PRICES)
+    assert format_amount(paid, ETH_INFO) in claims
+    assert "no disputes" in page.inner_text("#disputes")
+    bars = page.query_selector_all("#earnings-chart rect.bar[data-model='fake-model']")
+    shown = sum(float(b.get_attribute("data-value")) for b in bars)
+    assert bars and abs(shown - paid / 1e18) < 1e-12
+    tps = page.inner_text("[data-testid='speed-tokenss'] .v")
+    assert float(tps) > 0
+    assert float(page.inner_text("[data-testid='speed-TTFT'] .v")) > 0
+    assert len(page.query_selector_all("#speed-chart polyline.line")) == 3
+
+
+def test_a_bad_window_is_an_openai_error_not_a_trace(served: Any) -> None:
+    server, _, _ = served
+    r = httpx.get(server.url + "/dashboard/data", params={"since": "yesterday-ish"})
+    assert r.status_code == 400
+    assert r.json()["error"]["param"] == "since"
+    assert "duration" in r.json()["error"]["message"]
