@@ -20,7 +20,7 @@ test-python: model
 	@$(ENV) python -m pytest -q
 
 lint:
-	@$(ENV) ruff check . && ruff format --check . && mypy protocol client node
+	@$(ENV) ruff check . && ruff format --check . && mypy protocol client node devnet
 
 abi:
 	@$(ENV) node scripts/export-abi.mjs
