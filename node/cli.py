@@ -623,3 +623,42 @@ def status(as_json: bool, **cli: Any) -> None:
     settings = _settings(cli)
     account, registry, escrow = _bindings(settings)
     show_status(settings, account.address, registry, escrow, as_json=as_json)
+
+
+@main.command()
+@_chain_options
+@click.option(
+    "--since",
+    default="30d",
+    show_default=True,
+    help="Window start: a duration (30m, 24h, 7d, 2w) or an ISO date/time (UTC unless it says).",
+)
+@click.option(
+    "--by",
+    type=click.Choice(["total", "hour", "day", "week"]),
+    default="total",
+    show_default=True,
+    help="One row per model and token, or also per hour/day/week.",
+)
+@click.option("--json", "as_json", is_flag=True, help="JSON (amounts also in base units).")
+@click.option("--csv", "as_csv", is_flag=True, help="CSV (amounts also in base units).")
+@_one_line_errors
+def earnings(since: str, by: str, as_json: bool, as_csv: bool, **cli: Any) -> None:
+    """What this node earned from its ledger, per model and payment token."""
+    from ._earnings import parse_since
+    from ._earnings_report import earnings_report
+    from ._escrow import connect_node
+    from ._ledger import open_ledger
+
+    if as_json and as_csv:
+        raise ConfigError("give at most one of --json and --csv")
+    start = parse_since(since)
+    settings = _settings(cli)
+    w3 = connect_node(settings)
+    ledger = open_ledger(settings.ledger_location)
+    try:
+        fmt = "json" if as_json else "csv" if as_csv else "table"
+        text = earnings_report(ledger, lambda t: token_info(w3, t), start, by, fmt)
+    finally:
+        ledger.close()
+    click.echo(text, nl=not text.endswith("\n"))

@@ -123,3 +123,38 @@ def test_a_bad_window_is_an_openai_error_not_a_trace(served: Any) -> None:
     assert r.status_code == 400
     assert r.json()["error"]["param"] == "since"
     assert "duration" in r.json()["error"]["message"]
+
+
+def test_earnings_command_reports_per_model_and_token(
+    served: Any, deployment: Any, anvil: Any, tmp_path: Any
+) -> None:
+    import csv
+    import json
+
+    from click.testing import CliRunner
+    from tallystick.node.cli import main
+
+    _, _, (inp, out) = served
+    args = ["--rpc", anvil.url, "--escrow", deployment.escrow.address]
+    args += ["--registry", deployment.registry.address, "--db", str(tmp_path / "node.db")]
+    cost = cost_of(inp, out, PRICES)
+
+    r = CliRunner().invoke(main, ["earnings", "--since", "1h", "--json", *args])
+    assert r.exit_code == 0, r.output
+    (row,) = json.loads(r.output)["earnings"]
+    assert (row["model"], row["symbol"], row["requests"]) == (MODEL, "ETH", 3)
+    assert (row["input_tokens"], row["output_tokens"]) == (inp, out)
+    assert row["amount_base_units"] == str(cost)
+
+    r = CliRunner().invoke(
+        main, ["earnings", "--since", "2020-01-01", "--by", "day", "--csv", *args]
+    )
+    assert r.exit_code == 0, r.output
+    (line,) = list(csv.DictReader(r.output.splitlines()))
+    assert line["amount"] == format_amount(cost, ETH_INFO) and line["start"].endswith("T00:00:00Z")
+
+    r = CliRunner().invoke(main, ["earnings", *args])
+    assert r.exit_code == 0 and format_amount(cost, ETH_INFO) in r.output and MODEL in r.output
+
+    r = CliRunner().invoke(main, ["earnings", "--since", "tuesday", *args])
+    assert r.exit_code == 2 and "duration" in r.output and "Traceback" not in r.output
