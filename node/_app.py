@@ -126,8 +126,9 @@ async def _build(
     started = time.perf_counter()
     await engine.start()
     log.info("model ready in %.1fs", time.perf_counter() - started)
-    metrics.watch_engine(engine.stats)
+    metrics.watch_engine(engine.model_name, engine.stats)
     metrics.watch_rpc(chain.rpc_failures)
+    metrics.watch_channels(ledger.channels)
     cache = ChannelCache(chain, ledger, settings.channel_cache_ttl)
     gate = PaymentGate(
         account=account,
@@ -281,10 +282,10 @@ class _CountRequests:
             return
 
         async def counted(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                route = scope.get("route")
-                path = getattr(route, "path", "unmatched")
-                self.metrics.requests.labels(path, str(message["status"])).inc()
+            route = scope.get("route")
+            if message["type"] == "http.response.start" and route is not None:
+                # No route: a scanner's 404s would make one series per path it tried.
+                self.metrics.requests.labels(route.path, str(message["status"])).inc()
             await send(message)
 
         await self.app(scope, receive, counted)

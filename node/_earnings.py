@@ -24,6 +24,7 @@ __all__ = [
     "Earning",
     "Performance",
     "auto_bucket",
+    "cost_added",
     "earnings",
     "parse_since",
     "performance",
@@ -85,12 +86,16 @@ def auto_bucket(since: float, now: float, most: int = 60) -> int:
 
 def request_earning(row: UsageRow, channel: ChannelInfo) -> int:
     """The cost this request added to its channel (capped at the deposit), base units."""
-    after = cost_of(row.input_tokens, row.output_tokens, channel.prices)
-    before = cost_of(
-        row.input_tokens - row.prompt_tokens,
-        row.output_tokens - row.completion_tokens,
-        channel.prices,
+    return cost_added(
+        channel, (row.input_tokens, row.output_tokens), row.prompt_tokens, row.completion_tokens
     )
+
+
+def cost_added(channel: ChannelInfo, totals: tuple[int, int], prompt: int, completion: int) -> int:
+    """What a request of ``prompt``/``completion`` tokens that brought the channel to
+    ``totals`` added to the cost of its cumulative totals (capped at the deposit)."""
+    after = cost_of(totals[0], totals[1], channel.prices)
+    before = cost_of(totals[0] - prompt, totals[1] - completion, channel.prices)
     return min(after, channel.deposit) - min(before, channel.deposit)
 
 

@@ -27,6 +27,7 @@ from tallystick.protocol import (
     params_units,
 )
 
+from ._earnings import cost_added
 from ._errors import ApiError
 from ._schemas import ChatRequest, CompletionRequest
 from ._types import ChannelInfo, Provenance, StoredRecord
@@ -81,6 +82,7 @@ class Completion:
 
     def add(self, event: TokenEvent) -> None:
         self.stamps.append(time.perf_counter())
+        self.node.metrics.tokens_streamed(self.request.model, len(event.token_ids))
         self.ids.extend(event.token_ids)
         self.logits.extend(event.logits)
         self.text.append(event.text)
@@ -94,13 +96,19 @@ class Completion:
             self.reservation, self.request.model, self.prompt.ids, self.ids, t, self.provenance()
         )
         self.ticket.settle(len(self.prompt.ids) + len(self.ids))
+        channel = self.reservation.channel
+        rec = stored.signed.record
+        added = cost_added(
+            channel, (rec.input_tokens, rec.output_tokens), len(self.prompt.ids), len(self.ids)
+        )
         node.metrics.observe_request(
             self.request.model,
             len(self.prompt.ids),
-            len(self.ids),
             t["ttft_ms"] / 1e3,
             tuple(b - a for a, b in zip(self.stamps, self.stamps[1:], strict=False)),
             t["total_ms"] / 1e3,
+            self.finish_reason,
+            revenue=(channel.token, added),
         )
         return stored
 

@@ -365,6 +365,7 @@ class SettlementWorker:
             skipped=outcome.skipped,
         )
         self._metrics.claims.labels("confirmed").inc()
+        self._metrics.receipts_skipped.inc(len(outcome.skipped))
         for c in found:
             paid = outcome.claimed.get(c.receipt.channel_id, 0)
             self._metrics.earnings_claimed.labels(c.channel.token).inc(paid)

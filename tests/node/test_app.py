@@ -465,12 +465,16 @@ async def test_tokens_per_minute_limit(make_node):
 async def test_metrics_exposition(make_node):
     async with make_node() as h:
         await h.paid_chat()
+        await h.http.get("/no/such/route")
         text = (await h.http.get("/metrics")).text
-        assert "tallystick_time_to_first_token_seconds_count" in text
-        assert 'tallystick_generation_tokens_total{model="fake-model"}' in text
+        assert 'vllm:time_to_first_token_seconds_count{model_name="fake-model"} 1.0' in text
+        assert 'vllm:generation_tokens_total{model_name="fake-model"}' in text
         assert 'tallystick_requests_total{route="/v1/chat/completions",status="200"} 1.0' in text
-        assert "tallystick_queue_depth" in text
+        assert 'vllm:num_requests_waiting{model_name="fake-model"} 0.0' in text
+        assert 'tallystick_channels{status="open"} 1.0' in text
         assert "tallystick_earnings_unclaimed" in text
+        assert 'tallystick_revenue_total{model_name="fake-model",token=' in text
+        assert "_created" not in text and "unmatched" not in text and "/no/such" not in text
         health = (await h.http.get("/health")).json()
         assert health["status"] == "ok" and health["provider"] == h.provider.address
 
@@ -589,3 +593,25 @@ async def test_a_record_being_served_is_pending_and_one_never_served_is_not_foun
         # Nothing in flight could become seq 2: final (a client drops such a request, §6).
         never = await h.http.get(f"/v1/tally/channels/{cid}/records/2", headers=h.auth())
         assert never.status_code == 404 and never.json()["error"]["code"] == "record_not_found"
+
+
+async def test_generated_tokens_are_counted_while_they_stream(make_node):
+    """``vllm:generation_tokens_total`` moves during a long generation, not at its end."""
+    import re
+
+    series = r'vllm:generation_tokens_total\{model_name="fake-model"\} (\S+)'
+    engine = FakeEngine(reply=" ".join(["word"] * 40), token_delay=0.03)
+    async with make_node(engine=engine) as h:
+        request = asyncio.create_task(h.chat(max_tokens=60, stream=True))
+        seen: list[float] = []
+        while not request.done():
+            text = (await h.http.get("/metrics")).text
+            found = re.search(series, text)
+            if found:
+                seen.append(float(found[1]))
+            await asyncio.sleep(0.05)
+        assert (await request).status_code == 200
+        final = (await h.http.get("/metrics")).text
+        total = float(re.search(series, final)[1])
+        assert total >= 40
+        assert any(0 < v < total for v in seen), (seen, total)

@@ -8,6 +8,7 @@ bar per model in the earnings chart. A screenshot is kept under the test's tmp_p
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -158,3 +159,45 @@ def test_earnings_command_reports_per_model_and_token(
 
     r = CliRunner().invoke(main, ["earnings", "--since", "tuesday", *args])
     assert r.exit_code == 2 and "duration" in r.output and "Traceback" not in r.output
+
+
+_PROMQL_WORDS = {
+    "sum", "rate", "increase", "histogram_quantile", "by", "without", "avg", "max", "min",
+}  # fmt: skip
+
+
+def _metric_names(expr: str) -> set[str]:
+    """The metric names a PromQL expression selects (label matchers and ``by (...)`` removed)."""
+    import re
+
+    bare = re.sub(r"\{[^}]*\}", "", expr)
+    bare = re.sub(r"\b(by|without)\s*\([^)]*\)", "", bare)
+    bare = re.sub(r"\[[^\]]*\]", "", bare)
+    words = re.findall(r"[A-Za-z_:][A-Za-z0-9_:]*", bare)
+    return {w for w in words if w not in _PROMQL_WORDS}
+
+
+def test_every_grafana_query_reads_a_metric_the_node_exports(served: Any) -> None:
+    import json
+    import re
+    from pathlib import Path
+
+    server, _, _ = served
+    board = json.loads((Path(__file__).parents[2] / "docs/grafana/tallystick.json").read_text())
+    exprs = [t["expr"] for p in board["panels"] for t in p["targets"]]
+    assert len(exprs) >= 12
+    # after the worker's claim, so the claim counters have a sample too
+    for _ in range(100):
+        text = httpx.get(server.url + "/metrics").text
+        if 'tallystick_claims_total{outcome="confirmed"}' in text:
+            break
+        time.sleep(0.1)
+    exported = set(re.findall(r"^([A-Za-z_:][A-Za-z0-9_:]*)[{ ]", text, re.M))
+    # families with no sample yet (no RPC failure happened) are exported all the same
+    exported |= set(re.findall(r"^# TYPE (\S+) ", text, re.M))
+    exported |= {f"{n}_total" for n in re.findall(r"^# TYPE (\S+) counter", text, re.M)}
+    missing = {(e, n) for e in exprs for n in _metric_names(e) if n not in exported}
+    assert not missing
+    assert 'tallystick_revenue_total{model_name="fake-model",token="0x' in text
+    assert 'tallystick_earnings_claimed{token="0x' in text
+    assert "_created" not in text
