@@ -1,7 +1,9 @@
 """The client's key: loaded from a hex private key or an encrypted keystore file.
 
 The key lives inside an eth-account ``LocalAccount`` and nowhere else: ``repr`` shows the
-address only, and every error is raised ``from None`` so no traceback carries the key.
+address only, and every error is raised ``from None`` so no traceback carries the key. Loading
+is ``tallystick.protocol``'s (``account_from_key``/``account_from_keystore``), shared with the
+node.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from pathlib import Path
 
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
+from tallystick.protocol import InvalidKey, account_from_key, account_from_keystore
 
 from ._errors import WalletError
 
@@ -29,33 +32,18 @@ class Wallet:
     @classmethod
     def from_key(cls, private_key: str) -> Wallet:
         """Load a 32-byte private key given as hex (with or without ``0x``)."""
-        text = private_key.strip() if isinstance(private_key, str) else ""
-        raw = text[2:] if text.lower().startswith("0x") else text
-        if len(raw) != 64:
-            raise WalletError("a private key must be 32 bytes of hex (64 hex digits)")
         try:
-            account = Account.from_key("0x" + raw)
-        except Exception:
-            # from None: the foreign error's message or locals may hold the key.
-            raise WalletError("not a valid secp256k1 private key") from None
-        return cls(account)
+            return cls(account_from_key(private_key))
+        except InvalidKey as exc:
+            raise WalletError(str(exc)) from None
 
     @classmethod
     def from_keystore(cls, path: str | Path, password: str) -> Wallet:
         """Decrypt an Ethereum keystore (V3 JSON) file."""
         try:
-            keystore = json.loads(Path(path).read_text())
-        except OSError as exc:
-            raise WalletError(f"cannot read keystore {path}: {exc.strerror}") from None
-        except ValueError:
-            raise WalletError(f"keystore {path} is not JSON") from None
-        try:
-            key = Account.decrypt(keystore, password)
-        except ValueError:
-            raise WalletError(f"wrong password for keystore {path}") from None
-        except Exception:
-            raise WalletError(f"keystore {path} is not a valid Ethereum keystore") from None
-        return cls(Account.from_key(key))
+            return cls(account_from_keystore(path, password))
+        except InvalidKey as exc:
+            raise WalletError(str(exc)) from None
 
     @classmethod
     def create_keystore(

@@ -1,17 +1,18 @@
 """The provider's signing key: from ``--key`` (hex) or an encrypted ``--keystore`` file.
 
-The key only ever lives inside the eth-account ``LocalAccount``; errors never quote it.
+The key only ever lives inside the eth-account ``LocalAccount``; errors never quote it. Loading
+is ``tallystick.protocol``'s (``account_from_key``/``account_from_keystore``), shared with the
+client's wallet.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from eth_account import Account
 from eth_account.signers.local import LocalAccount
+from tallystick.protocol import InvalidKey, account_from_key, account_from_keystore
 
 from ._errors import KeyLoadError
 from ._settings import ENV_PREFIX, Settings
@@ -39,30 +40,23 @@ def load_account(
 
 def _from_hex(hex_key: str) -> LocalAccount:
     try:
-        account: LocalAccount = Account.from_key(hex_key)
-    except Exception:  # eth-account raises ValueError or others; the message may echo the key
-        raise KeyLoadError("--key is not a valid secp256k1 private key") from None
-    return account
+        return account_from_key(hex_key)
+    except InvalidKey as exc:
+        raise KeyLoadError(f"--key: {exc}") from None
 
 
 def _from_keystore(
     path: Path, env: Mapping[str, str], prompt: Callable[[str], str] | None
 ) -> LocalAccount:
-    try:
-        keyfile = json.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise KeyLoadError(f"cannot read keystore {path}: {exc.strerror}") from None
-    except ValueError:
-        raise KeyLoadError(f"keystore {path} is not a JSON keystore file") from None
-    password = env.get(PASSWORD_ENV)
-    if password is None:
+    def password() -> str:
+        secret = env.get(PASSWORD_ENV)
+        if secret is not None:
+            return secret
         if prompt is None:
             raise KeyLoadError(f"set {PASSWORD_ENV} to unlock keystore {path}")
-        password = prompt(f"Password for {path}")
+        return prompt(f"Password for {path}")
+
     try:
-        key = Account.decrypt(keyfile, password)
-    except ValueError:
-        raise KeyLoadError(f"wrong password for keystore {path}") from None
-    except Exception:
-        raise KeyLoadError(f"keystore {path} is malformed") from None
-    return _from_hex("0x" + bytes(key).hex())
+        return account_from_keystore(path, password)
+    except InvalidKey as exc:
+        raise KeyLoadError(str(exc)) from None

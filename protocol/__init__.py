@@ -42,6 +42,7 @@ from ._errors import (
     DeploymentNotFound,
     InvalidChatTemplate,
     InvalidJSON,
+    InvalidKey,
     InvalidRequestAuth,
     InvalidSignature,
     ProtocolError,
@@ -59,6 +60,7 @@ from ._fidelity import (
     params_units,
 )
 from ._ids import channel_id, model_id, new_salt
+from ._keys import account_from_key, account_from_keystore
 from ._pricing import cost_of
 from ._request_auth import RequestAuth, SignedRequestAuth, request_hash
 from ._revert import decode_revert
@@ -115,6 +117,7 @@ __all__ = [
     "FailoverHTTPProvider",
     "InvalidChatTemplate",
     "InvalidJSON",
+    "InvalidKey",
     "InvalidRequestAuth",
     "InvalidSignature",
     "Listing",
@@ -136,6 +139,8 @@ __all__ = [
     "TokenizerMismatch",
     "TxResult",
     "UsageRecord",
+    "account_from_key",
+    "account_from_keystore",
     "bench_signing",
     "channel_id",
     "check_chat_template",

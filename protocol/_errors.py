@@ -8,6 +8,7 @@
     │   ├── InvalidChatTemplate  a chat template too deep to compile safely, or that fails to
     │   │                        compile or recurses too deeply when rendered
     │   └── TokenizerMismatch    a tokenizer bundle whose hash is not the expected one
+    ├── InvalidKey               a private key or keystore that cannot be loaded (never quoted)
     └── ChainError               anything that went wrong talking to the chain
         ├── ContractError        a contract reverted; ``name`` and ``args`` of its custom error
         ├── ChainUnavailable     the RPC endpoint cannot be reached
@@ -48,6 +49,10 @@ class InvalidChatTemplate(ProtocolError):
 
 class TokenizerMismatch(ProtocolError):
     """A tokenizer bundle does not hash to the expected ``tokenizerHash``."""
+
+
+class InvalidKey(TallystickError):
+    """A private key or keystore file cannot be loaded; the message never holds key material."""
 
 
 class ChainError(TallystickError):

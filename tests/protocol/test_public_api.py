@@ -20,6 +20,8 @@ DOCUMENTED = {
     "recover_usage_record_signer", "recover_request_auth_signer",
     # tokenizer
     "TokenizerBundle", "TokenCounter",
+    # keys (the client's wallet and the node load them alike)
+    "account_from_key", "account_from_keystore",
     # chain
     "connect", "Registry", "Escrow", "ProviderInfo", "Listing", "ChannelState", "TxResult",
     "deploy", "Deployment", "load_artifact", "FailoverHTTPProvider", "rpc_label", "split_rpc_urls",
@@ -33,7 +35,7 @@ DOCUMENTED = {
     # errors
     "TallystickError", "ProtocolError", "InvalidSignature", "InvalidRequestAuth",
     "TokenizerMismatch", "InvalidJSON", "InvalidChatTemplate", "ChainError", "ContractError",
-    "ChainUnavailable", "DeploymentNotFound",
+    "ChainUnavailable", "DeploymentNotFound", "InvalidKey",
 }  # fmt: skip
 EXTRA = {
     "recover_message_signer", "bench_signing", "is_loopback", "ChannelStatus",
