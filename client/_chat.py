@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypedDict, TypeVar, Unpack
 
 import httpx
 from openai.types import Completion
@@ -27,7 +27,7 @@ from ._verify import VerifiedBill
 if TYPE_CHECKING:
     from ._client import Tallystick
 
-__all__ = ["Chat", "Completions", "TallyStream"]
+__all__ = ["Chat", "CompletionOptions", "Completions", "TallyStream"]
 
 T = TypeVar("T", bound=BaseModel)
 
@@ -100,35 +100,36 @@ class _Endpoint:
         return _parse(response, result, slot)
 
 
+class CompletionOptions(TypedDict, total=False):
+    """The OpenAI fields both ``create`` methods take besides the prompt (``None``: not sent).
+
+    These are the fields the node reads (docs/protocol.md §8); another keyword is sent as given
+    and ignored by the node. ``max_completion_tokens`` is chat's name for ``max_tokens``.
+    """
+
+    max_tokens: int | None
+    max_completion_tokens: int | None
+    temperature: float | None
+    top_p: float | None
+    seed: int | None  # absent: a random one, which the record commits to (§10.2)
+    stop: str | list[str] | None
+    stream: bool
+    stream_options: dict[str, Any] | None
+    n: int  # the SDK verifies one choice: only 1
+    user: str | None
+
+
 class _ChatCompletions(_Endpoint):
     def create(
         self,
         *,
         model: str,
         messages: list[dict[str, Any]],
-        max_tokens: int | None = None,
-        temperature: float | None = None,
-        top_p: float | None = None,
-        seed: int | None = None,
-        stop: str | list[str] | None = None,
-        stream: bool = False,
-        stream_options: dict[str, Any] | None = None,
         channel: bytes | str | None = None,
-        **extra: Any,
+        **options: Unpack[CompletionOptions],
     ) -> Any:
         """A verified ``ChatCompletion``, or a stream of ``ChatCompletionChunk``."""
-        body = _body(
-            model=model,
-            messages=messages,
-            max_tokens=max_tokens,
-            temperature=temperature,
-            top_p=top_p,
-            seed=seed,
-            stop=stop,
-            stream=stream or None,
-            stream_options=stream_options,
-            **extra,
-        )
+        body = _body(model=model, messages=messages, **options)
         return self._create(
             "/v1/chat/completions", ChatCompletion, ChatCompletionChunk, body, channel
         )
@@ -149,34 +150,18 @@ class Completions(_Endpoint):
         *,
         model: str,
         prompt: str,
-        max_tokens: int | None = None,
-        temperature: float | None = None,
-        top_p: float | None = None,
-        seed: int | None = None,
-        stop: str | list[str] | None = None,
-        stream: bool = False,
-        stream_options: dict[str, Any] | None = None,
         channel: bytes | str | None = None,
-        **extra: Any,
+        **options: Unpack[CompletionOptions],
     ) -> Any:
         """A verified text completion: ``Completion``, or a stream of ``Completion`` chunks."""
-        body = _body(
-            model=model,
-            prompt=prompt,
-            max_tokens=max_tokens,
-            temperature=temperature,
-            top_p=top_p,
-            seed=seed,
-            stop=stop,
-            stream=stream or None,
-            stream_options=stream_options,
-            **extra,
-        )
+        body = _body(model=model, prompt=prompt, **options)
         return self._create("/v1/completions", Completion, Completion, body, channel)
 
 
 def _body(**fields: Any) -> dict[str, Any]:
     body = {k: v for k, v in fields.items() if v is not None}
+    if not body.get("stream"):
+        body.pop("stream", None)  # stream=False: the OpenAI default, not sent
     # Always a seed of our own choosing: the record commits to it and an audit replays it
     # (docs/protocol.md §10.2). 63 bits: a non-negative int64.
     body.setdefault("seed", secrets.randbits(63))
