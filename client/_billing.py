@@ -54,7 +54,6 @@ from ._verify import (
     VerifiedBill,
     payable_output_tokens,
     verify_bill,
-    verify_interrupted,
 )
 from ._wallet import Wallet
 
@@ -307,15 +306,10 @@ class Biller:
         evidence = {"request": pending.served, "interrupted": True, "ended_by_node": ended_by_node}
         try:
             signed, ids = _parse(raw)
-            bill = verify_interrupted(
-                channel,
-                tally,
-                signed,
-                ids,
-                served,
-                self.counter(channel),
-                0 if ended_by_node else self.max_unseen_tokens,
-                self.tolerance,
+            unseen = 0 if ended_by_node else self.max_unseen_tokens
+            counter = self.counter(channel)
+            bill = verify_bill(
+                channel, tally, signed, ids, served, counter, self.tolerance, max_unseen=unseen
             )
         except BillingDispute as dispute:
             raise self._dispute(dispute, evidence, raw) from None

@@ -35,7 +35,6 @@ __all__ = [
     "VerifiedBill",
     "payable_output_tokens",
     "verify_bill",
-    "verify_interrupted",
 ]
 
 
@@ -121,45 +120,30 @@ def verify_bill(
     served: Served,
     counter: TokenCounter,
     tolerance: Tolerance = DEFAULT_TOLERANCE,
+    *,
+    max_unseen: int | None = None,
 ) -> VerifiedBill:
-    """Check every field of ``signed`` against the client's own view; raise on any mismatch."""
-    ids = list(completion_ids)
-    mismatches = [
-        *_check_signature(channel, signed),
-        *_check_chain(channel, tally, signed),
-        *_check_counts(signed, ids, served),
-        *_check_deposit(channel, signed),
-        *_check_ids(ids, counter, tolerance),
-        *_check_text(ids, served, counter),
-    ]
-    return _bill(channel, tally, signed, ids, mismatches)
+    """Check every field of ``signed`` against the client's own view; raise on any mismatch.
 
-
-def verify_interrupted(
-    channel: ChannelInfo,
-    tally: ChannelTally,
-    signed: SignedUsageRecord,
-    completion_ids: Sequence[int],
-    served: Served,
-    counter: TokenCounter,
-    max_unseen: int,
-    tolerance: Tolerance = DEFAULT_TOLERANCE,
-) -> VerifiedBill:
-    """Check the record of a request whose answer stopped early (docs/protocol.md §6).
-
-    The prompt is checked exactly; the ids must decode to text that starts with what was
-    received, and at most ``max_unseen`` ids may lie beyond it (the node counts what it
-    sent, which includes what was still in flight when the client stopped reading). A stream
-    the node ended itself is checked with ``max_unseen = 0``: only what arrived is paid.
+    ``max_unseen`` is given for a request whose answer stopped early (docs/protocol.md §6):
+    the ids must then decode to text that starts with what was received, and at most
+    ``max_unseen`` ids may lie beyond it (the node counts what it sent, which includes what
+    was still in flight when the client stopped reading). A stream the node ended itself is
+    checked with ``max_unseen = 0``: only what arrived is paid. Everything else (signature,
+    chain of records, prompt count, deposit, vocabulary) is checked alike.
     """
     ids = list(completion_ids)
+    if max_unseen is None:
+        text = _check_text(ids, served, counter)
+    else:
+        text = _check_unseen(ids, served.text, counter, max_unseen)
     mismatches = [
         *_check_signature(channel, signed),
         *_check_chain(channel, tally, signed),
         *_check_counts(signed, ids, served),
         *_check_deposit(channel, signed),
         *_check_ids(ids, counter, tolerance),
-        *_check_unseen(ids, served.text, counter, max_unseen),
+        *text,
     ]
     return _bill(channel, tally, signed, ids, mismatches)
 

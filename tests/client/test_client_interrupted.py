@@ -11,9 +11,8 @@ from typing import Any
 import pytest
 from client_fakenode import FakeNode, new_provider
 from client_nodekit import serve_node
-from tallystick.client import BillingDispute, Chain, Served, Tallystick, Wallet
+from tallystick.client import BillingDispute, Chain, Served, Tallystick, Wallet, verify_bill
 from tallystick.client._store import ChannelTally
-from tallystick.client._verify import verify_interrupted
 from tallystick.protocol import (
     ZERO_ROOT,
     Prices,
@@ -57,8 +56,8 @@ def rule() -> Any:
     def check(received: str, billed: list[int], max_unseen: int, prompt_ids: Any = None) -> Any:
         served = Served(prompt_ids or prompt, received, None, (), 64)
         signed = _interrupted_record(fake, prompt, billed)
-        return verify_interrupted(
-            fake.channel_info(), empty, signed, billed, served, fake.counter, max_unseen
+        return verify_bill(
+            fake.channel_info(), empty, signed, billed, served, fake.counter, max_unseen=max_unseen
         )
 
     return check, ids, prompt
