@@ -6,8 +6,9 @@
         ├── StoreError               the local store refuses a write (e.g. lower totals)
         ├── ProviderNotFound         no provider lists the model (or not at that price)
         ├── ListingMismatch          a node's /v1/models disagrees with its on-chain listing
-        ├── PriceChanged             the price rose above the accepted offer before `open` ran
-        ├── TokenChanged             the listing's payment token changed before `open` ran
+        ├── OfferChanged             the listing changed before `open` ran: nothing was deposited
+        │   ├── PriceChanged         the price rose above the accepted offer
+        │   └── TokenChanged         the listing's payment token changed
         ├── ChannelNotFound          no such channel in the local store (or not open)
         ├── ChannelStateError        the channel is not in a state that allows the operation
         │   └── ChannelDisputed      a bill on it was refused: no more requests, close unilaterally
@@ -45,6 +46,7 @@ __all__ = [
     "Mismatch",
     "NodeError",
     "NodeUnavailable",
+    "OfferChanged",
     "PaymentRequired",
     "PriceChanged",
     "ProviderNotFound",
@@ -74,43 +76,52 @@ class ListingMismatch(ClientError):
     """A node advertises a model differently from its on-chain listing."""
 
 
-class PriceChanged(ClientError):
+class OfferChanged(ClientError):
+    """The provider changed the listing between discovery and ``open``.
+
+    The escrow refused the open (``EscrowPriceAboveLimit``, ``EscrowTokenMismatch``), so
+    nothing was escrowed; discovering again offers the listing as it is now.
+    """
+
+    def __init__(self, provider: str, model: str, change: str, what: str) -> None:
+        self.provider = provider
+        self.model = model
+        super().__init__(
+            f"provider {provider} {change}; the escrow refused the open and nothing was "
+            f"deposited (open again to accept the new {what})"
+        )
+
+
+class PriceChanged(OfferChanged):
     """The provider's price rose above the accepted offer before ``open`` was mined.
 
-    The escrow refused the open (``EscrowPriceAboveLimit``), so nothing was escrowed.
     ``accepted`` are the prices the client discovered and used as its limits, ``current`` the
     listing's prices when the transaction ran.
     """
 
     def __init__(self, provider: str, model: str, accepted: Prices, current: Prices) -> None:
-        self.provider = provider
-        self.model = model
         self.accepted = accepted
         self.current = current
+        change = f"raised its price for {model!r} before the channel opened: accepted "
         super().__init__(
-            f"provider {provider} raised its price for {model!r} before the channel opened: "
-            f"accepted {_per_m(accepted)}, now {_per_m(current)}; the escrow refused the open and "
-            "nothing was deposited (open again to accept the new price)"
+            provider, model, f"{change}{_per_m(accepted)}, now {_per_m(current)}", "price"
         )
 
 
-class TokenChanged(ClientError):
+class TokenChanged(OfferChanged):
     """The provider re-listed the model in another payment token before ``open`` was mined.
 
-    The escrow refused the open (``EscrowTokenMismatch``), so nothing was escrowed: the client
-    pays only in the token it accepted (``accepted``); ``listed`` is the listing's token now.
+    The client pays only in the token it accepted (``accepted``); ``listed`` is the listing's
+    token now.
     """
 
     def __init__(self, provider: str, model: str, accepted: str, listed: str) -> None:
-        self.provider = provider
-        self.model = model
         self.accepted = accepted
         self.listed = listed
-        super().__init__(
-            f"provider {provider} re-listed {model!r} in token {listed} before the channel "
-            f"opened (accepted {accepted}); the escrow refused the open and nothing was "
-            "deposited (open again to accept the new token)"
+        change = (
+            f"re-listed {model!r} in token {listed} before the channel opened (accepted {accepted})"
         )
+        super().__init__(provider, model, change, "token")
 
 
 def _per_m(prices: Prices) -> str:

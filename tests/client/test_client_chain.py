@@ -12,6 +12,7 @@ from tallystick.client import (
     Chain,
     ChannelStateError,
     ListingMismatch,
+    OfferChanged,
     PriceChanged,
     ProviderNotFound,
     Tallystick,
@@ -168,6 +169,7 @@ def test_a_price_raised_between_discovery_and_open_is_refused(
         # Caps far above the listing: the limits of the open are still the discovered prices.
         client.channels.open(MODEL, 10**15, a.provider.address, max_output_price=10**30)
     assert (caught.value.accepted, caught.value.current) == (PRICES, raised)
+    assert isinstance(caught.value, OfferChanged) and caught.value.provider == a.provider.address
     assert str(caught.value) == (
         f"provider {a.provider.address} raised its price for {MODEL!r} before the channel "
         f"opened: accepted input {PRICES.input_per_m} / output {PRICES.output_per_m} per "
@@ -247,6 +249,7 @@ def test_a_token_switched_between_discovery_and_open_is_refused_and_leaves_no_al
     with pytest.raises(TokenChanged) as caught:
         client.channels.open(MODEL, 10**6, a.provider2.address)
     assert (caught.value.accepted, caught.value.listed) == (d.usdc.address, other.address)
+    assert isinstance(caught.value, OfferChanged) and caught.value.model == MODEL
     assert "nothing was deposited" in str(caught.value)
     assert (d.usdc.balance_of(a.client.address), other.balance_of(a.client.address)) == before
     assert d.usdc.allowance(a.client.address, d.escrow.address) == 0, "approval taken back"
