@@ -56,10 +56,6 @@ class Timing:
     ttft_s: float  # from generate() to the first generated token
     inter_token_s: tuple[float, ...] = field(default=())  # gaps between consecutive tokens
 
-    @property
-    def total_s(self) -> float:
-        return self.ttft_s + sum(self.inter_token_s)
-
 
 @dataclass(frozen=True)
 class TokenEvent:
