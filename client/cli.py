@@ -112,12 +112,11 @@ class Settings:
         )
 
     def client(self, *, chain: bool = True, wallet: bool = True) -> Tallystick:
-        return Tallystick(
-            self.wallet(required=wallet),
-            self.store,
-            chain=self.chain() if chain else None,
-            on_lock_wait=_say_waiting,
-        )
+        signer = self.wallet(required=wallet)  # asks for a keystore password before connecting
+        on_chain = self.chain() if chain else None
+        if on_chain is not None:
+            self._w3 = on_chain.w3  # token symbols are read over the client's connection
+        return Tallystick(signer, self.store, chain=on_chain, on_lock_wait=_say_waiting)
 
 
 def _say_waiting(channel_id: bytes, holder: LockHolder) -> None:
@@ -246,7 +245,6 @@ def channel_open(
     with s.client() as client:
         from ._discovery import choose_offer
 
-        s._w3 = client.chain.w3
         offer = choose_offer(
             client.chain,
             model,
@@ -263,12 +261,10 @@ def channel_open(
             max_input_price=max_input_price,
             max_output_price=max_output_price,
         )
-    out.print(
+    _say(
         f"opened channel {info.hex_id} with {info.provider} for {info.model}: "
         f"deposit {s.money(info.deposit, info.token)}, prices "
-        f"{s.prices(info.prices, info.token)}",
-        soft_wrap=True,
-        highlight=False,
+        f"{s.prices(info.prices, info.token)}"
     )
 
 
@@ -290,14 +286,9 @@ def channel_topup(s: Settings, channel_id: str, amount: str) -> None:
     """Add to a channel's deposit."""
     spec = _amount(amount)
     with s.client() as client:
-        s._w3 = client.chain.w3
         token = client.channel(channel_id).token
         info = client.channels.top_up(channel_id, _base_units(spec, s.token(token), "--amount"))
-    out.print(
-        f"channel {info.hex_id}: deposit now {s.money(info.deposit, info.token)}",
-        soft_wrap=True,
-        highlight=False,
-    )
+    _say(f"channel {info.hex_id}: deposit now {s.money(info.deposit, info.token)}")
 
 
 @channel.command("close")
@@ -307,20 +298,17 @@ def channel_topup(s: Settings, channel_id: str, amount: str) -> None:
 def channel_close(s: Settings, channel_id: str, unilateral: bool) -> None:
     """Close a channel: cooperatively (immediate) or unilaterally (after the challenge period)."""
     with s.client() as client:
-        s._w3 = client.chain.w3
         token = client.channel(channel_id).token
         if unilateral:
             closes_at = client.channels.request_close(channel_id)
             b = client.channels.balance(channel_id)
-            out.print(
+            _say(
                 f"close requested: the challenge period ends at {utc(closes_at)}. Until then the "
                 "node serves nothing more on this channel (402 channel_closing) and its "
                 f"settlement worker may claim what you countersigned ({s.money(b.spent, token)} of "
                 f"the deposit {s.money(b.deposit, token)}). Run `tallystick channel finalize "
                 f"{channel_id}` after {utc(closes_at)} to get back the rest "
-                f"({s.money(b.refundable, token)} now).",
-                soft_wrap=True,
-                highlight=False,
+                f"({s.money(b.refundable, token)} now)."
             )
             return
         closed = client.channels.close_auto(channel_id)
@@ -331,12 +319,7 @@ def channel_close(s: Settings, channel_id: str, unilateral: bool) -> None:
             f"{utc(closed)} for the full refund"
         )
         return
-    out.print(
-        f"closed: provider paid {s.money(closed.paid, token)}, refunded "
-        f"{s.money(closed.refund, token)} (tx {closed.tx_hash})",
-        soft_wrap=True,
-        highlight=False,
-    )
+    _say_closed(s, "closed", closed, token)
 
 
 @channel.command("finalize")
@@ -345,15 +328,9 @@ def channel_close(s: Settings, channel_id: str, unilateral: bool) -> None:
 def channel_finalize(s: Settings, channel_id: str) -> None:
     """Finish a unilateral close once the challenge period is over."""
     with s.client() as client:
-        s._w3 = client.chain.w3
         token = client.channel(channel_id).token
         closed = client.channels.finalize(channel_id)
-    out.print(
-        f"finalized: provider paid {s.money(closed.paid, token)}, refunded "
-        f"{s.money(closed.refund, token)} (tx {closed.tx_hash})",
-        soft_wrap=True,
-        highlight=False,
-    )
+    _say_closed(s, "finalized", closed, token)
 
 
 @channel.command("list")
@@ -362,7 +339,6 @@ def channel_finalize(s: Settings, channel_id: str) -> None:
 def channel_list(s: Settings, as_json: bool) -> None:
     """Your channels with their spend and what is refundable."""
     with s.client() as client:
-        s._w3 = client.chain.w3
         table = Table("id", "provider", "model", "deposit", "spent", "refundable", "status")
         rows: list[dict[str, Any]] = []
         for info in client.channels.list():
@@ -454,7 +430,7 @@ def bill(s: Settings, channel_id: str | None, as_json: bool) -> None:
             disputes = client.store.disputes(info.channel_id)
             if disputes:
                 _show(_disputes_table(disputes, title="refused bills"))
-                out.print(client.biller.way_out(info), soft_wrap=True, highlight=False)
+                _say(client.biller.way_out(info))
 
 
 @cli.command()
@@ -482,7 +458,7 @@ def disputes(s: Settings, channel_id: str | None, as_json: bool) -> None:
         )
         for cid_, way in ways.items():
             if way:
-                out.print(f"0x{cid_.hex()}: {way}", soft_wrap=True, highlight=False)
+                _say(f"0x{cid_.hex()}: {way}")
 
 
 @cli.command()
@@ -562,6 +538,18 @@ def _bill_json(client: Tallystick, info: ChannelInfo, s: Settings) -> dict[str, 
         "outputTokens": tally.output_tokens,
         "total": str(cost_of(tally.input_tokens, tally.output_tokens, info.prices)),
     }
+
+
+def _say(text: str) -> None:
+    """A result line, left to the terminal to wrap (ids stay whole) and not highlighted."""
+    out.print(text, soft_wrap=True, highlight=False)
+
+
+def _say_closed(s: Settings, verb: str, closed: Any, token: str) -> None:
+    _say(
+        f"{verb}: provider paid {s.money(closed.paid, token)}, refunded "
+        f"{s.money(closed.refund, token)} (tx {closed.tx_hash})"
+    )
 
 
 def _show(table: Table) -> None:
