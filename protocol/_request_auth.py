@@ -169,7 +169,7 @@ class SignedRequestAuth:
         scheme, _, value = authorization.strip().partition(" ")
         if scheme.lower() != SCHEME.lower() or not value.strip():
             raise InvalidRequestAuth(
-                "the Authorization header must be 'Tally tsr1.…' (a request signature; bearer "
-                "tokens are no longer accepted)"
+                "the Authorization header must be 'Tally tsr1.…' (a request signature; a bearer "
+                "token is not accepted)"
             )
         return cls.parse(value)
