@@ -477,7 +477,7 @@ def demo(
     model: Path | None,
 ) -> None:
     """The whole marketplace on a local chain, ending in a bill checked on-chain."""
-    from ._demo import DemoOptions, run_demo
+    from tallystick.devnet import DemoOptions, run_demo
 
     options = DemoOptions(demo_rpc, deployer_key, prompts, not no_stream, keep, model)
     sys.exit(run_demo(options, out))

@@ -17,10 +17,13 @@
                    context_length=gguf_context_length(find_model()))
 
 Modules: ``_processes`` (binaries, process groups, anvil, a node, health), ``_market``
-(contracts, accounts, registering and listing). Nothing here imports the node's heavy
-dependencies (torch, gguf) until a function that needs them runs.
+(contracts, accounts, registering and listing), ``_demo`` (``tallystick demo``'s steps, with
+``_audit_step`` and ``_gateway_step``), ``_report`` (the bill's tables and checks, ``--keep``).
+Nothing here imports the node's heavy dependencies (torch, gguf) until a function that needs
+them runs.
 """
 
+from ._demo import DemoOptions, run_demo
 from ._market import (
     Market,
     deploy_market,
@@ -60,6 +63,7 @@ __all__ = [
     "MODEL_FILE",
     "MODEL_NAME",
     "Anvil",
+    "DemoOptions",
     "DevnetError",
     "Market",
     "Node",
@@ -76,6 +80,7 @@ __all__ = [
     "node_command",
     "node_progress",
     "register_provider",
+    "run_demo",
     "send_eth",
     "served_tokenizer_hash",
     "spawn_node",

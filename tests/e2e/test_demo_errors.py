@@ -6,13 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from tallystick.client._demo import (
-    DemoError,
-    _node_progress,
-    find_model,
-    gguf_context_length,
-)
 from tallystick.client.cli import main
+from tallystick.devnet import DevnetError, find_model, gguf_context_length, node_progress
 
 
 def _run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
@@ -37,8 +32,8 @@ def test_no_model_anywhere_names_make_model(
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.delenv("TALLYSTICK_MODEL", raising=False)
-    monkeypatch.setattr("tallystick.client._demo._package_root", lambda: tmp_path)
-    with pytest.raises(DemoError, match=r"run `make model`.*--model PATH"):
+    monkeypatch.setattr("tallystick.devnet._processes.package_root", lambda: tmp_path)
+    with pytest.raises(DevnetError, match=r"run `make model`.*--model PATH"):
         find_model(None)
 
 
@@ -80,11 +75,11 @@ def test_node_progress_reads_the_dequantising_bar(tmp_path: Path) -> None:
         "Converting and de-quantizing GGUF tensors...:   4%|▍   | 12/272 [00:03<00:59]\r"
         "Converting and de-quantizing GGUF tensors...:  50%|█   | 136/272 [00:09<00:09]"
     )
-    assert _node_progress(log) == ("Converting and de-quantizing GGUF tensors...", 136, 272)
+    assert node_progress(log) == ("Converting and de-quantizing GGUF tensors...", 136, 272)
     with log.open("a") as f:
         f.write('\nts=y level=info logger=tallystick.node msg="model \\"x\\" ready in 0.0s"\n')
-    assert _node_progress(log) == ('model "x" ready in 0.0s', None, None)
-    assert _node_progress(tmp_path / "missing.log")[0] == "starting the node process"
+    assert node_progress(log) == ('model "x" ready in 0.0s', None, None)
+    assert node_progress(tmp_path / "missing.log")[0] == "starting the node process"
 
 
 def test_gguf_context_length_matches_the_model(model_dir: Path, model_file: str) -> None:

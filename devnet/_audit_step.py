@@ -13,54 +13,60 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from eth_utils import keccak
+from tallystick.client import Tallystick
+
+from ._client_steps import PROMPTS, ask, show_receipt
+from ._processes import MODEL_NAME, DevnetError
+from ._report import short
 
 if TYPE_CHECKING:
-    from ._client import Tallystick
+    from ._demo import DemoRun
+
+__all__ = ["audit_step"]
 
 CHEAT_SIZE = "0.01"
 
 
-def audit_step(run: Any, command: list[str], client: Tallystick) -> None:
-    from . import _demo as demo  # the demo's own steps and helpers (imported at call time)
-
+def audit_step(run: DemoRun, command: list[str], client: Tallystick) -> None:
+    """Audit the honest node's requests, then a perturbed node's; publish the failed report."""
     run.console.rule("[bold]6b · Proof of the model: audits against the listed weights")
     with run.console.status("auditing the requests (one prefill each, in the background)…"):
         reports = client.auditor.drain(timeout=600)
     for report in reports:
         _show(run, report)
     if not reports or not all(r.passed for r in reports):
-        raise demo.DemoError("an audit of the honest node did not pass")
+        raise DevnetError("an audit of the honest node did not pass")
     run.console.print(
         f"\n[bold yellow]TEST ONLY:[/bold yellow] restarting the node with "
         f"--test-only-perturb-weights {CHEAT_SIZE} (perturbed weights, same modelHash claimed)"
     )
     _restart_node(run, command)
-    prompt = demo.PROMPTS[1]
+    prompt = PROMPTS[1]
     run.console.print(f"\n[bold cyan]client ›[/bold cyan] {prompt}")
-    bill = demo._ask(run, client, prompt, stream=False, seed=99)
-    demo._show_receipt(run, client, bill, prompt)
+    bill = ask(run, client, prompt, stream=False, seed=99)
+    show_receipt(run, client, bill, prompt)
     with run.console.status("auditing…"):
         (report,) = client.auditor.drain(timeout=600)
     _show(run, report)
     if report.verdict != "fail":
-        raise demo.DemoError("the audit of the perturbed node did not fail")
+        raise DevnetError("the audit of the perturbed node did not fail")
     path = run.workdir.parent / f"tallystick-demo-failed-audit-{run.provider.address[:10]}.json"
     path.write_text(json.dumps(report.to_json(), indent=1) + "\n")
     raw = path.read_bytes()
     tx = client.publish_audit(report, uri=path.as_uri(), report_bytes=raw)
     run.console.print(
         f"published on-chain: ProviderRegistry.reportAudit (event AuditReported, report hash "
-        f"{demo._short('0x' + keccak(raw).hex())}): {tx.gas_used:,} gas"
+        f"{short('0x' + keccak(raw).hex())}): {tx.gas_used:,} gas"
     )
     run.events["audit_report_gas"] = tx.gas_used
-    ranked = [o.provider for o in client.providers(demo.MODEL_NAME)]
+    ranked = [o.provider for o in client.providers(MODEL_NAME)]
     run.console.print(
         f"failed-audit report (re-check: tallystick audit {path} --weights {run.model}); "
-        f"discovery now offers {len(ranked)} provider(s) for {demo.MODEL_NAME}: the cheat is "
+        f"discovery now offers {len(ranked)} provider(s) for {MODEL_NAME}: the cheat is "
         f"{'gone' if run.provider.address not in ranked else 'STILL LISTED'}"
     )
     if run.provider.address in ranked:
-        raise demo.DemoError("the provider with a failed audit is still ranked in discovery")
+        raise DevnetError("the provider with a failed audit is still ranked in discovery")
 
 
 def _show(run: Any, report: Any) -> None:
@@ -74,10 +80,8 @@ def _show(run: Any, report: Any) -> None:
     )
 
 
-def _restart_node(run: Any, command: list[str]) -> None:
-    from . import _demo as demo
+def _restart_node(run: DemoRun, command: list[str]) -> None:
+    from ._demo import serve_node
 
-    node = next(p for p in run.procs.procs if p.name == "node")
-    demo._stop_group(node.popen)
-    run.procs.procs.remove(node)
-    demo._step_node(run, command, extra=["--test-only-perturb-weights", CHEAT_SIZE])
+    run.procs.stop(next(p for p in run.procs.procs if p.name == "node"))
+    serve_node(run, command, extra=["--test-only-perturb-weights", CHEAT_SIZE])

@@ -8,19 +8,15 @@ cooperatively so the demo leaves nothing open.
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from tallystick.client import Chain, Wallet
 
-from .._chain import Chain
-from .._wallet import Wallet
-from ._app import create_app
-from ._service import open_gateway
-from ._settings import GatewaySettings
+from ._processes import free_port
 
 __all__ = ["gateway_step"]
 
@@ -42,11 +38,13 @@ def gateway_step(
     """Serve a gateway, send ``prompt`` through it with ``openai``, close its channel."""
     import openai
     import uvicorn
+    from tallystick.client._gateway import GatewaySettings, create_app
+    from tallystick.client._gateway._service import open_gateway
 
     settings = GatewaySettings(budget=budget, token=token, deposit=budget, idle_close_s=3600)
     gateway = open_gateway(wallet, store, chain, settings)
     _, secret = gateway.ledger.create_key("demo")
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(create_app(gateway), host="127.0.0.1", port=port, log_level="warning")
     )
@@ -102,9 +100,3 @@ def _wait_started(server: Any, timeout: float = 30.0) -> None:
         if time.monotonic() > deadline:
             raise RuntimeError("the gateway did not start")
         time.sleep(0.02)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
