@@ -187,12 +187,12 @@ def case_from_response(
     channel: Any, body: dict[str, Any], prompt_ids: list[int], tallystick: dict[str, Any]
 ) -> AuditCase | None:
     """The audit case of one verified response, or None when it carries nothing to audit."""
-    from tallystick.protocol import SignedUsageRecord
+    from tallystick.protocol import UsageBill
 
-    proof = tallystick.get("proof")
-    if not isinstance(proof, list) or not proof:
+    bill = UsageBill.from_json(tallystick)
+    if not bill.proof:
         return None
-    signed = SignedUsageRecord.from_json(tallystick)
+    signed = bill.signed
     seed = body.get("seed")  # absent (an OpenAI client): the node chose it, as the record says
     return AuditCase(
         model=channel.model,
@@ -201,8 +201,8 @@ def case_from_response(
         escrow=channel.escrow,
         signed=signed,
         prompt_ids=list(prompt_ids),
-        completion_ids=list(tallystick.get("completion_token_ids") or []),
-        proof=[int(v) for v in proof],
+        completion_ids=list(bill.completion_ids),
+        proof=list(bill.proof),
         seed=seed if isinstance(seed, int) else signed.record.seed,
         temperature=float(body.get("temperature", 1.0)),
         top_p=float(body.get("top_p", 1.0)),

@@ -11,7 +11,6 @@ Signatures are by the channel's session key when it has one, else by the wallet.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -25,8 +24,8 @@ from tallystick.protocol import (
     ProtocolError,
     Receipt,
     RequestAuth,
-    SignedUsageRecord,
     TokenCounter,
+    UsageBill,
     sign_receipt,
     sign_request_auth,
 )
@@ -61,11 +60,10 @@ if TYPE_CHECKING:
     from ._auditor import Auditor
     from ._chain import Chain
 
-__all__ = ["LOCK_TIMEOUT_S", "RECEIPT_HEADER", "Biller"]
+__all__ = ["LOCK_TIMEOUT_S", "Biller"]
 
 log = logging.getLogger("tallystick.client")
 
-RECEIPT_HEADER = "X-Tally-Receipt"
 REQUEST_TTL_S = 60  # a request signature is valid this long (the node takes it once)
 MAX_UNSEEN_TOKENS = 16  # ids a node may bill past what an interrupted stream delivered
 RECORD_WAIT_S = 10.0  # how long a node may take to sign the record of an interrupted request
@@ -173,7 +171,7 @@ class Biller:
         tally = self.store.tally(channel.channel_id)
         if tally.receipt is None or tally.delivered:
             return None
-        return json.dumps(tally.receipt.to_json(), separators=(",", ":"))
+        return tally.receipt.to_header()
 
     def settle(
         self,
@@ -186,8 +184,10 @@ class Biller:
         tally = self.store.tally(channel.channel_id)
         counter = self.counter(channel)
         try:
-            signed, ids = _parse(tallystick)
-            bill = verify_bill(channel, tally, signed, ids, served, counter, self.tolerance)
+            usage = UsageBill.from_json(tallystick)
+            bill = verify_bill(
+                channel, tally, usage.signed, usage.completion_ids, served, counter, self.tolerance
+            )
         except BillingDispute as dispute:
             raise self._dispute(dispute, evidence, tallystick) from None
         except ProtocolError as exc:
@@ -305,11 +305,18 @@ class Biller:
         ended_by_node = bool(pending.served.get("ended_by_node"))
         evidence = {"request": pending.served, "interrupted": True, "ended_by_node": ended_by_node}
         try:
-            signed, ids = _parse(raw)
+            usage = UsageBill.from_json(raw)
             unseen = 0 if ended_by_node else self.max_unseen_tokens
             counter = self.counter(channel)
             bill = verify_bill(
-                channel, tally, signed, ids, served, counter, self.tolerance, max_unseen=unseen
+                channel,
+                tally,
+                usage.signed,
+                usage.completion_ids,
+                served,
+                counter,
+                self.tolerance,
+                max_unseen=unseen,
             )
         except BillingDispute as dispute:
             raise self._dispute(dispute, evidence, raw) from None
@@ -376,13 +383,3 @@ class Biller:
             dispute.evidence,
         )
         return dispute
-
-
-def _parse(tallystick: Any) -> tuple[SignedUsageRecord, list[int]]:
-    if not isinstance(tallystick, dict):
-        raise ProtocolError("the response carries no tallystick usage record")
-    signed = SignedUsageRecord.from_json(tallystick)
-    ids = tallystick.get("completion_token_ids")
-    if not isinstance(ids, list) or not all(isinstance(i, int) and i >= 0 for i in ids):
-        raise ProtocolError("completion_token_ids must be a list of token ids")
-    return signed, ids

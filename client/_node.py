@@ -14,7 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-from tallystick.protocol import ProtocolError, SignedReceipt, is_loopback
+from tallystick.protocol import ClosingReceipt, ProtocolError, SignedReceipt, is_loopback
 
 from ._errors import InvalidResponse, NodeError, PaymentRequired, from_httpx
 from ._json import (
@@ -84,13 +84,12 @@ class NodeClient:
         """Ask the node to countersign the final receipt; return the provider's signature."""
         path = f"/v1/tally/channels/0x{receipt.receipt.channel_id.hex()}/close"
         body = loads(self.request("POST", path, json=receipt.to_json(), auth=auth), "close")
-        sig = None
-        if isinstance(body, dict):
-            sig = body.get("providerSignature") or body.get("provider_signature")
-            sig = sig or body.get("signature")
-        if not isinstance(sig, str) or not sig.startswith("0x") or len(sig) != 132:
-            raise ProtocolError(f"{self.url(path)} did not return a 65-byte provider signature")
-        return bytes.fromhex(sig[2:])
+        try:
+            return ClosingReceipt.from_json(body).provider_signature
+        except ProtocolError as exc:
+            raise ProtocolError(
+                f"{self.url(path)} did not return a closing receipt: {exc}"
+            ) from exc
 
     def record(self, channel_id: bytes, seq: int, auth: Authorizer) -> dict[str, Any]:
         """``GET /v1/tally/channels/{id}/records/{seq}``: a signed record and its ids."""

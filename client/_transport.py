@@ -24,9 +24,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-from tallystick.protocol import ProtocolError
+from tallystick.protocol import RECEIPT_HEADER, ProtocolError
 
-from ._billing import LOCK_TIMEOUT_S, RECEIPT_HEADER, Biller
+from ._billing import LOCK_TIMEOUT_S, Biller
 from ._errors import ClientError, InvalidResponse, from_httpx
 from ._json import MAX_BODY_BYTES, MAX_EVENT_BYTES, MAX_JSON_DEPTH, loads, read_capped, too_deep
 from ._locks import ChannelLock

@@ -21,7 +21,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-from tallystick.protocol import ChainError, Domain, model_id
+from tallystick.protocol import ChainError, ClosingReceipt, Domain, model_id
 
 from ._chain import ChainView, ChannelCache
 from ._dashboard import install_dashboard
@@ -32,7 +32,7 @@ from ._ledger import LedgerStore, open_ledger
 from ._metrics import CONTENT_TYPE, NodeMetrics
 from ._openapi import install_openapi
 from ._ratelimit import RateLimiter
-from ._schemas import INT64_MAX, ChatRequest, CompletionRequest, ReceiptBody, parse_body
+from ._schemas import INT64_MAX, ChatRequest, CompletionRequest, parse_body, receipt_from_body
 from ._serving import MeteredStream, answer_plain, prepare, run_stream
 from ._settings import Settings
 from ._settlement import SettlementWorker
@@ -400,8 +400,8 @@ async def _tokenizer(request: Request, model: str) -> Response:
 async def _receipts(request: Request) -> Any:
     # No request signature: the receipt is itself the client's signature over this action,
     # and storing the highest one a client signed is all it can do (docs/protocol.md §8).
-    body = await _receipt_body(request)
-    stored = await _node(request).gate.accept_receipt(body)
+    signed = receipt_from_body(await request.body())
+    stored = await _node(request).gate.accept_receipt(signed)
     return {"status": "stored", "channelId": "0x" + stored.channel_id.hex(), "seq": stored.seq}
 
 
@@ -414,8 +414,6 @@ async def _channel(request: Request, channel: str) -> Any:
 async def _record(
     request: Request, channel: str, seq: Annotated[int, Path(ge=1, le=INT64_MAX)]
 ) -> Any:
-    from ._serving import tallystick_object
-
     node = _node(request)
     info = await _channel_auth(request, channel)
     stored = node.ledger.get_record(info.channel_id, seq)
@@ -433,23 +431,19 @@ async def _record(
         raise ApiError(
             404, f"no record seq {seq} on this channel", param="seq", code="record_not_found"
         )
-    return {"model": stored.model, **tallystick_object(stored)}
+    return {"model": stored.model, **stored.bill().to_json()}
 
 
 async def _close(request: Request, channel: str) -> Any:
     node = _node(request)
     info = await _channel_auth(request, channel)
-    body = await _receipt_body(request)
-    if body["channelId"].lower() != "0x" + info.channel_id.hex():
+    signed = receipt_from_body(await request.body())
+    if signed.receipt.channel_id != info.channel_id:
         raise ApiError(
             400, "the receipt is for another channel", param="channelId", code="invalid_receipt"
         )
-    stored, provider_sig = await node.gate.countersign_close(body)
-    return {
-        "receipt": stored.signed.to_json(),
-        "providerSignature": "0x" + provider_sig.hex(),
-        "seq": stored.seq,
-    }
+    stored, provider_sig = await node.gate.countersign_close(signed)
+    return ClosingReceipt(stored.signed, provider_sig, stored.seq).to_json()
 
 
 async def _channel_auth(request: Request, channel: str) -> Any:
@@ -465,19 +459,6 @@ async def _authenticate(request: Request, body: bytes) -> Authorized:
     return await _node(request).gate.authenticate(
         request.headers.get("authorization"), request.method, request.url.path, body
     )
-
-
-async def _receipt_body(request: Request) -> dict[str, Any]:
-    """The receipt JSON of §8, its shape checked; the gate checks the rest."""
-    try:
-        body = parse_body(await request.body(), ReceiptBody)
-    except ApiError as exc:
-        if exc.code not in ("invalid_value", "missing_required_parameter"):
-            raise  # not JSON at all: keep invalid_json / invalid_encoding
-        raise ApiError(
-            400, f"malformed receipt: {exc.message}", param=exc.param, code="invalid_receipt"
-        ) from None
-    return body.model_dump()
 
 
 async def _health(request: Request) -> Any:

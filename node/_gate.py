@@ -25,7 +25,6 @@ from tallystick.protocol import (
     ChainError,
     Domain,
     InvalidSignature,
-    ProtocolError,
     Receipt,
     SignedReceipt,
     UsageRecord,
@@ -322,9 +321,8 @@ class PaymentGate:
 
     # receipts ------------------------------------------------------------------------------
 
-    async def accept_receipt(self, raw: Any) -> StoredReceipt:
+    async def accept_receipt(self, signed: SignedReceipt) -> StoredReceipt:
         """Verify a countersigned receipt against our records and store it (durably)."""
-        signed = _parse_receipt(raw)
         await self._check_receipt_signer(signed)
         return self._store_receipt(signed)
 
@@ -381,20 +379,19 @@ class PaymentGate:
             self._ledger.add_receipt(stored)  # durable before we acknowledge
         return stored
 
-    async def countersign_close(self, raw: Any) -> tuple[StoredReceipt, bytes]:
+    async def countersign_close(self, signed: SignedReceipt) -> tuple[StoredReceipt, bytes]:
         """The provider's signature on the client's final receipt (for ``closeCooperative``).
 
         The zero receipt ``(channelId, 0, 0, 0x00..)`` of a channel that served nothing and
         has nothing in flight is countersigned too: it closes the channel with a full refund.
         """
-        signed = _parse_receipt(raw)
         if _is_zero(signed.receipt):
             # Nothing to store: the contract accepts totals equal to the (zero) claimed ones,
             # and the seq check below refuses it once any record exists.
             await self._check_receipt_signer(signed)
             stored = StoredReceipt(signed, 0, time.time())
         else:
-            stored = await self.accept_receipt(raw)
+            stored = await self.accept_receipt(signed)
         with self._ledger.channel_lock(stored.channel_id):
             book = self._ledger.book(stored.channel_id)
             if stored.seq != book.seq or book.in_flight:
@@ -465,13 +462,6 @@ class PaymentGate:
 
 def _totals(input_tokens: int, output_tokens: int, cost: int) -> dict[str, int]:
     return {"inputTokens": input_tokens, "outputTokens": output_tokens, "cost": cost}
-
-
-def _parse_receipt(raw: Any) -> SignedReceipt:
-    try:
-        return SignedReceipt.from_json(raw)
-    except (ProtocolError, ValueError) as exc:
-        raise ApiError(400, f"malformed receipt: {exc}", code="invalid_receipt") from exc
 
 
 def _is_zero(receipt: Receipt) -> bool:

@@ -7,10 +7,11 @@ published schema is exactly what the node accepts (the API fuzz test relies on i
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
-from tallystick.protocol import MAX_JSON_DEPTH, json_too_deep
+from tallystick.protocol import MAX_JSON_DEPTH, ProtocolError, SignedReceipt, json_too_deep
 
 from ._errors import ApiError
 
@@ -21,6 +22,8 @@ __all__ = [
     "ReceiptBody",
     "parse_body",
     "parse_json",
+    "receipt_from_body",
+    "receipt_from_header",
 ]
 
 M = TypeVar("M", bound=BaseModel)
@@ -130,7 +133,11 @@ class CompletionRequest(_Sampling):
 
 
 class ReceiptBody(_Lenient):
-    """A countersigned cumulative Receipt (docs/protocol.md §8)."""
+    """A countersigned cumulative Receipt (docs/protocol.md §8), as ``/openapi.json`` shows it.
+
+    The node reads receipts with ``SignedReceipt.from_json`` (``receipt_from_body``), the one
+    parser of the wire form; this model only describes it.
+    """
 
     channelId: Hex32
     inputTokens: Int = Field(ge=0, le=UINT64_MAX)
@@ -161,6 +168,30 @@ def parse_body(raw: bytes, model: type[M]) -> M:
         return model.model_validate(data)
     except ValidationError as exc:
         raise _validation_error(exc) from None
+
+
+def receipt_from_body(raw: bytes) -> SignedReceipt:
+    """A receipt posted as the body (§8): strict JSON, then the protocol's parser."""
+    data = parse_json(raw)
+    if not isinstance(data, dict):
+        raise ApiError(400, "the body must be a JSON object", code="invalid_json")
+    return _receipt(lambda: SignedReceipt.from_json(data))
+
+
+def receipt_from_header(value: str) -> SignedReceipt:
+    """The ``X-Tally-Receipt`` header (§8), parsed by the protocol."""
+    return _receipt(lambda: SignedReceipt.from_header(value))
+
+
+def _receipt(parse: Callable[[], SignedReceipt]) -> SignedReceipt:
+    try:
+        return parse()
+    except ProtocolError as exc:
+        raise ApiError(
+            400, f"malformed receipt: {exc}", param=exc.field, code="invalid_receipt"
+        ) from None
+    except ValueError as exc:  # in range for the wire, not for the type (a 65-byte v, say)
+        raise ApiError(400, f"malformed receipt: {exc}", code="invalid_receipt") from None
 
 
 def parse_json(raw: bytes) -> Any:

@@ -20,16 +20,14 @@ from typing import TYPE_CHECKING, Any
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 from tallystick.protocol import (
-    MAX_JSON_DEPTH,
     ProtocolError,
     encode_proof,
-    json_too_deep,
     params_units,
 )
 
 from ._earnings import cost_added
 from ._errors import ApiError
-from ._schemas import ChatRequest, CompletionRequest
+from ._schemas import ChatRequest, CompletionRequest, receipt_from_header
 from ._types import ChannelInfo, Provenance, StoredRecord
 
 if TYPE_CHECKING:
@@ -45,7 +43,6 @@ __all__ = [
     "prepare",
     "run_plain",
     "run_stream",
-    "tallystick_object",
 ]
 
 Request = ChatRequest | CompletionRequest
@@ -167,7 +164,7 @@ class Completion:
             **self._head(stream=False),
             "choices": [choice],
             "usage": self.usage(),
-            "tallystick": tallystick_object(stored),
+            "tallystick": stored.bill().to_json(),
         }
 
     def chunk(self, text: str, finish_reason: str | None, *, first: bool = False) -> bytes:
@@ -193,7 +190,7 @@ class Completion:
     def final_chunk(self, stored: StoredRecord) -> bytes:
         """The chunk with ``finish_reason``; it carries the signed record (§8)."""
         chunk = self._chunk("", self.finish_reason or "stop", first=False)
-        return sse({**chunk, "tallystick": tallystick_object(stored)})
+        return sse({**chunk, "tallystick": stored.bill().to_json()})
 
     def usage_chunk(self) -> bytes:
         """OpenAI's usage-only chunk (empty ``choices``): only when the request asked for it."""
@@ -275,19 +272,6 @@ async def _translated(stream: AsyncIterator[TokenEvent]) -> AsyncIterator[TokenE
         await stream.aclose()  # type: ignore[attr-defined]
 
 
-def tallystick_object(stored: StoredRecord) -> dict[str, Any]:
-    """The ``tallystick`` member of a completion response (§8), timings as stored."""
-    record = stored.signed.record
-    return {
-        "record": record.to_json(),
-        "signature": "0x" + stored.signed.signature.hex(),
-        "completion_token_ids": stored.completion_ids,
-        "prompt_token_ids_hash": "0x" + record.prompt_hash.hex(),
-        "timings": stored.timings,
-        "proof": stored.proof,
-    }
-
-
 def sse(obj: Any) -> bytes:
     return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
 
@@ -328,7 +312,7 @@ async def _admit(
     engine = node.engine
     channel = authorized.channel
     if receipt_header:
-        await node.gate.accept_receipt(_receipt_json(receipt_header))
+        await node.gate.accept_receipt(receipt_from_header(receipt_header))
     chat = isinstance(request, ChatRequest)
     # The engine may reuse the KV of this channel's earlier prompts, never another's.
     prompt = replace(_prompt(engine, request, Prompt), cache_scope=channel.channel_id)
@@ -396,21 +380,6 @@ def _max_tokens(node: NodeState, request: Request, prompt_tokens: int, channel: 
             code="context_length_exceeded",
         )
     return asked
-
-
-def _receipt_json(header: str) -> Any:
-    if json_too_deep(header):  # json.loads would overflow the C stack under web3's recursion limit
-        raise ApiError(
-            400,
-            f"X-Tally-Receipt is nested deeper than {MAX_JSON_DEPTH} levels",
-            code="invalid_receipt",
-        )
-    try:
-        return json.loads(header)
-    except json.JSONDecodeError as exc:
-        raise ApiError(
-            400, f"X-Tally-Receipt is not JSON: {exc.msg}", code="invalid_receipt"
-        ) from None
 
 
 # running -----------------------------------------------------------------------------------

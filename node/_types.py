@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import IntEnum
 
-from tallystick.protocol import Prices, SignedReceipt, SignedUsageRecord
+from tallystick.protocol import Prices, SignedReceipt, SignedUsageRecord, UsageBill
 
 __all__ = ["ChannelInfo", "ChannelStatus", "StoredReceipt", "StoredRecord"]
 
@@ -65,8 +65,7 @@ class StoredRecord:
     completion_ids: list[int] = field(repr=False)
     model: str
     created_at: float
-    # {"ttft_ms", "itl_ms", "total_ms"} as sent with the completion ({} for records that
-    # older nodes stored without them)
+    # {"ttft_ms", "itl_ms", "total_ms"} as sent with the completion
     timings: dict[str, float] = field(default_factory=dict)
     # the committed logit of each completion id (§10.3; [] from an engine without one)
     proof: list[int] = field(default_factory=list, repr=False)
@@ -74,6 +73,10 @@ class StoredRecord:
     @property
     def seq(self) -> int:
         return self.signed.record.seq
+
+    def bill(self) -> UsageBill:
+        """The ``tallystick`` object of the completion that carried this record (§8)."""
+        return UsageBill(self.signed, self.completion_ids, self.timings, self.proof)
 
     @property
     def usage_root(self) -> bytes:

@@ -61,12 +61,13 @@ from ._fidelity import (
 )
 from ._ids import channel_id, model_id, new_salt
 from ._keys import account_from_key, account_from_keystore
+from ._messages import ClosingReceipt, UsageBill
 from ._pricing import cost_of
 from ._request_auth import RequestAuth, SignedRequestAuth, request_hash
 from ._revert import decode_revert
 from ._rpc import FailoverHTTPProvider, rpc_label, split_rpc_urls
 from ._tokenizer import TokenCounter, TokenizerBundle
-from ._types import Domain, Prices, Receipt, SignedReceipt
+from ._types import RECEIPT_HEADER, Domain, Prices, Receipt, SignedReceipt
 from ._units import (
     ETH_INFO,
     AmountSpec,
@@ -100,6 +101,7 @@ __all__ = [
     "MAX_TAG_OPERATORS",
     "MAX_TEMPLATE_NESTING",
     "PROOF_SCALE",
+    "RECEIPT_HEADER",
     "SAMPLER",
     "ZERO_ROOT",
     "AmountSpec",
@@ -107,6 +109,7 @@ __all__ = [
     "ChainUnavailable",
     "ChannelState",
     "ChannelStatus",
+    "ClosingReceipt",
     "ContractError",
     "DeployedAddresses",
     "Deployment",
@@ -138,6 +141,7 @@ __all__ = [
     "TokenizerBundle",
     "TokenizerMismatch",
     "TxResult",
+    "UsageBill",
     "UsageRecord",
     "account_from_key",
     "account_from_keystore",

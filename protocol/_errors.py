@@ -28,7 +28,11 @@ class TallystickError(Exception):
 
 
 class ProtocolError(TallystickError):
-    """A message or artefact does not follow the protocol."""
+    """A message or artefact does not follow the protocol; ``field`` names the wire field."""
+
+    def __init__(self, message: str = "", *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class InvalidSignature(ProtocolError):

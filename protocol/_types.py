@@ -7,6 +7,7 @@ into ``ProtocolError`` so an HTTP handler can answer with a readable message.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -15,6 +16,7 @@ from eth_abi import encode as abi_encode
 from eth_utils import is_address, keccak, to_checksum_address
 
 from ._errors import ProtocolError
+from ._untrusted import loads_untrusted
 
 UINT32_MAX = 2**32 - 1
 UINT64_MAX = 2**64 - 1
@@ -29,6 +31,7 @@ DOMAIN_TYPE = "EIP712Domain(string name,string version,uint256 chainId,address v
 DOMAIN_TYPEHASH = keccak(text=DOMAIN_TYPE)
 RECEIPT_TYPE = "Receipt(bytes32 channelId,uint64 inputTokens,uint64 outputTokens,bytes32 usageRoot)"
 RECEIPT_TYPEHASH = keccak(text=RECEIPT_TYPE)
+RECEIPT_HEADER = "X-Tally-Receipt"  # piggybacks the last countersigned receipt (§8)
 
 
 def check_uint(name: str, value: int, maximum: int) -> int:
@@ -63,22 +66,28 @@ def hex32(value: bytes) -> str:
 def parse_hex(name: str, value: Any, length: int | None = None) -> bytes:
     """Parse a ``0x``-hex wire field into bytes; ``ProtocolError`` on anything else."""
     if not isinstance(value, str) or not value.startswith(("0x", "0X")):
-        raise ProtocolError(f"{name} must be a 0x-prefixed hex string, got {value!r}")
+        raise ProtocolError(f"{name} must be a 0x-prefixed hex string, got {value!r}", field=name)
     try:
         raw = bytes.fromhex(value[2:])
     except ValueError as exc:
-        raise ProtocolError(f"{name} is not valid hex: {value!r}") from exc
+        raise ProtocolError(f"{name} is not valid hex: {value!r}", field=name) from exc
     if length is not None and len(raw) != length:
-        raise ProtocolError(f"{name} must be {length} bytes, got {len(raw)}")
+        raise ProtocolError(f"{name} must be {length} bytes, got {len(raw)}", field=name)
     return raw
 
 
 def parse_int(name: str, value: Any, maximum: int) -> int:
-    """Parse a JSON-number wire field; ``ProtocolError`` unless an integer in range."""
+    """Parse a JSON-number wire field; ``ProtocolError`` unless an integer in range.
+
+    JSON has one number type: ``2.0`` is the integer 2 (as JSON Schema and §8.3 say), ``2.5``
+    is not.
+    """
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
     try:
         return check_uint(name, value, maximum)
     except ValueError as exc:
-        raise ProtocolError(str(exc)) from exc
+        raise ProtocolError(str(exc), field=name) from exc
 
 
 def wire_field(obj: Any, key: str) -> Any:
@@ -86,7 +95,7 @@ def wire_field(obj: Any, key: str) -> Any:
     if not isinstance(obj, dict):
         raise ProtocolError(f"expected a JSON object, got {type(obj).__name__}")
     if key not in obj:
-        raise ProtocolError(f"missing field {key!r}")
+        raise ProtocolError(f"missing field {key!r}", field=key)
     return obj[key]
 
 
@@ -207,5 +216,14 @@ class SignedReceipt:
     @classmethod
     def from_json(cls, obj: Any) -> SignedReceipt:
         """Parse the wire form of §8; ``ProtocolError`` on anything malformed."""
-        signature = parse_hex("signature", wire_field(obj, "signature"), 65)
-        return cls(Receipt.from_json(obj), signature)
+        receipt = Receipt.from_json(obj)  # fields in wire order: the first bad one is named
+        return cls(receipt, parse_hex("signature", wire_field(obj, "signature"), 65))
+
+    def to_header(self) -> str:
+        """The ``X-Tally-Receipt`` value: the wire form as compact JSON (§8)."""
+        return json.dumps(self.to_json(), separators=(",", ":"))
+
+    @classmethod
+    def from_header(cls, value: str) -> SignedReceipt:
+        """Parse an ``X-Tally-Receipt`` value; ``ProtocolError`` (``InvalidJSON``) if malformed."""
+        return cls.from_json(loads_untrusted(value, what=RECEIPT_HEADER))

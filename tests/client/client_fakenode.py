@@ -17,13 +17,16 @@ from eth_account.signers.local import LocalAccount
 from tallystick.client import ChannelInfo
 from tallystick.node.engines import tiny_tokenizer_bundle
 from tallystick.protocol import (
+    RECEIPT_HEADER,
     ZERO_ROOT,
+    ClosingReceipt,
     Domain,
     Prices,
     SignedReceipt,
     SignedRequestAuth,
     SignedUsageRecord,
     TokenCounter,
+    UsageBill,
     UsageRecord,
     hash_token_ids,
     recover_receipt_signer,
@@ -66,7 +69,7 @@ class FakeNode:
     totals: tuple[int, int] = (0, 0)
     root: bytes = ZERO_ROOT
     receipts: list[SignedReceipt] = field(default_factory=list)
-    piggybacked: list[dict[str, Any]] = field(default_factory=list)
+    piggybacked: list[SignedReceipt] = field(default_factory=list)
     requests: list[dict[str, Any]] = field(default_factory=list)
     escrow: str = ESCROW
     prices: Prices = PRICES
@@ -110,17 +113,17 @@ class FakeNode:
         if self.status_override is not None:
             status, body = self.status_override
             return httpx.Response(status, json=body)
-        if "x-tally-receipt" in request.headers:
-            raw = json.loads(request.headers["x-tally-receipt"])
-            self.piggybacked.append(raw)
-            self._accept(raw)
+        if RECEIPT_HEADER in request.headers:
+            piggybacked = SignedReceipt.from_header(request.headers[RECEIPT_HEADER])
+            self.piggybacked.append(piggybacked)
+            self._accept(piggybacked)
         if path == "/v1/tally/receipts":
-            self._accept(json.loads(request.content))
+            self._accept(SignedReceipt.from_json(json.loads(request.content)))
             return httpx.Response(200, json={"ok": True})
         if path.endswith("/close"):
-            signed = self._accept(json.loads(request.content))
+            signed = self._accept(SignedReceipt.from_json(json.loads(request.content)))
             sig = sign_receipt(self.provider, self.domain, signed.receipt).signature
-            return httpx.Response(200, json={"providerSignature": "0x" + sig.hex()})
+            return httpx.Response(200, json=ClosingReceipt(signed, sig, self.seq).to_json())
         if path in ("/v1/chat/completions", "/v1/completions"):
             return self._complete(request, chat=path.endswith("chat/completions"))
         return httpx.Response(404, json={"error": {"message": "not found", "code": "not_found"}})
@@ -152,8 +155,7 @@ class FakeNode:
         if request.url.path.endswith("completions"):
             assert signed.auth.seq == self.seq + 1, (signed.auth.seq, self.seq)
 
-    def _accept(self, raw: dict[str, Any]) -> SignedReceipt:
-        signed = SignedReceipt.from_json(raw)
+    def _accept(self, signed: SignedReceipt) -> SignedReceipt:
         assert recover_receipt_signer(self.domain, signed) == self.client_address
         self.receipts.append(signed)
         return signed
@@ -174,7 +176,7 @@ class FakeNode:
         if bill.after_sign is not None:
             signed = bill.after_sign(signed)
         self._advance(bill.record)
-        tally = {**signed.to_json(), "completion_token_ids": bill.completion_ids}
+        tally = UsageBill(signed, bill.completion_ids).to_json()
         if body.get("stream"):
             return self._sse(body, bill, tally, chat)
         return httpx.Response(200, json=_completion(body, bill, tally, chat))

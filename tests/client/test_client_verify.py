@@ -224,8 +224,8 @@ def test_piggybacked_receipt_when_not_posted(
         assert fake.receipts == [] and not c.store.tally(fake.channel_id).delivered
         chat(c)
         first = c.store.bill(fake.channel_id)[0].record.record
-        assert fake.piggybacked[0]["inputTokens"] == first.input_tokens
-        assert fake.piggybacked[0]["outputTokens"] == first.output_tokens
+        assert fake.piggybacked[0].receipt.input_tokens == first.input_tokens
+        assert fake.piggybacked[0].receipt.output_tokens == first.output_tokens
 
 
 def test_402_becomes_payment_required(client: Tallystick, fake: FakeNode) -> None:

@@ -8,6 +8,8 @@ DOCUMENTED = {
     # types
     "Domain", "Prices", "Receipt", "SignedReceipt", "UsageRecord", "SignedUsageRecord",
     "RequestAuth", "SignedRequestAuth",
+    # wire messages (§8)
+    "UsageBill", "ClosingReceipt", "RECEIPT_HEADER",
     # identifiers, pricing, usage chain
     "model_id", "channel_id", "new_salt", "cost_of", "hash_token_ids", "next_usage_root",
     "ZERO_ROOT",
