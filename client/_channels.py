@@ -20,6 +20,7 @@ from ._chain import ETH, Chain, Listing, status_name
 from ._discovery import check_node_listing, choose_offer
 from ._disputes import utc
 from ._errors import ChannelStateError, ClientError, NodeError
+from ._prechecks import require_funds, require_status
 from ._store import ChannelInfo
 
 if TYPE_CHECKING:
@@ -96,6 +97,7 @@ class Channels:
         if check_node:
             check_node_listing(self._client.node(offer.endpoint), offer)
         account = self._client.account
+        require_funds(self._chain, account.address, offer.token, deposit, "the deposit")
         # The key is on disk before the transaction that authorises it is sent.
         key = self._client.store.new_session_key() if session_key else None
         cid, _ = self._chain.open_channel(
@@ -128,6 +130,8 @@ class Channels:
         info = self._client.channel(channel)
         if amount <= 0:
             raise ClientError("the top-up must be a positive amount (in base units)")
+        require_status(self._chain, info, ("open",), "top up")
+        require_funds(self._chain, self._client.account.address, info.token, amount, "the top-up")
         self._chain.top_up(self._client.account, info.channel_id, amount)
         deposit = self._chain.channel(info.channel_id).deposit
         self._client.store.update_channel(info.channel_id, deposit=deposit)
@@ -150,6 +154,7 @@ class Channels:
         """Cooperative close: the node countersigns the final receipt, then ``closeCooperative``."""
         info = self._client.channel(channel)
         biller = self._client.biller
+        require_status(self._chain, info, ("open",), "close")
         # A disputed channel has a record the node will not close without: say the way out.
         biller.check_usable(info)
         with biller.locked(info):  # no request of another process in between
@@ -180,6 +185,7 @@ class Channels:
     def request_close(self, channel: bytes | str) -> int:
         """Start a unilateral close; return ``closesAt`` (unix seconds)."""
         info = self._client.channel(channel)
+        require_status(self._chain, info, ("open",), "close")
         biller = self._client.biller
         # No request of another process in between: its pending request is not ours to settle.
         with biller.locked(info):

@@ -26,6 +26,7 @@ from tallystick.protocol import (
     TokenInfo,
     connect,
     cost_of,
+    explain_contract_error,
     format_amount,
     format_price,
     parse_amount,
@@ -87,7 +88,11 @@ class Settings:
             split_rpc_urls(self.rpc)  # a malformed --rpc is a usage error, said before connecting
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--rpc") from None
-        return Chain.connect(self.rpc, self.registry, self.escrow, deployments=self.deployments)
+        from ._prechecks import require_contracts
+
+        chain = Chain.connect(self.rpc, self.registry, self.escrow, deployments=self.deployments)
+        require_contracts(chain, self.rpc)
+        return chain
 
     def token(self, token: str) -> TokenInfo:
         """The symbol and decimals of ``token``, read once from --rpc (base units if unreadable)."""
@@ -128,12 +133,25 @@ def _say_waiting(channel_id: bytes, holder: LockHolder) -> None:
     )
 
 
+class _Commands(click.Group):
+    """The command group; a contract's refusal is explained with the token amounts it quotes."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ContractError as exc:
+            tokens = ctx.obj.token if isinstance(ctx.obj, Settings) else None
+            exc.explained = explain_contract_error(exc, tokens=tokens)
+            raise
+
+
 @click.group(
+    cls=_Commands,
     context_settings={
         "auto_envvar_prefix": "TALLYSTICK",
         "show_default": True,
         "help_option_names": ["-h", "--help"],
-    }
+    },
 )
 @click.version_option(package_name="tallystick", prog_name="tallystick")
 @click.option(
@@ -607,7 +625,7 @@ def _explain(exc: BaseException) -> str:
     if isinstance(exc, ChainUnavailable | NodeUnavailable):
         return f"{exc} — is it running, and is the URL right?"
     if isinstance(exc, ContractError):
-        return f"the contract refused: {exc}"
+        return getattr(exc, "explained", None) or explain_contract_error(exc)
     return str(exc)
 
 

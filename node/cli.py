@@ -15,9 +15,11 @@ from typing import Any, TypeVar
 import click
 from tallystick.protocol import (
     ChainError,
+    ContractError,
     Prices,
     TallystickError,
     TokenInfo,
+    explain_contract_error,
     format_amount,
     format_price,
     is_loopback,
@@ -167,23 +169,10 @@ def _fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
-_HINTS = {
-    "RegistryNotRegistered": "this key is not a registered provider; "
-    "run `tallystick-node register`",
-    "RegistryAlreadyRegistered": "this key is already registered",
-    "RegistryModelNotListed": "this model is not listed by this key; run "
-    "`tallystick-node list-model`",
-    "RegistryEmptyEndpoint": "the endpoint must not be empty",
-    "EscrowNothingToWithdraw": "nothing to withdraw in this token",
-}
-
-
 def _chain_message(exc: ChainError) -> str:
-    name = getattr(exc, "name", None)
-    if name is None:
-        return str(exc)
-    hint = _HINTS.get(name)
-    return f"contract error {exc}" + (f": {hint}" if hint else "")
+    if isinstance(exc, ContractError):
+        return explain_contract_error(exc)
+    return str(exc)
 
 
 def _check_endpoint(endpoint: str) -> None:

@@ -49,6 +49,7 @@ from ._errors import (
     TallystickError,
     TokenizerMismatch,
 )
+from ._explain import explain_contract_error
 from ._fidelity import (
     PROOF_SCALE,
     SAMPLER,
@@ -154,6 +155,7 @@ __all__ = [
     "decode_revert",
     "deploy",
     "encode_proof",
+    "explain_contract_error",
     "format_amount",
     "format_price",
     "gumbel_noise",

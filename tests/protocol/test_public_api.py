@@ -41,7 +41,7 @@ DOCUMENTED = {
 }  # fmt: skip
 EXTRA = {
     "recover_message_signer", "bench_signing", "is_loopback", "ChannelStatus",
-    "Event", "SkippedReceipt", "Token", "decode_revert",
+    "Event", "SkippedReceipt", "Token", "decode_revert", "explain_contract_error",
 }  # fmt: skip
 
 
