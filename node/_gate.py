@@ -102,17 +102,13 @@ class PaymentGate:
         signed = parse_request_auth(authorization, method, path, body)
         auth = signed.auth
         signer = signer_of(self.domain, signed)
-        channel = await self._channel(auth.channel_id)
-        if not channel.may_sign(signer):
-            # The client may have just authorised a new session key: read the chain once more.
-            channel = await self._channel(auth.channel_id, refresh=True)
-        if not channel.may_sign(signer):
-            raise ApiError(
-                401,
-                f"the request is signed by {signer}, which is neither the channel's client "
-                "nor its session key",
-                code="invalid_signer",
-            )
+        refused = ApiError(
+            401,
+            f"the request is signed by {signer}, which is neither the channel's client nor its "
+            "session key",
+            code="invalid_signer",
+        )
+        channel = await self._signed_by(await self._channel(auth.channel_id), signer, refused)
         self._seen.use(auth.struct_hash(), auth.expires_at, time.time())
         return Authorized(channel, auth, signer)
 
@@ -329,14 +325,24 @@ class PaymentGate:
     async def _check_receipt_signer(self, signed: SignedReceipt) -> None:
         channel = await self._channel(signed.receipt.channel_id)
         signer = self._receipt_signer(signed)
+        refused = ApiError(
+            400,
+            f"the receipt is signed by {signer}, not by the channel's client or session key",
+            code="receipt_signer_mismatch",
+        )
+        await self._signed_by(channel, signer, refused)
+
+    async def _signed_by(self, channel: ChannelInfo, signer: str, refused: ApiError) -> ChannelInfo:
+        """``channel`` once ``signer`` is its client or session key, else raise ``refused``.
+
+        The one check of who signed a request or a receipt. A signer the cached state does not
+        know may be a session key the client has just authorised: the chain is read once more.
+        """
         if not channel.may_sign(signer):
-            channel = await self._channel(signed.receipt.channel_id, refresh=True)
+            channel = await self._channel(channel.channel_id, refresh=True)
         if not channel.may_sign(signer):
-            raise ApiError(
-                400,
-                f"the receipt is signed by {signer}, not by the channel's client or session key",
-                code="receipt_signer_mismatch",
-            )
+            raise refused
+        return channel
 
     def _receipt_signer(self, signed: SignedReceipt) -> str:
         try:
