@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -22,7 +23,6 @@ from tallystick.protocol import (
     explain_contract_error,
     format_amount,
     format_price,
-    is_loopback,
     model_id,
     parse_amount,
     token_info,
@@ -33,6 +33,8 @@ from ._keys import load_account
 from ._settings import Settings, load_settings
 
 __all__ = ["main"]
+
+log = logging.getLogger("tallystick.node")
 
 F = TypeVar("F", bound=Callable[..., Any])
 ETH = "0x0000000000000000000000000000000000000000"
@@ -175,23 +177,6 @@ def _chain_message(exc: ChainError) -> str:
     return str(exc)
 
 
-def _check_endpoint(endpoint: str) -> None:
-    # Clients send prompts, answers and receipts there: only a local test node may skip TLS.
-    from urllib.parse import urlsplit
-
-    if not endpoint:
-        return  # the registry refuses it with RegistryEmptyEndpoint
-    parts = urlsplit(endpoint)
-    if parts.scheme == "https" and parts.hostname:
-        return
-    if parts.scheme == "http" and is_loopback(parts.hostname):
-        return
-    raise ConfigError(
-        f"the endpoint {endpoint!r} must be an https:// URL (plain http:// only for a node on "
-        "this machine, e.g. http://127.0.0.1:8000); see docs/https.md"
-    )
-
-
 def _settings(cli: dict[str, Any]) -> Settings:
     config = cli.pop("config", None)
     if cli.get("min_claim") == ():
@@ -291,10 +276,12 @@ def serve(**cli: Any) -> None:
 
     from ._app import create_app
     from ._logging import configure_logging
+    from ._preflight import check_port_free
 
     settings = _settings(cli)
     settings.check_listen()
     _check_tls_files(settings)
+    check_port_free(settings.host, settings.port)  # before minutes of model load, not after
     configure_logging(settings.log_level, settings.log_format)
     account = _account(settings)
     # Connect and load before uvicorn starts: a failure in its lifespan prints a traceback,
@@ -333,11 +320,22 @@ async def _preflight(settings: Settings, account: Any) -> tuple[Any, Any]:
     from ._engine_factory import build_engine, check_engine_settings
     from ._escrow import EscrowChain
     from ._ledger import open_ledger
+    from ._preflight import bind_ledger, registration_warnings
+    from .engines import default_model_name
 
     check_engine_settings(settings)
-    open_ledger(settings.ledger_location).close()  # an unreachable ledger: one line, exit 2
+    ledger = open_ledger(settings.ledger_location)  # an unreachable ledger: one line, exit 2
+    try:
+        bind_ledger(ledger, account.address, str(settings.ledger_location), claim=True)
+    finally:
+        ledger.close()
     chain = await EscrowChain.connect(settings, account)
     await chain.check(settings)
+    model = settings.model_name or (default_model_name(settings.model) if settings.model else None)
+    for warning in await asyncio.to_thread(
+        registration_warnings, chain.registry, account.address, model, settings
+    ):
+        log.warning("%s", warning)
     engine = await build_engine(settings)
     if settings.engine == "upstream":
         # Probe the upstream now (one line if it is down); its HTTP client belongs to the
@@ -354,12 +352,27 @@ async def _preflight(settings: Settings, account: Any) -> tuple[Any, Any]:
 @_chain_options
 @click.option("--endpoint", required=True, help="Public base URL of this node.")
 @click.option("--metadata", default="", help="Free-form metadata (JSON).")
+@click.option("--yes", "-y", is_flag=True, help="Replace an existing registration without asking.")
 @_one_line_errors
-def register(endpoint: str, metadata: str, **cli: Any) -> None:
+def register(endpoint: str, metadata: str, yes: bool, **cli: Any) -> None:
     """Register this key as a provider (or update its endpoint)."""
-    _check_endpoint(endpoint)
+    from ._preflight import check_endpoint_url, probe_health
+
+    endpoint = check_endpoint_url(endpoint)
     account, registry, _ = _bindings(_settings(cli))
-    if registry.get_provider(account.address).registered:
+    warning = probe_health(endpoint, account.address)
+    if warning:
+        click.echo(f"warning: {warning}", err=True)
+    current = registry.get_provider(account.address)
+    if current.registered:
+        if current.endpoint == endpoint:
+            click.echo(f"{account.address} is already registered at {endpoint}; nothing to change")
+            return
+        if not yes and not click.confirm(
+            f"{account.address} is registered at {current.endpoint}; replace it with {endpoint}?",
+            err=True,
+        ):
+            raise ConfigError("not replaced: the registration is unchanged (--yes skips asking)")
         tx = registry.update_endpoint(account, endpoint)
         click.echo(f"endpoint updated to {endpoint} (tx 0x{tx.tx_hash.hex()})")
     else:
@@ -561,7 +574,9 @@ def withdraw(token: str, to: str | None, **cli: Any) -> None:
 def settle(**cli: Any) -> None:
     """Claim every countersigned receipt now (claimMany batches that fit in a block)."""
     settings = _settings(cli)
-    outcomes = asyncio.run(_settle(settings, _account(settings)))
+    account = _account(settings)
+    _check_ledger_owner(settings, account.address)
+    outcomes = asyncio.run(_settle(settings, account))
     if not outcomes:
         click.echo("nothing to claim")
         return
@@ -611,7 +626,19 @@ def status(as_json: bool, **cli: Any) -> None:
 
     settings = _settings(cli)
     account, registry, escrow = _bindings(settings)
+    _check_ledger_owner(settings, account.address)
     show_status(settings, account.address, registry, escrow, as_json=as_json)
+
+
+def _check_ledger_owner(settings: Settings, provider: str) -> None:
+    from ._ledger import open_ledger
+    from ._preflight import bind_ledger
+
+    ledger = open_ledger(settings.ledger_location)
+    try:
+        bind_ledger(ledger, provider, str(settings.ledger_location), claim=False)
+    finally:
+        ledger.close()
 
 
 @main.command()
