@@ -8,7 +8,7 @@ live in ``tallystick.node.engines`` (imported lazily: they pull in torch).
 Errors: see ``_errors.py`` (``NodeError`` → ``ConfigError``, ``KeyLoadError``, ``ApiError``).
 """
 
-from ._app import NodeState, create_app
+from ._app import create_app
 from ._chain import (
     ChainView,
     ChannelCache,
@@ -33,6 +33,7 @@ from ._metrics import NodeMetrics
 from ._ratelimit import RateLimiter
 from ._settings import Settings, load_settings
 from ._settlement import Candidate, SettlementWorker, plan_batches
+from ._state import NodeState
 from ._types import ChannelInfo, ChannelStatus, StoredReceipt, StoredRecord
 
 __all__ = [

@@ -17,7 +17,6 @@ import time
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any
 
 from eth_account.signers.local import LocalAccount
 from tallystick.protocol import (
@@ -411,63 +410,11 @@ class PaymentGate:
         provider_sig = sign_receipt(self._account, self.domain, stored.signed.receipt)
         return stored, provider_sig.signature
 
-    # views ---------------------------------------------------------------------------------
+    # channels ------------------------------------------------------------------------------
 
     async def fresh(self, channel_id: bytes) -> ChannelInfo:
         """The channel as the chain has it now (the last known state during an outage)."""
         return await self._channel(channel_id, refresh=True)
-
-    def view(self, channel: ChannelInfo) -> dict[str, Any]:
-        """``GET /v1/tally/channels/{id}``: served, countersigned and claimed totals, credit."""
-        book = self._ledger.book(channel.channel_id)
-        served_in, served_out = book.totals
-        receipt = self._ledger.last_receipt(channel.channel_id)
-        signed = receipt.signed.receipt if receipt else Receipt(channel.channel_id, 0, 0, ZERO_ROOT)
-        served_root = book.last.usage_root if book.last else ZERO_ROOT
-        served_cost = cost_of(served_in, served_out, channel.prices)
-        signed_cost = cost_of(signed.input_tokens, signed.output_tokens, channel.prices)
-        worst_cost = cost_of(
-            served_in + book.reserved_input, served_out + book.reserved_output, channel.prices
-        )
-        return {
-            "channelId": "0x" + channel.channel_id.hex(),
-            "status": channel.status.name.lower(),
-            "closeAgreed": book.closing,
-            "client": channel.client,
-            "provider": channel.provider,
-            "sessionKey": channel.session_key,
-            "token": channel.token,
-            "deposit": channel.deposit,
-            "paid": channel.paid,
-            "prices": {
-                "inputPerM": channel.prices.input_per_m,
-                "outputPerM": channel.prices.output_per_m,
-            },
-            "lastSeq": book.seq,
-            "served": {
-                **_totals(served_in, served_out, served_cost),
-                "usageRoot": "0x" + served_root.hex(),
-            },
-            "countersigned": {
-                **_totals(signed.input_tokens, signed.output_tokens, signed_cost),
-                "seq": book.countersigned_seq,
-                "usageRoot": "0x" + signed.usage_root.hex(),
-            },
-            "claimed": _totals(
-                channel.claimed_input,
-                channel.claimed_output,
-                cost_of(channel.claimed_input, channel.claimed_output, channel.prices),
-            ),
-            "usageRoot": "0x" + served_root.hex(),  # = served.usageRoot (kept for old clients)
-            "unpaid": served_cost - signed_cost,
-            "inFlight": book.in_flight,
-            "creditLeft": max(channel.deposit - worst_cost, 0),
-            "creditRequests": self.credit_requests,
-        }
-
-
-def _totals(input_tokens: int, output_tokens: int, cost: int) -> dict[str, int]:
-    return {"inputTokens": input_tokens, "outputTokens": output_tokens, "cost": cost}
 
 
 def _is_zero(receipt: Receipt) -> bool:

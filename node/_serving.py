@@ -31,9 +31,9 @@ from ._schemas import ChatRequest, CompletionRequest, receipt_from_header
 from ._types import ChannelInfo, Provenance, StoredRecord
 
 if TYPE_CHECKING:
-    from ._app import NodeState
     from ._gate import Authorized, Reservation
     from ._ratelimit import Ticket
+    from ._state import NodeState
     from .engines import Engine, Prompt, SamplingParams, TokenEvent
 
 __all__ = [

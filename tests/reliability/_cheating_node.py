@@ -91,7 +91,7 @@ _COUNTER: list[Any] = []
 
 
 def _wrap_serving() -> None:
-    from tallystick.node import _app, _serving
+    from tallystick.node import _routes, _serving
 
     max_tokens = _serving._max_tokens
 
@@ -135,9 +135,9 @@ def _wrap_serving() -> None:
         return {}
 
     if CHEAT.startswith("end_early") or CHEAT == "withhold":
-        _app.run_stream = ended_early
+        _routes.run_stream = ended_early
     if CHEAT == "withhold":
-        _app.answer_plain = withheld
+        _routes.answer_plain = withheld
 
 
 def main() -> None:
