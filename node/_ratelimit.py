@@ -29,12 +29,12 @@ class _Window:
 
 @dataclass
 class Ticket:
-    """One admitted request; ``settle`` replaces its estimated tokens with the real count."""
+    """One admitted request; ``recount`` replaces its estimated tokens with the real count."""
 
     entry: list[float] | None
     headers: dict[str, str]
 
-    def settle(self, tokens: int) -> None:
+    def recount(self, tokens: int) -> None:
         if self.entry is not None:
             self.entry[1] = tokens
 

@@ -15,14 +15,15 @@ from fastapi import FastAPI, Path, Request, Response
 from fastapi.responses import JSONResponse
 from tallystick.protocol import ChainError, ClosingReceipt, model_id
 
+from ._admission import admit
 from ._channel_view import channel_view
 from ._dashboard import install_dashboard
 from ._errors import ApiError
 from ._gate import Authorized
 from ._metrics import CONTENT_TYPE
 from ._schemas import INT64_MAX, ChatRequest, CompletionRequest, parse_body, receipt_from_body
-from ._serving import MeteredStream, answer_plain, prepare, run_stream
 from ._state import node_of
+from ._streaming import MeteredStream, answer_plain, run_stream
 
 __all__ = ["install_routes"]
 
@@ -58,12 +59,12 @@ async def _complete(request: Request, kind: type[ChatRequest] | type[CompletionR
     raw = await request.body()
     authorized = await _authenticate(request, raw)  # before anything reads the body
     body = parse_body(raw, kind)
-    done = await prepare(node, body, authorized, request.headers.get("x-tally-receipt"))
+    admitted = await admit(node, body, authorized, request.headers.get("x-tally-receipt"))
     # The limit the node applied, said out loud (it chose it when the request named none).
-    headers = {**done.ticket.headers, "x-tally-max-tokens": str(done.params.max_tokens)}
+    headers = {**admitted.ticket.headers, "x-tally-max-tokens": str(admitted.params.max_tokens)}
     if body.stream:
-        return MeteredStream(lambda send_chunk: run_stream(done, send_chunk), headers)
-    answer = await answer_plain(done, request.receive)
+        return MeteredStream(lambda send_chunk: run_stream(admitted, send_chunk), headers)
+    answer = await answer_plain(admitted, request.receive)
     if answer is None:  # the client went away: nobody reads this (nginx's "client closed")
         return Response(status_code=CLIENT_CLOSED)
     return JSONResponse(answer, headers=headers)

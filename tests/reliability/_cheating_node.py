@@ -91,9 +91,9 @@ _COUNTER: list[Any] = []
 
 
 def _wrap_serving() -> None:
-    from tallystick.node import _routes, _serving
+    from tallystick.node import _admission, _openai, _routes, _streaming
 
-    max_tokens = _serving._max_tokens
+    max_tokens = _admission._max_tokens
 
     def logged_max_tokens(node: Any, request: Any, *args: Any) -> int:
         applied = max_tokens(node, request, *args)
@@ -110,19 +110,19 @@ def _wrap_serving() -> None:
             return 10_000  # whatever the client asked for
         return applied
 
-    _serving._max_tokens = logged_max_tokens
+    _admission._max_tokens = logged_max_tokens
 
-    answer_plain = _serving.answer_plain
+    answer_plain = _streaming.answer_plain
 
     async def ended_early(done: Any, send_chunk: Any) -> None:
-        if not await send_chunk(done.chunk("", None, first=True)):
+        if not await send_chunk(_openai.delta_chunk(done, "", None, first=True)):
             await done.close_engine()
             done.abandon()
             return
         sent, chunks = 0, 0 if CHEAT == "withhold" else 3
         async for event in done.stream:
             if sent < chunks:
-                await send_chunk(done.chunk(event.text, None))
+                await send_chunk(_openai.delta_chunk(done, event.text, None))
                 sent += 1
                 done.add(event)
             elif CHEAT != "end_early_fair":
