@@ -1,4 +1,10 @@
-"""Request bodies (the OpenAI fields the node supports; unknown fields are ignored).
+"""Request bodies: the OpenAI fields the node supports; any other is a 400.
+
+A parameter the node does not implement (``tools``, ``response_format``, ``logit_bias``, a
+vendor's ``top_k``…) is refused with ``unsupported_parameter`` naming it, never ignored: a
+client that asked for JSON mode or a tool call would otherwise get an answer that looks
+right and is not. Sent with the value that means "not used" (``tools: []``,
+``presence_penalty: 0``, ``null``), it is accepted, as OpenAI's clients send such defaults.
 
 The same pydantic models validate requests and describe them in ``/openapi.json``, so the
 published schema is exactly what the node accepts (the API fuzz test relies on it).
@@ -10,7 +16,14 @@ import json
 from collections.abc import Callable
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 from tallystick.protocol import MAX_JSON_DEPTH, ProtocolError, SignedReceipt, json_too_deep
 
 from ._errors import ApiError
@@ -83,7 +96,43 @@ class StreamOptions(_Lenient):
     include_usage: bool = False
 
 
-class _Sampling(_Lenient):
+# OpenAI request parameters the node does not implement, each with the test of a value that
+# means "not used" (such a value is dropped; any other is refused).
+_NEUTRAL: dict[str, Callable[[Any], bool]] = {
+    "tools": lambda v: v == [],
+    "tool_choice": lambda v: v in ("none", "auto"),
+    "parallel_tool_calls": lambda v: True,  # says nothing without tools
+    "functions": lambda v: v == [],
+    "function_call": lambda v: v in ("none", "auto"),
+    "response_format": lambda v: v == {"type": "text"},
+    "logit_bias": lambda v: v == {},
+    "presence_penalty": lambda v: v == 0,
+    "frequency_penalty": lambda v: v == 0,
+    "logprobs": lambda v: v is False,
+    "top_logprobs": lambda v: v == 0,
+    "echo": lambda v: v is False,
+    "best_of": lambda v: v == 1,
+    "suffix": lambda v: v == "",
+    "store": lambda v: v is False,
+    "metadata": lambda v: True,  # tags for stored completions; nothing is stored
+    "service_tier": lambda v: v in ("auto", "default"),
+}
+
+
+class _Sampling(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_unused(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        return {
+            k: v
+            for k, v in data.items()
+            if k in cls.model_fields or not (v is None or (k in _NEUTRAL and _NEUTRAL[k](v)))
+        }
+
     model: str
     max_tokens: TokenLimit | None = None
     temperature: float = Field(default=1.0, ge=0, le=2)
@@ -247,6 +296,14 @@ def _validation_error(exc: ValidationError) -> ApiError:
     param = loc[0] if loc else None
     where = ".".join(loc)
     message = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        return ApiError(
+            400,
+            f"the parameter {where!r} is not supported by this node; remove it "
+            "(docs/protocol.md §8 lists the supported parameters)",
+            param=param,
+            code="unsupported_parameter",
+        )
     if err["type"] == "missing":
         return ApiError(
             400,

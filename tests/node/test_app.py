@@ -280,18 +280,22 @@ async def test_bad_requests_get_the_openai_envelope(make_node, body, status, cod
         assert set(err) == {"message", "type", "param", "code"}
 
 
-async def test_unknown_fields_are_ignored_and_content_parts_are_joined(make_node):
+async def test_unknown_fields_are_refused_and_content_parts_are_joined(make_node):
     async with make_node() as h:
         parts = [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]
+        body = {"model": MODEL, "messages": [{"role": "user", "content": parts}]}
+        resp = await h.http.post(
+            "/v1/chat/completions", headers=h.auth(), json={**body, "frobnicate": 1}
+        )
+        assert resp.status_code == 400
+        assert resp.json()["error"]["code"] == "unsupported_parameter"
+        assert resp.json()["error"]["param"] == "frobnicate"
+        # the values OpenAI clients send for "not used" are accepted
+        neutral = {"tools": [], "presence_penalty": 0, "logit_bias": {}, "response_format": None}
         resp = await h.http.post(
             "/v1/chat/completions",
             headers=h.auth(),
-            json={
-                "model": MODEL,
-                "messages": [{"role": "user", "content": parts}],
-                "frobnicate": 1,
-                "max_completion_tokens": 3,
-            },
+            json={**body, **neutral, "max_completion_tokens": 3},
         )
         assert resp.status_code == 200, resp.text
         expected = h.engine.counter.chat_prompt_ids([{"role": "user", "content": "a\nb"}])
