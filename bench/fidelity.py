@@ -3,17 +3,20 @@ honest one? Plus what the seeded sampler costs the provider and what an audit co
 
     python -m bench.fidelity [--quick]
 
-- honest: generations by the real TransformersEngine (seeded sampler) at batch 1/4/8, torch
-  threads 1/2, temperature 0 and 0.7, audited against the listed weights: false positives,
-  and the largest honest proof error and smallest margin (the measured tolerance);
-- detection: the same generations from substituted weights (4-bit rounding, Gaussian noise of
-  1% of each tensor's std, a dropped layer, a random initialisation) and from the listed
-  weights at a temperature 0.3 above the one requested: the share of audits that fail;
+- honest: generations through a real node process and SDK clients that audit every bill
+  (bench/_fidelity_node.py): node torch threads 1/2, 1/4/8 requests at once (the engine's
+  batch), streaming and not, temperature 0 and 0.7; false positives, and the largest honest
+  proof error and smallest margin (what the tolerance is set from);
+- detection: generations by the real TransformersEngine from substituted weights (4-bit
+  rounding, Gaussian noise of 1% of each tensor's std, a dropped layer, a random
+  initialisation) and from the listed weights at a temperature 0.3 above the one requested:
+  the share of audits that fail;
 - overhead: tokens/s at 8 streams, seeded sampler against the baseline multinomial sampler,
-  interleaved runs; verifier cost: audit time over generation time of a 64-token completion.
+  the same engine, A/B rounds interleaved (ABBA) so load drift cancels; the median per-round
+  ratio and its spread; verifier cost: audit time over generation time of 64 tokens.
 
-Writes bench/results/fidelity.json. The engine path is the same for streaming and plain
-answers; the node-level test (tests/node/test_fidelity_node.py) audits both through a node.
+Writes bench/results/fidelity.json (rewritten after each section, so a cut run keeps what it
+measured). CPU-heavy: run it under ``nice -n 10`` on a shared box.
 """
 
 from __future__ import annotations
@@ -25,9 +28,11 @@ import json
 import statistics
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from bench._fidelity_node import QUICK_NODE, NodeRun, honest_node
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / ".models" / "SmolLM2-135M-Instruct" / "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -48,18 +53,16 @@ VERBS = ("Write a short story about", "Explain", "Describe", "Write a poem about
 
 @dataclass(frozen=True)
 class Config:
-    # Sized for the shared 2-core box (about 40 minutes): 13 x batches(3) x threads(2) x
-    # temperatures(2) = 312 honest generations; 20 audits per substitution.
-    honest_per_cell: int = 13
+    # Sized for the shared 2-core box: 320 honest generations through the node (NodeRun),
+    # 20 audits per substitution, 8 interleaved overhead rounds.
+    node: NodeRun = field(default_factory=NodeRun)
     detect_per_kind: int = 20
     max_tokens: int = 32
-    batches: tuple[int, ...] = (1, 4, 8)
-    threads: tuple[int, ...] = (1, 2)
     temperatures: tuple[float, ...] = (0.0, 0.7)
-    overhead_rounds: int = 3
+    overhead_rounds: int = 8
 
 
-QUICK = Config(honest_per_cell=2, detect_per_kind=8, max_tokens=32, overhead_rounds=1)
+QUICK = Config(node=QUICK_NODE, detect_per_kind=8, overhead_rounds=2)
 
 
 @dataclass
@@ -212,37 +215,7 @@ class Harness:
 
 
 def honest(h: Harness, cfg: Config) -> dict[str, Any]:
-    reports, offset = [], 0
-    for threads in cfg.threads:
-        for batch in cfg.batches:
-            engine = h.engine(threads=threads)
-            for temperature in cfg.temperatures:
-                n = cfg.honest_per_cell
-                ids = prompts(h.counter, n, offset)
-                gens = h.run(engine, ids, batch, 1000 + offset, temperature, cfg.max_tokens)
-                offset += n
-                for g in gens:
-                    r = h.audit(g)
-                    reports.append((batch, threads, temperature, r))
-                failed = sum(not r.passed for *_, r in reports)
-                _progress(f"honest b{batch} t{threads} T{temperature}: {failed}/{len(reports)}")
-    fails = [r for *_, r in reports if not r.passed]
-    return {
-        "generations": len(reports),
-        "false_positives": len(fails),
-        "max_proof_error": max(r.figures.get("max_proof_error", 0) for *_, r in reports),
-        "min_margin": min(r.figures.get("min_margin", 0) for *_, r in reports),
-        "tokens": sum(r.figures["tokens"] for *_, r in reports),
-        "failures": [r.to_json() for r in fails[:3]],
-        "cells": {
-            f"batch{b}_threads{t}_temp{temp}": sum(
-                1 for bb, tt, te, _ in reports if (bb, tt, te) == (b, t, temp)
-            )
-            for b in cfg.batches
-            for t in cfg.threads
-            for temp in cfg.temperatures
-        },
-    }
+    return honest_node(h.model, cfg.node, h.reference, _progress)
 
 
 def detection(h: Harness, cfg: Config) -> dict[str, Any]:
@@ -273,26 +246,43 @@ def detection(h: Harness, cfg: Config) -> dict[str, Any]:
 
 
 def overhead(h: Harness, cfg: Config) -> dict[str, Any]:
-    """tokens/s at 8 streams, temperature 0.7, seeded vs baseline, interleaved."""
-    rates: dict[str, list[float]] = {"seeded": [], "baseline": []}
+    """tokens/s at 8 streams, temperature 0.7: the same engine, seeded vs baseline sampler.
+
+    Rounds run A B B A B A A B ...: each round is one run of each back to back, its order
+    alternating, so a load change on the shared box hits both sides alike. Wall tokens/s is
+    the figure; the process CPU time per token is recorded beside it (less sensitive to
+    other jobs on the box)."""
+    engines = {"baseline": h.engine(seeded=False), "seeded": h.engine(seeded=True)}
     ids = prompts(h.counter, 8, 900)
-    for _ in range(cfg.overhead_rounds):
-        for name, seeded in (("baseline", False), ("seeded", True)):
-            engine = h.engine(seeded=seeded)
-            started = time.perf_counter()
-            gens = generate(engine, ids, seeds=list(range(8)), temperature=0.7,
-                            max_tokens=cfg.max_tokens)  # fmt: skip
-            took = time.perf_counter() - started
-            rates[name].append(sum(len(g.completion_ids) for g in gens) / took)
-        _progress(f"overhead round: {rates}")
-    # Each round runs both back to back; the median of the per-round ratios is the figure
-    # (on a box shared with other jobs, single runs swing by +-40%).
+    rates: dict[str, list[float]] = {"seeded": [], "baseline": []}
+    cpu_ms: dict[str, list[float]] = {"seeded": [], "baseline": []}
+    for r in range(cfg.overhead_rounds):
+        order = ("baseline", "seeded") if r % 2 == 0 else ("seeded", "baseline")
+        for name in order:
+            wall, cpu = time.perf_counter(), time.process_time()
+            gens = generate(engines[name], ids, seeds=[100 * r + i for i in range(8)],
+                            temperature=0.7, max_tokens=cfg.max_tokens)  # fmt: skip
+            tokens = sum(len(g.completion_ids) for g in gens)
+            rates[name].append(tokens / (time.perf_counter() - wall))
+            cpu_ms[name].append(1e3 * (time.process_time() - cpu) / tokens)
+        ratio = rates["seeded"][-1] / rates["baseline"][-1]
+        _progress(f"overhead round {r + 1}: seeded/baseline {ratio:.3f}")
     ratios = [s / b for s, b in zip(rates["seeded"], rates["baseline"], strict=True)]
+    cpu_ratios = [b / s for s, b in zip(cpu_ms["seeded"], cpu_ms["baseline"], strict=True)]
     return {
+        "streams": 8,
+        "temperature": 0.7,
+        "rounds": cfg.overhead_rounds,
+        "order": "ABBA (baseline first in even rounds)",
         "seeded_tok_s": round(statistics.median(rates["seeded"]), 2),
         "baseline_tok_s": round(statistics.median(rates["baseline"]), 2),
-        "runs": rates,
+        "per_round_ratio": [round(x, 4) for x in ratios],
+        "ratio_median": round(statistics.median(ratios), 4),
+        "ratio_spread": [round(min(ratios), 4), round(max(ratios), 4)],
         "overhead": round(1 - statistics.median(ratios), 4),
+        "cpu_ms_per_token": {k: [round(v, 2) for v in vs] for k, vs in cpu_ms.items()},
+        "cpu_overhead": round(1 - statistics.median(cpu_ratios), 4),
+        "runs": rates,
         "sampler_ms_per_token": sampler_cost(),
     }
 
@@ -344,26 +334,38 @@ def verifier_cost(h: Harness, cfg: Config) -> dict[str, Any]:
     }
 
 
-def run(cfg: Config | None = None) -> dict[str, Any]:
+SECTIONS = ("honest", "detection", "overhead", "verifier")
+
+
+def run(cfg: Config | None = None, only: Sequence[str] = SECTIONS) -> dict[str, Any]:
+    """Run the ``only`` sections (the others keep their figures from the last results file)."""
     import torch
 
     cfg = cfg or Config()
     h = Harness()
     torch.set_num_threads(1)
     started = time.monotonic()
-    figures: dict[str, Any] = {"config": cfg.__dict__}
-    # Cheapest first; the JSON is rewritten after each section, so a cut run keeps its figures.
-    for name, section in (("overhead", overhead), ("verifier", verifier_cost),
-                          ("detection", detection), ("honest", honest)):  # fmt: skip
-        figures[name] = section(h, cfg)
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps(figures, indent=2, default=str) + "\n")
+    figures: dict[str, Any] = {}
+    if set(only) != set(SECTIONS) and RESULTS.exists():
+        figures = json.loads(RESULTS.read_text())
+    figures["config"] = asdict(cfg)
+    sections = {"honest": honest, "detection": detection, "overhead": overhead,
+                "verifier": verifier_cost}  # fmt: skip
+    # The most important first; the JSON is rewritten after each section.
+    for name in [s for s in SECTIONS if s in only]:
+        figures[name] = sections[name](h, cfg)
+        _save(figures)
     figures["seconds"] = round(time.monotonic() - started, 1)
-    figures["targets"] = targets(figures)
+    if all(s in figures for s in SECTIONS):
+        figures["targets"] = targets(figures)
+        _print(figures)
+    _save(figures)
+    return figures
+
+
+def _save(figures: dict[str, Any]) -> None:
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(figures, indent=2, default=str) + "\n")
-    _print(figures)
-    return figures
 
 
 def targets(f: dict[str, Any]) -> list[dict[str, Any]]:
@@ -373,8 +375,11 @@ def targets(f: dict[str, Any]) -> list[dict[str, Any]]:
         for k, v in f["detection"].items()
     ]  # fmt: skip
     out += [
+        {"name": "fidelity: honest generations audited (real node path)",
+         "measured": f["honest"]["generations"], "limit": 300, "unit": "", "op": ">="},
         {"name": "fidelity: false positives (honest audits)",
-         "measured": f["honest"]["false_positives"], "limit": 0, "unit": "", "op": "<="},
+         "measured": f["honest"]["false_positives"] + f["honest"]["unverifiable"], "limit": 0,
+         "unit": "", "op": "<="},
         {"name": "fidelity: provider overhead at 8 streams",
          "measured": round(100 * f["overhead"]["overhead"], 2), "limit": 3, "unit": "%",
          "op": "<="},
@@ -388,7 +393,8 @@ def _print(f: dict[str, Any]) -> None:
     h = f["honest"]
     print(
         f"honest: {h['generations']} generations, {h['tokens']} tokens, "
-        f"{h['false_positives']} false positives; max proof error {h['max_proof_error']}, "
+        f"{h['false_positives']} false positives ({h['unverifiable']} unverifiable); "
+        f"max proof error {h['max_proof_error']}, "
         f"min margin {h['min_margin']}"
     )
     for kind, v in f["detection"].items():
@@ -396,7 +402,9 @@ def _print(f: dict[str, Any]) -> None:
     o, v = f["overhead"], f["verifier"]
     print(
         f"overhead at 8 streams: seeded {o['seeded_tok_s']} tok/s, baseline "
-        f"{o['baseline_tok_s']} tok/s ({100 * o['overhead']:.2f}%)"
+        f"{o['baseline_tok_s']} tok/s; overhead {100 * o['overhead']:.2f}% (median of "
+        f"{o['rounds']} interleaved rounds, ratios {o['ratio_spread'][0]}..{o['ratio_spread'][1]}"
+        f"; CPU time per token {100 * o['cpu_overhead']:.2f}%)"
     )
     print(f"sampler alone, ms per token: {o['sampler_ms_per_token']}")
     print(f"verifier: audit {v['audit_s']} s / generation {v['generation_s']} s = {v['ratio']}")
@@ -405,8 +413,13 @@ def _print(f: dict[str, Any]) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.fidelity")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--only", help=f"comma-separated sections of {','.join(SECTIONS)}")
     args = parser.parse_args(argv)
-    run(QUICK if args.quick else None)
+    only = tuple(args.only.split(",")) if args.only else SECTIONS
+    unknown = set(only) - set(SECTIONS)
+    if unknown:
+        parser.error(f"unknown sections {sorted(unknown)}: choose from {', '.join(SECTIONS)}")
+    run(QUICK if args.quick else None, only)
 
 
 if __name__ == "__main__":

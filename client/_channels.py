@@ -264,4 +264,5 @@ class Channels:
             tokenizer_hash=offer.tokenizer_hash,
             context_length=offer.context_length,
             status="open",
+            model_hash=offer.model_hash,
         )

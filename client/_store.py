@@ -56,7 +56,7 @@ CREATE TABLE IF NOT EXISTS channels (
     provider TEXT NOT NULL, endpoint TEXT NOT NULL, model TEXT NOT NULL, token TEXT NOT NULL,
     input_price INTEGER NOT NULL, output_price INTEGER NOT NULL, deposit TEXT NOT NULL,
     tokenizer_hash TEXT NOT NULL, context_length INTEGER NOT NULL, status TEXT NOT NULL,
-    opened_at REAL NOT NULL
+    opened_at REAL NOT NULL, model_hash TEXT NOT NULL DEFAULT '0x'
 );
 CREATE TABLE IF NOT EXISTS channel_state (
     channel_id TEXT PRIMARY KEY REFERENCES channels(id), seq INTEGER NOT NULL,
@@ -104,6 +104,7 @@ class ChannelInfo:
     tokenizer_hash: bytes
     context_length: int
     status: str  # "open", "closing", "closed"
+    model_hash: bytes = bytes(32)  # the listed weights at open (§10.1); zero: no claim
 
     @property
     def domain(self) -> Domain:
@@ -217,6 +218,15 @@ class Store(SqliteTables):
 
     def __init__(self, path: str | Path) -> None:
         super().__init__(path, _SCHEMA, what="store")
+        self._add_model_hash_column()
+
+    def _add_model_hash_column(self) -> None:
+        """Stores written before channels kept the listed modelHash get the column (empty:
+        no claim, so their bills are not held to one)."""
+        columns = {r["name"] for r in self._query("PRAGMA table_info(channels)")}
+        if "model_hash" not in columns:
+            with self._tx() as db:
+                db.execute("ALTER TABLE channels ADD COLUMN model_hash TEXT NOT NULL DEFAULT '0x'")
 
     # channels
 
@@ -224,7 +234,7 @@ class Store(SqliteTables):
         """Record a newly opened channel with an empty tally."""
         with self._tx() as db:
             db.execute(
-                "INSERT INTO channels VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                "INSERT INTO channels VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     info.hex_id,
                     info.chain_id,
@@ -241,6 +251,7 @@ class Store(SqliteTables):
                     info.context_length,
                     info.status,
                     time.time(),
+                    "0x" + info.model_hash.hex(),
                 ),
             )
             db.execute(
@@ -518,6 +529,7 @@ def _channel(r: sqlite3.Row) -> ChannelInfo:
         tokenizer_hash=_b(r["tokenizer_hash"]),
         context_length=r["context_length"],
         status=r["status"],
+        model_hash=_b(r["model_hash"]) or bytes(32),
     )
 
 

@@ -18,6 +18,7 @@ with it, and the next request on the channel first settles it from the node's si
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -129,10 +130,15 @@ class TallyTransport(httpx.BaseTransport):
         """The request with a ``max_tokens`` the deposit can pay, always sent (§8.1)."""
         cap = self.biller.max_tokens(self.channel, served)
         keys = [k for k in ("max_completion_tokens", "max_tokens") if k in body] or ["max_tokens"]
-        if all(body.get(k) == cap for k in keys):
+        if all(body.get(k) == cap for k in keys) and served.seed is not None:
             return request, served
         for k in keys:
             body[k] = cap
+        if served.seed is None:
+            # Always a seed of the client's choosing (§10.2), also for a body that named none
+            # (an OpenAI client through the gateway): the bill must state it.
+            body["seed"] = secrets.randbits(63)
+            served = replace(served, seed=body["seed"])
         headers = [
             (k, v) for k, v in request.headers.multi_items() if k.lower() != "content-length"
         ]
@@ -169,6 +175,7 @@ class TallyTransport(httpx.BaseTransport):
             None,
             (stop,) if isinstance(stop, str) else tuple(stop),
             max_tokens if isinstance(max_tokens, int) else None,
+            *_sampling(body),
         )
 
     def settle(
@@ -179,11 +186,11 @@ class TallyTransport(httpx.BaseTransport):
         tallystick: Any,
         evidence: dict[str, Any],
     ) -> VerifiedBill:
-        final = Served(served.prompt_ids, text, finish, served.stop, served.max_tokens)
+        final = replace(served, text=text, finish_reason=finish)
         return self.biller.settle(self.channel, final, tallystick, evidence)
 
     def interrupted(self, seq: int, served: Served, text: str) -> None:
-        final = Served(served.prompt_ids, text, None, served.stop, served.max_tokens)
+        final = replace(served, text=text, finish_reason=None)
         self.biller.interrupted(self.channel, seq, final)
 
 
@@ -298,6 +305,22 @@ class _VerifyingStream(httpx.SyncByteStream):
         self.settled = True  # verified, or disputed with its evidence stored
         self.slot.bill = self.t.settle(self.served, text, finish, tallystick, evidence)
         self.t.biller.audit_later(self.t.channel, self.body, self.served, self.slot.tallystick)
+
+
+def _sampling(body: dict[str, Any]) -> tuple[int | None, float, float]:
+    """The seed, temperature and top_p a request asks for (OpenAI's defaults when absent)."""
+    seed = body.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise ClientError(f"seed must be an integer, got {seed!r}")
+    values = []
+    for key in ("temperature", "top_p"):
+        value = body.get(key)
+        if value is None:
+            value = 1.0
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ClientError(f"{key} must be a number, got {value!r}")
+        values.append(float(value))
+    return seed, values[0], values[1]
 
 
 def _kind(request: httpx.Request) -> str | None:

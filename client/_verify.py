@@ -7,7 +7,9 @@ raises ``BillingDispute`` listing every field that does not check out.
 Beyond the signature, the chain of records and the counts, the client countersigns only ids it
 could check (DESIGN.md guarantee 7): every id in the vocabulary, a special id only as the one
 final id, no more ids than the canonical encoding of the text plus a measured ``Tolerance``,
-and never a cumulative cost above the deposit.
+and never a cumulative cost above the deposit. The record must also state the sampling the
+client asked for (seed, temperature, top_p) and the weights its channel's listing commits to
+(modelHash, §10.3): a record true to what the node did but not to what was asked is refused.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from tallystick.protocol import (
     TokenCounter,
     cost_of,
     hash_token_ids,
+    params_units,
     recover_usage_record_signer,
 )
 
@@ -73,6 +76,11 @@ class Served:
     finish_reason: str | None
     stop: tuple[str, ...] = ()
     max_tokens: int | None = None
+    # The sampling asked for (§10.2): the record must state exactly these. None: not known
+    # (the transport always fills them in: a seed of its own when the body named none).
+    seed: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -81,16 +89,23 @@ class Served:
             "finish_reason": self.finish_reason,
             "stop": list(self.stop),
             "max_tokens": self.max_tokens,
+            "seed": None if self.seed is None else str(self.seed),
+            "temperature": self.temperature,
+            "top_p": self.top_p,
         }
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> Served:
+        seed = obj.get("seed")
         return cls(
             list(obj["prompt_ids"]),
             str(obj["text"]),
             obj.get("finish_reason"),
             tuple(obj.get("stop") or ()),
             obj.get("max_tokens"),
+            None if seed is None else int(seed),
+            obj.get("temperature"),
+            obj.get("top_p"),
         )
 
 
@@ -130,7 +145,7 @@ def verify_bill(
     ``max_unseen`` ids may lie beyond it (the node counts what it sent, which includes what
     was still in flight when the client stopped reading). A stream the node ended itself is
     checked with ``max_unseen = 0``: only what arrived is paid. Everything else (signature,
-    chain of records, prompt count, deposit, vocabulary) is checked alike.
+    chain of records, prompt count, sampling, deposit, vocabulary) is checked alike.
     """
     ids = list(completion_ids)
     if max_unseen is None:
@@ -141,6 +156,7 @@ def verify_bill(
         *_check_signature(channel, signed),
         *_check_chain(channel, tally, signed),
         *_check_counts(signed, ids, served),
+        *_check_sampling(channel, signed, served),
         *_check_deposit(channel, signed),
         *_check_ids(ids, counter, tolerance),
         *text,
@@ -208,6 +224,30 @@ def _check_counts(signed: SignedUsageRecord, ids: list[int], served: Served) -> 
     if served.max_tokens is not None and len(ids) > served.max_tokens:
         out.append(Mismatch("completionTokens<=max_tokens", served.max_tokens, len(ids)))
     return out
+
+
+def _check_sampling(
+    channel: ChannelInfo, signed: SignedUsageRecord, served: Served
+) -> list[Mismatch]:
+    """§10.3: the record states the seed and sampling asked for and the listed weights.
+
+    A node that samples its own way (another seed, a hotter temperature) and says so in the
+    record would pass an audit, which checks the record against the weights: only this check
+    ties the record to the request. Temperature and top_p compare in millionths, as signed."""
+    r = signed.record
+    expected: dict[str, Any] = {}
+    got: dict[str, Any] = {}
+    if served.seed is not None:
+        expected["seed"], got["seed"] = served.seed, r.seed
+    if served.temperature is not None:
+        expected["temperature"] = params_units(served.temperature)
+        got["temperature"] = r.temperature
+    if served.top_p is not None:
+        expected["topP"], got["topP"] = params_units(served.top_p), r.top_p
+    if channel.model_hash != bytes(32):  # a listing without a modelHash claims no weights
+        expected["modelHash"] = "0x" + channel.model_hash.hex()
+        got["modelHash"] = "0x" + r.model_hash.hex()
+    return [Mismatch(k, v, got[k]) for k, v in expected.items() if got[k] != v]
 
 
 def _check_deposit(channel: ChannelInfo, signed: SignedUsageRecord) -> list[Mismatch]:

@@ -29,6 +29,7 @@ from tallystick.protocol import (
     UsageBill,
     UsageRecord,
     hash_token_ids,
+    params_units,
     recover_receipt_signer,
     recover_request_auth_signer,
     request_hash,
@@ -73,6 +74,7 @@ class FakeNode:
     requests: list[dict[str, Any]] = field(default_factory=list)
     escrow: str = ESCROW
     prices: Prices = PRICES
+    model_hash: bytes = bytes(32)  # the listed weights the records state (§10.1); 0: no claim
 
     def __post_init__(self) -> None:
         self.bundle = tiny_tokenizer_bundle()
@@ -98,6 +100,7 @@ class FakeNode:
             tokenizer_hash=self.bundle.hash(),
             context_length=2048,
             status="open",
+            model_hash=self.model_hash,
         )
 
     # routing
@@ -169,7 +172,7 @@ class FakeNode:
             prompt = self.counter.chat_prompt_ids(body["messages"])
         else:
             prompt = self.counter.text_prompt_ids(body["prompt"])
-        bill = self._bill(prompt)
+        bill = self._bill(prompt, body)
         if self.tamper is not None:
             self.tamper(bill)
         signed = sign_usage_record(bill.signer or self.provider, self.domain, bill.record)
@@ -181,8 +184,9 @@ class FakeNode:
             return self._sse(body, bill, tally, chat)
         return httpx.Response(200, json=_completion(body, bill, tally, chat))
 
-    def _bill(self, prompt: list[int]) -> Bill:
+    def _bill(self, prompt: list[int], body: dict[str, Any]) -> Bill:
         ids = self.counter.text_prompt_ids(self.reply) + self.counter.eos_token_ids
+        temperature, top_p = body.get("temperature"), body.get("top_p")
         record = UsageRecord(
             channel_id=self.channel_id,
             seq=self.seq + 1,
@@ -193,6 +197,11 @@ class FakeNode:
             input_tokens=self.totals[0] + len(prompt),
             output_tokens=self.totals[1] + len(ids),
             prev_root=self.root,
+            # The sampling asked for and the listed weights, as an honest node states them.
+            seed=body.get("seed") or 0,
+            temperature=params_units(1.0 if temperature is None else temperature),
+            top_p=params_units(1.0 if top_p is None else top_p),
+            model_hash=self.model_hash,
         )
         return Bill(record, ids, self.reply, "stop")
 
