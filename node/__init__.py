@@ -5,7 +5,7 @@ The FastAPI app (``create_app``), the payment gate (§8.1), the ledger (``Ledger
 (§9), metrics, and the CLI in ``cli.py``. Engines
 live in ``tallystick.node.engines`` (imported lazily: they pull in torch).
 
-Errors: see ``_errors.py`` (``NodeError`` → ``ConfigError``, ``KeyLoadError``, ``ApiError``).
+Errors: see ``_errors.py`` (``NodeServiceError`` → ``ConfigError``, ``KeyLoadError``, ``ApiError``).
 """
 
 from ._app import create_app
@@ -17,7 +17,7 @@ from ._chain import (
     KeyRetirement,
     ListingInfo,
 )
-from ._errors import ApiError, ConfigError, KeyLoadError, NodeError
+from ._errors import ApiError, ConfigError, KeyLoadError, NodeServiceError
 from ._gate import PaymentGate, Reservation
 from ._keys import load_account
 from ._ledger import (
@@ -53,8 +53,8 @@ __all__ = [
     "KeyRetirement",
     "LedgerStore",
     "ListingInfo",
-    "NodeError",
     "NodeMetrics",
+    "NodeServiceError",
     "NodeState",
     "PaymentGate",
     "PostgresLedger",

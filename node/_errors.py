@@ -1,36 +1,38 @@
 """The exception tree of ``tallystick.node`` (the daemon; engines have their own).
 
     TallystickError                 (tallystick.protocol)
-    └── NodeError                   the node cannot do what was asked
+    └── NodeServiceError            the node (the daemon) cannot do what was asked
         ├── ConfigError             a setting is missing or invalid (the CLI prints it, exits 2)
         ├── KeyLoadError            the provider key or keystore cannot be read
         └── ApiError                an HTTP request is refused; carries status and the
                                     OpenAI error envelope fields (message, type, param, code)
+                                    (``tallystick.protocol``'s ``HttpError`` carries them)
 
 Every HTTP error leaves the app as ``ApiError.envelope()``; foreign errors are translated at
-the boundary (``raise ApiError(...) from exc``).
+the boundary (``raise ApiError(...) from exc``). Not to be confused with the client's
+``NodeError`` ("the node answered with an error"), which is what an ``ApiError`` becomes on
+the other side of the wire.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 from tallystick.protocol._errors import TallystickError
+from tallystick.protocol._http_error import HttpError
 
-__all__ = ["ApiError", "ConfigError", "KeyLoadError", "NodeError", "chain_unavailable"]
+__all__ = ["ApiError", "ConfigError", "KeyLoadError", "NodeServiceError", "chain_unavailable"]
 
 CHAIN_RETRY_AFTER_S = 5
 
 
-class NodeError(TallystickError):
-    """The node cannot do what was asked."""
+class NodeServiceError(TallystickError):
+    """The node (the daemon) cannot do what was asked."""
 
 
-class ConfigError(NodeError):
+class ConfigError(NodeServiceError):
     """A setting is missing or invalid."""
 
 
-class KeyLoadError(NodeError):
+class KeyLoadError(NodeServiceError):
     """The provider key (``--key``) or keystore (``--keystore``) cannot be read."""
 
 
@@ -48,37 +50,11 @@ _TYPES = {
 }
 
 
-class ApiError(NodeError):
+class ApiError(HttpError, NodeServiceError):
     """An HTTP request refused with ``status`` and an OpenAI error envelope."""
 
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        code: str | None = None,
-        param: str | None = None,
-        type: str | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.code = code
-        self.param = param
-        self.type = type or _TYPES.get(status, "server_error")
-        self.headers = headers or {}
-
-    def envelope(self) -> dict[str, Any]:
-        """``{"error": {"message", "type", "param", "code"}}``."""
-        return {
-            "error": {
-                "message": self.message,
-                "type": self.type,
-                "param": self.param,
-                "code": self.code,
-            }
-        }
+    TYPES = _TYPES
+    DEFAULT_TYPE = "server_error"
 
 
 def chain_unavailable(exc: Exception) -> ApiError:

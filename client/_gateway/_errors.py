@@ -6,7 +6,7 @@ ClientError                     (tallystick.client)
 
 from __future__ import annotations
 
-from typing import Any
+from tallystick.protocol._http_error import HttpError
 
 from .._errors import ClientError
 
@@ -22,33 +22,8 @@ _TYPES = {
 }
 
 
-class GatewayError(ClientError):
+class GatewayError(HttpError, ClientError):
     """An error for the caller: ``status`` and OpenAI's ``{"error": {...}}`` body."""
 
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        code: str,
-        param: str | None = None,
-        *,
-        type: str | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.code = code
-        self.param = param
-        self.type = type or _TYPES.get(status, "api_error")
-        self.headers = headers or {}
-
-    def envelope(self) -> dict[str, Any]:
-        return {
-            "error": {
-                "message": self.message,
-                "type": self.type,
-                "param": self.param,
-                "code": self.code,
-            }
-        }
+    TYPES = _TYPES
+    DEFAULT_TYPE = "api_error"
