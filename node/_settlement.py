@@ -131,10 +131,6 @@ class SettlementWorker:
             log.info("settlement lease %s by replica %s", "taken" if held else "lost", self._owner)
         return held
 
-    def wake(self) -> None:
-        """Run a settle pass now (used after a close request)."""
-        self._wake.set()
-
     async def _run(self) -> None:
         next_settle = time.monotonic() + self._interval
         delay = self._poll
@@ -176,7 +172,7 @@ class SettlementWorker:
                 )
                 self._ledger.set_claim_status(row.claim_id, "reorged")
                 self._metrics.claims.labels("reorged").inc()
-                self.wake()
+                self._wake.set()  # claim those receipts again on the next pass
             elif depth >= max(self._confirmations, 1):
                 self._ledger.set_claim_status(row.claim_id, "final")
 

@@ -51,7 +51,6 @@ CREATE UNLOGGED TABLE IF NOT EXISTS reservations (
 CREATE INDEX IF NOT EXISTS reservations_channel ON reservations (channel_id);
 CREATE UNLOGGED TABLE IF NOT EXISTS replicas (
     owner TEXT PRIMARY KEY, seen_at DOUBLE PRECISION NOT NULL);
-ALTER TABLE records ADD COLUMN IF NOT EXISTS proof TEXT;
 """
 _SCHEMA_LOCK = 0x7A11_57C6  # replicas starting together create the schema one at a time
 LOCK_TIMEOUT = "10s"  # a channel held longer than this by another replica is an error

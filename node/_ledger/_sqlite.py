@@ -64,16 +64,6 @@ class SqliteLedger(SqlLedger):
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(_SCHEMA)
-        self._migrate()
-
-    def _migrate(self) -> None:
-        # Ledgers written before records kept their timings: add the column (NULL = none).
-        columns = {row[1] for row in self._db.execute("PRAGMA table_info(records)")}
-        if "timings" not in columns:
-            self._db.execute("ALTER TABLE records ADD COLUMN timings TEXT")
-        # ... and before records kept their logit proof (§10): NULL = none.
-        if "proof" not in columns:
-            self._db.execute("ALTER TABLE records ADD COLUMN proof TEXT")
 
     def _begin(self) -> None:
         self._db.execute("BEGIN IMMEDIATE")

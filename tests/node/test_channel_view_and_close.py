@@ -10,7 +10,7 @@ from dataclasses import replace
 import pytest
 from eth_account import Account
 from nodekit import open_channel
-from tallystick.node import ChannelStatus, SqliteLedger
+from tallystick.node import ChannelStatus
 from tallystick.node.engines import FakeEngine
 from tallystick.protocol import (
     ZERO_ROOT,
@@ -46,24 +46,6 @@ async def test_record_endpoint_returns_the_timings_sent_with_the_completion(make
         assert set(sent) == {"ttft_ms", "itl_ms", "total_ms"} and sent["total_ms"] > 0
         got = (await h.http.get(_path(h, "/records/1"), headers=h.auth())).json()
         assert got["timings"] == sent
-
-
-def test_a_ledger_written_without_timings_or_proofs_is_migrated(tmp_path):
-    import sqlite3
-
-    path = tmp_path / "old.db"
-    db = sqlite3.connect(path)
-    db.execute(
-        "CREATE TABLE records (channel_id BLOB NOT NULL, seq INTEGER NOT NULL, record TEXT "
-        "NOT NULL, signature BLOB NOT NULL, usage_root BLOB NOT NULL, completion_ids TEXT NOT "
-        "NULL, model TEXT NOT NULL, created_at REAL NOT NULL, PRIMARY KEY (channel_id, seq))"
-    )
-    db.commit()
-    db.close()
-    ledger = SqliteLedger(path)
-    columns = [row[1] for row in ledger._db.execute("PRAGMA table_info(records)")]
-    assert columns[-2:] == ["timings", "proof"]
-    ledger.close()
 
 
 async def test_view_separates_served_and_countersigned_roots(make_node):
