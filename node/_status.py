@@ -6,7 +6,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
-from tallystick.protocol import cost_of, format_amount, token_info
+from tallystick.protocol import Receipt, UsageRecord, cost_of, format_amount, token_info
 
 from ._ledger import open_ledger
 from ._settings import Settings
@@ -89,35 +89,26 @@ def _channels(
     ):
         table.add_column(col)
     unclaimed: dict[str, int] = {}
-    ledger = open_ledger(settings.ledger_location)
-    try:
-        for cached in ledger.channels():
-            state = escrow.get_channel(cached.channel_id)
-            rec = ledger.last_record(cached.channel_id)
-            rct = ledger.last_receipt(cached.channel_id)
-            served = rec.signed.record if rec else None
-            signed = rct.signed.receipt if rct else None
-            tokens.add(state.token)
-            if signed and int(state.status) in (ChannelStatus.OPEN, ChannelStatus.CLOSING):
-                due = (
-                    min(
-                        cost_of(signed.input_tokens, signed.output_tokens, state.prices),
-                        state.deposit,
-                    )
-                    - state.paid
+    for channel_id, state, served, signed in _ledger_channels(settings, escrow):
+        tokens.add(state.token)
+        if signed and int(state.status) in (ChannelStatus.OPEN, ChannelStatus.CLOSING):
+            due = (
+                min(
+                    cost_of(signed.input_tokens, signed.output_tokens, state.prices),
+                    state.deposit,
                 )
-                unclaimed[state.token] = unclaimed.get(state.token, 0) + max(due, 0)
-            table.add_row(
-                "0x" + cached.channel_id.hex(),
-                ChannelStatus(int(state.status)).name.lower(),
-                f"{served.input_tokens}/{served.output_tokens}" if served else "0/0",
-                f"{signed.input_tokens}/{signed.output_tokens}" if signed else "0/0",
-                f"{state.input_tokens}/{state.output_tokens}",
-                format_amount(state.deposit, token_info(escrow.w3, state.token)),
-                format_amount(state.paid, token_info(escrow.w3, state.token)),
+                - state.paid
             )
-    finally:
-        ledger.close()
+            unclaimed[state.token] = unclaimed.get(state.token, 0) + max(due, 0)
+        table.add_row(
+            "0x" + channel_id.hex(),
+            ChannelStatus(int(state.status)).name.lower(),
+            f"{served.input_tokens}/{served.output_tokens}" if served else "0/0",
+            f"{signed.input_tokens}/{signed.output_tokens}" if signed else "0/0",
+            f"{state.input_tokens}/{state.output_tokens}",
+            format_amount(state.deposit, token_info(escrow.w3, state.token)),
+            format_amount(state.paid, token_info(escrow.w3, state.token)),
+        )
     _show(console, table)
     return unclaimed
 
@@ -128,31 +119,20 @@ def status_json(settings: Settings, provider: str, registry: Any, escrow: Any) -
     listings = registry.listings_of(provider)
     tokens = {listing.token for listing in listings}
     channels = []
-    ledger = open_ledger(settings.ledger_location)
-    try:
-        for cached in ledger.channels():
-            state = escrow.get_channel(cached.channel_id)
-            rec = ledger.last_record(cached.channel_id)
-            rct = ledger.last_receipt(cached.channel_id)
-            served = rec.signed.record if rec else None
-            signed = rct.signed.receipt if rct else None
-            tokens.add(state.token)
-            channels.append(
-                {
-                    "channelId": "0x" + cached.channel_id.hex(),
-                    "status": ChannelStatus(int(state.status)).name.lower(),
-                    "token": state.token,
-                    "deposit": str(state.deposit),
-                    "paid": str(state.paid),
-                    "served": [served.input_tokens, served.output_tokens] if served else [0, 0],
-                    "countersigned": [signed.input_tokens, signed.output_tokens]
-                    if signed
-                    else [0, 0],
-                    "claimed": [state.input_tokens, state.output_tokens],
-                }
-            )
-    finally:
-        ledger.close()
+    for channel_id, state, served, signed in _ledger_channels(settings, escrow):
+        tokens.add(state.token)
+        channels.append(
+            {
+                "channelId": "0x" + channel_id.hex(),
+                "status": ChannelStatus(int(state.status)).name.lower(),
+                "token": state.token,
+                "deposit": str(state.deposit),
+                "paid": str(state.paid),
+                "served": [served.input_tokens, served.output_tokens] if served else [0, 0],
+                "countersigned": [signed.input_tokens, signed.output_tokens] if signed else [0, 0],
+                "claimed": [state.input_tokens, state.output_tokens],
+            }
+        )
     return {
         "provider": provider,
         "registered": bool(info.registered),
@@ -178,3 +158,27 @@ def status_json(settings: Settings, provider: str, registry: Any, escrow: Any) -
             for token in sorted(tokens)
         },
     }
+
+
+def _ledger_channels(
+    settings: Settings, escrow: Any
+) -> list[tuple[bytes, Any, UsageRecord | None, Receipt | None]]:
+    """Each channel the ledger knows: its state on chain, the last record served and the
+    last receipt countersigned (None before the first)."""
+    ledger = open_ledger(settings.ledger_location)
+    try:
+        rows = []
+        for cached in ledger.channels():
+            record = ledger.last_record(cached.channel_id)
+            receipt = ledger.last_receipt(cached.channel_id)
+            rows.append(
+                (
+                    cached.channel_id,
+                    escrow.get_channel(cached.channel_id),
+                    record.signed.record if record else None,
+                    receipt.signed.receipt if receipt else None,
+                )
+            )
+        return rows
+    finally:
+        ledger.close()
