@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ._base import Book, ClaimItem, ClaimRow, LedgerStore, SqlLedger, UsageRow
+from ._base import SqlLedger
 from ._postgres import PostgresLedger
 from ._sqlite import SqliteLedger
+from ._store import Book, ClaimItem, ClaimRow, LedgerStore, UsageRow
 
 __all__ = [
     "Book",
