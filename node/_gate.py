@@ -53,7 +53,7 @@ class Reservation:
     prompt_tokens: int
     max_tokens: int
     reservation_id: int
-    done: bool = False
+    released: bool = False  # given back: by finalize (signed) or release (nothing billable)
 
 
 class PaymentGate:
@@ -258,9 +258,9 @@ class PaymentGate:
 
     def release(self, reservation: Reservation) -> None:
         """Give back a reservation whose request produced nothing billable."""
-        if reservation.done:
+        if reservation.released:
             return
-        reservation.done = True
+        reservation.released = True
         self._ledger.drop_reservation(reservation.reservation_id)
 
     def finalize(
