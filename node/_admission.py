@@ -12,7 +12,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from tallystick.protocol import ProtocolError
 
@@ -145,43 +145,62 @@ def start_engine(
         raise engine_failure(exc) from exc
 
 
+class _Refusal(NamedTuple):
+    """How one engine error reaches the client (``message`` formatted with ``exc``)."""
+
+    error: str  # the class's name in tallystick.node.engines (imported lazily: torch)
+    status: int
+    code: str
+    message: str
+    type: str | None = None
+    param: str | None = None
+    retry_after: str | None = None
+
+
+# Most specific first: UpstreamUnavailable is an UpstreamError.
+_REFUSALS = (
+    _Refusal(
+        "EngineOverloaded",
+        503,
+        "engine_overloaded",
+        "the engine's queue is full ({exc}); retry shortly",
+        retry_after="1",
+    ),
+    _Refusal("EngineStopped", 503, "engine_stopped", "the engine is not running"),
+    _Refusal("PromptTooLong", 400, "context_length_exceeded", "{exc}", param="messages"),
+    _Refusal(
+        "UpstreamUnavailable",
+        503,
+        "upstream_unavailable",
+        "the upstream inference server is unavailable: {exc}",
+        type="server_error",
+        retry_after="5",
+    ),
+    _Refusal(
+        "UpstreamError",
+        502,
+        "upstream_error",
+        "the upstream inference server failed: {exc}",
+        type="server_error",
+    ),
+)
+
+
 def engine_failure(exc: Exception) -> ApiError:
     """An engine error as the client sees it: a full queue or a stopped engine is a 503, a
     prompt too long a 400, the upstream server's fault a 502/503, anything else a 500."""
-    from .engines import (
-        EngineOverloaded,
-        EngineStopped,
-        PromptTooLong,
-        UpstreamError,
-        UpstreamUnavailable,
-    )
+    from . import engines
 
-    if isinstance(exc, EngineOverloaded):
-        return ApiError(
-            503,
-            f"the engine's queue is full ({exc}); retry shortly",
-            code="engine_overloaded",
-            headers={"retry-after": "1"},
-        )
-    if isinstance(exc, EngineStopped):
-        return ApiError(503, "the engine is not running", code="engine_stopped")
-    if isinstance(exc, PromptTooLong):
-        return ApiError(400, str(exc), param="messages", code="context_length_exceeded")
-    if isinstance(exc, UpstreamUnavailable):
-        return ApiError(
-            503,
-            f"the upstream inference server is unavailable: {exc}",
-            type="server_error",
-            code="upstream_unavailable",
-            headers={"retry-after": "5"},
-        )
-    if isinstance(exc, UpstreamError):
-        return ApiError(
-            502,
-            f"the upstream inference server failed: {exc}",
-            type="server_error",
-            code="upstream_error",
-        )
+    for refusal in _REFUSALS:
+        if isinstance(exc, getattr(engines, refusal.error)):
+            return ApiError(
+                refusal.status,
+                refusal.message.format(exc=exc),
+                code=refusal.code,
+                param=refusal.param,
+                type=refusal.type,
+                headers={"retry-after": refusal.retry_after} if refusal.retry_after else None,
+            )
     return ApiError(500, f"the engine failed: {exc}", type="server_error", code="engine_error")
 
 
