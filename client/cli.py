@@ -502,15 +502,14 @@ def demo(
 
 
 from ._gateway._cli import gateway as _gateway_cmd  # noqa: E402
-from ._gateway._cli import usage as _usage_cmd  # noqa: E402
 
 cli.add_command(_gateway_cmd, "gateway")
-cli.add_command(_usage_cmd, "usage")
 
 
 def _bill_table(client: Tallystick, info: ChannelInfo, token: TokenInfo) -> Table:
     table = Table(
         "seq",
+        "time (UTC)",
         "prompt tokens",
         "completion tokens",
         "cost",
@@ -519,6 +518,7 @@ def _bill_table(client: Tallystick, info: ChannelInfo, token: TokenInfo) -> Tabl
     for line in lines:
         table.add_row(
             str(line.seq),
+            _iso(line.created_at),
             str(line.prompt_tokens),
             str(line.completion_tokens),
             format_amount(line.cost, token),
@@ -527,12 +527,20 @@ def _bill_table(client: Tallystick, info: ChannelInfo, token: TokenInfo) -> Tabl
     total = cost_of(tally.input_tokens, tally.output_tokens, info.prices)
     table.add_row(
         "total",
+        "",
         str(tally.input_tokens),
         str(tally.output_tokens),
         format_amount(total, token),
         style="bold",
     )
     return table
+
+
+def _iso(at: float) -> str:
+    """Unix seconds as ISO 8601 UTC, to the second."""
+    import datetime
+
+    return datetime.datetime.fromtimestamp(at, tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _bill_json(client: Tallystick, info: ChannelInfo, s: Settings) -> dict[str, Any]:
@@ -546,6 +554,7 @@ def _bill_json(client: Tallystick, info: ChannelInfo, s: Settings) -> dict[str, 
         "lines": [
             {
                 "seq": line.seq,
+                "createdAt": _iso(line.created_at),
                 "promptTokens": line.prompt_tokens,
                 "completionTokens": line.completion_tokens,
                 "cost": str(line.cost),
@@ -653,4 +662,5 @@ def main(argv: list[str] | None = None) -> None:
         _fail(f"{type(exc).__name__}: {exc} (TALLYSTICK_DEBUG=1 shows the traceback)")
 
 
-from . import _audit_cli  # noqa: E402, F401  (registers `tallystick audit`)
+# The modules that add commands to `cli` (audit; usage and dashboard):
+from . import _audit_cli, _usage_cli  # noqa: E402, F401

@@ -15,9 +15,9 @@ from importlib import resources
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
-from tallystick.protocol import TokenInfo, format_amount, token_info
+from tallystick.protocol import TokenInfo, format_amount, parse_since, token_info
 
-from ._earnings import auto_bucket, earnings, parse_since, performance
+from ._earnings import auto_bucket, earnings, performance
 from ._errors import ApiError
 from ._ledger import LedgerStore
 from ._types import ChannelInfo, ChannelStatus

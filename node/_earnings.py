@@ -9,11 +9,8 @@ accumulates (docs/protocol.md §3).
 
 from __future__ import annotations
 
-import re
 import statistics
-import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 from tallystick.protocol import cost_of
 
@@ -26,12 +23,10 @@ __all__ = [
     "auto_bucket",
     "cost_added",
     "earnings",
-    "parse_since",
     "performance",
     "request_earning",
 ]
 
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _BUCKETS = (60, 300, 900, 3600, 6 * 3600, 86400, 7 * 86400)
 
 
@@ -58,24 +53,6 @@ class Performance:
     tokens_per_s: float  # median decode speed of one request: ids after the first / time
     ttft_ms: float
     itl_ms: float
-
-
-def parse_since(text: str, now: float | None = None) -> float:
-    """``7d``, ``24h``, ``30m``, ``2w``, or an ISO date/time (UTC unless it says) → unix seconds."""
-    now = time.time() if now is None else now
-    found = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*", text.lower())
-    if found:
-        return now - float(found[1]) * _UNITS[found[2]]
-    try:
-        when = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise ValueError(
-            f"--since {text!r}: give a duration (30m, 24h, 7d, 2w) or an ISO date "
-            "(2026-11-27, 2026-11-27T18:00)"
-        ) from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return when.timestamp()
 
 
 def auto_bucket(since: float, now: float, most: int = 60) -> int:

@@ -661,7 +661,8 @@ def _check_ledger_owner(settings: Settings, provider: str) -> None:
 @_one_line_errors
 def earnings(since: str, by: str, as_json: bool, as_csv: bool, **cli: Any) -> None:
     """What this node earned from its ledger, per model and payment token."""
-    from ._earnings import parse_since
+    from tallystick.protocol import parse_since
+
     from ._earnings_report import earnings_report
     from ._escrow import connect_node
     from ._ledger import open_ledger

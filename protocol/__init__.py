@@ -67,6 +67,7 @@ from ._pricing import cost_of
 from ._request_auth import RequestAuth, SignedRequestAuth, request_hash
 from ._revert import decode_revert
 from ._rpc import FailoverHTTPProvider, rpc_label, split_rpc_urls
+from ._since import parse_since
 from ._tokenizer import TokenCounter, TokenizerBundle
 from ._types import RECEIPT_HEADER, Domain, Prices, Receipt, SignedReceipt
 from ._units import (
@@ -171,6 +172,7 @@ __all__ = [
     "next_usage_root",
     "params_units",
     "parse_amount",
+    "parse_since",
     "read_deployment",
     "receipt_message",
     "recover_message_signer",

@@ -99,6 +99,40 @@ def test_cli_bill_table(wallet: Wallet, fake: FakeNode, tmp_path: Path) -> None:
     # The fake channel is in ETH: the cost reads in ETH, exactly (no rounding).
     assert bill.cost == 60 and "0.00000000000000006 ETH" in result.output
     assert "total" in result.output
+    # each line says when it was served (ISO 8601, UTC)
+    import re
+
+    assert "time (UTC)" in result.output
+    assert re.search(r"│ 1 +│ \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ │", result.output)
+
+
+def test_cli_usage_by_model_provider_day(wallet: Wallet, fake: FakeNode, tmp_path: Path) -> None:
+    import csv
+    import datetime
+    import io
+    import json
+
+    store = tmp_path / "c.db"
+    with Tallystick(wallet, store, transport=fake.transport) as c:
+        c.store.add_channel(fake.channel_info())
+        costs = [c.chat.completions.create(model=MODEL, messages=MESSAGES).tally.cost for _ in "ab"]
+    key = "0x" + wallet.account.key.hex().removeprefix("0x")
+    run = lambda *a: CliRunner().invoke(cli, ["--key", key, "--store", str(store), "usage", *a])  # noqa: E731
+    today = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d")
+
+    (row,) = json.loads(run("--json").output)
+    assert (row["model"], row["day"], row["requests"]) == (MODEL, today, 2)
+    assert row["provider"] == fake.channel_info().provider and row["symbol"] == "ETH"
+    assert row["cost"] == str(sum(costs)) and row["amount"].endswith(" ETH")
+    (line,) = csv.DictReader(io.StringIO(run("--csv", "--by", "provider,hour").output))
+    assert line["hour"].endswith(":00Z") and line["cost"] == str(sum(costs))
+    table = run().output
+    assert MODEL in table and today in table and "total" in table
+    assert json.loads(run("--json", "--since", "2999-01-01").output) == []
+    bad = run("--by", "colour")
+    assert bad.exit_code == 2 and "choose from model, provider" in bad.output
+    bad = run("--since", "tuesday")
+    assert bad.exit_code == 2 and "duration" in bad.output
 
 
 def test_channel_open_help_names_the_price_caps_and_the_snapshot() -> None:

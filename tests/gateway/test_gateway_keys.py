@@ -101,8 +101,11 @@ def test_usage_by_key_model_provider_day_as_table_csv_and_json(gateway, gw_marke
         table[0]
     )
     assert sum(int(r["requests"]) for r in table) == sum(r["requests"] for r in rows)
-    text = gateway.cli("usage").stdout
+    text = gateway.cli("usage", "--by", "key").stdout
     assert "usage" in text and "total" in text
+    # without key: every verified request of the store (the gateway's among them)
+    text = gateway.cli("usage").stdout
+    assert "fake-model" in text and "total" in text
     bad = gateway.cli("usage", "--by", "colour", check=False)
     assert bad.returncode != 0 and "cannot group by colour" in bad.stderr
     assert "Traceback" not in bad.stderr

@@ -8,13 +8,12 @@ import pytest
 from tallystick.node._earnings import (
     auto_bucket,
     earnings,
-    parse_since,
     performance,
     request_earning,
 )
 from tallystick.node._ledger import UsageRow
 from tallystick.node._types import ChannelInfo, ChannelStatus
-from tallystick.protocol import Prices, cost_of
+from tallystick.protocol import Prices, cost_of, parse_since
 
 PRICES = Prices(input_per_m=200_000, output_per_m=600_000)  # 0.20 / 0.60 USDC per 1M
 USDC = "0x5FbDB2315678afecb367f032d93F642f64180aa3"

@@ -42,6 +42,7 @@ DOCUMENTED = {
 EXTRA = {
     "recover_message_signer", "bench_signing", "is_loopback", "ChannelStatus",
     "Event", "SkippedReceipt", "Token", "decode_revert", "explain_contract_error",
+    "parse_since",
 }  # fmt: skip
 
 
