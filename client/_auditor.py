@@ -184,12 +184,12 @@ def rank_by_audits(
 
 
 def case_from_response(
-    channel: Any, body: dict[str, Any], prompt_ids: list[int], tallystick: dict[str, Any]
+    channel: Any, body: dict[str, Any], prompt_ids: list[int], bill_json: dict[str, Any]
 ) -> AuditCase | None:
     """The audit case of one verified response, or None when it carries nothing to audit."""
     from tallystick.protocol import UsageBill
 
-    bill = UsageBill.from_json(tallystick)
+    bill = UsageBill.from_json(bill_json)
     if not bill.proof:
         return None
     signed = bill.signed

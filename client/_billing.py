@@ -3,7 +3,7 @@
 Order matters (Guarantee 3 of DESIGN.md): a receipt is on disk before the node sees it, and a
 bill that does not verify is never countersigned; its evidence is stored instead. A request
 is stored as pending before it is sent; one that ends without a record (the caller stopped
-reading, the connection dropped, the process died) is settled from the node's signed record
+reading, the connection dropped, the process died) is resolved from the node's signed record
 before the channel's next request (docs/protocol.md §6).
 
 Signatures are by the channel's session key when it has one, else by the wallet.
@@ -173,32 +173,18 @@ class Biller:
             return None
         return tally.receipt.to_header()
 
-    def settle(
+    def countersign(
         self,
         channel: ChannelInfo,
         served: Served,
-        tallystick: Any,
+        bill_json: Any,
         evidence: dict[str, Any],
     ) -> VerifiedBill:
-        """Verify the ``tallystick`` object of a response, then countersign and store it."""
-        tally = self.store.tally(channel.channel_id)
-        counter = self.counter(channel)
-        try:
-            usage = UsageBill.from_json(tallystick)
-            bill = verify_bill(
-                channel, tally, usage.signed, usage.completion_ids, served, counter, self.tolerance
-            )
-        except BillingDispute as dispute:
-            raise self._dispute(dispute, evidence, tallystick) from None
-        except ProtocolError as exc:
-            malformed = BillingDispute(
-                channel.channel_id, None, [Mismatch("record", "valid", str(exc))]
-            )
-            raise self._dispute(malformed, evidence, tallystick) from exc
-        return self._countersign(channel, bill)
+        """Verify a response's bill (its ``tallystick`` object), then countersign and store it."""
+        return self._verify_and_sign(channel, served, bill_json, evidence)
 
     def audit_later(
-        self, channel: ChannelInfo, body: dict[str, Any], served: Served, tallystick: Any
+        self, channel: ChannelInfo, body: dict[str, Any], served: Served, bill_json: Any
     ) -> None:
         """Hand a verified response to the auditor (§10.4); it picks a fraction, off-path."""
         if self.auditor is None or self.auditor.fraction <= 0:
@@ -206,14 +192,14 @@ class Biller:
         from ._auditor import case_from_response
 
         try:
-            case = case_from_response(channel, body, served.prompt_ids, tallystick)
+            case = case_from_response(channel, body, served.prompt_ids, bill_json)
         except (ProtocolError, ValueError, TypeError) as exc:
             log.warning("cannot audit channel %s: %s", channel.hex_id, exc)
             return
         if case is not None:
             self.auditor.consider(case)
 
-    def _countersign(self, channel: ChannelInfo, bill: VerifiedBill) -> VerifiedBill:
+    def _sign_receipt(self, channel: ChannelInfo, bill: VerifiedBill) -> VerifiedBill:
         record = bill.record.record
         receipt = Receipt(
             channel.channel_id, record.input_tokens, record.output_tokens, record.usage_root()
@@ -271,7 +257,7 @@ class Biller:
     def ended_by_node(
         self, channel: ChannelInfo, seq: int, served: Served, *, now: bool = True
     ) -> VerifiedBill | None:
-        """The node closed the answer cleanly without its record: settle it (``now``, else
+        """The node closed the answer cleanly without its record: resolve it (``now``, else
         before the next request) paying only for what arrived: its record, if it signed one,
         may hold no id past the received text."""
         pending = {**served.to_json(), "ended_by_node": True}
@@ -279,12 +265,15 @@ class Biller:
         return self.resolve_pending(channel) if now else None
 
     def resolve_pending(self, channel: ChannelInfo) -> VerifiedBill | None:
-        """Settle an interrupted request from the node's signed record (§6); None if none."""
+        """Verify and countersign an interrupted request's signed record from the node (§6).
+
+        None when there is nothing to resolve, or the node signed no record of it.
+        """
         pending = self.store.pending(channel.channel_id)
         if pending is None:
             return None
         tally = self.store.tally(channel.channel_id)
-        if pending.seq <= tally.seq:  # settled after all (e.g. a crash after the write)
+        if pending.seq <= tally.seq:  # countersigned after all (e.g. a crash after the write)
             self.store.clear_pending(channel.channel_id, pending.seq)
             return None
         try:
@@ -304,10 +293,29 @@ class Biller:
         # Unseen ids are paid only when the client itself stopped reading (guarantee 7).
         ended_by_node = bool(pending.served.get("ended_by_node"))
         evidence = {"request": pending.served, "interrupted": True, "ended_by_node": ended_by_node}
+        unseen = 0 if ended_by_node else self.max_unseen_tokens
+        return self._verify_and_sign(
+            channel, served, raw, evidence, seq=pending.seq, max_unseen=unseen
+        )
+
+    def _verify_and_sign(
+        self,
+        channel: ChannelInfo,
+        served: Served,
+        bill_json: Any,
+        evidence: dict[str, Any],
+        *,
+        seq: int | None = None,
+        max_unseen: int | None = None,
+    ) -> VerifiedBill:
+        """Countersign a bill that checks out; store one that does not as a dispute and raise it.
+
+        ``seq`` and ``max_unseen`` are given for an interrupted request (``verify_bill``).
+        """
+        tally = self.store.tally(channel.channel_id)
+        counter = self.counter(channel)
         try:
-            usage = UsageBill.from_json(raw)
-            unseen = 0 if ended_by_node else self.max_unseen_tokens
-            counter = self.counter(channel)
+            usage = UsageBill.from_json(bill_json)
             bill = verify_bill(
                 channel,
                 tally,
@@ -316,16 +324,16 @@ class Biller:
                 served,
                 counter,
                 self.tolerance,
-                max_unseen=unseen,
+                max_unseen=max_unseen,
             )
         except BillingDispute as dispute:
-            raise self._dispute(dispute, evidence, raw) from None
+            raise self._dispute(dispute, evidence, bill_json) from None
         except ProtocolError as exc:
             malformed = BillingDispute(
-                channel.channel_id, pending.seq, [Mismatch("record", "valid", str(exc))]
+                channel.channel_id, seq, [Mismatch("record", "valid", str(exc))]
             )
-            raise self._dispute(malformed, evidence, raw) from exc
-        return self._countersign(channel, bill)
+            raise self._dispute(malformed, evidence, bill_json) from exc
+        return self._sign_receipt(channel, bill)
 
     def _fetch_record(self, channel: ChannelInfo, pending: Pending) -> Any:
         """The node's record of the pending request, or None when it has none (§6).
@@ -370,12 +378,12 @@ class Biller:
         self.store.mark_delivered(channel.channel_id, tally.seq)
 
     def _dispute(
-        self, dispute: BillingDispute, evidence: dict[str, Any], tallystick: Any
+        self, dispute: BillingDispute, evidence: dict[str, Any], bill_json: Any
     ) -> BillingDispute:
-        # The evidence replaces the pending entry: a disputed bill is never settled later.
+        # The evidence replaces the pending entry: a disputed bill is never resolved later.
         self.store.clear_pending(dispute.channel_id)
         dispute.leave_by(self.way_out(self.store.channel(dispute.channel_id)))
-        dispute.evidence = {**evidence, "tallystick": tallystick}
+        dispute.evidence = {**evidence, "tallystick": bill_json}
         dispute.dispute_id = self.store.add_dispute(
             dispute.channel_id,
             dispute.seq,

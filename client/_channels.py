@@ -187,7 +187,7 @@ class Channels:
         info = self._client.channel(channel)
         require_status(self._chain, info, ("open",), "close")
         biller = self._client.biller
-        # No request of another process in between: its pending request is not ours to settle.
+        # No request of another process in between: its pending request is not ours to resolve.
         with biller.locked(info):
             with contextlib.suppress(ClientError):
                 # An unverifiable bill stays unsigned: closing is the way out of it.

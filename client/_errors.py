@@ -213,7 +213,7 @@ class BillingDispute(ClientError):
 class NodeUnavailable(ClientError):
     """The node could not be reached, timed out, or the connection broke mid-answer.
 
-    A request whose answer was cut off stays pending in the store and is settled (or dropped
+    A request whose answer was cut off stays pending in the store and is resolved (or dropped
     as unbilled, when the node has no record of it) before the channel's next request.
     """
 

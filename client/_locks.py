@@ -2,7 +2,7 @@
 
 The node's credit rule allows one unpaid record per channel, and the client's pending entry
 (docs/protocol.md §6) describes one request: a second request on the same channel while the
-first is still being answered would be refused (402), or worse, would settle the first one's
+first is still being answered would be refused (402), or worse, would resolve the first one's
 record as if it had been interrupted. Inside a process a ``threading.Lock`` orders requests;
 across processes (two ``tallystick chat`` runs, two SDK programs on one store) a lock row in
 the store does, held under a lease that a heartbeat thread renews. A holder that crashed
@@ -32,7 +32,7 @@ LockWait = Callable[[bytes, LockHolder], None]  # told once when a request start
 
 
 class ChannelLock:
-    """Held from sending a request until its answer is settled; ``acquire``/``release``."""
+    """Held from sending a request until its answer is resolved; ``acquire``/``release``."""
 
     def __init__(
         self,

@@ -4,7 +4,7 @@ One file per client (WAL mode). A receipt is written here, in the same transacti
 record it covers, before it is handed to the node, so a restarted client continues exactly
 where it stopped; the write refuses any receipt whose totals are lower than the stored ones.
 A request is written as *pending* before it is sent, so a request that ends without a
-verified record (dropped stream, crash) is settled from the node's record on the next use.
+verified record (dropped stream, crash) is resolved from the node's record on the next use.
 
 Session keys are kept here in the clear, and the file is made owner-only (0600) when the
 first one is written. That is deliberate: a session key can only sign receipts of the one
@@ -141,7 +141,7 @@ class BillLine:
 
 @dataclass(frozen=True)
 class Pending:
-    """A request sent but not yet settled: what the client asked for and what it received."""
+    """A request sent but not yet resolved: what the client asked for and what it received."""
 
     channel_id: bytes
     seq: int
@@ -358,7 +358,7 @@ class Store(SqliteTables):
     def set_pending(
         self, channel_id: bytes, seq: int, served: dict[str, Any], *, received: bool = False
     ) -> None:
-        """Record (or update) the request ``seq`` as sent and not yet settled."""
+        """Record (or update) the request ``seq`` as sent and not yet resolved."""
         with self._tx() as db:
             db.execute(
                 "INSERT OR REPLACE INTO pending VALUES (?,?,?,?,?)",

@@ -12,7 +12,7 @@ cannot crash the process with deeply nested JSON (``InvalidResponse`` instead).
 
 A request is stored as pending before it is sent. When its answer ends without a record
 (the caller closed the stream early, the connection dropped), what was received is stored
-with it, and the next request on the channel first settles it from the node's signed record.
+with it, and the next request on the channel first resolves it from the node's signed record.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ class BillSlot:
     """Filled with the verified bill once the response has been read (streams: at the end)."""
 
     bill: VerifiedBill | None = None
-    tallystick: dict[str, Any] = field(default_factory=dict)
+    bill_json: dict[str, Any] = field(default_factory=dict)  # the response's tallystick object
     payload: Any = None  # a plain completion's parsed JSON, so it is not parsed twice
 
 
@@ -98,14 +98,14 @@ class TallyTransport(httpx.BaseTransport):
         pending = self.biller.pending_receipt(self.channel)
         if pending is not None:
             request.headers[RECEIPT_HEADER] = pending
-        self._sign(request)  # for the next seq, after the last receipt (both settled above)
+        self._sign(request)  # for the next seq, after the last receipt (both resolved above)
         seq = self.biller.begin(self.channel, served)
         try:
             response = self.inner.handle_request(request)
         except httpx.HTTPError as exc:
             if isinstance(exc, httpx.ConnectError):
                 self.biller.store.clear_pending(self.channel.channel_id, seq)  # never sent
-            # Otherwise it stays pending (nothing received): settled before the next request.
+            # Otherwise it stays pending (nothing received): resolved before the next request.
             raise from_httpx(exc, request.url) from exc
         if pending is not None and response.status_code < 400:
             # The node only serves after it has the piggybacked receipt on disk.
@@ -178,16 +178,16 @@ class TallyTransport(httpx.BaseTransport):
             *_sampling(body),
         )
 
-    def settle(
+    def countersign(
         self,
         served: Served,
         text: str,
         finish: str | None,
-        tallystick: Any,
+        bill_json: Any,
         evidence: dict[str, Any],
     ) -> VerifiedBill:
         final = replace(served, text=text, finish_reason=finish)
-        return self.biller.settle(self.channel, final, tallystick, evidence)
+        return self.biller.countersign(self.channel, final, bill_json, evidence)
 
     def interrupted(self, seq: int, served: Served, text: str) -> None:
         final = replace(served, text=text, finish_reason=None)
@@ -208,7 +208,7 @@ class _VerifyingStream(httpx.SyncByteStream):
         lock: ChannelLock,
         seq: int,
     ) -> None:
-        self.t = transport
+        self.transport = transport
         self.kind = kind
         self.body = body
         self.served = served
@@ -217,7 +217,7 @@ class _VerifyingStream(httpx.SyncByteStream):
         self.lock: ChannelLock | None = lock
         self.seq = seq
         self.text: list[str] = []  # received so far
-        self.settled = False  # a record arrived (verified or disputed)
+        self.billed = False  # the bill is dealt with: verified, disputed, or left to resolve
 
     def __iter__(self) -> Iterator[bytes]:
         try:
@@ -226,7 +226,7 @@ class _VerifyingStream(httpx.SyncByteStream):
             else:
                 yield self._plain()
         except httpx.HTTPError as exc:  # the node died or the connection broke mid-answer
-            raise from_httpx(exc, self.t.channel.endpoint) from exc
+            raise from_httpx(exc, self.transport.channel.endpoint) from exc
         finally:
             self._release()
 
@@ -240,9 +240,9 @@ class _VerifyingStream(httpx.SyncByteStream):
         if self.lock is None:
             return
         try:
-            if not self.settled:
+            if not self.billed:
                 # Ended without a record: keep what was received for the next request.
-                self.t.interrupted(self.seq, self.served, "".join(self.text))
+                self.transport.interrupted(self.seq, self.served, "".join(self.text))
         finally:
             self.lock.release()
             self.lock = None
@@ -254,7 +254,7 @@ class _VerifyingStream(httpx.SyncByteStream):
             choice = payload["choices"][0]
         except (ProtocolError, KeyError, IndexError, TypeError) as exc:
             # The whole body arrived and holds no answer: a withheld answer is paid for only
-            # as far as it arrived (not one completion id), settled before the next request.
+            # as far as it arrived (not one completion id), resolved before the next request.
             self._ended_by_node("", now=False)
             if isinstance(exc, ProtocolError):
                 raise
@@ -264,9 +264,8 @@ class _VerifyingStream(httpx.SyncByteStream):
         if "tallystick" not in payload:
             self._ended_by_node(text)
             return content
-        tallystick = payload.get("tallystick")
         evidence = {"request": self.body, "response": payload}
-        self._settle(text, choice.get("finish_reason"), tallystick, evidence)
+        self._countersign(text, choice.get("finish_reason"), payload.get("tallystick"), evidence)
         return content
 
     def _sse(self) -> Iterator[bytes]:
@@ -278,33 +277,36 @@ class _VerifyingStream(httpx.SyncByteStream):
             for choice in chunk.get("choices") or []:
                 text.append(_choice_text(self.kind, choice, delta=True))
                 finish = choice.get("finish_reason") or finish
-            # Settle on the chunk carrying the record (or at [DONE] without one, a dispute),
+            # Verify on the chunk carrying the record (or at [DONE] without one, a dispute),
             # before passing it on: the caller never holds an unverified final answer.
-            if not self.settled and ("tallystick" in chunk or data == "[DONE]"):
+            if not self.billed and ("tallystick" in chunk or data == "[DONE]"):
                 evidence = self._evidence(text, finish)
-                self._settle("".join(text), finish, chunk.get("tallystick"), evidence)
+                self._countersign("".join(text), finish, chunk.get("tallystick"), evidence)
             yield event
-        if not self.settled:
+        if not self.billed:
             # The node closed the stream itself, without its record: pay only what arrived.
             self._ended_by_node("".join(text))
         # A stream cut off (the caller stopped reading, the connection dropped) before its
-        # record is settled on the next request (_release).
+        # record is resolved on the next request (_release).
 
     def _ended_by_node(self, text: str, *, now: bool = True) -> None:
-        self.settled = True  # settled (now or before the next request), or disputed
+        self.billed = True  # resolved (now or before the next request), or disputed
         final = replace(self.served, text=text, finish_reason=None)
-        self.slot.bill = self.t.biller.ended_by_node(self.t.channel, self.seq, final, now=now)
+        self.slot.bill = self.transport.biller.ended_by_node(
+            self.transport.channel, self.seq, final, now=now
+        )
 
     def _evidence(self, text: list[str], finish: str | None) -> dict[str, Any]:
         return {"request": self.body, "response": {"text": "".join(text), "finish_reason": finish}}
 
-    def _settle(
-        self, text: str, finish: str | None, tallystick: Any, evidence: dict[str, Any]
+    def _countersign(
+        self, text: str, finish: str | None, bill_json: Any, evidence: dict[str, Any]
     ) -> None:
-        self.slot.tallystick = tallystick if isinstance(tallystick, dict) else {}
-        self.settled = True  # verified, or disputed with its evidence stored
-        self.slot.bill = self.t.settle(self.served, text, finish, tallystick, evidence)
-        self.t.biller.audit_later(self.t.channel, self.body, self.served, self.slot.tallystick)
+        self.slot.bill_json = bill_json if isinstance(bill_json, dict) else {}
+        self.billed = True  # verified, or disputed with its evidence stored
+        transport = self.transport
+        self.slot.bill = transport.countersign(self.served, text, finish, bill_json, evidence)
+        transport.biller.audit_later(transport.channel, self.body, self.served, self.slot.bill_json)
 
 
 def _sampling(body: dict[str, Any]) -> tuple[int | None, float, float]:

@@ -169,7 +169,7 @@ class Ledger(SqliteTables):
     def begin(self, channel_id: str, key_id: str, model: str, provider: str, token: str) -> None:
         """A request is about to be sent on the channel for ``key_id``.
 
-        If it ends without a bill (a dropped stream), the SDK settles it from the node's record
+        If it ends without a bill (a dropped stream), the SDK resolves it from the node's record
         before the channel's next request, and that bill is charged to this key.
         """
         with self._tx() as db:
@@ -179,7 +179,7 @@ class Ledger(SqliteTables):
             )
 
     def inflight(self, channel_id: str) -> tuple[str, str, str, str] | None:
-        """``(key_id, model, provider, token)`` of the channel's unsettled request, if any."""
+        """``(key_id, model, provider, token)`` of the channel's unresolved request, if any."""
         rows = self._query("SELECT * FROM gateway_inflight WHERE channel_id = ?", (channel_id,))
         if not rows:
             return None

@@ -31,7 +31,7 @@ from ._errors import GatewayError
 __all__ = ["ChannelPool", "Lease"]
 
 DEPOSIT_REQUESTS = 100  # a channel opened without --deposit covers this many such requests
-QUARANTINE_S = 30.0  # a channel whose interrupted request cannot be settled yet waits this long
+QUARANTINE_S = 30.0  # a channel whose interrupted request cannot be resolved yet waits this long
 WAIT_S = 60.0  # how long a request waits for a busy channel when the budget is spent
 
 
@@ -41,7 +41,7 @@ class Lease:
 
     channel: ChannelInfo
     http: httpx.Client
-    resolved: VerifiedBill | None = None  # an interrupted request settled before this one
+    resolved: VerifiedBill | None = None  # an interrupted request resolved before this one
 
 
 class ChannelPool:
@@ -72,8 +72,8 @@ class ChannelPool:
         self._opening = 0  # opens under way: a channel they add to the store is theirs
         self._known: set[bytes] = set()  # channels a request may lease
         self._http: dict[bytes, tuple[ChannelInfo, httpx.Client]] = {}
-        # Called with each interrupted request's bill once settled (the gateway charges it).
-        self.on_settled: Callable[[ChannelInfo, VerifiedBill], None] | None = None
+        # Called with each interrupted request's bill once resolved (the gateway charges it).
+        self.on_resolved: Callable[[ChannelInfo, VerifiedBill], None] | None = None
 
     # leasing
 
@@ -174,7 +174,7 @@ class ChannelPool:
                     continue
                 self._busy.add(channel.channel_id)  # no request may start on it now
             try:
-                self.settle_interrupted(channel)  # charged before the close folds it in
+                self.resolve_interrupted(channel)  # charged before the close folds it in
                 with self._chain_lock:
                     self.client.channels.close_auto(channel.channel_id)
                 closed.append(channel.hex_id)
@@ -273,12 +273,12 @@ class ChannelPool:
             held = (channel, http)
         return Lease(channel, held[1])
 
-    def settle_interrupted(self, channel: ChannelInfo) -> VerifiedBill | None:
+    def resolve_interrupted(self, channel: ChannelInfo) -> VerifiedBill | None:
         """Settle the channel's interrupted request, if any (before it serves or closes)."""
         if self.client.store.pending(channel.channel_id) is None:
             return None
         with self.client.biller.locked(channel):  # never beside a request in flight
             bill = self.client.biller.resolve_pending(channel)
-        if bill is not None and self.on_settled is not None:
-            self.on_settled(channel, bill)
+        if bill is not None and self.on_resolved is not None:
+            self.on_resolved(channel, bill)
         return bill

@@ -102,7 +102,7 @@ class Gateway:
             idle_close_s=settings.idle_close_s,
             timeout=_timeout(settings),
         )
-        self.pool.on_settled = self._charge_interrupted
+        self.pool.on_resolved = self._charge_interrupted
         self._offers: tuple[float, list[Listing]] | None = None
         self._offers_lock = threading.Lock()
         self._mark_disputed()
@@ -164,7 +164,7 @@ class Gateway:
                 self.router.failed(candidate.listing.provider, str(exc))
             raise Failover(str(exc)) from exc
         try:
-            self._settle_interrupted(lease)
+            self._resolve_interrupted(lease)
             return self._send(plan, key, candidate, lease, topped_up=False)
         except Failover:
             raise
@@ -210,7 +210,7 @@ class Gateway:
             raise self._failover(lease, candidate, str(exc), quarantine=False) from exc
         except (httpx.HTTPError, TallystickError) as exc:
             with contextlib.suppress(Exception):
-                response.close()  # the SDK keeps what arrived; the next request settles it
+                response.close()  # the SDK keeps what arrived; the next request resolves it
             raise self._failover(lease, candidate, str(exc), quarantine=True) from exc
         started.first_token_at = time.monotonic() if not plan.stream else started.first_token_at
         return started
@@ -253,8 +253,8 @@ class Gateway:
     def abort(self, started: Started, reason: str) -> None:
         """The answer broke after its first token: the provider is marked, the channel kept.
 
-        The request stays in flight in the ledger: the SDK settles it from the node's record
-        before the channel serves again, and ``_settle_interrupted`` charges it to the key.
+        The request stays in flight in the ledger: the SDK resolves it from the node's record
+        before the channel serves again, and ``_resolve_interrupted`` charges it to the key.
         """
         with contextlib.suppress(Exception):
             started.response.close()
@@ -268,10 +268,10 @@ class Gateway:
             started.response.close()
         self.pool.release(started.lease)
 
-    def _settle_interrupted(self, lease: Lease) -> None:
+    def _resolve_interrupted(self, lease: Lease) -> None:
         channel = lease.channel
         try:
-            self.pool.settle_interrupted(channel)  # charged by _charge_interrupted
+            self.pool.resolve_interrupted(channel)  # charged by _charge_interrupted
         except BillingDispute as exc:
             self.router.disputed(channel.provider, str(exc))
             self.ledger.end(channel.hex_id)
@@ -280,7 +280,7 @@ class Gateway:
             raise self._failover(lease, None, str(exc), quarantine=True) from exc
 
     def _charge_interrupted(self, channel: ChannelInfo, bill: VerifiedBill) -> None:
-        """An interrupted request's bill, settled by the SDK: charge the key that sent it."""
+        """An interrupted request's bill, resolved by the SDK: charge the key that sent it."""
         owner = self.ledger.inflight(channel.hex_id)
         if owner is None:
             return  # sent by another program on this store

@@ -115,7 +115,7 @@ def test_idle_channels_are_closed_cooperatively_and_a_dropped_stream_charged_fir
     for cid in ids:
         state = gw_market.deployment.escrow.get_channel(bytes.fromhex(cid[2:]))
         assert state.status.name.lower() == "closed", state
-    # The close settled the dropped stream from the node's record; the key paid for it.
+    # The close resolved the dropped stream from the node's record; the key paid for it.
     (row,) = [r for r in _usage(gateway) if r["key"] == "idler"]
     assert row["requests"] == 1 and row["channel"] == dropped and row["cost"] >= 2 * 3000
 

@@ -5,7 +5,7 @@ every bill by the counting rule and countersigns it):
   real SmolLM2 GGUF, and stops it when it stops;
 - ``--engine upstream`` in front of a ``llama-server`` a provider already runs.
 
-Plain and streamed answers, an abandoned stream settled by the interrupted-request rule on
+Plain and streamed answers, an abandoned stream resolved by the interrupted-request rule on
 the next request, and the cooperative close paying exactly the countersigned bill.
 """
 
@@ -106,7 +106,7 @@ def _exercise(client: Tallystick) -> None:
     streamed = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
     assert streamed == text and stream.tally is not None
     assert stream.tally.completion_ids == plain.tally.completion_ids  # greedy, same ids
-    # Abandon a long stream after a few chunks: the next request settles it (§6).
+    # Abandon a long stream after a few chunks: the next request resolves it (§6).
     long = client.chat.completions.create(
         model=NAME, messages=STORY, max_tokens=400, temperature=0, stream=True
     )
@@ -119,7 +119,7 @@ def _exercise(client: Tallystick) -> None:
     long.close()
     assert client.store.pending(info.channel_id) is not None
     after = client.chat.completions.create(model=NAME, messages=ASK, max_tokens=4, temperature=0)
-    assert after.tally.record.record.seq == 4  # seq 3 (the abandoned one) was settled first
+    assert after.tally.record.record.seq == 4  # seq 3 (the abandoned one) was resolved first
     assert client.store.pending(info.channel_id) is None
     abandoned = client.bill(info)[2].record.record
     assert 3 <= abandoned.completion_tokens < 400  # what was sent, not what was asked

@@ -45,7 +45,7 @@ def test_a_restarted_client_continues_from_its_store_and_never_pays_twice(
     next(iter(stream))
     stream.close()
     second.close()
-    # Third life: settles the interrupted request from the node's record if it was billed.
+    # Third life: resolves the interrupted request from the node's record if it was billed.
     third = make_client(account, "client")
     _ask(third, 2)
     second = third
