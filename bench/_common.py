@@ -1,26 +1,23 @@
-"""What every bench section shares: paths, a local chain, a deployed market, targets, output.
+"""What every bench section shares: paths, targets, output, percentiles.
 
-Nothing here measures anything; it starts the real things (anvil, contracts, accounts) and
-prints and saves what the sections measured.
+Nothing here measures anything; it prints and saves what the sections measured. The chain,
+the market and the processes come from ``tallystick.devnet`` through ``_setup.py``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
-import shutil
-import socket
-import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from tallystick.devnet import MODEL_FILE, MODEL_NAME
 
 __all__ = [
     "MODEL_FILE",
@@ -29,30 +26,19 @@ __all__ = [
     "RESULTS",
     "ROOT",
     "BenchError",
-    "Chain",
     "Target",
-    "anvil",
     "console",
-    "free_port",
-    "funded_account",
     "percentile",
     "rss_bytes",
     "save",
     "send_tx",
     "show_targets",
-    "start_chain",
     "table",
-    "wait_http",
 ]
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
-MODEL_NAME = "SmolLM2-135M-Instruct"
-MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL_GGUF = ROOT / ".models" / MODEL_NAME / MODEL_FILE
-# The GGUF dequantised and saved as a plain transformers folder, for servers that cannot load
-# a GGUF without a config (transformers serve); same weights, same tokenizer.
-ANVIL = ROOT / "node_modules" / ".bin" / "anvil"
 
 # Wide enough for the tables when the output is a file or a CI log (no terminal width).
 console = Console(highlight=False, width=None if os.isatty(1) else 120)
@@ -167,117 +153,7 @@ def rss_bytes(pid: int | None = None) -> int:
     return pages * os.sysconf("SC_PAGE_SIZE")
 
 
-# --- processes ------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_http(url: str, proc: subprocess.Popen[Any] | None, timeout: float, what: str) -> None:
-    """Poll ``url`` until it answers 2xx; ``BenchError`` when ``proc`` dies or time runs out."""
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise BenchError(f"{what} exited with code {proc.returncode} before answering")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(url, timeout=2.0).is_success:
-                return
-        time.sleep(0.25)
-    raise BenchError(f"{what} did not answer on {url} within {timeout:.0f} s")
-
-
-def stop_process(proc: subprocess.Popen[Any]) -> None:
-    """Terminate a child we started, then kill it if it lingers."""
-    if proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
-@contextlib.contextmanager
-def anvil(gas_limit: int | None = None) -> Iterator[str]:
-    """A fresh anvil on a free port (its RPC URL), stopped on exit."""
-    binary = str(ANVIL) if ANVIL.exists() else shutil.which("anvil")
-    if binary is None:
-        raise BenchError("anvil not found: run `make setup` (it installs @foundry-rs/anvil)")
-    port = free_port()
-    cmd = [binary, "--port", str(port), "--silent", "--chain-id", "31337"]
-    if gas_limit is not None:
-        cmd += ["--gas-limit", str(gas_limit)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_rpc(url, proc)
-        yield url
-    finally:
-        stop_process(proc)
-
-
-def _wait_rpc(url: str, proc: subprocess.Popen[Any]) -> None:
-    import httpx
-
-    body = {"jsonrpc": "2.0", "id": 1, "method": "eth_chainId", "params": []}
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise BenchError(f"anvil exited with code {proc.returncode}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.post(url, json=body, timeout=1.0).status_code == 200:
-                return
-        time.sleep(0.02)
-    raise BenchError(f"anvil did not answer on {url}")
-
-
 # --- chain ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Chain:
-    """A deployed market on a local chain: the contracts and a funded deployer."""
-
-    url: str
-    w3: Any
-    deployment: Any  # tallystick.protocol.Deployment
-    deployer: Any  # LocalAccount
-
-    @property
-    def escrow(self) -> Any:
-        return self.deployment.escrow
-
-    @property
-    def registry(self) -> Any:
-        return self.deployment.registry
-
-    @property
-    def usdc(self) -> Any:
-        return self.deployment.usdc
-
-
-def funded_account(w3: Any, wei: int = 10**24) -> Any:
-    """A fresh key with ``wei`` on the local chain (anvil_setBalance)."""
-    from eth_account import Account
-
-    account = Account.create()
-    w3.provider.make_request("anvil_setBalance", [account.address, hex(wei)])
-    return account
-
-
-def start_chain(url: str) -> Chain:
-    """Deploy ProviderRegistry, TallyEscrow and MockUSDC on the chain at ``url``."""
-    from tallystick.protocol import connect, deploy
-
-    w3 = connect(url)
-    deployer = funded_account(w3)
-    return Chain(url, w3, deploy(w3, deployer, challenge_period=3600), deployer)
 
 
 def send_tx(w3: Any, account: Any, fn: Any) -> int:

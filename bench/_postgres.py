@@ -11,12 +11,13 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from tallystick.devnet import free_port
 
 USER = "tally"
 
@@ -34,12 +35,6 @@ def pg_bindir() -> Path:
 
 def _version(path: str) -> int:
     return int(Path(path).parts[-3]) if Path(path).parts[-3].isdigit() else 0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -61,7 +56,7 @@ class PgCluster:
             owner = pwd.getpwnam("postgres")
             os.chown(folder, owner.pw_uid, owner.pw_gid)
             runas = ["runuser", "-u", "postgres", "--"]
-        cluster = cls(folder, _free_port(), runas, bindir)
+        cluster = cls(folder, free_port(), runas, bindir)
         cluster._run(
             "initdb",
             "-D",

@@ -16,7 +16,6 @@ tolerances would have refused.
 from __future__ import annotations
 
 import itertools
-import os
 import tempfile
 import threading
 import time
@@ -24,20 +23,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ._common import (
-    MODEL_GGUF,
-    MODEL_NAME,
-    BenchError,
-    Target,
-    anvil,
-    console,
-    free_port,
-    funded_account,
-    save,
-    start_chain,
-    table,
-    wait_http,
-)
+from tallystick.devnet import gguf_context_length
+
+from ._common import MODEL_GGUF, MODEL_NAME, BenchError, Target, console, save, table
+from ._setup import list_served, market, sdk_clients, serve_node
 
 __all__ = ["Config", "Sample", "run"]
 
@@ -65,9 +54,6 @@ PROMPTS = (
 )
 # (absolute, relative) candidates; the SDK's default is Tolerance() in client/_verify.py.
 CANDIDATES = ((0, 0.0), (1, 0.0), (2, 0.0), (4, 0.0), (0, 0.05), (2, 0.05), (4, 0.05), (4, 0.1))
-START_TIMEOUT_S = 420.0
-PRICES = (10**12, 4 * 10**12)  # wei per million tokens
-DEPOSIT = 10**17
 
 
 @dataclass(frozen=True)
@@ -109,34 +95,12 @@ def run(config: Config | None = None) -> dict[str, Any]:
 
 
 def _measure(config: Config, workdir: Path) -> list[Sample]:
-    from .serving import _clients, _context_length, _list, _node_command, _process, _tail
-
-    with anvil() as url:
-        chain = start_chain(url)
-        provider = funded_account(chain.w3)
-        port = free_port()
-        endpoint = f"http://127.0.0.1:{port}"
-        cmd = [*_node_command(), "serve", "--rpc", url, "--escrow", chain.escrow.address]
-        cmd += ["--registry", chain.registry.address, "--db", str(workdir / "node.db")]
-        cmd += ["--model", str(config.model), "--model-name", MODEL_NAME, "--port", str(port)]
-        cmd += ["--max-batch", str(max(config.concurrency)), "--settle-interval", "86400"]
-        cmd += ["--log-level", "WARNING"]
-        env = {**os.environ, "TALLYSTICK_NODE_KEY": provider.key.hex(), "PYTHONUNBUFFERED": "1"}
-        log = workdir / "node.log"
-        console.print(f"  starting tallystick-node serve on {endpoint} (log {log})")
-        with _process(cmd, log, env) as proc:
-            try:
-                wait_http(f"{endpoint}/health", proc, START_TIMEOUT_S, "tallystick-node")
-            except BenchError:
-                console.print(_tail(log))
-                raise
-            _list(chain, provider, endpoint, _context_length(config.model))
-            clients = _clients(chain, provider, workdir, max(config.concurrency))
-            try:
-                return _cells(clients, config)
-            finally:
-                for client, _ in clients:
-                    client.close()
+    with market(workdir) as bench:
+        args = ["--max-batch", str(max(config.concurrency))]
+        node = serve_node(bench, model=config.model, args=args)
+        list_served(bench, node.url, gguf_context_length(config.model))
+        with sdk_clients(bench, max(config.concurrency)) as clients:
+            return _cells(clients, config)
 
 
 def _cells(clients: list[tuple[Any, Any]], config: Config) -> list[Sample]:

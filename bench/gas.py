@@ -9,11 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
-import socket
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +18,7 @@ from typing import Any
 from eth_account import Account
 from eth_account.messages import encode_typed_data
 from eth_account.signers.local import LocalAccount
+from tallystick.devnet import DevnetError, Processes, start_anvil
 from web3 import Web3
 from web3.contract import Contract
 from web3.exceptions import Web3Exception
@@ -71,46 +68,15 @@ class Chain:
     usdc: Contract
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextlib.contextmanager
 def anvil() -> Iterator[Web3]:
-    """A fresh anvil on a free port, stopped on exit (also on errors)."""
-    exe = ROOT / "node_modules" / ".bin" / "anvil"
-    binary = str(exe) if exe.exists() else shutil.which("anvil")
-    if binary is None:
-        raise BenchError("anvil not found: run `make setup` (it installs @foundry-rs/anvil)")
-    port = _free_port()
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--silent"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        w3 = Web3(Web3.HTTPProvider(f"http://127.0.0.1:{port}", request_kwargs={"timeout": 60}))
-        deadline = time.monotonic() + 20
-        while not _connected(w3):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise BenchError(f"anvil did not start on port {port}")
-            time.sleep(0.05)
-        yield w3
-    finally:
-        proc.terminate()
+    """A fresh anvil on a free port (``tallystick.devnet``), stopped on exit (also on errors)."""
+    with Processes() as procs:
         try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
-
-def _connected(w3: Web3) -> bool:
-    try:
-        return w3.is_connected()
-    except Exception:
-        return False
+            chain = start_anvil(procs)
+        except DevnetError as exc:
+            raise BenchError(str(exc)) from exc
+        yield Web3(Web3.HTTPProvider(chain.url, request_kwargs={"timeout": 60}))
 
 
 def _artifact(name: str) -> dict[str, Any]:

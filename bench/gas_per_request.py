@@ -24,19 +24,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ._common import (
-    BenchError,
-    Chain,
-    Target,
-    anvil,
-    console,
-    funded_account,
-    save,
-    send_tx,
-    show_targets,
-    start_chain,
-    table,
-)
+from tallystick.devnet import Market, funded_account, list_model, register_provider
+
+from ._common import BenchError, Target, console, save, send_tx, show_targets, table
+from ._setup import deployed
 
 ETH = "0x0000000000000000000000000000000000000000"
 
@@ -87,7 +78,7 @@ class Config:
 class _Channels:
     """N open ETH channels of one client, with their usage chains as the node would sign them."""
 
-    def __init__(self, chain: Chain, provider: Any, client: Any, model: bytes, n: int) -> None:
+    def __init__(self, chain: Market, provider: Any, client: Any, model: bytes, n: int) -> None:
         from tallystick.protocol import ZERO_ROOT
 
         self.chain, self.client = chain, client
@@ -135,25 +126,30 @@ class _Channels:
         self.state[cid] = (seq + 1, record.input_tokens, record.output_tokens, record.usage_root())
 
 
-def _claim_many(chain: Chain, provider: Any, receipts: list[Any]) -> int:
+def _claim_many(chain: Market, provider: Any, receipts: list[Any]) -> int:
     result = chain.escrow.claim_many(provider, receipts)
     if result.skipped:
         raise RuntimeError(f"claimMany skipped {len(result.skipped)} receipts")
     return int(result.gas_used)
 
 
-def _market(chain: Chain) -> tuple[Any, Any, bytes]:
+def _market(chain: Market) -> tuple[Any, Any, bytes]:
     from tallystick.protocol import Prices
 
     provider, client = funded_account(chain.w3), funded_account(chain.w3)
-    chain.registry.register(provider, "http://127.0.0.1:1")
-    listed = chain.registry.list_model(
-        provider, "bench-model", Prices(*PRICES), tokenizer_hash=b"\x01" * 32, context_length=8192
+    register_provider(chain.deployment, provider, "http://127.0.0.1:1")
+    model = list_model(
+        chain.deployment,
+        provider,
+        "bench-model",
+        Prices(*PRICES),
+        tokenizer_hash=b"\x01" * 32,
+        context_length=8192,
     )
-    return provider, client, bytes(listed.value)
+    return provider, client, model
 
 
-def measure_batches(chain: Chain, config: Config) -> dict[str, Any]:
+def measure_batches(chain: Market, config: Config) -> dict[str, Any]:
     """claimMany gas for each N (first claim, then steady state per R) and open/close gas."""
     provider, client, model = _market(chain)
     rows: dict[str, Any] = {"open": [], "close": [], "batches": {}}
@@ -168,7 +164,7 @@ def measure_batches(chain: Chain, config: Config) -> dict[str, Any]:
     return rows
 
 
-def _close(chain: Chain, provider: Any, channels: _Channels) -> int:
+def _close(chain: Market, provider: Any, channels: _Channels) -> int:
     """A cooperative close of one channel at its last claimed totals (both sides sign)."""
     from tallystick.protocol import Receipt, receipt_message
 
@@ -183,7 +179,7 @@ def _close(chain: Chain, provider: Any, channels: _Channels) -> int:
     )
 
 
-def measure_baselines(chain: Chain, samples: int) -> dict[str, int]:
+def measure_baselines(chain: Market, samples: int) -> dict[str, int]:
     """Per-request settlement: x402 exact, MockUSDC transfer / transferFrom, one escrow claim."""
     payer, payee, facilitator = (funded_account(chain.w3) for _ in range(3))
     usdc = chain.usdc
@@ -207,7 +203,7 @@ def measure_baselines(chain: Chain, samples: int) -> dict[str, int]:
     }
 
 
-def _escrow_claims(chain: Chain, samples: int) -> list[int]:
+def _escrow_claims(chain: Market, samples: int) -> list[int]:
     provider, client, model = _market(chain)
     channels = _Channels(chain, provider, client, model, 1)
     return [chain.escrow.claim(provider, channels.receipts(1)[0]).gas_used for _ in range(samples)]
@@ -219,14 +215,14 @@ def _steady(gas: list[int]) -> int:
     return int(statistics.median_low(gas[1:] or gas))
 
 
-def _check_paid(chain: Chain, payee: str, expected: int) -> None:
+def _check_paid(chain: Market, payee: str, expected: int) -> None:
     # A baseline that did not move the money would be a fake figure.
     balance = chain.usdc.balance_of(payee)
     if balance != expected:
         raise BenchError(f"per-request baselines paid {balance} units, expected {expected}")
 
 
-def x402_authorization(chain: Chain, payer: Any, to: str, value: int) -> dict[str, Any]:
+def x402_authorization(chain: Market, payer: Any, to: str, value: int) -> dict[str, Any]:
     """An EIP-3009 authorization as x402's client builds it: random nonce, its validity window."""
     now = int(chain.w3.eth.get_block("latest")["timestamp"])
     return {
@@ -239,7 +235,7 @@ def x402_authorization(chain: Chain, payer: Any, to: str, value: int) -> dict[st
     }
 
 
-def x402_message(chain: Chain, authorization: dict[str, Any]) -> Any:
+def x402_message(chain: Market, authorization: dict[str, Any]) -> Any:
     """The EIP-712 ``TransferWithAuthorization`` message for MockUSDC on this chain."""
     from eth_account.messages import encode_typed_data
 
@@ -266,7 +262,7 @@ def x402_message(chain: Chain, authorization: dict[str, Any]) -> Any:
     )
 
 
-def x402_settle_call(chain: Chain, authorization: dict[str, Any], signed: Any) -> Any:
+def x402_settle_call(chain: Market, authorization: dict[str, Any], signed: Any) -> Any:
     """The facilitator's ``transferWithAuthorization(..., v, r, s)`` call."""
     a = authorization
     fn = chain.usdc.contract.get_function_by_signature(_TWA_VRS)
@@ -276,14 +272,14 @@ def x402_settle_call(chain: Chain, authorization: dict[str, Any], signed: Any) -
     )  # fmt: skip
 
 
-def x402_exact(chain: Chain, payer: Any, facilitator: Any, to: str) -> int:
+def x402_exact(chain: Market, payer: Any, facilitator: Any, to: str) -> int:
     """One x402 "exact" payment: the payer signs, the facilitator submits; its gasUsed."""
     authorization = x402_authorization(chain, payer, to, X402_PAYMENT)
     signed = payer.sign_message(x402_message(chain, authorization))
     return send_tx(chain.w3, facilitator, x402_settle_call(chain, authorization, signed))
 
 
-def _erc20(chain: Chain, account: Any, fn: str, *args: Any) -> int:
+def _erc20(chain: Market, account: Any, fn: str, *args: Any) -> int:
     return send_tx(chain.w3, account, getattr(chain.usdc.contract.functions, fn)(*args))
 
 
@@ -329,8 +325,7 @@ def with_ratios(rows: list[dict[str, Any]], baselines: dict[str, int]) -> list[d
 def run(config: Config | None = None) -> dict[str, Any]:
     """Measure, print and save ``gas_per_request.json``; returns the figures."""
     config = config or Config()
-    with anvil() as url:
-        chain = start_chain(url)
+    with deployed() as chain:
         console.print("[bold]On-chain cost per request[/] (anvil, real contracts)")
         batches = measure_batches(chain, config)
         baselines = measure_baselines(chain, config.baseline_samples)

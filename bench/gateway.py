@@ -17,47 +17,32 @@ Targets: added TTFT p50 at one stream <= 10 ms; tokens/s (e)/(d) >= 0.95x at 1 a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ._common import (
-    MODEL_GGUF,
-    MODEL_NAME,
-    BenchError,
-    Target,
-    anvil,
-    console,
-    free_port,
-    funded_account,
-    save,
-    show_targets,
-    start_chain,
-    table,
-    wait_http,
-)
-from .serving import (
-    START_TIMEOUT_S,
+from tallystick.devnet import free_port, funded_account, gguf_context_length
+
+from ._common import MODEL_GGUF, MODEL_NAME, Target, console, save, show_targets
+from ._load import (
     LevelResult,
+    Request,
     Timeline,
-    _clients,
-    _context_length,
-    _drive,
-    _list,
-    _messages,
-    _node_command,
-    _node_request,
-    _process,
-    _rounds,
-    _tail,
+    drive,
+    level_at,
+    levels_table,
+    openai_request,
+    rounds,
+    sdk_request,
     summarize,
 )
-from .serving import Config as ServingConfig
+from ._setup import Bench, list_served, market, sdk_clients, serve_node, start_server
 
 __all__ = ["Config", "run"]
 
@@ -95,119 +80,55 @@ def run(config: Config | None = None) -> dict[str, Any]:
 
 
 def _measure(config: Config, workdir: Path) -> dict[str, list[LevelResult]]:
-    serving = ServingConfig(
-        levels=config.levels, max_tokens=config.max_tokens, min_requests=config.min_requests
-    )
-    with anvil() as url:
-        chain = start_chain(url)
-        provider = funded_account(chain.w3)
-        port = free_port()
-        endpoint = f"http://127.0.0.1:{port}"
-        cmd = [*_node_command(), "serve", "--rpc", url, "--escrow", chain.escrow.address]
-        cmd += ["--registry", chain.registry.address, "--db", str(workdir / "node.db")]
-        cmd += ["--model", str(config.model), "--model-name", MODEL_NAME, "--port", str(port)]
-        cmd += ["--max-batch", str(max(config.levels)), "--credit-requests", "1"]
-        cmd += ["--settle-interval", "86400", "--log-level", "WARNING"]
-        env = {**os.environ, "TALLYSTICK_NODE_KEY": provider.key.hex(), "PYTHONUNBUFFERED": "1"}
-        log = workdir / "node.log"
-        console.print(f"  starting tallystick-node serve on {endpoint} (log {log})")
-        with _process(cmd, log, env) as proc:
-            try:
-                wait_http(f"{endpoint}/health", proc, START_TIMEOUT_S, "tallystick-node")
-            except BenchError:
-                console.print(_tail(log))
-                raise
-            _list(chain, provider, endpoint, _context_length(config.model))
-            clients = _clients(chain, provider, workdir, max(config.levels))
-            try:
-                direct = _node_request(clients, serving)
-                with _gateway(chain, url, workdir) as (base_url, key):
-                    via = _gateway_request(base_url, key, config)
-                    return _levels(config, serving, direct, via)
-            finally:
-                for client, _ in clients:
-                    client.close()
+    args = ["--max-batch", str(max(config.levels)), "--credit-requests", "1"]
+    with market(workdir) as bench:
+        node = serve_node(bench, model=config.model, args=args)
+        list_served(bench, node.url, gguf_context_length(config.model))
+        with sdk_clients(bench, max(config.levels)) as clients:
+            direct = sdk_request(clients, config.max_tokens)
+            with _gateway(bench) as (base_url, key):
+                import openai
+
+                sdk = openai.OpenAI(base_url=base_url, api_key=key, max_retries=0, timeout=600)
+                via = openai_request(sdk, MODEL_NAME, config.max_tokens, usage_required=True)
+                return _levels(config, direct, via)
 
 
-class _gateway:
-    """``tallystick gateway`` as a subprocess with a funded wallet and one key."""
-
-    def __init__(self, chain: Any, url: str, workdir: Path) -> None:
-        wallet = funded_account(chain.w3)
-        self.port = free_port()
-        self.log = workdir / "gateway.log"
-        self.base = [sys.executable, "-c", "from tallystick.client.cli import main; main()"]
-        self.base += ["--rpc", url, "--registry", chain.registry.address]
-        self.base += ["--escrow", chain.escrow.address, "--store", str(workdir / "gateway.db")]
-        self.env = {**os.environ, "TALLYSTICK_KEY": wallet.key.hex(), "PYTHONUNBUFFERED": "1"}
-        self.ctx: Any = None
-
-    def __enter__(self) -> tuple[str, str]:
-        import subprocess
-
-        key = subprocess.run(
-            [*self.base, "gateway", "keys", "create", "bench"],
-            capture_output=True, text=True, env=self.env, check=True,
-        ).stdout.strip()  # fmt: skip
-        cmd = [*self.base, "gateway", "--port", str(self.port), "--budget", str(BUDGET)]
-        self.ctx = _process(cmd, self.log, self.env)
-        proc = self.ctx.__enter__()
-        url = f"http://127.0.0.1:{self.port}"
-        try:
-            wait_http(f"{url}/health", proc, 60, "tallystick gateway")
-        except BenchError:
-            console.print(_tail(self.log))
-            raise
-        return url + "/v1", key
-
-    def __exit__(self, *exc: object) -> None:
-        self.ctx.__exit__(*exc)
+@contextlib.contextmanager
+def _gateway(bench: Bench) -> Iterator[tuple[str, str]]:
+    """``tallystick gateway`` as a process with a funded wallet and one key: (base URL, key)."""
+    market = bench.market
+    wallet = funded_account(market.w3)
+    port = free_port()
+    base = [sys.executable, "-c", "from tallystick.client.cli import main; main()"]
+    base += ["--rpc", market.rpc, "--registry", market.registry.address]
+    base += ["--escrow", market.escrow.address, "--store", str(bench.workdir / "gateway.db")]
+    env = {**os.environ, "TALLYSTICK_KEY": wallet.key.hex(), "PYTHONUNBUFFERED": "1"}
+    key = subprocess.run(
+        [*base, "gateway", "keys", "create", "bench"],
+        capture_output=True, text=True, env=env, check=True,
+    ).stdout.strip()  # fmt: skip
+    cmd = [*base, "gateway", "--port", str(port), "--budget", str(BUDGET)]
+    url = f"http://127.0.0.1:{port}"
+    log = bench.workdir / "gateway.log"
+    proc = start_server(bench.procs, "tallystick gateway", cmd, f"{url}/health", log, env)
+    try:
+        yield url + "/v1", key
+    finally:
+        bench.procs.stop(proc)
 
 
-def _gateway_request(base_url: str, key: str, config: Config) -> Callable[[int, int], Timeline]:
-    import openai
-
-    sdk = openai.OpenAI(base_url=base_url, api_key=key, max_retries=0, timeout=600)
-    create: Any = sdk.chat.completions.create
-
-    def request(stream: int, i: int) -> Timeline:
-        line = Timeline(time.perf_counter())
-        chunks = create(
-            model=MODEL_NAME,
-            messages=_messages(i),
-            max_tokens=config.max_tokens,
-            temperature=0,
-            stream=True,
-            stream_options={"include_usage": True},
-        )
-        for chunk in chunks:
-            if chunk.choices and chunk.choices[0].delta.content:
-                line.stamps.append(time.perf_counter())
-            if chunk.usage is not None:
-                line.tokens = chunk.usage.completion_tokens
-        if not line.tokens:
-            raise BenchError("the gateway's stream ended without usage")
-        return line
-
-    return request
-
-
-def _levels(
-    config: Config,
-    serving: ServingConfig,
-    direct: Callable[[int, int], Timeline],
-    via: Callable[[int, int], Timeline],
-) -> dict[str, list[LevelResult]]:
+def _levels(config: Config, direct: Request, via: Request) -> dict[str, list[LevelResult]]:
     direct(0, 0)  # warm-up: tokenizers, connections
     top = max(config.levels)
-    _drive(top, 1, via)  # warm-up: the gateway opens its channels and measures the node
+    drive(top, 1, via)  # warm-up: the gateway opens its channels and measures the node
     results: dict[str, list[LevelResult]] = {"direct": [], "gateway": []}
     systems = {"direct": direct, "gateway": via}
     for n in config.levels:
         # A, B, B, A: a drift in the machine's load during the level hits both systems alike.
         timelines: dict[str, list[Timeline]] = {"direct": [], "gateway": []}
         for system in ("direct", "gateway", "gateway", "direct"):
-            timelines[system] += _drive(n, _rounds(serving, n), systems[system])
+            timelines[system] += drive(n, rounds(config.min_requests, n), systems[system])
         for system, lines in timelines.items():
             result = _summarize_halves(system, n, lines)
             results[system].append(result)
@@ -236,12 +157,8 @@ def _summarize_halves(system: str, n: int, lines: list[Timeline]) -> LevelResult
     )
 
 
-def _at(results: dict[str, list[LevelResult]], system: str, n: int) -> LevelResult | None:
-    return next((r for r in results.get(system, []) if r.streams == n), None)
-
-
 def _added_ttft(results: dict[str, list[LevelResult]]) -> float | None:
-    a, b = _at(results, "gateway", 1), _at(results, "direct", 1)
+    a, b = level_at(results, "gateway", 1), level_at(results, "direct", 1)
     return None if a is None or b is None else a.ttft_p50_s - b.ttft_p50_s
 
 
@@ -257,28 +174,14 @@ def _targets(results: dict[str, list[LevelResult]]) -> list[Target]:
         )
     ]
     for n in sorted({r.streams for rs in results.values() for r in rs}):
-        a, b = _at(results, "gateway", n), _at(results, "direct", n)
+        a, b = level_at(results, "gateway", n), level_at(results, "direct", n)
         ratio = a.tokens_per_s / b.tokens_per_s if a and b and b.tokens_per_s else None
         out.append(Target(f"gateway/direct tokens/s at {n} streams", ratio, 0.95, True, "x"))
     return out
 
 
 def _print(results: dict[str, list[LevelResult]], targets: list[Target]) -> None:
-    rows = [
-        [
-            LABELS[r.system],
-            r.streams,
-            r.requests,
-            r.tokens,
-            f"{r.tokens_per_s:.1f}",
-            f"{r.ttft_p50_s * 1e3:.1f} / {r.ttft_p95_s * 1e3:.1f}",
-            f"{r.itl_p50_s * 1e3:.1f} / {r.itl_p95_s * 1e3:.1f}",
-        ]
-        for rs in results.values()
-        for r in rs
-    ]
-    cols = ["system", "streams", "requests", "tokens", "tok/s", "TTFT p50/p95 ms", "ITL p50/p95 ms"]
-    console.print(table("Gateway vs SDK direct", cols, rows))
+    console.print(levels_table("Gateway vs SDK direct", results, LABELS, digits=1))
     show_targets("Gateway targets", targets)
 
 

@@ -20,18 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tallystick.devnet import Market, funded_account, list_model, register_provider
 from tallystick.protocol import new_salt
 
-from ._common import (
-    Chain,
-    anvil,
-    console,
-    funded_account,
-    rss_bytes,
-    save,
-    start_chain,
-    table,
-)
+from ._common import console, rss_bytes, save, table
+from ._setup import deployed
 from .protocol_costs import Verifier, real_counter, time_per_call
 
 __all__ = ["Config", "run"]
@@ -53,22 +46,23 @@ class Config:
 # --- channels -------------------------------------------------------------------------
 
 
-def _market(chain: Chain, engine: Any) -> tuple[Any, bytes]:
+def _market(chain: Market, engine: Any) -> tuple[Any, bytes]:
     from tallystick.protocol import Prices
 
     provider = funded_account(chain.w3)
-    chain.registry.register(provider, "http://127.0.0.1:1")
-    listed = chain.registry.list_model(
+    register_provider(chain.deployment, provider, "http://127.0.0.1:1")
+    model = list_model(
+        chain.deployment,
         provider,
         MODEL,
         Prices(*PRICES),
         tokenizer_hash=engine.tokenizer_bundle.hash(),
         context_length=engine.context_length,
     )
-    return provider, bytes(listed.value)
+    return provider, model
 
 
-def open_many(chain: Chain, clients: list[Any], provider: str, model: bytes, n: int) -> list[Any]:
+def open_many(chain: Market, clients: list[Any], provider: str, model: bytes, n: int) -> list[Any]:
     """Open ``n`` ETH channels spread over ``clients``: all sent, then mined; (client, id)."""
     escrow = chain.escrow.contract
     start_block = chain.w3.eth.block_number + 1
@@ -130,18 +124,17 @@ async def _serve_one(
 
 
 async def _grow(
-    url: str, counts: tuple[int, ...], workdir: Path, ledger: str | None = None
+    chain: Market, counts: tuple[int, ...], workdir: Path, ledger: str | None = None
 ) -> list[dict[str, Any]]:
     import httpx
     from tallystick.node import Settings, create_app
     from tallystick.node.engines import FakeEngine
 
-    chain = start_chain(url)
     engine = FakeEngine(model_name=MODEL, reply="Paid per token.")
     provider, model = _market(chain, engine)
     clients = [funded_account(chain.w3) for _ in range(CLIENTS)]
     settings = Settings(
-        rpc=url,
+        rpc=chain.rpc,
         escrow=chain.escrow.address,
         registry=chain.registry.address,
         db=workdir / "node.db",
@@ -182,7 +175,7 @@ async def _grow(
 
 
 async def _stage(
-    chain: Chain,
+    chain: Market,
     app: Any,
     http: Any,
     clients: list[Any],
@@ -238,8 +231,8 @@ def grow_channels(counts: tuple[int, ...], ledger: str | None = None) -> list[di
     """``ledger``: a PostgreSQL URL for the node's ledger (default: SQLite in a temp folder)."""
     # A 1,000-receipt claimMany needs more gas than a 30M block: the chain allows it so the
     # pass can be timed, and the table says whether it would fit a mainnet-sized block.
-    with anvil(gas_limit=GROWTH_GAS_LIMIT) as url, tempfile.TemporaryDirectory() as tmp:
-        return asyncio.run(_grow(url, counts, Path(tmp), ledger))
+    with deployed(gas_limit=GROWTH_GAS_LIMIT) as chain, tempfile.TemporaryDirectory() as tmp:
+        return asyncio.run(_grow(chain, counts, Path(tmp), ledger))
 
 
 # --- verification vs prompt length ----------------------------------------------------

@@ -19,33 +19,29 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tallystick.devnet import free_port, gguf_context_length
+
 from . import growth, serving
 from ._common import (
     MODEL_GGUF,
-    MODEL_NAME,
     BenchError,
     Target,
-    anvil,
     console,
-    free_port,
-    funded_account,
     percentile,
     save,
     show_targets,
-    start_chain,
     table,
-    wait_http,
 )
 from ._front import RoundRobinFront
+from ._load import levels, sdk_request
 from ._postgres import PgCluster
+from ._setup import list_served, market, sdk_clients, serve_node
 
 __all__ = ["Config", "run"]
 
@@ -64,67 +60,37 @@ class Config:
 # --- (1) throughput over one shared upstream -------------------------------------------
 
 
-@contextlib.contextmanager
-def _upstream(config: Config, workdir: Path) -> Iterator[str]:
-    """``transformers serve`` on the model's weights: the engine both setups share."""
-    folder = serving.ensure_hf_model(config.model)
-    port = free_port()
-    cmd = [*serving._peer_command(), "serve", str(folder), "--host", "127.0.0.1"]
-    cmd += ["--port", str(port), "--continuous-batching"]
-    hub_cache = workdir / "hf-hub"
-    hub_cache.mkdir(exist_ok=True)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(hub_cache)}
-    url = f"http://127.0.0.1:{port}"
-    with serving._process(cmd, workdir / "upstream.log", env) as proc:
-        wait_http(f"{url}/v1/models", proc, serving.START_TIMEOUT_S, "transformers serve")
-        yield url
-
-
-def _node_cmd(url: str, chain: Any, upstream: str, config: Config, port: int) -> list[str]:
-    cmd = [*serving._node_command(), "serve", "--rpc", url, "--escrow", chain.escrow.address]
-    cmd += ["--registry", chain.registry.address, "--engine", "upstream"]
-    cmd += ["--upstream-url", upstream, "--model", str(config.model), "--model-name", MODEL_NAME]
-    cmd += ["--port", str(port), "--max-batch", str(config.streams), "--credit-requests", "1"]
-    return [*cmd, "--settle-interval", "86400", "--log-level", "WARNING"]
-
-
 def _measure(setup: str, replicas: int, upstream: str, config: Config, workdir: Path) -> Any:
     """Aggregate tokens/s of ``replicas`` nodes (1: SQLite; more: PostgreSQL and a front)."""
     cluster = PgCluster.start(fsync=True) if replicas > 1 else None
-    with anvil() as url, contextlib.ExitStack() as stack:
+    with market(workdir / setup) as bench, contextlib.ExitStack() as stack:
+        bench.workdir.mkdir(parents=True, exist_ok=True)
         if cluster is not None:
             stack.callback(cluster.stop)
-        chain = start_chain(url)
-        provider = funded_account(chain.w3)
-        env = {**os.environ, "TALLYSTICK_NODE_KEY": provider.key.hex(), "PYTHONUNBUFFERED": "1"}
-        ports = [free_port() for _ in range(replicas)]
         ledger = cluster.new_database() if cluster is not None else None
-        for i, port in enumerate(ports):
-            cmd = _node_cmd(url, chain, upstream, config, port)
-            cmd += ["--ledger", ledger] if ledger else ["--db", str(workdir / f"{setup}.db")]
-            proc = stack.enter_context(serving._process(cmd, workdir / f"{setup}{i}.log", env))
-            wait_http(f"http://127.0.0.1:{port}/health", proc, serving.START_TIMEOUT_S, setup)
-        endpoint = f"http://127.0.0.1:{ports[0]}"
+        args = ["--engine", "upstream", "--upstream-url", upstream]
+        args += ["--max-batch", str(config.streams), "--credit-requests", "1"]
+        nodes = [
+            serve_node(bench, model=config.model, args=args, name=f"replica{i}", ledger=ledger)
+            for i in range(replicas)
+        ]
+        endpoint = nodes[0].url
         if replicas > 1:
             front_port = free_port()
-            front = RoundRobinFront(front_port, [f"http://127.0.0.1:{p}" for p in ports])
+            front = RoundRobinFront(front_port, [node.url for node in nodes])
             stack.callback(front.close)
             endpoint = f"http://127.0.0.1:{front_port}"
-        serving._list(chain, provider, endpoint, serving._context_length(config.model))
-        clients = serving._clients(chain, provider, workdir / setup, config.streams)
-        for client, _ in clients:
-            stack.callback(client.close)
-        cfg = serving.Config(
-            levels=(config.streams,), max_tokens=config.max_tokens, min_requests=config.min_requests
-        )
+        list_served(bench, endpoint, gguf_context_length(config.model))
+        clients = stack.enter_context(sdk_clients(bench, config.streams))
         console.print(f"  {setup}: {config.streams} streams through {endpoint}")
         # Reported as serving's "node" system: the same SDK path, timing and summary.
-        (result,) = serving._http_levels("node", cfg, serving._node_request(clients, cfg))
+        request = sdk_request(clients, config.max_tokens)
+        (result,) = levels("node", setup, (config.streams,), config.min_requests, request)
         return result
 
 
 def throughput(config: Config, workdir: Path) -> dict[str, Any]:
-    with _upstream(config, workdir) as upstream:
+    with serving.transformers_serve(config.model, workdir) as (upstream, _):
         one = _measure("one node (SQLite)", 1, upstream, config, workdir)
         two = _measure("2 replicas (PostgreSQL)", 2, upstream, config, workdir)
     return {

@@ -31,54 +31,48 @@ import argparse
 import asyncio
 import contextlib
 import gc
-import math
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from tallystick.devnet import Processes, free_port, gguf_context_length
 
 from ._common import (
     MODEL_GGUF,
     MODEL_NAME,
     BenchError,
     Target,
-    anvil,
     console,
-    free_port,
-    funded_account,
-    percentile,
     save,
     show_targets,
-    start_chain,
-    stop_process,
-    table,
-    wait_http,
 )
-
-__all__ = ["PROMPTS", "Config", "LevelResult", "Timeline", "run", "summarize"]
-
-# Long-form asks, so greedy decoding rarely stops before max_tokens on any system.
-PROMPTS = (
-    "Write a long story about a lighthouse keeper who finds a message in a bottle.",
-    "Explain in detail how a payment channel works, step by step.",
-    "Describe a walk through a busy market in a large city, with many details.",
-    "Write a detailed guide to planting a vegetable garden for beginners.",
-    "Tell a long tale about a dragon who wants to learn to read.",
-    "Explain at length why the sky is blue and why sunsets are red.",
-    "Write a long letter from a sailor to his family about his voyage.",
-    "Describe in detail the history of writing, from clay tablets to computers.",
+from ._load import (
+    LevelResult,
+    Request,
+    Timeline,
+    levels,
+    levels_table,
+    messages,
+    openai_request,
+    report_level,
+    rounds,
+    sdk_request,
+    summarize,
 )
-START_TIMEOUT_S = 420.0  # loading the GGUF takes ~45 s on an idle 2-core box; more when busy
-PRICES = (10**12, 4 * 10**12)  # wei per million input / output tokens
-DEPOSIT = 10**17
+from ._load import (
+    level_at as _at,
+)
+from ._setup import list_served, market, sdk_clients, serve_node, start_server
+
+__all__ = ["Config", "run"]
+
 ALL_SYSTEMS = ("llama", "node-llama", "engine", "node", "peer", "vllm", "node-vllm")
 LABELS = {
     "engine": "(a) bare engine",
@@ -134,90 +128,14 @@ class Config:
         return cls(**kwargs)
 
 
-@dataclass
-class Timeline:
-    """One request as its caller saw it: when it started, when each chunk of tokens arrived."""
-
-    started: float
-    stamps: list[float] = field(default_factory=list)
-    tokens: int = 0
-
-    @property
-    def ended(self) -> float:
-        return self.stamps[-1] if self.stamps else self.started
-
-    @property
-    def ttft(self) -> float:
-        return self.stamps[0] - self.started if self.stamps else float("nan")
-
-    @property
-    def gaps(self) -> list[float]:
-        return [b - a for a, b in zip(self.stamps, self.stamps[1:], strict=False)]
-
-
-@dataclass(frozen=True)
-class LevelResult:
-    system: str
-    streams: int
-    requests: int
-    tokens: int
-    wall_s: float
-    ttft_p50_s: float
-    ttft_p95_s: float
-    itl_p50_s: float
-    itl_p95_s: float
-
-    @property
-    def tokens_per_s(self) -> float:
-        return self.tokens / self.wall_s if self.wall_s > 0 else float("nan")
-
-    def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "tokens_per_s": self.tokens_per_s}
-
-
-def summarize(system: str, streams: int, timelines: list[Timeline]) -> LevelResult:
-    """Aggregate a level: tokens over the wall time from first start to last token."""
-    wall = max(t.ended for t in timelines) - min(t.started for t in timelines)
-    gaps = [g for t in timelines for g in t.gaps]
-    ttfts = [t.ttft for t in timelines if not math.isnan(t.ttft)]
-    return LevelResult(
-        system=system,
-        streams=streams,
-        requests=len(timelines),
-        tokens=sum(t.tokens for t in timelines),
-        wall_s=wall,
-        ttft_p50_s=percentile(ttfts, 50),
-        ttft_p95_s=percentile(ttfts, 95),
-        itl_p50_s=percentile(gaps, 50),
-        itl_p95_s=percentile(gaps, 95),
-    )
-
-
-def _messages(i: int) -> list[dict[str, str]]:
-    return [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}]
-
-
-def _rounds(config: Config, streams: int) -> int:
-    return max(1, math.ceil(config.min_requests / streams))
-
-
-def _report_level(result: LevelResult) -> None:
-    console.print(
-        f"  {LABELS[result.system]:<24} {result.streams:>2} streams: "
-        f"{result.tokens_per_s:6.1f} tok/s, TTFT p50 {result.ttft_p50_s * 1e3:6.0f} ms, "
-        f"ITL p50 {result.itl_p50_s * 1e3:5.0f} ms ({result.tokens} tokens, "
-        f"{result.requests} requests)"
-    )
-
-
 # --- (a) the bare engine --------------------------------------------------------------
 
 
 async def _engine_request(engine: Any, i: int, max_tokens: int) -> Timeline:
     from tallystick.node.engines import Prompt, SamplingParams
 
-    messages = _messages(i)
-    prompt = Prompt(ids=engine.counter.chat_prompt_ids(messages), messages=messages)
+    chat = messages(i)
+    prompt = Prompt(ids=engine.counter.chat_prompt_ids(chat), messages=chat)
     params = SamplingParams(max_tokens=max_tokens, temperature=0.0)
     line = Timeline(time.perf_counter())
     async for event in engine.generate(prompt, params):
@@ -226,8 +144,8 @@ async def _engine_request(engine: Any, i: int, max_tokens: int) -> Timeline:
     return line
 
 
-async def _engine_stream(engine: Any, i: int, rounds: int, max_tokens: int) -> list[Timeline]:
-    return [await _engine_request(engine, i + r, max_tokens) for r in range(rounds)]
+async def _engine_stream(engine: Any, i: int, count: int, max_tokens: int) -> list[Timeline]:
+    return [await _engine_request(engine, i + r, max_tokens) for r in range(count)]
 
 
 async def _engine_levels(config: Config) -> tuple[list[LevelResult], bytes]:
@@ -240,11 +158,11 @@ async def _engine_levels(config: Config) -> tuple[list[LevelResult], bytes]:
         await _engine_request(engine, 0, 4)  # warm-up: first calls allocate and pick kernels
         out = []
         for n in config.levels:
-            rounds = _rounds(config, n)
-            jobs = [_engine_stream(engine, i, rounds, config.max_tokens) for i in range(n)]
+            count = rounds(config.min_requests, n)
+            jobs = [_engine_stream(engine, i, count, config.max_tokens) for i in range(n)]
             lines = [t for stream in await asyncio.gather(*jobs) for t in stream]
             out.append(summarize("engine", n, lines))
-            _report_level(out[-1])
+            report_level(LABELS["engine"], out[-1])
         return out, engine.tokenizer_bundle.hash()
     finally:
         await engine.stop()
@@ -256,60 +174,7 @@ def run_engine(config: Config) -> list[LevelResult]:
     return results
 
 
-# --- threads driving an HTTP system ----------------------------------------------------
-
-
-def _drive(streams: int, rounds: int, request: Callable[[int, int], Timeline]) -> list[Timeline]:
-    """``streams`` threads, each running ``rounds`` requests one after the other."""
-
-    def stream(i: int) -> list[Timeline]:
-        return [request(i, i + r) for r in range(rounds)]
-
-    with ThreadPoolExecutor(max_workers=streams) as pool:
-        return [t for lines in pool.map(stream, range(streams)) for t in lines]
-
-
-def _http_levels(
-    system: str,
-    config: Config,
-    request: Callable[[int, int], Timeline],
-    warm: Callable[[int], Any] | None = None,
-) -> list[LevelResult]:
-    request(0, 0)  # warm-up (and, for the SDK, the tokenizer download and cache)
-    if warm is not None:  # every stream's first request out of the measured levels
-        _drive(max(config.levels), 1, lambda stream, _i: warm(stream) or Timeline(0.0))
-    out = []
-    for n in config.levels:
-        out.append(summarize(system, n, _drive(n, _rounds(config, n), request)))
-        _report_level(out[-1])
-    return out
-
-
-@contextlib.contextmanager
-def _process(cmd: list[str], log: Path, env: dict[str, str]) -> Iterator[subprocess.Popen[Any]]:
-    with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
-    try:
-        yield proc
-    finally:
-        stop_process(proc)
-
-
-def _tail(log: Path, lines: int = 15) -> str:
-    try:
-        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
-
-
 # --- (b) the tallystick node -----------------------------------------------------------
-
-
-def _node_command() -> list[str]:
-    script = Path(sys.executable).parent / "tallystick-node"
-    if script.exists():
-        return [str(script)]
-    return [sys.executable, "-c", "from tallystick.node.cli import main; main()"]
 
 
 def run_node(
@@ -323,108 +188,26 @@ def run_node(
     """Levels through a real node (``engine_args`` picks its engine; ``context`` is the
     context length it serves, default the GGUF's); with ``prefix`` given, also the
     prefix-reuse chat, its figures stored there."""
-    with anvil() as url:
-        chain = start_chain(url)
-        provider = funded_account(chain.w3)
-        port = free_port()
-        endpoint = f"http://127.0.0.1:{port}"
-        cmd = [*_node_command(), "serve", "--rpc", url, "--escrow", chain.escrow.address]
-        cmd += ["--registry", chain.registry.address, "--db", str(workdir / "node.db")]
-        cmd += ["--model", str(config.model), "--model-name", MODEL_NAME, "--port", str(port)]
-        cmd += ["--max-batch", str(max(config.levels)), "--credit-requests", "1"]
-        cmd += ["--settle-interval", "86400", "--log-level", "WARNING", *engine_args]
-        # The key travels in the environment, not argv, so `ps` does not show it.
-        env = {**os.environ, "TALLYSTICK_NODE_KEY": provider.key.hex(), "PYTHONUNBUFFERED": "1"}
-        log = workdir / "node.log"
-        console.print(f"  starting tallystick-node serve on {endpoint} (log {log})")
-        with _process(cmd, log, env) as proc:
-            try:
-                wait_http(f"{endpoint}/health", proc, START_TIMEOUT_S, "tallystick-node")
-            except BenchError:
-                console.print(_tail(log))
-                raise
-            _list(chain, provider, endpoint, context or _context_length(config.model))
-            clients = _clients(chain, provider, workdir, max(config.levels))
-            try:
-                warm = _node_request(clients, replace(config, max_tokens=2))
-                levels = _http_levels(
-                    system, config, _node_request(clients, config), lambda i: warm(i, i)
-                )
-                if prefix is not None:
-                    prefix.update(prefix_reuse(clients[0], config))
-                    _report_prefix(system, prefix)
-                return levels
-            finally:
-                for client, _ in clients:
-                    client.close()
+    args = ["--max-batch", str(max(config.levels)), "--credit-requests", "1", *engine_args]
+    with market(workdir) as bench:
+        node = serve_node(bench, model=config.model, args=args, name=system)
+        list_served(bench, node.url, context or gguf_context_length(config.model))
+        with sdk_clients(bench, max(config.levels), folder=system) as clients:
+            warm = sdk_request(clients, max_tokens=2)
+            out = http_levels(
+                system, config, sdk_request(clients, config.max_tokens), lambda i: warm(i, i)
+            )
+            if prefix is not None:
+                prefix.update(prefix_reuse(clients[0], config))
+                _report_prefix(system, prefix)
+            return out
 
 
-def _context_length(gguf: Path) -> int:
-    """``<arch>.context_length`` of the GGUF: what the node serves as its context length."""
-    from gguf import GGUFReader
-
-    for name, f in GGUFReader(str(gguf)).fields.items():
-        if name.endswith(".context_length"):
-            return int(f.parts[f.data[0]][0])
-    raise BenchError(f"{gguf} has no context_length in its GGUF metadata")
-
-
-def _list(chain: Any, provider: Any, endpoint: str, context: int) -> None:
-    """Register and list the model with the hash of the tokenizer bundle the node serves."""
-    import httpx
-    from tallystick.protocol import Prices, TokenizerBundle
-
-    # Not /v1/models before listing: the node caches the (absent) listing for a while.
-    raw = httpx.get(f"{endpoint}/v1/tally/tokenizer/{MODEL_NAME}", timeout=30).content
-    chain.registry.register(provider, endpoint)
-    chain.registry.list_model(
-        provider,
-        MODEL_NAME,
-        Prices(*PRICES),
-        tokenizer_hash=TokenizerBundle.from_bytes(raw).hash(),
-        context_length=context,
-    )
-
-
-def _clients(chain: Any, provider: Any, workdir: Path, n: int) -> list[tuple[Any, Any]]:
-    """One SDK client per stream, each with its own wallet, store and open channel."""
-    from tallystick.client import Chain, Tallystick, Wallet
-
-    sdk_chain = Chain(chain.w3, chain.registry.address, chain.escrow.address)
-    out = []
-    for i in range(n):
-        client = Tallystick(
-            Wallet(funded_account(chain.w3)),
-            workdir / f"client{i}.db",
-            chain=sdk_chain,
-            tokenizer_dir=workdir / "tokenizers",
-        )
-        out.append((client, client.channels.open(MODEL_NAME, DEPOSIT, provider.address)))
-    console.print(f"  opened {n} channels on-chain (one per stream)")
-    return out
-
-
-def _node_request(clients: list[tuple[Any, Any]], config: Config) -> Callable[[int, int], Timeline]:
-    def request(stream: int, i: int) -> Timeline:
-        client, channel = clients[stream]
-        line = Timeline(time.perf_counter())
-        chunks = client.chat.completions.create(
-            model=MODEL_NAME,
-            messages=_messages(i),
-            max_tokens=config.max_tokens,
-            temperature=0,
-            stream=True,
-            channel=channel.channel_id,
-        )
-        for chunk in chunks:
-            if chunk.choices and chunk.choices[0].delta.content:
-                line.stamps.append(time.perf_counter())
-        if chunks.tally is None:
-            raise BenchError("the node's stream ended without a verified bill")
-        line.tokens = chunks.tally.completion_tokens  # verified and countersigned
-        return line
-
-    return request
+def http_levels(
+    system: str, config: Config, request: Request, warm: Callable[[int], Any] | None = None
+) -> list[LevelResult]:
+    """``config``'s levels of one system driven by ``request`` (``_load.levels``)."""
+    return levels(system, LABELS[system], config.levels, config.min_requests, request, warm)
 
 
 # --- prefix reuse: a 5-turn chat with a long system prompt --------------------------------
@@ -532,14 +315,8 @@ def upstream_server(kind: str, config: Config, workdir: Path) -> Iterator[tuple[
         health, model = f"{url}/v1/models", MODEL_NAME
     else:
         raise BenchError(f"unknown upstream {kind!r}")
-    log = workdir / f"{kind}.log"
-    console.print(f"  starting {kind} on port {port} (log {log})")
-    with _process(cmd, log, env) as proc:
-        try:
-            wait_http(health, proc, START_TIMEOUT_S, kind)
-        except BenchError:
-            console.print(_tail(log))
-            raise
+    with Processes() as procs:
+        start_server(procs, kind, cmd, health, workdir / f"{kind}.log", env)
         yield url, model
 
 
@@ -554,7 +331,7 @@ def run_bare_upstream(kind: str, config: Config, workdir: Path) -> list[LevelRes
 
     with upstream_server(kind, config, workdir) as (url, model):
         sdk = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=600)
-        return _http_levels(kind, config, _peer_request(sdk, model, config))
+        return http_levels(kind, config, openai_request(sdk, model, config.max_tokens))
 
 
 def run_node_upstream(
@@ -588,53 +365,35 @@ def _peer_command() -> list[str]:
     return [sys.executable, "-c", "from transformers.cli.transformers import main; main()"]
 
 
-def run_peer(config: Config, workdir: Path) -> list[LevelResult]:
-    import openai
-
-    folder = ensure_hf_model(config.model)
+@contextlib.contextmanager
+def transformers_serve(
+    model: Path, workdir: Path, continuous_batching: bool = True
+) -> Iterator[tuple[str, str]]:
+    """``transformers serve`` on the GGUF's weights, running: (url, model id)."""
+    folder = ensure_hf_model(model)
     port = free_port()
     cmd = [*_peer_command(), "serve", str(folder), "--host", "127.0.0.1", "--port", str(port)]
-    if config.peer_continuous_batching:
+    if continuous_batching:
         cmd.append("--continuous-batching")
     # Its /v1/models scans the hub cache and answers 500 when that folder does not exist.
     hub_cache = workdir / "hf-hub"
     hub_cache.mkdir(exist_ok=True)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     env["HF_HUB_CACHE"] = str(hub_cache)
-    log = workdir / "transformers-serve.log"
-    console.print(f"  starting transformers serve on port {port} (log {log})")
-    with _process(cmd, log, env) as proc:
-        url = f"http://127.0.0.1:{port}"
-        try:
-            wait_http(f"{url}/v1/models", proc, START_TIMEOUT_S, "transformers serve")
-        except BenchError:
-            console.print(_tail(log))
-            raise
+    url = f"http://127.0.0.1:{port}"
+    with Processes() as procs:
+        log = workdir / "transformers-serve.log"
+        start_server(procs, "transformers serve", cmd, f"{url}/v1/models", log, env)
+        yield url, str(folder)
+
+
+def run_peer(config: Config, workdir: Path) -> list[LevelResult]:
+    import openai
+
+    with transformers_serve(config.model, workdir, config.peer_continuous_batching) as served:
+        url, model = served
         sdk = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=600)
-        return _http_levels("peer", config, _peer_request(sdk, str(folder), config))
-
-
-def _peer_request(sdk: Any, model: str, config: Config) -> Callable[[int, int], Timeline]:
-    def request(stream: int, i: int) -> Timeline:
-        line = Timeline(time.perf_counter())
-        chunks = sdk.chat.completions.create(
-            model=model,
-            messages=_messages(i),
-            max_tokens=config.max_tokens,
-            temperature=0,
-            stream=True,
-            stream_options={"include_usage": True},
-        )
-        usage = None
-        for chunk in chunks:
-            if chunk.choices and chunk.choices[0].delta.content:
-                line.stamps.append(time.perf_counter())
-            usage = chunk.usage or usage
-        # The server's own count; without one, one token per content chunk.
-        line.tokens = usage.completion_tokens if usage else len(line.stamps)
-        return line
-
-    return request
+        return http_levels("peer", config, openai_request(sdk, model, config.max_tokens))
 
 
 # --- the whole section -----------------------------------------------------------------
@@ -691,10 +450,6 @@ def _run_system(
     raise BenchError(f"unknown system {system!r} (choose from {', '.join(ALL_SYSTEMS)})")
 
 
-def _at(results: dict[str, list[LevelResult]], system: str, streams: int) -> LevelResult | None:
-    return next((r for r in results.get(system, []) if r.streams == streams), None)
-
-
 def _ratio(a: LevelResult | None, b: LevelResult | None) -> float | None:
     if a is None or b is None or not b.tokens_per_s:
         return None
@@ -748,21 +503,7 @@ def _targets(
 
 
 def _print(results: dict[str, list[LevelResult]], targets: list[Target]) -> None:
-    rows = [
-        [
-            LABELS[r.system],
-            r.streams,
-            r.requests,
-            r.tokens,
-            f"{r.tokens_per_s:.1f}",
-            f"{r.ttft_p50_s * 1e3:.0f} / {r.ttft_p95_s * 1e3:.0f}",
-            f"{r.itl_p50_s * 1e3:.0f} / {r.itl_p95_s * 1e3:.0f}",
-        ]
-        for rs in results.values()
-        for r in rs
-    ]
-    cols = ["system", "streams", "requests", "tokens", "tok/s", "TTFT p50/p95 ms", "ITL p50/p95 ms"]
-    console.print(table("Serving: aggregate output tokens/s and latency", cols, rows))
+    console.print(levels_table("Serving: aggregate output tokens/s and latency", results, LABELS))
     show_targets("Serving targets", targets)
 
 

@@ -317,7 +317,7 @@ def spawn_node(
     rpc: str,
     escrow: str,
     registry: str,
-    db: Path,
+    db: Path | None,
     key: str,
     port: int | None = None,
     args: Sequence[str] = (),
@@ -328,14 +328,15 @@ def spawn_node(
 ) -> Node:
     """Start ``tallystick-node serve`` on the given chain without waiting for it.
 
-    ``key`` travels in the environment, not argv, so ``ps`` does not show it. ``args`` adds
-    flags (the model, the engine, settlement); ``command`` replaces ``node_command()`` (a test's
+    ``key`` travels in the environment, not argv, so ``ps`` does not show it. ``db`` is the
+    SQLite ledger (None: ``args`` name one, ``--ledger postgresql://…``). ``args`` adds flags
+    (the model, the engine, settlement); ``command`` replaces ``node_command()`` (a test's
     fake-engine script, for instance).
     """
     port = port or free_port()
     cmd = [*(command or node_command()), "serve"]
-    cmd += ["--rpc", rpc, "--escrow", escrow, "--registry", registry, "--db", str(db)]
-    cmd += ["--port", str(port), *args]
+    cmd += ["--rpc", rpc, "--escrow", escrow, "--registry", registry]
+    cmd += ["--port", str(port), *(["--db", str(db)] if db is not None else []), *args]
     environ = {**os.environ, **(env or {}), "TALLYSTICK_NODE_KEY": key, "PYTHONUNBUFFERED": "1"}
     return Node(f"http://127.0.0.1:{port}", procs.start(name, cmd, log, env=environ))
 

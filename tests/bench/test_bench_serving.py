@@ -8,13 +8,13 @@ import pytest
 
 
 def _line(started: float, stamps: list[float], tokens: int) -> object:
-    from bench.serving import Timeline
+    from bench._load import Timeline
 
     return Timeline(started, stamps, tokens)
 
 
 def test_summarize_aggregates_over_the_whole_level() -> None:
-    from bench.serving import summarize
+    from bench._load import summarize
 
     lines = [_line(0.0, [0.5, 1.0, 1.5], 3), _line(0.2, [0.4, 0.6, 2.2], 3)]
     level = summarize("node", 2, lines)  # type: ignore[arg-type]
@@ -26,7 +26,8 @@ def test_summarize_aggregates_over_the_whole_level() -> None:
 
 
 def test_targets_and_added_ttft_come_from_the_matching_levels() -> None:
-    from bench.serving import Config, LevelResult, _targets, added_ttft
+    from bench._load import LevelResult
+    from bench.serving import Config, _targets, added_ttft
 
     def level(system: str, streams: int, tokens: int, ttft: float) -> LevelResult:
         return LevelResult(system, streams, streams, tokens, 1.0, ttft, ttft, 0.1, 0.1)

@@ -13,15 +13,15 @@ SSTORE_FRESH_SLOT = 22_100  # EIP-2929/2200: a cold zero-to-nonzero write, the r
 
 @pytest.fixture
 def chain(anvil: Any, w3: Any, accounts: Any, deployment: Any) -> Any:
-    from bench._common import Chain
+    from tallystick.devnet import Market
 
-    return Chain(anvil.url, w3, deployment, accounts.deployer)
+    return Market(anvil.url, w3, deployment, accounts.deployer)
 
 
 @pytest.fixture
 def parties(chain: Any) -> tuple[Any, Any, Any]:
     """A payer holding USDC, a payee, and a facilitator that holds only gas money."""
-    from bench._common import funded_account
+    from tallystick.devnet import funded_account
 
     payer, payee, facilitator = (funded_account(chain.w3) for _ in range(3))
     chain.usdc.mint(payer, payer.address, 10**9)
@@ -77,7 +77,7 @@ def test_x402_exact_pays_the_payee_and_spends_the_nonce(chain: Any, parties: Any
 def test_x402_exact_rejects_an_authorization_signed_by_another_key(
     chain: Any, parties: Any
 ) -> None:
-    from bench._common import funded_account
+    from tallystick.devnet import funded_account
 
     payer, payee, facilitator = parties
     mallory = funded_account(chain.w3)

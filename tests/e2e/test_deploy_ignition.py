@@ -42,7 +42,7 @@ CHAIN_ID = 31_000 + os.getpid() % 1000  # a chain of its own: its own deployment
 @pytest.fixture
 def chain(anvil: Any) -> Iterator[str]:
     """An anvil of its own (same binary and mnemonic as the session's) with ``CHAIN_ID``."""
-    from bench._common import free_port
+    from tallystick.devnet import free_port
 
     port = free_port()
     cmd = [str(ROOT / "node_modules" / ".bin" / "anvil"), "--port", str(port), "--silent"]
