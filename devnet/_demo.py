@@ -341,16 +341,17 @@ def _wait_for_node(run: DemoRun, proc: Any) -> None:
         SpinnerColumn(),
         TextColumn("{task.description}"),
         BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
+        TextColumn("{task.fields[count]}"),  # steps only where the stage has a count
         TimeElapsedColumn(),
     )
     started = time.monotonic()
     with Progress(*columns, console=run.console, transient=True) as bar:
-        task = bar.add_task("starting the node process", total=None)
+        task = bar.add_task("starting the node process", total=None, count="")
 
         def show() -> None:
             stage, done, total = node_progress(proc.log)
-            bar.update(task, description=stage, completed=done or 0, total=total)
+            count = f"{done or 0}/{total}" if total else ""
+            bar.update(task, description=stage, completed=done or 0, total=total, count=count)
 
         wait_http(run.endpoint + "/health", proc, NODE_START_TIMEOUT_S, "the node", on_wait=show)
     health = httpx.get(run.endpoint + "/health", timeout=5).json()

@@ -78,6 +78,8 @@ def find_model(given: Path | None = None) -> Path:
         return path
     env = os.environ.get("TALLYSTICK_MODEL")
     candidates = [Path(env).expanduser()] if env else []
+    if candidates and candidates[0].is_dir():  # a folder holding the model file
+        candidates[0] = candidates[0] / MODEL_FILE
     rel = Path(".models") / MODEL_NAME / MODEL_FILE
     candidates += [Path.cwd() / rel, package_root() / rel]
     candidates.append(Path.home() / ".cache" / "tallystick" / "models" / MODEL_NAME / MODEL_FILE)
@@ -85,8 +87,9 @@ def find_model(given: Path | None = None) -> Path:
         if path.is_file():
             return path
     raise DevnetError(
-        f"the model {MODEL_FILE} was not found: run `make model` in the repository, "
-        "or pass --model PATH (a SmolLM2-135M-Instruct .gguf file or folder)"
+        f"the model {MODEL_FILE} was not found: run `tallystick-node model fetch` (or `make "
+        "model` in the repository), or pass --model PATH or set TALLYSTICK_MODEL (a "
+        "SmolLM2-135M-Instruct .gguf file or its folder)"
     )
 
 

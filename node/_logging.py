@@ -13,7 +13,7 @@ __all__ = ["configure_logging"]
 class _Json(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         out = {
-            "ts": round(record.created, 3),
+            "ts": _iso(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
@@ -23,11 +23,17 @@ class _Json(logging.Formatter):
         return json.dumps(out, ensure_ascii=False)
 
 
+def _iso(created: float) -> str:
+    """ISO 8601 UTC with milliseconds: 2026-11-27T18:40:11.123Z."""
+    whole = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created))
+    return f"{whole}.{int(created % 1 * 1000):03d}Z"
+
+
 class _KeyValue(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        ts = _iso(record.created)
         line = (
-            f"ts={ts}Z level={record.levelname.lower()} logger={record.name} "
+            f"ts={ts} level={record.levelname.lower()} logger={record.name} "
             f"msg={json.dumps(record.getMessage(), ensure_ascii=False)}"
         )
         if record.exc_info:

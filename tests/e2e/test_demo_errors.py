@@ -26,15 +26,22 @@ def test_a_missing_model_file_says_run_make_model(
     assert "no such model file" in output and "Traceback" not in output
 
 
-def test_no_model_anywhere_names_make_model(
+def test_no_model_anywhere_names_model_fetch(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.delenv("TALLYSTICK_MODEL", raising=False)
     monkeypatch.setattr("tallystick.devnet._processes.package_root", lambda: tmp_path)
-    with pytest.raises(DevnetError, match=r"run `make model`.*--model PATH"):
+    with pytest.raises(DevnetError, match=r"run `tallystick-node model fetch`.*--model PATH"):
         find_model(None)
+
+
+def test_tallystick_model_may_name_the_folder(
+    model_dir: Path, model_file: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TALLYSTICK_MODEL", str(model_dir))
+    assert find_model(None) == model_dir / model_file
 
 
 def test_model_folder_resolves_to_the_gguf(model_dir: Path, model_file: str) -> None:

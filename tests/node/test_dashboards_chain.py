@@ -27,8 +27,11 @@ DEPOSIT = 10**17
 
 
 @pytest.fixture
-def served(deployment: Any, accounts: Any, anvil: Any, tmp_path: Any) -> Iterator[Any]:
+def served(deployment: Any, accounts: Any, anvil: Any, tmp_path: Any, caplog: Any) -> Iterator[Any]:
     """A node on anvil that served three paid requests on one channel and claimed them."""
+    import logging
+
+    caplog.set_level(logging.INFO, logger="tallystick.node")  # the settlement's lines
     provider, client = accounts.provider, accounts.client
     engine = FakeEngine(reply="Paid per token, settled on chain.")
     deployment.registry.register(provider, "http://127.0.0.1:0")
@@ -177,12 +180,12 @@ def _metric_names(expr: str) -> set[str]:
     return {w for w in words if w not in _PROMQL_WORDS}
 
 
-def test_every_grafana_query_reads_a_metric_the_node_exports(served: Any) -> None:
+def test_every_grafana_query_reads_a_metric_the_node_exports(served: Any, caplog: Any) -> None:
     import json
     import re
     from pathlib import Path
 
-    server, _, _ = served
+    server, _, (inp, out) = served
     board = json.loads((Path(__file__).parents[2] / "docs/grafana/tallystick.json").read_text())
     exprs = [t["expr"] for p in board["panels"] for t in p["targets"]]
     assert len(exprs) >= 12
@@ -201,3 +204,6 @@ def test_every_grafana_query_reads_a_metric_the_node_exports(served: Any) -> Non
     assert 'tallystick_revenue_total{model_name="fake-model",token="0x' in text
     assert 'tallystick_earnings_claimed{token="0x' in text
     assert "_created" not in text
+    # the settlement pass said what it claimed, in ETH
+    claimed = format_amount(cost_of(inp, out, PRICES), ETH_INFO)
+    assert any(f"claimed {claimed} over 1 receipt" in r.getMessage() for r in caplog.records)
