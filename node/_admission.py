@@ -42,6 +42,14 @@ async def admit(
             code="model_not_found",
         )
     request.check_n()
+    if request.logprob_count() is not None and not getattr(node.engine, "supports_logprobs", False):
+        raise ApiError(
+            400,
+            "logprobs are not available from this node's engine (the in-process transformers "
+            "engine returns them); remove logprobs/top_logprobs",
+            param="logprobs",
+            code="unsupported_parameter",
+        )
     channel = authorized.channel
     node.gate.check_model(channel, request.model)
     node.gate.arrive(channel.channel_id)  # GET .../records/{seq} says "pending" meanwhile
@@ -71,6 +79,7 @@ async def _reserve(
         # Every record names its seed (§10.2): the node picks one when the client did not.
         seed=request.seed if request.seed is not None else secrets.randbits(63),
         stop=request.stop_tuple(),
+        logprobs=request.logprob_count(),
     )
     ticket = node.limiter.admit(channel.channel_id, len(prompt.ids) + max_tokens)
     try:

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from ._ratelimit import Ticket
     from ._state import NodeState
     from .engines import Prompt, SamplingParams, TokenEvent
+    from .engines._base import TokenLogprob
 
 __all__ = ["Completion", "Request"]
 
@@ -52,6 +53,7 @@ class Completion:
     started: float = field(default_factory=time.perf_counter)
     stamps: list[float] = field(default_factory=list)  # arrival time of each event
     logits: list[float] = field(default_factory=list)  # the seeded sampler's, one per id
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # asked for: one per id
 
     @property
     def response_id(self) -> str:
@@ -65,6 +67,7 @@ class Completion:
         self.node.metrics.tokens_streamed(self.request.model, len(event.token_ids))
         self.ids.extend(event.token_ids)
         self.logits.extend(event.logits)
+        self.logprobs.extend(event.logprobs)
         self.text.append(event.text)
         self.finish_reason = event.finish_reason or self.finish_reason
 

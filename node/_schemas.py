@@ -108,8 +108,6 @@ _NEUTRAL: dict[str, Callable[[Any], bool]] = {
     "logit_bias": lambda v: v == {},
     "presence_penalty": lambda v: v == 0,
     "frequency_penalty": lambda v: v == 0,
-    "logprobs": lambda v: v is False,
-    "top_logprobs": lambda v: v == 0,
     "echo": lambda v: v is False,
     "best_of": lambda v: v == 1,
     "suffix": lambda v: v == "",
@@ -162,6 +160,19 @@ class _Sampling(BaseModel):
 class ChatRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: TokenLimit | None = None
+    logprobs: bool = False
+    top_logprobs: Annotated[int, Field(ge=0, le=20), BeforeValidator(_integral)] | None = None
+
+    def logprob_count(self) -> int | None:
+        """None: no logprobs; k: each id's logprob and the k most likely ones."""
+        if self.top_logprobs and not self.logprobs:
+            raise ApiError(
+                400,
+                "top_logprobs needs logprobs: true",
+                param="top_logprobs",
+                code="invalid_value",
+            )
+        return (self.top_logprobs or 0) if self.logprobs else None
 
     def limit(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
@@ -173,6 +184,11 @@ class ChatRequest(_Sampling):
 
 class CompletionRequest(_Sampling):
     prompt: str | Annotated[list[str], Field(min_length=1, max_length=1)]
+    logprobs: Annotated[int, Field(ge=0, le=5), BeforeValidator(_integral)] | None = None
+
+    def logprob_count(self) -> int | None:
+        """The legacy API's ``logprobs``: how many alternatives per id (0: only the id's)."""
+        return self.logprobs
 
     def text(self) -> str:
         return self.prompt if isinstance(self.prompt, str) else self.prompt[0]

@@ -86,7 +86,7 @@ async def run_stream(completion: Completion, send_chunk: SendChunk) -> None:
     delivered, error = True, None
     try:
         async for event in completion.stream:
-            if not await send_chunk(delta_chunk(completion, event.text, None)):
+            if not await send_chunk(delta_chunk(completion, event.text, None, event=event)):
                 delivered = False
                 break
             completion.add(event)

@@ -9,9 +9,12 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 if TYPE_CHECKING:
     from tallystick.protocol import TokenCounter, TokenizerBundle
 
-__all__ = ["Engine", "Prompt", "SamplingParams", "Timing", "TokenEvent"]
+__all__ = ["Engine", "Prompt", "SamplingParams", "Timing", "TokenEvent", "TokenLogprob"]
 
 MAX_STOP_STRINGS = 4
+MAX_TOP_LOGPROBS = 20  # OpenAI's limit for top_logprobs
+# One generated id's logprob and its most likely alternatives: (logprob, ((id, logprob), ...))
+TokenLogprob = tuple[float, tuple[tuple[int, float], ...]]
 
 
 @dataclass(frozen=True)
@@ -23,8 +26,12 @@ class SamplingParams:
     top_p: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    # OpenAI's logprobs: None, none; k >= 0, each id's logprob and the k most likely ids'
+    logprobs: int | None = None
 
     def __post_init__(self) -> None:
+        if self.logprobs is not None and not 0 <= self.logprobs <= MAX_TOP_LOGPROBS:
+            raise ValueError(f"logprobs must be in 0..{MAX_TOP_LOGPROBS}, got {self.logprobs}")
         if self.max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
         if self.temperature < 0:
@@ -68,6 +75,9 @@ class TokenEvent:
     # The logit of each id in token_ids as the seeded sampler saw it (the record's proof, §10);
     # empty from an engine without the seeded sampler.
     logits: tuple[float, ...] = ()
+    # With SamplingParams.logprobs: per id, its logprob and the top (id, logprob) alternatives,
+    # from the model's distribution (log-softmax of its logits, before temperature and top_p).
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @runtime_checkable

@@ -18,7 +18,7 @@ from tallystick.protocol._fidelity import gumbel_noise, nucleus, params_units
 
 from ._base import SamplingParams
 
-__all__ = ["SeededSampler", "make_generator", "sample"]
+__all__ = ["SeededSampler", "make_generator", "sample", "token_logprob"]
 
 
 class SeededSampler:
@@ -73,3 +73,16 @@ def _sample_top_p(probs: torch.Tensor, top_p: float, gen: torch.Generator) -> in
     kept = sorted_probs * keep
     choice = torch.multinomial(kept / kept.sum(), 1, generator=gen)
     return int(order[choice])
+
+
+def token_logprob(
+    logits: torch.Tensor, chosen: int, top: int
+) -> tuple[float, tuple[tuple[int, float], ...]]:
+    """``chosen``'s logprob under the model (log-softmax of one row (vocab,)) and the ``top``
+    most likely ids with theirs: OpenAI's ``logprobs``/``top_logprobs``."""
+    logprobs = torch.log_softmax(logits.float(), dim=-1)  # (vocab,)
+    best = torch.topk(logprobs, top) if top else None
+    alternatives = (
+        tuple(zip(best.indices.tolist(), best.values.tolist(), strict=True)) if best else ()
+    )
+    return float(logprobs[chosen]), alternatives

@@ -26,7 +26,7 @@ from ._batch import Batch
 from ._errors import EngineError, EngineOverloaded, EngineStopped, PromptTooLong
 from ._loading import LoadedModel, load_model
 from ._prefix import PrefixCache
-from ._sampling import SeededSampler, make_generator, sample
+from ._sampling import SeededSampler, make_generator, sample, token_logprob
 from ._sequence import SequenceOutput
 
 __all__ = ["TransformersEngine"]
@@ -63,6 +63,8 @@ class _Request:
 
 class TransformersEngine:
     """Serves a transformers causal LM in-process, batching concurrent requests."""
+
+    supports_logprobs = True  # SamplingParams.logprobs: each id's logprob and the top ones
 
     def __init__(
         self,
@@ -245,12 +247,16 @@ class TransformersEngine:
             if request.sampler is None:
                 request.last_id = sample(row, request.params, request.generator)
                 request.sampled.append(request.last_id)
-                out.append((request, request.output.add(request.last_id)))
+                event = request.output.add(request.last_id)
             else:
                 request.last_id = request.sampler(row)
                 request.sampled.append(request.last_id)
                 event = request.output.add(request.last_id)
-                out.append((request, replace(event, logits=(request.sampler.logits[-1],))))
+                event = replace(event, logits=(request.sampler.logits[-1],))
+            if request.params.logprobs is not None:
+                found = token_logprob(row, request.last_id, request.params.logprobs)
+                event = replace(event, logprobs=(found,))
+            out.append((request, event))
         return out
 
     def _publish(self, batch: Batch, events: list[tuple[_Request, TokenEvent]]) -> None:

@@ -50,6 +50,7 @@ def sdk(deployment: Any, accounts: Any, anvil: Any, w3: Any, tmp_path: Path) -> 
         ({"logit_bias": {"42": 5}}, "logit_bias"),
         ({"presence_penalty": 0.5}, "presence_penalty"),
         ({"extra_body": {"top_k": 5}}, "top_k"),
+        ({"logprobs": True}, "logprobs"),  # FakeEngine has none (the transformers engine has)
     ],
 )
 def test_unsupported_parameters_are_refused_by_name(sdk: Any, extra: dict, param: str) -> None:
