@@ -4,8 +4,8 @@ A channel's book (last record, countersigned seq, reservations in flight, closin
 in the ledger, so several replicas sharing one ledger apply one credit rule and one usage
 chain. Each step that reads the book and writes it runs inside ``ledger.channel_lock``, a
 transaction holding the channel against every other process; no ``await`` happens inside
-it. A request reserves its worst case (prompt + max_tokens) before generating and settles to
-its real counts after, so concurrent requests, on any replica, can never overdraw the deposit.
+it. A request reserves its worst case (prompt + max_tokens) before generating and is signed
+for its real counts after, so concurrent requests, on any replica, can never overdraw the deposit.
 A per-channel asyncio lock in front keeps this process's requests from refreshing the chain
 all at once.
 """
