@@ -14,6 +14,8 @@ that does not come up prints its log's last lines and raises ``BenchError``.
 from __future__ import annotations
 
 import contextlib
+import os
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +29,7 @@ from tallystick.devnet import (
     Proc,
     Processes,
     deploy_market,
+    free_port,
     funded_account,
     list_model,
     register_provider,
@@ -37,7 +40,7 @@ from tallystick.devnet import (
 )
 from tallystick.protocol import Prices
 
-from ._common import MODEL_NAME, BenchError, console
+from ._common import MODEL_GGUF, MODEL_NAME, BenchError, console
 
 __all__ = [
     "DEPOSIT",
@@ -45,11 +48,13 @@ __all__ = [
     "START_TIMEOUT_S",
     "Bench",
     "deployed",
+    "ensure_hf_model",
     "list_served",
     "market",
     "sdk_clients",
     "serve_node",
     "start_server",
+    "transformers_serve",
 ]
 
 START_TIMEOUT_S = 420.0  # loading the GGUF takes ~45 s on an idle 2-core box; more when busy
@@ -177,3 +182,43 @@ def sdk_clients(bench: Bench, n: int, folder: str = "clients") -> Iterator[list[
             out.append((client, client.channels.open(MODEL_NAME, DEPOSIT, bench.provider.address)))
         console.print(f"  opened {n} channels on-chain (one per stream)")
         yield out
+
+
+def ensure_hf_model(gguf: Path = MODEL_GGUF) -> Path:
+    """The GGUF as a plain transformers folder: the engines' conversion cache (once per GGUF).
+
+    ``transformers serve`` cannot load this GGUF directly (its config has no ``architectures``),
+    so it serves the same weights and tokenizer from the folder the node itself loads.
+    """
+    from tallystick.node.engines import convert_gguf
+
+    return convert_gguf(gguf)
+
+
+def _peer_command() -> list[str]:
+    script = Path(sys.executable).parent / "transformers"
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-c", "from transformers.cli.transformers import main; main()"]
+
+
+@contextlib.contextmanager
+def transformers_serve(
+    model: Path, workdir: Path, continuous_batching: bool = True
+) -> Iterator[tuple[str, str]]:
+    """``transformers serve`` on the GGUF's weights, running: (url, model id)."""
+    folder = ensure_hf_model(model)
+    port = free_port()
+    cmd = [*_peer_command(), "serve", str(folder), "--host", "127.0.0.1", "--port", str(port)]
+    if continuous_batching:
+        cmd.append("--continuous-batching")
+    # Its /v1/models scans the hub cache and answers 500 when that folder does not exist.
+    hub_cache = workdir / "hf-hub"
+    hub_cache.mkdir(exist_ok=True)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    env["HF_HUB_CACHE"] = str(hub_cache)
+    url = f"http://127.0.0.1:{port}"
+    with Processes() as procs:
+        log = workdir / "transformers-serve.log"
+        start_server(procs, "transformers serve", cmd, f"{url}/v1/models", log, env)
+        yield url, str(folder)

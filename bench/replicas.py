@@ -27,7 +27,7 @@ from typing import Any
 
 from tallystick.devnet import free_port, gguf_context_length
 
-from . import growth, serving
+from . import growth
 from ._common import (
     MODEL_GGUF,
     BenchError,
@@ -41,7 +41,7 @@ from ._common import (
 from ._front import RoundRobinFront
 from ._load import levels, sdk_request
 from ._postgres import PgCluster
-from ._setup import list_served, market, sdk_clients, serve_node
+from ._setup import list_served, market, sdk_clients, serve_node, transformers_serve
 
 __all__ = ["Config", "run"]
 
@@ -90,7 +90,7 @@ def _measure(setup: str, replicas: int, upstream: str, config: Config, workdir: 
 
 
 def throughput(config: Config, workdir: Path) -> dict[str, Any]:
-    with serving.transformers_serve(config.model, workdir) as (upstream, _):
+    with transformers_serve(config.model, workdir) as (upstream, _):
         one = _measure("one node (SQLite)", 1, upstream, config, workdir)
         two = _measure("2 replicas (PostgreSQL)", 2, upstream, config, workdir)
     return {

@@ -33,8 +33,6 @@ import contextlib
 import gc
 import os
 import shutil
-import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -69,7 +67,16 @@ from ._load import (
 from ._load import (
     level_at as _at,
 )
-from ._setup import list_served, market, sdk_clients, serve_node, start_server
+from ._prefix import prefix_reuse, report_prefix
+from ._setup import (
+    ensure_hf_model,
+    list_served,
+    market,
+    sdk_clients,
+    serve_node,
+    start_server,
+    transformers_serve,
+)
 
 __all__ = ["Config", "run"]
 
@@ -84,9 +91,6 @@ LABELS = {
     "node-vllm": "(g) node + vLLM",
 }
 LLAMA_SLOT_CTX = 2048  # tokens per llama-server slot: the prefix-reuse chat fits in one
-PREFIX_SYSTEM_TOKENS = 1000
-PREFIX_TURNS = 5
-PREFIX_REPEATS = 3
 
 
 def gpu_with_vllm() -> bool:
@@ -198,8 +202,8 @@ def run_node(
                 system, config, sdk_request(clients, config.max_tokens), lambda i: warm(i, i)
             )
             if prefix is not None:
-                prefix.update(prefix_reuse(clients[0], config))
-                _report_prefix(system, prefix)
+                prefix.update(prefix_reuse(clients[0], config.model))
+                report_prefix(LABELS[system], prefix)
             return out
 
 
@@ -208,78 +212,6 @@ def http_levels(
 ) -> list[LevelResult]:
     """``config``'s levels of one system driven by ``request`` (``_load.levels``)."""
     return levels(system, LABELS[system], config.levels, config.min_requests, request, warm)
-
-
-# --- prefix reuse: a 5-turn chat with a long system prompt --------------------------------
-
-_FILLER = (
-    "You are the archivist of a seaside town. You answer questions about its lighthouse, "
-    "its harbour, its fishing boats, its market days and its weather, briefly and kindly. "
-)
-
-
-def _system_prompt(config: Config, nonce: str) -> str:
-    """A system prompt of about ``PREFIX_SYSTEM_TOKENS`` tokens that starts with ``nonce``."""
-    from tallystick.node.engines import load_tokenizer
-
-    tokenizer = load_tokenizer(str(config.model)).tokenizer
-    text = f"Session {nonce}. "
-    while len(tokenizer.encode(text, add_special_tokens=False)) < PREFIX_SYSTEM_TOKENS:
-        text += _FILLER
-    return text
-
-
-def _ttft(client: Any, channel: Any, messages: list[dict[str, str]]) -> tuple[float, str]:
-    started = time.perf_counter()
-    first = None
-    parts = []
-    chunks = client.chat.completions.create(
-        model=MODEL_NAME,
-        messages=messages,
-        max_tokens=12,
-        temperature=0,
-        stream=True,
-        channel=channel.channel_id,
-    )
-    for chunk in chunks:
-        if chunk.choices and chunk.choices[0].delta.content:
-            first = first or time.perf_counter()
-            parts.append(chunk.choices[0].delta.content)
-    if chunks.tally is None or first is None:
-        raise BenchError("a prefix-reuse turn ended without text or a verified bill")
-    return first - started, "".join(parts)
-
-
-def prefix_reuse(client_channel: tuple[Any, Any], config: Config) -> dict[str, Any]:
-    """TTFT of the 5th turn after turns 1-4 (cached) and of the same turn sent cold."""
-    client, channel = client_channel
-    questions = [f"What happens at the harbour at {hour} o'clock?" for hour in range(6, 11)]
-    cached, cold = [], []
-    for repeat in range(PREFIX_REPEATS):
-        messages = [{"role": "system", "content": _system_prompt(config, f"A{repeat}")}]
-        for turn in range(PREFIX_TURNS):
-            messages.append({"role": "user", "content": questions[turn]})
-            ttft, reply = _ttft(client, channel, messages)
-            messages.append({"role": "assistant", "content": reply})
-        cached.append(ttft)
-        # The same 5-turn history under a system prompt no earlier request started with.
-        fresh = [{"role": "system", "content": _system_prompt(config, f"B{repeat}")}]
-        fresh += messages[1:-1]
-        cold.append(_ttft(client, channel, fresh)[0])
-    return {
-        "turn5_ttft_cached_s": statistics.median(cached),
-        "turn5_ttft_uncached_s": statistics.median(cold),
-        "ratio": statistics.median(cached) / statistics.median(cold),
-        "repeats": PREFIX_REPEATS,
-    }
-
-
-def _report_prefix(system: str, figures: dict[str, Any]) -> None:
-    console.print(
-        f"  {LABELS[system]:<24} prefix reuse: 5th-turn TTFT "
-        f"{figures['turn5_ttft_cached_s'] * 1e3:.0f} ms cached vs "
-        f"{figures['turn5_ttft_uncached_s'] * 1e3:.0f} ms uncached ({figures['ratio']:.2f}x)"
-    )
 
 
 # --- (d)-(g) llama.cpp and vLLM, bare and behind the node ------------------------------
@@ -345,46 +277,6 @@ def run_node_upstream(
 
 
 # --- (c) transformers serve ------------------------------------------------------------
-
-
-def ensure_hf_model(gguf: Path = MODEL_GGUF) -> Path:
-    """The GGUF as a plain transformers folder: the engines' conversion cache (once per GGUF).
-
-    ``transformers serve`` cannot load this GGUF directly (its config has no ``architectures``),
-    so it serves the same weights and tokenizer from the folder the node itself loads.
-    """
-    from tallystick.node.engines import convert_gguf
-
-    return convert_gguf(gguf)
-
-
-def _peer_command() -> list[str]:
-    script = Path(sys.executable).parent / "transformers"
-    if script.exists():
-        return [str(script)]
-    return [sys.executable, "-c", "from transformers.cli.transformers import main; main()"]
-
-
-@contextlib.contextmanager
-def transformers_serve(
-    model: Path, workdir: Path, continuous_batching: bool = True
-) -> Iterator[tuple[str, str]]:
-    """``transformers serve`` on the GGUF's weights, running: (url, model id)."""
-    folder = ensure_hf_model(model)
-    port = free_port()
-    cmd = [*_peer_command(), "serve", str(folder), "--host", "127.0.0.1", "--port", str(port)]
-    if continuous_batching:
-        cmd.append("--continuous-batching")
-    # Its /v1/models scans the hub cache and answers 500 when that folder does not exist.
-    hub_cache = workdir / "hf-hub"
-    hub_cache.mkdir(exist_ok=True)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    env["HF_HUB_CACHE"] = str(hub_cache)
-    url = f"http://127.0.0.1:{port}"
-    with Processes() as procs:
-        log = workdir / "transformers-serve.log"
-        start_server(procs, "transformers serve", cmd, f"{url}/v1/models", log, env)
-        yield url, str(folder)
 
 
 def run_peer(config: Config, workdir: Path) -> list[LevelResult]:
