@@ -67,6 +67,7 @@ from ._processes import (
     CHAIN_ID,
     MODEL_NAME,
     DevnetError,
+    Proc,
     Processes,
     find_anvil,
     find_model,
@@ -231,8 +232,9 @@ def _finish(run: DemoRun, code: int) -> None:
 
 def _show_node_log_tail(run: DemoRun, lines: int = 8) -> None:
     node = next((p for p in run.procs.procs if p.name == "node"), None)
-    if node is not None and node.tail(lines):
-        run.console.print(Panel(node.tail(lines), title="last lines of the node's log"))
+    tail = node.tail(lines) if node is not None else ""
+    if tail:
+        run.console.print(Panel(tail, title="last lines of the node's log"))
 
 
 # ---------------------------------------------------------------------------- 1. chain
@@ -335,7 +337,7 @@ def serve_node(run: DemoRun, command: list[str], extra: tuple[str, ...] | list[s
     _wait_for_node(run, node.proc)
 
 
-def _wait_for_node(run: DemoRun, proc: Any) -> None:
+def _wait_for_node(run: DemoRun, proc: Proc) -> None:
     """Poll /health, showing the node's own progress (its log) while it loads the model."""
     columns = (
         SpinnerColumn(),
@@ -349,6 +351,7 @@ def _wait_for_node(run: DemoRun, proc: Any) -> None:
         task = bar.add_task("starting the node process", total=None, count="")
 
         def show() -> None:
+            assert proc.log is not None
             stage, done, total = node_progress(proc.log)
             count = f"{done or 0}/{total}" if total else ""
             bar.update(task, description=stage, completed=done or 0, total=total, count=count)

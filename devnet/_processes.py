@@ -244,6 +244,7 @@ def wait_http(
     method: str = "GET",
     json_body: object = None,
     on_wait: Callable[[], None] | None = None,
+    interval_s: float = 0.25,
 ) -> None:
     """Poll ``url`` until it answers 2xx; ``DevnetError`` when ``proc`` exits or time runs out.
 
@@ -259,7 +260,7 @@ def wait_http(
                 return
         if on_wait is not None:
             on_wait()
-        time.sleep(0.05 if method == "POST" else 0.25)
+        time.sleep(interval_s)
     raise DevnetError(f"{what} did not answer on {url} within {timeout_s:.0f} s")
 
 
@@ -299,7 +300,7 @@ def start_anvil(
     proc = procs.start("anvil", cmd, log)
     url = f"http://127.0.0.1:{port}"
     body = {"jsonrpc": "2.0", "id": 1, "method": "eth_chainId", "params": []}
-    wait_http(url, proc, timeout_s, "anvil", method="POST", json_body=body)
+    wait_http(url, proc, timeout_s, "anvil", method="POST", json_body=body, interval_s=0.05)
     return Anvil(url, chain_id, mnemonic, proc)
 
 
