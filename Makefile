@@ -45,8 +45,9 @@ demo: setup model
 deploy:
 	@bash scripts/deploy.sh $(DEPLOY_ARGS)
 
+# BENCH_ARGS=--quick: every section in a minimal configuration; --only a,b: some sections.
 bench: setup model llama
-	@$(ENV) python -m bench
+	@$(ENV) python -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf artifacts cache .venv .tools node_modules .models
