@@ -17,6 +17,7 @@ from ._chain import (
     KeyRetirement,
     ListingInfo,
 )
+from ._claim_plan import Candidate, plan_batches
 from ._errors import ApiError, ConfigError, KeyLoadError, NodeServiceError
 from ._gate import PaymentGate, Reservation
 from ._keys import load_account
@@ -32,7 +33,7 @@ from ._ledger import (
 from ._metrics import NodeMetrics
 from ._ratelimit import RateLimiter
 from ._settings import Settings, load_settings
-from ._settlement import Candidate, SettlementWorker, plan_batches
+from ._settlement import SettlementWorker
 from ._state import NodeState
 from ._types import ChannelInfo, ChannelStatus, StoredReceipt, StoredRecord
 

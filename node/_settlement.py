@@ -24,25 +24,24 @@ import json
 import logging
 import time
 import uuid
-from dataclasses import dataclass
 
 from tallystick.protocol import (
     ChainError,
     ContractError,
     InvalidSignature,
-    cost_of,
     format_amount,
     recover_receipt_signer,
     token_info,
 )
 
 from ._chain import ChainView, ChannelCache, ClaimOutcome
+from ._claim_plan import Candidate, claimable, plan_batches, receipt_value
 from ._ledger import ClaimItem, LedgerStore
 from ._metrics import NodeMetrics
 from ._settings import ETH, Settings
 from ._types import ChannelInfo, ChannelStatus, StoredReceipt
 
-__all__ = ["Candidate", "SettlementWorker", "plan_batches", "receipt_gas"]
+__all__ = ["SettlementWorker"]
 
 log = logging.getLogger("tallystick.node.settlement")
 
@@ -51,35 +50,6 @@ FINALITY_WINDOW = 50  # the most recent claims whose finality each loop checks
 LEASE = "settlement"
 KEY_SCAN_KEY = "key_scan_block"
 RETIRED_KEY = "retired_session_keys"  # JSON {channel hex: {key: validUntil}}, pruned once past
-# Gas model for splitting claims into blocks, with margin: on anvil a channel's first claim
-# costs ~39,900 gas in a claimMany of 220 (8.78M gas), a later one ~23,400 at batch 50.
-GAS_BASE = 60_000
-GAS_FIRST_CLAIM = 45_000
-GAS_LATER_CLAIM = 30_000
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """A receipt newer than what the escrow has claimed, and what claiming it would pay."""
-
-    receipt: StoredReceipt
-    channel: ChannelInfo
-    value: int
-    key_deadline: int | None = None  # the receipt's signer was retired: it pays until then
-
-    @property
-    def deadline(self) -> int | None:
-        """When the escrow stops paying this receipt: ``closesAt`` or the signer's grace end."""
-        times = [t for t in (self._closes_at, self.key_deadline) if t is not None]
-        return min(times) if times else None
-
-    @property
-    def _closes_at(self) -> int | None:
-        return self.channel.closes_at if self.channel.status == ChannelStatus.CLOSING else None
-
-    @property
-    def urgent(self) -> bool:
-        return self.deadline is not None
 
 
 class SettlementWorker:
@@ -230,7 +200,7 @@ class SettlementWorker:
         out = []
         for stored in latest:
             info = states.get(stored.channel_id)
-            if info is None or not _claimable(stored, info, now):
+            if info is None or not claimable(stored, info, now):
                 continue
             key_deadline = self._key_deadline(stored, info, retired)
             if key_deadline is not None and now >= key_deadline:
@@ -241,7 +211,7 @@ class SettlementWorker:
                     key_deadline,
                 )
                 continue
-            out.append(Candidate(stored, info, _value(stored, info), key_deadline))
+            out.append(Candidate(stored, info, receipt_value(stored, info), key_deadline))
         return out
 
     def _prune_retired(self, states: dict[bytes, ChannelInfo | None]) -> dict[str, dict[str, int]]:
@@ -393,7 +363,7 @@ class SettlementWorker:
         for stored in self._ledger.latest_receipts():
             info = self._ledger.get_channel(stored.channel_id)
             if info is not None and info.status in (ChannelStatus.OPEN, ChannelStatus.CLOSING):
-                totals[info.token] = totals.get(info.token, 0) + _value(stored, info)
+                totals[info.token] = totals.get(info.token, 0) + receipt_value(stored, info)
         for token, value in totals.items():
             self._metrics.earnings_unclaimed.labels(token).set(value)
 
@@ -417,50 +387,3 @@ def _amounts(found: list[Candidate], outcome: ClaimOutcome, chain: ChainView) ->
 
 def _token_name(token: str) -> str:
     return "ETH" if token == ETH else token
-
-
-def receipt_gas(candidate: Candidate) -> int:
-    """A conservative gas estimate for one receipt in a ``claimMany`` (docs/protocol.md §7.2)."""
-    first = (candidate.channel.claimed_input, candidate.channel.claimed_output) == (0, 0)
-    return GAS_FIRST_CLAIM if first else GAS_LATER_CLAIM
-
-
-def plan_batches(found: list[Candidate], max_gas: int) -> list[list[Candidate]]:
-    """Split candidates into batches of at most ``max_gas`` (estimated), most urgent first."""
-    batches: list[list[Candidate]] = []
-    gas = max_gas  # forces a new batch for the first candidate
-    for c in sorted(found, key=_priority):
-        need = receipt_gas(c)
-        if gas + need > max_gas:
-            batches.append([])
-            gas = GAS_BASE
-        batches[-1].append(c)
-        gas += need
-    return batches
-
-
-def _priority(c: Candidate) -> tuple[int, int, int]:
-    # Receipts with a deadline first (a closing channel, a retired signer), soonest first (a
-    # missed deadline loses the receipt); then the most valuable, so a pass cut short still
-    # claimed the most.
-    deadline = c.deadline
-    if deadline is not None:
-        return (0, deadline, -c.value)
-    return (1, 0, -c.value)
-
-
-def _claimable(stored: StoredReceipt, info: ChannelInfo, now: int) -> bool:
-    r = stored.signed.receipt
-    if info.status == ChannelStatus.CLOSING and now >= info.closes_at:
-        return False  # the challenge period is over: the escrow refuses claims
-    if info.status not in (ChannelStatus.OPEN, ChannelStatus.CLOSING):
-        return False
-    newer = r.input_tokens >= info.claimed_input and r.output_tokens >= info.claimed_output
-    return newer and (r.input_tokens, r.output_tokens) != (info.claimed_input, info.claimed_output)
-
-
-def _value(stored: StoredReceipt, info: ChannelInfo) -> int:
-    r = stored.signed.receipt
-    return max(
-        min(cost_of(r.input_tokens, r.output_tokens, info.prices), info.deposit) - info.paid, 0
-    )

@@ -19,8 +19,8 @@ from tallystick.node import (
     StoredReceipt,
     create_app,
 )
+from tallystick.node._claim_plan import GAS_BASE, GAS_FIRST_CLAIM
 from tallystick.node._escrow import EscrowChain
-from tallystick.node._settlement import GAS_BASE, GAS_FIRST_CLAIM
 from tallystick.node.engines import FakeEngine
 from tallystick.protocol import (
     ZERO_ROOT,

@@ -20,7 +20,7 @@ from tallystick.node import (
     StoredReceipt,
     plan_batches,
 )
-from tallystick.node._settlement import GAS_BASE, GAS_FIRST_CLAIM, GAS_LATER_CLAIM
+from tallystick.node._claim_plan import GAS_BASE, GAS_FIRST_CLAIM, GAS_LATER_CLAIM
 from tallystick.protocol import Domain, Receipt, cost_of, sign_receipt
 
 pytestmark = pytest.mark.anyio
