@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from . import (
@@ -36,6 +37,18 @@ SECTIONS = (
     "replicas",
     "fidelity",
 )
+
+
+# The sections that take a Config (None: the full configuration).
+RUNNERS: dict[str, Callable[[Any], dict[str, Any]]] = {
+    "gas_per_request": gas_per_request.run,
+    "growth": growth.run,
+    "serving": serving.run,
+    "gateway": gateway.run,
+    "false_disputes": false_disputes.run,
+    "replicas": replicas.run,
+    "fidelity": fidelity.run,
+}
 
 
 def _quick() -> dict[str, Any]:
@@ -71,22 +84,10 @@ def run(only: tuple[str, ...], quick: bool) -> list[Target]:
         section_start = time.monotonic()
         if name == "gas":
             figures[name] = _gas_report()
-        elif name == "gas_per_request":
-            figures[name] = gas_per_request.run(configs.get(name))
-        elif name == "growth":
-            figures[name] = growth.run(configs.get(name))
-        elif name == "serving":
-            figures[name] = serving.run(configs.get(name))
-        elif name == "gateway":
-            figures[name] = gateway.run(configs.get(name))
-        elif name == "false_disputes":
-            figures[name] = false_disputes.run(configs.get(name))
-        elif name == "replicas":
-            figures[name] = replicas.run(configs.get(name))
-        elif name == "fidelity":
-            figures[name] = fidelity.run(configs.get(name))
-        elif name == "protocol_costs":
+        elif name == "protocol_costs":  # its TTFT figure comes from the serving section
             figures[name] = protocol_costs.run(figures.get("serving"))
+        else:
+            figures[name] = RUNNERS[name](configs.get(name))
         console.print(f"[dim]{name}: {time.monotonic() - section_start:.0f} s[/]")
     targets = [
         Target(**{k: t[k] for k in ("name", "measured", "limit", "unit")},
