@@ -338,34 +338,37 @@ SECTIONS = ("honest", "detection", "overhead", "verifier")
 
 
 def run(cfg: Config | None = None, only: Sequence[str] = SECTIONS) -> dict[str, Any]:
-    """Run the ``only`` sections (the others keep their figures from the last results file)."""
+    """Run the ``only`` sections; the results file keeps the other sections it holds (each
+    section says when it was measured), so a long section can run beside the others."""
     import torch
 
     cfg = cfg or Config()
     h = Harness()
     torch.set_num_threads(1)
-    started = time.monotonic()
-    figures: dict[str, Any] = {}
-    if set(only) != set(SECTIONS) and RESULTS.exists():
-        figures = json.loads(RESULTS.read_text())
-    figures["config"] = asdict(cfg)
     sections = {"honest": honest, "detection": detection, "overhead": overhead,
                 "verifier": verifier_cost}  # fmt: skip
-    # The most important first; the JSON is rewritten after each section.
+    merged: dict[str, Any] = {}
+    # The most important first; the file is updated after each section.
     for name in [s for s in SECTIONS if s in only]:
-        figures[name] = sections[name](h, cfg)
-        _save(figures)
-    figures["seconds"] = round(time.monotonic() - started, 1)
-    if all(s in figures for s in SECTIONS):
-        figures["targets"] = targets(figures)
-        _print(figures)
-    _save(figures)
-    return figures
+        started = time.monotonic()
+        figures = sections[name](h, cfg)
+        figures["section_s"] = round(time.monotonic() - started, 1)
+        figures["measured_at"] = time.strftime("%Y-%m-%d %H:%M:%S")
+        figures["config"] = asdict(cfg)
+        merged = _save({name: figures})
+    if all(s in merged for s in SECTIONS):
+        merged = _save({"targets": targets(merged)})
+        _print(merged)
+    return merged
 
 
-def _save(figures: dict[str, Any]) -> None:
+def _save(sections: dict[str, Any]) -> dict[str, Any]:
+    """Write ``sections`` into the results file, keeping the sections it already holds."""
+    figures = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    figures.update(sections)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(figures, indent=2, default=str) + "\n")
+    return figures
 
 
 def targets(f: dict[str, Any]) -> list[dict[str, Any]]:

@@ -37,6 +37,9 @@ if TYPE_CHECKING:
 __all__ = ["AuditCase", "AuditReport", "AuditTolerance", "Reference", "audit"]
 
 
+GREEDY_TOLERANCE = 1.0
+
+
 @dataclass(frozen=True)
 class AuditTolerance:
     """How far an honest provider's logits may sit from the auditor's (measured, §10.4)."""
@@ -48,6 +51,10 @@ class AuditTolerance:
     margin: float = 0.06
     # a top_p boundary closer than this in cumulative probability is not held against anyone
     top_p: float = 1e-3
+    # A greedy audit (a temperature-0 record without a logit proof, from a node that
+    # advertises audit "greedy": llama.cpp): how far below the reference's best logit the
+    # id's logit may be. llama.cpp's quantised kernels measured (§10.5): GREEDY_MEASURED.
+    greedy: float = GREEDY_TOLERANCE
 
 
 @dataclass(frozen=True)
@@ -172,11 +179,17 @@ def audit(
             f"weights hash to 0x{reference.model_hash.hex()}"
         )
         return AuditReport("unverifiable", [reason], {}, case)
+    greedy = not case.proof
+    if greedy and params_units(case.temperature) != 0:
+        reason = "no logit proof and a temperature above 0: nothing replays the node's sampler"
+        return AuditReport("unverifiable", [reason], {}, case)
     reasons = _check_record(case)
     figures: dict[str, Any] = {"tokens": len(case.completion_ids)}
+    figures["mode"] = "greedy" if greedy else "seeded"
     if not reasons and case.completion_ids:
         logits = reference.logits(case.prompt_ids, case.completion_ids)
-        token_reasons, token_figures = _check_tokens(case, logits, tol)
+        check = _check_greedy if greedy else _check_tokens
+        token_reasons, token_figures = check(case, logits, tol)
         reasons += token_reasons
         figures.update(token_figures)
     figures["audit_s"] = round(time.perf_counter() - started, 4)
@@ -204,7 +217,7 @@ def _check_record(case: AuditCase) -> list[str]:
         ("topP", r.top_p == params_units(case.top_p)),
     ]
     reasons += [f"the record's {name} does not match the request" for name, ok in checks if not ok]
-    if len(case.proof) != len(case.completion_ids):
+    if case.proof and len(case.proof) != len(case.completion_ids):
         reasons.append(
             f"the proof has {len(case.proof)} values for {len(case.completion_ids)} completion ids"
         )
@@ -235,6 +248,29 @@ def _check_tokens(
         reasons.append(f"{bad_proof} of {len(ids)} committed logits differ from the reference")
     if bad_token:
         reasons.append(f"{bad_token} of {len(ids)} ids are not the seeded sampler's choice")
+    return reasons, figures
+
+
+def _check_greedy(
+    case: AuditCase, logits: torch.Tensor, tol: AuditTolerance
+) -> tuple[list[str], dict[str, Any]]:
+    """Temperature 0 without a proof: each id's logit within ``tol.greedy`` of the best."""
+    import torch
+
+    ids = torch.tensor(case.completion_ids, dtype=torch.long)  # (n,)
+    margins = logits.gather(1, ids[:, None])[:, 0] - logits.max(dim=1).values  # (n,)
+    bad = int((margins < -tol.greedy).sum())
+    figures = {
+        "token_failures": bad,
+        "argmax_match_rate": round(float((margins >= 0).float().mean()), 5),
+        "min_margin": round(float(margins.min()), 5),
+    }
+    reasons = []
+    if bad:
+        reasons.append(
+            f"{bad} of {len(case.completion_ids)} ids sit more than {tol.greedy} below the "
+            "reference's greedy choice"
+        )
     return reasons, figures
 
 

@@ -15,6 +15,7 @@ import secrets
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,14 +129,19 @@ class Auditor:
                 self._reference = Reference.load(self._weights)
             return self._reference
 
-    def consider(self, case: AuditCase) -> Future[AuditReport] | None:
-        """Maybe schedule an audit of ``case``; never blocks the request."""
+    def consider(
+        self, case: AuditCase, advertised: Callable[[], str] | None = None
+    ) -> Future[AuditReport] | None:
+        """Maybe schedule an audit of ``case``; never blocks the request. ``advertised`` tells
+        the node's ``audit`` terms, asked (off the request path) for a case without a proof."""
         if self.fraction <= 0 or secrets.randbelow(1_000_000) >= self.fraction * 1_000_000:
             return None
-        return self.submit(case)
+        return self.submit(case, advertised)
 
-    def submit(self, case: AuditCase) -> Future[AuditReport]:
-        future = self._pool.submit(self._run, case)
+    def submit(
+        self, case: AuditCase, advertised: Callable[[], str] | None = None
+    ) -> Future[AuditReport]:
+        future = self._pool.submit(self._run, case, advertised)
         self.scheduled.append(future)
         return future
 
@@ -144,7 +150,14 @@ class Auditor:
         done, self.scheduled = self.scheduled, []
         return [f.result(timeout=timeout) for f in done]
 
-    def _run(self, case: AuditCase) -> AuditReport:
+    def _run(self, case: AuditCase, advertised: Callable[[], str] | None = None) -> AuditReport:
+        if not case.proof:
+            # Greedy audits hold only where measured (llama.cpp, §10.5); elsewhere a
+            # proof-less record proves nothing either way, and is not held against anyone.
+            terms = advertised() if advertised is not None else "none"
+            if terms != "greedy":
+                reason = f"the node advertises audit {terms!r}: its records are not audited"
+                return AuditReport("unverifiable", [reason], {}, case)
         report = audit(case, self.reference())
         if report.verdict != "unverifiable":
             self.log.add(report)
@@ -190,8 +203,10 @@ def case_from_response(
     from tallystick.protocol import UsageBill
 
     bill = UsageBill.from_json(bill_json)
-    if not bill.proof:
-        return None
+    asked = body.get("temperature")
+    temperature = 1.0 if asked is None else float(asked)
+    if not bill.proof and temperature != 0:
+        return None  # without a proof only a greedy (temperature 0) record can be audited
     signed = bill.signed
     seed = body.get("seed")  # absent (an OpenAI client): the node chose it, as the record says
     return AuditCase(
@@ -204,6 +219,6 @@ def case_from_response(
         completion_ids=list(bill.completion_ids),
         proof=list(bill.proof),
         seed=seed if isinstance(seed, int) else signed.record.seed,
-        temperature=float(body.get("temperature", 1.0)),
+        temperature=temperature,
         top_p=float(body.get("top_p", 1.0)),
     )

@@ -97,6 +97,7 @@ class Biller:
         self.tolerance = tolerance
         self.chain = chain  # only to name the challenge period in a dispute's way out
         self.auditor: Auditor | None = None  # set by Tallystick(audit_weights=...)
+        self._audit_modes: dict[tuple[str, str], str] = {}
         self._lock = threading.Lock()
         self.on_lock_wait = on_lock_wait
         # One request at a time per channel, across processes too (``ChannelLock``).
@@ -197,7 +198,22 @@ class Biller:
             log.warning("cannot audit channel %s: %s", channel.hex_id, exc)
             return
         if case is not None:
-            self.auditor.consider(case)
+            # A record without a proof is audited greedily only if the node says that holds.
+            vouch = None if case.proof else (lambda: self.advertised_audit(channel))
+            self.auditor.consider(case, advertised=vouch)
+
+    def advertised_audit(self, channel: ChannelInfo) -> str:
+        """The node's ``audit`` in ``/v1/models`` (§10.5), asked once per endpoint and model."""
+        key = (channel.endpoint, channel.model)
+        if key not in self._audit_modes:
+            try:
+                models = self.node(channel).models()
+            except ClientError as exc:
+                log.warning("cannot read %s's audit terms: %s", channel.endpoint, exc)
+                return "none"
+            entry = next((m for m in models if m.get("id") == channel.model), {})
+            self._audit_modes[key] = str(entry.get("audit") or "none")
+        return self._audit_modes[key]
 
     def _sign_receipt(self, channel: ChannelInfo, bill: VerifiedBill) -> VerifiedBill:
         record = bill.record.record

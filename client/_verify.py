@@ -9,7 +9,7 @@ could check (DESIGN.md guarantee 7): every id in the vocabulary, a special id on
 final id, no more ids than the canonical encoding of the text plus a measured ``Tolerance``,
 and never a cumulative cost above the deposit. The record must also state the sampling the
 client asked for (seed, temperature, top_p) and the weights its channel's listing commits to
-(modelHash, §10.3): a record true to what the node did but not to what was asked is refused.
+(modelHash, §10.2): a record true to what the node did but not to what was asked is refused.
 """
 
 from __future__ import annotations
@@ -229,7 +229,7 @@ def _check_counts(signed: SignedUsageRecord, ids: list[int], served: Served) -> 
 def _check_sampling(
     channel: ChannelInfo, signed: SignedUsageRecord, served: Served
 ) -> list[Mismatch]:
-    """§10.3: the record states the seed and sampling asked for and the listed weights.
+    """§10.2: the record states the seed and sampling asked for and the listed weights.
 
     A node that samples its own way (another seed, a hotter temperature) and says so in the
     record would pass an audit, which checks the record against the weights: only this check

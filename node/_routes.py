@@ -73,13 +73,21 @@ async def _complete(request: Request, kind: type[ChatRequest] | type[CompletionR
 def _audit_terms(engine: Any) -> dict[str, Any]:
     """What an audit of this node's records can check (§10.5): the weights and the sampler.
 
-    Only the in-process engine samples with the seeded sampler; in front of an upstream
-    engine ``audit`` is ``"none"``, so no client believes an audit that cannot hold."""
+    ``"seeded"``: the in-process engine's seeded sampler and logit proof, every record.
+    ``"greedy"``: llama.cpp's own ids (native ``/completion``), temperature-0 records only,
+    against the measured greedy tolerance. ``"none"`` elsewhere (vLLM, ``transformers serve``,
+    llama_cpp.server: not measured or not replayable), so no client believes an audit that
+    cannot hold."""
     model_hash = getattr(engine, "model_hash", None)
     sampler = getattr(engine, "sampler", None)
+    audit = "none"
+    if model_hash and sampler:
+        audit = "seeded"
+    elif model_hash and getattr(engine, "greedy_auditable", False):
+        audit = "greedy"
     return {
         "model_hash": None if model_hash is None else "0x" + model_hash.hex(),
-        "audit": "seeded" if sampler and model_hash else "none",
+        "audit": audit,
         "sampler": sampler,
     }
 

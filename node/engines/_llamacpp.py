@@ -151,6 +151,11 @@ class LlamaCppEngine:
     def process(self) -> subprocess.Popen[bytes] | None:
         return self._process
 
+    @property
+    def greedy_auditable(self) -> bool:
+        """Metered through llama-server's native ids: greedy audits hold (§10.5)."""
+        return self._upstream is not None and self._upstream.greedy_auditable
+
     def command(self, port: int) -> list[str]:
         """The llama-server command line (one slot of ``slot_context`` tokens per stream)."""
         cmd = [str(self._binary), "--model", self._gguf, "--host", "127.0.0.1"]

@@ -118,6 +118,11 @@ class UpstreamEngine:
         if client is not None:
             await client.aclose()
 
+    @property
+    def greedy_auditable(self) -> bool:
+        """llama.cpp's native ids at temperature 0 pass a greedy audit (measured, §10.5)."""
+        return self.llamacpp is not None
+
     def stats(self) -> dict[str, int]:
         # The upstream queues and batches; requests over the limit are refused, not queued.
         return {"queued": 0, "running": self._running, "max_batch": self._max_concurrency}
@@ -224,16 +229,22 @@ class UpstreamEngine:
         self, client: httpx.AsyncClient, prompt: Prompt, params: SamplingParams, budget: int
     ) -> AsyncIterator[httpx.Response]:
         path, body = self._request(prompt, params, budget)
-        async with client.stream("POST", path, json=body) as response:
+        response = await _send(client, path, body)
+        try:
             if not (response.status_code in (400, 422) and "return_token_ids" in body):
                 await _raise_for_status(response)
                 yield response
                 return
+        finally:
+            await response.aclose()
         self._want_ids = False  # the upstream refuses the extra field: never send it again
         path, body = self._request(prompt, params, budget)
-        async with client.stream("POST", path, json=body) as response:
+        response = await _send(client, path, body)
+        try:
             await _raise_for_status(response)
             yield response
+        finally:
+            await response.aclose()
 
     def _request(self, prompt: Prompt, params: SamplingParams, budget: int) -> tuple[str, dict]:
         if self.llamacpp is not None:
@@ -265,6 +276,18 @@ class UpstreamEngine:
                 reported,
                 len(prompt.ids),
             )
+
+
+async def _send(client: httpx.AsyncClient, path: str, body: dict[str, Any]) -> httpx.Response:
+    """POST ``body``, streamed. llama-server closes a kept-alive connection after a streamed
+    answer without saying so (one sequential request in 2-4 failed with "Server disconnected
+    without sending a response"): that request never reached it, so it goes once more on a
+    new connection."""
+    request = client.build_request("POST", path, json=body)
+    try:
+        return await client.send(request, stream=True)
+    except httpx.RemoteProtocolError:
+        return await client.send(request, stream=True)
 
 
 def _native_body(prompt: Prompt, params: SamplingParams, budget: int) -> dict[str, Any]:

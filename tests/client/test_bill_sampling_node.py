@@ -1,4 +1,4 @@
-"""Bill-time sampling checks (docs/protocol.md §10.3) against a real node: a real
+"""Bill-time sampling checks (docs/protocol.md §10.2) against a real node: a real
 ``tallystick-node serve`` with the SmolLM2 weights on anvil, listed with its modelHash, reached
 through an HTTP proxy run by the provider itself, which rewrites a field of each signed record
 and signs it again with the provider's key (what a node that samples its own way and says so
