@@ -18,26 +18,48 @@ from pathlib import Path
 from typing import Any
 
 
+def greedy_section(h: Any, n: int, per_kind: int, max_tokens: int,
+                   progress: Callable[[str], None]) -> dict[str, Any]:  # fmt: skip
+    """llama.cpp's honest greedy agreement, sequential (1 slot) and 4 at once (4 slots), and
+    what the greedy check sees of substituted weights served greedily (the in-process engine:
+    llama.cpp cannot load them); ``caught`` counts completions the tolerance fails."""
+    from tallystick.client._audit import GREEDY_TOLERANCE
+
+    from bench.fidelity import prompts
+
+    out: dict[str, Any] = {"tolerance": GREEDY_TOLERANCE, "max_tokens": max_tokens}
+    for slots in (1, 4):
+        ids = prompts(h.counter, n, 3000 + 1000 * slots)
+        out[f"llamacpp_{slots}_slots"] = greedy_agreement(
+            h.model, h.reference, ids, max_tokens, progress, slots
+        )
+    for kind in ("round4", "perturb", "drop_layer", "random_init"):
+        ids = prompts(h.counter, per_kind, 4000)
+        gens = h.run(h.engine(kind), ids, 8, 1, 0.0, max_tokens)
+        out[kind] = _compare(
+            h.reference, [g.prompt_ids for g in gens], [g.completion_ids for g in gens]
+        )
+        progress(f"greedy {kind}: match {out[kind]['argmax_match_rate']}")
+    for v in out.values():
+        if isinstance(v, dict):
+            worst = v["worst_margin_per_completion"]
+            v["caught"] = sum(w < -GREEDY_TOLERANCE for w in worst)
+    return out
+
+
 def greedy_agreement(
     model: Path, reference: Any, prompt_ids: list[list[int]], max_tokens: int,
-    progress: Callable[[str], None],
+    progress: Callable[[str], None], slots: int = 1,
 ) -> dict[str, Any]:  # fmt: skip
     from tallystick.node.engines import LlamaCppEngine, Prompt, SamplingParams, find_llama_server
-    from tallystick.node.engines._errors import UpstreamUnavailable
 
-    engine = LlamaCppEngine(str(model), binary=find_llama_server(), parallel=1, threads=1)
+    engine = LlamaCppEngine(str(model), binary=find_llama_server(), parallel=slots, threads=1)
+    gate = asyncio.Semaphore(slots)
 
     async def run() -> list[list[int]]:
         await engine.start()
         try:
-            out = []
-            for k, ids in enumerate(prompt_ids):
-                try:
-                    out.append(await one(ids))
-                except UpstreamUnavailable as exc:  # llama-server closed a kept-alive socket
-                    progress(f"completion {k}: {exc}; once more")
-                    out.append(await one(ids))
-            return out
+            return list(await asyncio.gather(*(one(ids) for ids in prompt_ids)))
         finally:
             await engine.stop()
 
@@ -45,12 +67,13 @@ def greedy_agreement(
         params = SamplingParams(max_tokens=max_tokens, temperature=0.0, seed=1)
         text = engine.counter.decode(ids)
         out: list[int] = []
-        async for event in engine.generate(Prompt(ids=ids, text=text), params):
-            out.extend(event.token_ids)
+        async with gate:  # ``slots`` at once: llama.cpp batches them
+            async for event in engine.generate(Prompt(ids=ids, text=text), params):
+                out.extend(event.token_ids)
         return out
 
     completions = asyncio.run(run())
-    progress(f"llama-server: {len(completions)} greedy completions")
+    progress(f"llama-server, {slots} slot(s): {len(completions)} greedy completions")
     return _compare(reference, prompt_ids, completions)
 
 

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from bench._fidelity_node import QUICK_NODE, NodeRun, honest_node
+from bench._fidelity_upstream import greedy_section
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / ".models" / "SmolLM2-135M-Instruct" / "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -60,9 +61,12 @@ class Config:
     max_tokens: int = 32
     temperatures: tuple[float, ...] = (0.0, 0.7)
     overhead_rounds: int = 8
+    greedy_prompts: int = 60  # per llama.cpp slot setting (1 and 4)
+    greedy_per_kind: int = 16
 
 
-QUICK = Config(node=QUICK_NODE, detect_per_kind=8, overhead_rounds=2)
+QUICK = Config(node=QUICK_NODE, detect_per_kind=8, overhead_rounds=2, greedy_prompts=8,
+               greedy_per_kind=8)  # fmt: skip
 
 
 @dataclass
@@ -218,6 +222,10 @@ def honest(h: Harness, cfg: Config) -> dict[str, Any]:
     return honest_node(h.model, cfg.node, h.reference, _progress)
 
 
+def greedy(h: Harness, cfg: Config) -> dict[str, Any]:
+    return greedy_section(h, cfg.greedy_prompts, cfg.greedy_per_kind, cfg.max_tokens, _progress)
+
+
 def detection(h: Harness, cfg: Config) -> dict[str, Any]:
     out: dict[str, Any] = {}
     kinds = [("round4", None), ("perturb", None), ("drop_layer", None), ("random_init", None),
@@ -334,7 +342,7 @@ def verifier_cost(h: Harness, cfg: Config) -> dict[str, Any]:
     }
 
 
-SECTIONS = ("honest", "detection", "overhead", "verifier")
+SECTIONS = ("honest", "detection", "overhead", "verifier", "greedy")
 
 
 def run(cfg: Config | None = None, only: Sequence[str] = SECTIONS) -> dict[str, Any]:
@@ -346,7 +354,7 @@ def run(cfg: Config | None = None, only: Sequence[str] = SECTIONS) -> dict[str, 
     h = Harness()
     torch.set_num_threads(1)
     sections = {"honest": honest, "detection": detection, "overhead": overhead,
-                "verifier": verifier_cost}  # fmt: skip
+                "verifier": verifier_cost, "greedy": greedy}  # fmt: skip
     merged: dict[str, Any] = {}
     # The most important first; the file is updated after each section.
     for name in [s for s in SECTIONS if s in only]:
@@ -411,6 +419,12 @@ def _print(f: dict[str, Any]) -> None:
     )
     print(f"sampler alone, ms per token: {o['sampler_ms_per_token']}")
     print(f"verifier: audit {v['audit_s']} s / generation {v['generation_s']} s = {v['ratio']}")
+    g = f["greedy"]
+    for name, r in g.items():
+        if isinstance(r, dict):
+            print(f"greedy {name}: argmax match {r['argmax_match_rate']}, worst margins "
+                  f"{r['worst_margins'][:3]}, {r['caught']}/{r['completions']} beyond "
+                  f"{g['tolerance']}")  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> None:
