@@ -16,9 +16,10 @@ from web3.exceptions import (
     ContractLogicError,
     ContractPanicError,
     TimeExhausted,
+    Web3RPCError,
 )
 
-from .._errors import ChainUnavailable, ContractError
+from .._errors import ChainError, ChainUnavailable, ContractError
 from .._revert import decode_revert
 
 
@@ -33,6 +34,22 @@ def rpc() -> Iterator[None]:
         raise ChainUnavailable(f"chain RPC failed: {exc}") from exc
     except TimeExhausted as exc:
         raise ChainUnavailable(f"transaction not mined in time: {exc}") from exc
+    except Web3RPCError as exc:  # the node refused the request itself (not a revert)
+        raise ChainError(rpc_refusal(exc)) from exc
+
+
+def rpc_refusal(exc: Web3RPCError) -> str:
+    """A JSON-RPC error answer as a sentence; running out of ETH for gas said as such."""
+    response = getattr(exc, "rpc_response", None) or {}
+    error = response.get("error", {}) if isinstance(response, dict) else {}
+    message = str(error.get("message") or exc.message or exc)
+    if error.get("code") == -32003 or "insufficient funds" in message.lower():
+        return (
+            "the sending account has not enough ETH to pay this transaction's gas (and value): "
+            f"fund it with some ETH first (the chain said: {message})"
+        )
+    code = error.get("code")
+    return f"the chain's RPC refused the request: {message}" + (f" (code {code})" if code else "")
 
 
 def contract_error(exc: Exception) -> ContractError:

@@ -138,3 +138,11 @@ def test_a_ledger_belongs_to_one_provider_key(cli, accounts, tmp_path):
     line = _error(cli("settle", account=stranger), 2)
     assert "belongs to provider" in line
     assert cli("status").exit_code == 0
+
+
+def test_a_key_without_eth_is_told_to_fund_it_not_shown_an_rpc_error(cli):
+    broke = Account.create()
+    result = cli("register", "--endpoint", f"http://127.0.0.1:{free_port()}", account=broke)
+    line = _error(result, 1)
+    assert "has not enough ETH to pay this transaction's gas" in line
+    assert "Web3RPCError" not in result.output and "-32003" not in line
