@@ -87,9 +87,10 @@ class Verifier:
         return body
 
     def _channel(self, prices: Any) -> Any:
-        from tallystick.client import ChannelInfo
+        from tallystick.client import OpenChannel
+        from tallystick.protocol import ETH, ChannelStatus
 
-        return ChannelInfo(
+        return OpenChannel(
             channel_id=b"\x42" * 32,
             chain_id=self.domain.chain_id,
             escrow=self.domain.escrow,
@@ -97,12 +98,12 @@ class Verifier:
             provider=self.provider.address,
             endpoint="http://127.0.0.1:1",
             model="SmolLM2-135M-Instruct",
-            token="0x" + "00" * 20,
+            token=ETH,
             prices=prices,
             deposit=10**18,
             tokenizer_hash=b"\x00" * 32,
             context_length=8192,
-            status="open",
+            status=ChannelStatus.OPEN,
         )
 
     def _tally(self, root: bytes) -> Any:

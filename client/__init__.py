@@ -12,7 +12,7 @@ Errors: see ``_errors.py`` for the tree (all derive from ``tallystick.protocol.T
 """
 
 from ._audit import AuditCase, AuditReport, AuditTolerance, Reference, audit
-from ._chain import ETH, Chain, Listing
+from ._chain import Chain, Offer
 from ._channels import Balance, Channels, Closed
 from ._chat import TallyStream
 from ._client import Tallystick
@@ -38,14 +38,13 @@ from ._errors import (
     WalletError,
 )
 from ._node import InsecureEndpointWarning
-from ._store import BillLine, ChannelInfo, ChannelTally, Dispute, Store
+from ._store import BillLine, ChannelTally, Dispute, OpenChannel, Store
 from ._transport import TallyTransport
 from ._verify import DEFAULT_TOLERANCE, Served, Tolerance, VerifiedBill, verify_bill
 from ._wallet import Wallet
 
 __all__ = [
     "DEFAULT_TOLERANCE",
-    "ETH",
     "AuditCase",
     "AuditReport",
     "AuditTolerance",
@@ -54,7 +53,6 @@ __all__ = [
     "BillingDispute",
     "Chain",
     "ChannelDisputed",
-    "ChannelInfo",
     "ChannelNotFound",
     "ChannelStateError",
     "ChannelTally",
@@ -65,12 +63,13 @@ __all__ = [
     "InsecureEndpointWarning",
     "InsufficientDeposit",
     "InvalidResponse",
-    "Listing",
     "ListingMismatch",
     "Mismatch",
     "NodeError",
     "NodeUnavailable",
+    "Offer",
     "OfferChanged",
+    "OpenChannel",
     "PaymentRequired",
     "PriceChanged",
     "ProviderNotFound",

@@ -44,7 +44,7 @@ from ._errors import (
 )
 from ._locks import ChannelLock, LockWait
 from ._node import Authorizer, NodeClient
-from ._store import ChannelInfo, Pending, Store
+from ._store import OpenChannel, Pending, Store
 from ._tokenizers import TokenizerCache
 from ._verify import (
     DEFAULT_TOLERANCE,
@@ -112,7 +112,7 @@ class Biller:
             return lock
 
     @contextmanager
-    def locked(self, channel: ChannelInfo) -> Iterator[None]:
+    def locked(self, channel: OpenChannel) -> Iterator[None]:
         """Hold the channel (no request of any process in between), e.g. to close it."""
         lock = self.channel_lock(channel.channel_id)
         if not lock.acquire(timeout=LOCK_TIMEOUT_S):
@@ -122,10 +122,10 @@ class Biller:
         finally:
             lock.release()
 
-    def node(self, channel: ChannelInfo) -> NodeClient:
+    def node(self, channel: OpenChannel) -> NodeClient:
         return NodeClient(channel.endpoint, self.http)
 
-    def signer(self, channel: ChannelInfo) -> LocalAccount:
+    def signer(self, channel: OpenChannel) -> LocalAccount:
         """The channel's session key if it has one, else the wallet's key."""
         session = self.store.session_account(channel.channel_id)
         if session is not None:
@@ -137,7 +137,7 @@ class Biller:
             )
         return self.wallet.account
 
-    def authorization(self, channel: ChannelInfo, method: str, path: str, body: bytes) -> str:
+    def authorization(self, channel: OpenChannel, method: str, path: str, body: bytes) -> str:
         """The ``Authorization`` value for one request (§4.3): signed for this request only.
 
         ``seq`` is the channel's next request and ``lastRoot`` the root of the last receipt
@@ -155,19 +155,19 @@ class Biller:
         )
         return sign_request_auth(self.signer(channel), channel.domain, auth).header()
 
-    def authorizer(self, channel: ChannelInfo) -> Authorizer:
+    def authorizer(self, channel: OpenChannel) -> Authorizer:
         """``authorization`` bound to ``channel``, for ``NodeClient`` calls."""
         return lambda method, path, body: self.authorization(channel, method, path, body)
 
-    def counter(self, channel: ChannelInfo) -> TokenCounter:
+    def counter(self, channel: OpenChannel) -> TokenCounter:
         return self.prompt_counter(channel).counter
 
-    def prompt_counter(self, channel: ChannelInfo) -> PromptCounter:
+    def prompt_counter(self, channel: OpenChannel) -> PromptCounter:
         """Counts chat prompts by the protocol's rule, re-encoding only text not seen before."""
         node = self.node(channel)
         return self.tokenizers.prompt_counter(node, channel.model, channel.tokenizer_hash)
 
-    def pending_receipt(self, channel: ChannelInfo) -> str | None:
+    def pending_receipt(self, channel: OpenChannel) -> str | None:
         """The ``X-Tally-Receipt`` value when the last receipt has not reached the node."""
         tally = self.store.tally(channel.channel_id)
         if tally.receipt is None or tally.delivered:
@@ -176,7 +176,7 @@ class Biller:
 
     def countersign(
         self,
-        channel: ChannelInfo,
+        channel: OpenChannel,
         served: Served,
         bill_json: Any,
         evidence: dict[str, Any],
@@ -185,7 +185,7 @@ class Biller:
         return self._verify_and_sign(channel, served, bill_json, evidence)
 
     def audit_later(
-        self, channel: ChannelInfo, body: dict[str, Any], served: Served, bill_json: Any
+        self, channel: OpenChannel, body: dict[str, Any], served: Served, bill_json: Any
     ) -> None:
         """Hand a verified response to the auditor (§10.4); it picks a fraction, off-path."""
         if self.auditor is None or self.auditor.fraction <= 0:
@@ -215,7 +215,7 @@ class Biller:
             self._audit_modes[key] = str(entry.get("audit") or "none")
         return self._audit_modes[key]
 
-    def _sign_receipt(self, channel: ChannelInfo, bill: VerifiedBill) -> VerifiedBill:
+    def _sign_receipt(self, channel: OpenChannel, bill: VerifiedBill) -> VerifiedBill:
         record = bill.record.record
         receipt = Receipt(
             channel.channel_id, record.input_tokens, record.output_tokens, record.usage_root()
@@ -228,17 +228,17 @@ class Biller:
 
     # before a request: a channel that can still be used, a max_tokens the deposit can pay
 
-    def check_usable(self, channel: ChannelInfo) -> None:
+    def check_usable(self, channel: OpenChannel) -> None:
         """Raise ``ChannelDisputed`` when a bill on ``channel`` was refused."""
         disputes = self.store.disputes(channel.channel_id)
         if disputes:
             ids = [d.id for d in disputes]
             raise ChannelDisputed(channel.channel_id, ids, self.way_out(channel))
 
-    def way_out(self, channel: ChannelInfo) -> str:
+    def way_out(self, channel: OpenChannel) -> str:
         return way_out(channel, challenge_period(self.chain))
 
-    def max_tokens(self, channel: ChannelInfo, served: Served) -> int:
+    def max_tokens(self, channel: OpenChannel, served: Served) -> int:
         """The ``max_tokens`` to send: what the caller asked, at most what the deposit can pay.
 
         The node would otherwise apply its own limit, and a bill up to that limit would be
@@ -260,18 +260,18 @@ class Biller:
 
     # interrupted requests (§6, last bullet)
 
-    def begin(self, channel: ChannelInfo, served: Served) -> int:
+    def begin(self, channel: OpenChannel, served: Served) -> int:
         """Store the request as pending before it is sent; return its seq."""
         seq = self.store.tally(channel.channel_id).seq + 1
         self.store.set_pending(channel.channel_id, seq, served.to_json())
         return seq
 
-    def interrupted(self, channel: ChannelInfo, seq: int, served: Served) -> None:
+    def interrupted(self, channel: OpenChannel, seq: int, served: Served) -> None:
         """The answer stopped before its record: remember exactly what was received."""
         self.store.set_pending(channel.channel_id, seq, served.to_json(), received=True)
 
     def ended_by_node(
-        self, channel: ChannelInfo, seq: int, served: Served, *, now: bool = True
+        self, channel: OpenChannel, seq: int, served: Served, *, now: bool = True
     ) -> VerifiedBill | None:
         """The node closed the answer cleanly without its record: resolve it (``now``, else
         before the next request) paying only for what arrived: its record, if it signed one,
@@ -280,7 +280,7 @@ class Biller:
         self.store.set_pending(channel.channel_id, seq, pending, received=True)
         return self.resolve_pending(channel) if now else None
 
-    def resolve_pending(self, channel: ChannelInfo) -> VerifiedBill | None:
+    def resolve_pending(self, channel: OpenChannel) -> VerifiedBill | None:
         """Verify and countersign an interrupted request's signed record from the node (§6).
 
         None when there is nothing to resolve, or the node signed no record of it.
@@ -316,7 +316,7 @@ class Biller:
 
     def _verify_and_sign(
         self,
-        channel: ChannelInfo,
+        channel: OpenChannel,
         served: Served,
         bill_json: Any,
         evidence: dict[str, Any],
@@ -351,7 +351,7 @@ class Biller:
             raise self._dispute(malformed, evidence, bill_json) from exc
         return self._sign_receipt(channel, bill)
 
-    def _fetch_record(self, channel: ChannelInfo, pending: Pending) -> Any:
+    def _fetch_record(self, channel: OpenChannel, pending: Pending) -> Any:
         """The node's record of the pending request, or None when it has none (§6).
 
         ``record_pending`` (the node is still serving the request, e.g. it has not noticed
@@ -382,7 +382,7 @@ class Biller:
         self.store.clear_pending(channel.channel_id, pending.seq)
         return None
 
-    def deliver(self, channel: ChannelInfo) -> None:
+    def deliver(self, channel: OpenChannel) -> None:
         """Post the last receipt unless the node has it; on failure it waits for a retry."""
         tally = self.store.tally(channel.channel_id)
         if tally.receipt is None or tally.delivered:

@@ -9,13 +9,14 @@ balance read that covers ETH as well as ERC-20 tokens.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import requests
 from eth_account.signers.local import LocalAccount
 from eth_utils import to_checksum_address
 from tallystick.protocol import (
+    ETH,
     ChainError,
     ChainUnavailable,
     ChannelState,
@@ -23,6 +24,7 @@ from tallystick.protocol import (
     Domain,
     Escrow,
     FailoverHTTPProvider,
+    Listing,
     Prices,
     Registry,
     SignedReceipt,
@@ -33,51 +35,27 @@ from tallystick.protocol import (
     new_salt,
     read_deployment,
 )
-from tallystick.protocol import Listing as ChainListing
 from web3 import Web3
 from web3.exceptions import Web3RPCError
 
 from ._errors import PriceChanged, TokenChanged
 
-__all__ = ["ETH", "Chain", "Listing", "status_name"]
-
-ETH = "0x0000000000000000000000000000000000000000"
+__all__ = ["Chain", "Offer"]
 
 
 @dataclass(frozen=True)
-class Listing:
-    """A provider's on-chain offer of one model, with the endpoint its node answers at."""
+class Offer(Listing):
+    """A listing with the endpoint its provider's node answers at: what a client can buy."""
 
-    provider: str
-    endpoint: str
-    model: str
-    model_id: bytes
-    prices: Prices
-    token: str
-    tokenizer_hash: bytes
-    context_length: int
-    active: bool
-    model_hash: bytes = bytes(32)  # the listed weights (§10.1); zero: no claim
+    endpoint: str = ""
+
+    @property
+    def model(self) -> str:
+        return self.name
 
     @classmethod
-    def of(cls, listing: ChainListing, endpoint: str) -> Listing:
-        return cls(
-            provider=listing.provider,
-            endpoint=endpoint,
-            model=listing.name,
-            model_id=listing.model_id,
-            prices=listing.prices,
-            token=listing.token,
-            tokenizer_hash=listing.tokenizer_hash,
-            context_length=listing.context_length,
-            active=listing.active,
-            model_hash=listing.model_hash,
-        )
-
-
-def status_name(state: ChannelState) -> str:
-    """``"none"``, ``"open"``, ``"closing"`` or ``"closed"`` (the store's spelling)."""
-    return state.status.name.lower()
+    def of(cls, listing: Listing, endpoint: str) -> Offer:
+        return cls(**{f.name: getattr(listing, f.name) for f in fields(Listing)}, endpoint=endpoint)
 
 
 class Chain:
@@ -128,14 +106,15 @@ class Chain:
     def providers(self) -> list[str]:
         return self.registry.providers()
 
-    def listings(self, provider: str) -> list[Listing]:
-        """Every model ``provider`` lists (active or not)."""
+    def offers(self, provider: str) -> list[Offer]:
+        """Every model ``provider`` lists (active or not), with its endpoint."""
         endpoint = self.registry.get_provider(provider).endpoint
-        return [Listing.of(x, endpoint) for x in self.registry.listings_of(provider)]
+        return [Offer.of(x, endpoint) for x in self.registry.listings_of(provider)]
 
-    def listing(self, provider: str, model: str) -> Listing:
+    def offer(self, provider: str, model: str) -> Offer:
+        """``provider``'s listing of ``model``, with its endpoint."""
         endpoint = self.registry.get_provider(provider).endpoint
-        return Listing.of(self.registry.get_listing(provider, model_id(model)), endpoint)
+        return Offer.of(self.registry.get_listing(provider, model_id(model)), endpoint)
 
     def published_audits(self, providers: set[str]) -> dict[str, int]:
         """How many failed audits others published on-chain per provider (§10.7)."""

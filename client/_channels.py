@@ -7,7 +7,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from tallystick.protocol import (
+    ETH,
     ZERO_ROOT,
+    ChannelStatus,
     Receipt,
     SignedReceipt,
     TxResult,
@@ -16,12 +18,12 @@ from tallystick.protocol import (
     sign_receipt,
 )
 
-from ._chain import ETH, Chain, Listing, status_name
+from ._chain import Chain, Offer
 from ._discovery import check_node_listing, choose_offer
 from ._disputes import utc
 from ._errors import ChannelStateError, ClientError, NodeError
 from ._prechecks import require_funds, require_status
-from ._store import ChannelInfo
+from ._store import OpenChannel
 
 if TYPE_CHECKING:
     from ._client import Tallystick
@@ -38,7 +40,7 @@ class Balance:
     spent: int  # cost of the last countersigned receipt
     paid: int  # already claimed by the provider on-chain
     refundable: int  # deposit minus what the provider can still claim
-    status: str
+    status: ChannelStatus
     token: str
 
 
@@ -72,7 +74,7 @@ class Channels:
         max_output_price: int | None = None,
         check_node: bool = True,
         session_key: bool = False,
-    ) -> ChannelInfo:
+    ) -> OpenChannel:
         """Open a channel to ``provider`` (or the cheapest) for ``model`` with ``deposit``.
 
         ``max_input_price``/``max_output_price`` bound the offers considered. The offer's own
@@ -125,19 +127,19 @@ class Channels:
         self._client.store.bind_session_key(key.address, info.channel_id)
         return str(key.address)
 
-    def top_up(self, channel: bytes | str, amount: int) -> ChannelInfo:
+    def top_up(self, channel: bytes | str, amount: int) -> OpenChannel:
         """Add ``amount`` to an open channel's deposit."""
         info = self._client.channel(channel)
         if amount <= 0:
             raise ClientError("the top-up must be a positive amount (in base units)")
-        require_status(self._chain, info, ("open",), "top up")
+        require_status(self._chain, info, (ChannelStatus.OPEN,), "top up")
         require_funds(self._chain, self._client.account.address, info.token, amount, "the top-up")
         self._chain.top_up(self._client.account, info.channel_id, amount)
         deposit = self._chain.channel(info.channel_id).deposit
         self._client.store.update_channel(info.channel_id, deposit=deposit)
         return self._client.channel(info.channel_id)
 
-    def sync(self, channel: bytes | str, confirmations: int = 0) -> ChannelInfo:
+    def sync(self, channel: bytes | str, confirmations: int = 0) -> OpenChannel:
         """Store the channel's deposit and status as the chain has them ``confirmations`` deep.
 
         The chain, not the store, is the truth: after a reorg dropped a top-up (or an open
@@ -146,7 +148,7 @@ class Channels:
         info = self._client.channel(channel)
         state = self._chain.channel(info.channel_id, confirmations)
         self._client.store.update_channel(
-            info.channel_id, deposit=state.deposit, status=status_name(state)
+            info.channel_id, deposit=state.deposit, status=state.status
         )
         return self._client.channel(info.channel_id)
 
@@ -154,7 +156,7 @@ class Channels:
         """Cooperative close: the node countersigns the final receipt, then ``closeCooperative``."""
         info = self._client.channel(channel)
         biller = self._client.biller
-        require_status(self._chain, info, ("open",), "close")
+        require_status(self._chain, info, (ChannelStatus.OPEN,), "close")
         # A disputed channel has a record the node will not close without: say the way out.
         biller.check_usable(info)
         with biller.locked(info):  # no request of another process in between
@@ -185,7 +187,7 @@ class Channels:
     def request_close(self, channel: bytes | str) -> int:
         """Start a unilateral close; return ``closesAt`` (unix seconds)."""
         info = self._client.channel(channel)
-        require_status(self._chain, info, ("open",), "close")
+        require_status(self._chain, info, (ChannelStatus.OPEN,), "close")
         biller = self._client.biller
         # No request of another process in between: its pending request is not ours to resolve.
         with biller.locked(info):
@@ -194,17 +196,16 @@ class Channels:
                 biller.resolve_pending(info)
             biller.deliver(info)  # the provider may still claim what we owe it
         closes_at = self._chain.request_close(self._client.account, info.channel_id)
-        self._client.store.update_channel(info.channel_id, status="closing")
+        self._client.store.update_channel(info.channel_id, status=ChannelStatus.CLOSING)
         return closes_at
 
     def finalize(self, channel: bytes | str) -> Closed:
         """After the challenge period: refund what the provider did not claim."""
         info = self._client.channel(channel)
         state = self._chain.channel(info.channel_id)
-        if status_name(state) != "closing":
+        if state.status != ChannelStatus.CLOSING:
             raise ChannelStateError(
-                f"channel {info.hex_id} is {status_name(state)}, not closing: "
-                "run request_close first"
+                f"channel {info.hex_id} is {state.status}, not closing: run request_close first"
             )
         now = self._chain.now()
         if now < state.closes_at:
@@ -222,19 +223,19 @@ class Channels:
         tally = self._client.store.tally(info.channel_id)
         state = self._chain.channel(info.channel_id)
         spent = min(cost_of(tally.input_tokens, tally.output_tokens, info.prices), state.deposit)
-        status = status_name(state)
-        if status not in (info.status, "none"):
+        status = state.status
+        if status not in (info.status, ChannelStatus.NONE):
             self._client.store.update_channel(info.channel_id, status=status)
-        refundable = 0 if status == "closed" else state.deposit - max(spent, state.paid)
+        refundable = 0 if status == ChannelStatus.CLOSED else state.deposit - max(spent, state.paid)
         return Balance(
             info.channel_id, state.deposit, spent, state.paid, refundable, status, info.token
         )
 
-    def list(self, status: str | None = None) -> list[ChannelInfo]:
+    def list(self, status: ChannelStatus | None = None) -> list[OpenChannel]:
         """Channels in the local store, newest first."""
         return self._client.store.channels(status=status)
 
-    def _final_receipt(self, info: ChannelInfo) -> SignedReceipt:
+    def _final_receipt(self, info: OpenChannel) -> SignedReceipt:
         tally = self._client.store.tally(info.channel_id)
         if tally.receipt is not None:
             return tally.receipt
@@ -242,15 +243,15 @@ class Channels:
         signer = self._client.biller.signer(info)
         return sign_receipt(signer, info.domain, Receipt(info.channel_id, 0, 0, ZERO_ROOT))
 
-    def _closed(self, info: ChannelInfo, tx: TxResult) -> Closed:
+    def _closed(self, info: OpenChannel, tx: TxResult) -> Closed:
         state = self._chain.channel(info.channel_id)
-        self._client.store.update_channel(info.channel_id, status=status_name(state))
+        self._client.store.update_channel(info.channel_id, status=state.status)
         return Closed(info.channel_id, state.paid, int(tx.value), "0x" + tx.tx_hash.hex())
 
-    def _info(self, cid: bytes, offer: Listing) -> ChannelInfo:
+    def _info(self, cid: bytes, offer: Offer) -> OpenChannel:
         # Prices and token as the escrow snapshotted them, not as listed a block earlier.
         state = self._chain.channel(cid)
-        return ChannelInfo(
+        return OpenChannel(
             channel_id=cid,
             chain_id=self._chain.chain_id,
             escrow=self._chain.escrow.address,
@@ -263,6 +264,6 @@ class Channels:
             deposit=state.deposit,
             tokenizer_hash=offer.tokenizer_hash,
             context_length=offer.context_length,
-            status="open",
+            status=ChannelStatus.OPEN,
             model_hash=offer.model_hash,
         )

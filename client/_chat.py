@@ -20,7 +20,7 @@ from tallystick.protocol import ProtocolError
 
 from ._json import loads
 from ._node import node_error, send
-from ._store import ChannelInfo
+from ._store import OpenChannel
 from ._transport import BILL_EXTENSION, BillSlot
 from ._verify import VerifiedBill
 
@@ -189,9 +189,9 @@ def _attach(obj: BaseModel, slot: BillSlot) -> None:
     object.__setattr__(obj, "tally", slot.bill)
 
 
-def channel_key(channel: bytes | str | ChannelInfo) -> bytes:
-    """Accept a channel as bytes, ``0x`` hex or ``ChannelInfo``."""
-    if isinstance(channel, ChannelInfo):
+def channel_key(channel: bytes | str | OpenChannel) -> bytes:
+    """Accept a channel as bytes, ``0x`` hex or ``OpenChannel``."""
+    if isinstance(channel, OpenChannel):
         return channel.channel_id
     if isinstance(channel, bytes):
         return channel

@@ -8,19 +8,19 @@ from typing import Any
 import httpx
 from eth_account.signers.local import LocalAccount
 from eth_utils import keccak
-from tallystick.protocol import model_id
+from tallystick.protocol import ChannelStatus, model_id
 
 from ._audit import AuditCase, AuditReport, Reference, audit
 from ._auditor import DEFAULT_AUDIT_FRACTION, AuditLog, Auditor, AuditRecord, rank_by_audits
 from ._billing import MAX_UNSEEN_TOKENS, Biller
-from ._chain import Chain, Listing
+from ._chain import Chain, Offer
 from ._channels import Channels
 from ._chat import Chat, Completions, channel_key
 from ._discovery import find_offers
 from ._errors import ChannelNotFound, ClientError, WalletError
 from ._locks import LockWait
 from ._node import NodeClient
-from ._store import ChannelInfo, Store
+from ._store import OpenChannel, Store
 from ._tokenizers import TokenizerCache
 from ._transport import TallyTransport
 from ._verify import DEFAULT_TOLERANCE, Tolerance
@@ -114,7 +114,7 @@ class Tallystick:
         model: str | None = None,
         max_input_price: int | None = None,
         max_output_price: int | None = None,
-    ) -> list[Listing]:
+    ) -> list[Offer]:
         """Active on-chain listings of providers without a failed audit, cheapest first."""
         offers = find_offers(self.chain, model, max_input_price, max_output_price)
         published = self.chain.published_audits({o.provider for o in offers})
@@ -147,8 +147,8 @@ class Tallystick:
     def node(self, endpoint: str) -> NodeClient:
         return NodeClient(endpoint, self.http)
 
-    def channel(self, channel: bytes | str | ChannelInfo) -> ChannelInfo:
-        """A channel of the store by id (bytes, ``0x`` hex, ``ChannelInfo``) or a unique prefix.
+    def channel(self, channel: bytes | str | OpenChannel) -> OpenChannel:
+        """A channel of the store by id (bytes, ``0x`` hex, ``OpenChannel``) or a unique prefix.
 
         A prefix (``0x4c53e4``, at least 4 hex digits) must match exactly one stored channel:
         ``ChannelNotFound`` names the candidates when it matches several, or says none did.
@@ -159,7 +159,7 @@ class Tallystick:
                 return self._channel_by_prefix(channel, text)
         return self.store.channel(channel_key(channel))
 
-    def _channel_by_prefix(self, given: str, prefix: str) -> ChannelInfo:
+    def _channel_by_prefix(self, given: str, prefix: str) -> OpenChannel:
         if len(prefix) < 4:
             raise ChannelNotFound(f"{given!r}: give at least 4 hex digits of the channel id")
         found = [c for c in self.store.channels() if c.channel_id.hex().startswith(prefix)]
@@ -171,24 +171,24 @@ class Tallystick:
         raise ChannelNotFound(f"{given} is ambiguous: it starts {len(found)} channels ({ids})")
 
     def channel_for(
-        self, model: str, channel: bytes | str | ChannelInfo | None = None
-    ) -> ChannelInfo:
+        self, model: str, channel: bytes | str | OpenChannel | None = None
+    ) -> OpenChannel:
         """``channel`` if given, else the newest open channel for ``model``."""
         if channel is not None:
             info = self.channel(channel)
         else:
-            open_ = self.store.channels(status="open", model=model)
+            open_ = self.store.channels(status=ChannelStatus.OPEN, model=model)
             if not open_:
                 raise ChannelNotFound(
                     f"no open channel for model {model!r}: open one first "
                     "(tallystick channel open --model ...)"
                 )
             info = open_[0]
-        if info.status != "open":
+        if info.status != ChannelStatus.OPEN:
             raise ChannelNotFound(f"channel {info.hex_id} is {info.status}, not open")
         return info
 
-    def http_client(self, channel: ChannelInfo) -> httpx.Client:
+    def http_client(self, channel: OpenChannel) -> httpx.Client:
         """An httpx client whose transport verifies and countersigns on ``channel``."""
         if channel.channel_id not in self._clients:
             transport = TallyTransport(self.biller, channel, self._transport)
@@ -199,7 +199,7 @@ class Tallystick:
 
     def openai(
         self,
-        channel: bytes | str | ChannelInfo | None = None,
+        channel: bytes | str | OpenChannel | None = None,
         *,
         model: str | None = None,
         **kwargs: Any,
@@ -219,7 +219,7 @@ class Tallystick:
             **kwargs,
         )
 
-    def bill(self, channel: bytes | str | ChannelInfo) -> list[Any]:
+    def bill(self, channel: bytes | str | OpenChannel) -> list[Any]:
         """Every verified request of ``channel``: seq, counts, cost, signed record."""
         return self.store.bill(self.channel(channel).channel_id)
 

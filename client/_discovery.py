@@ -7,7 +7,7 @@ context length, tokenizer hash); the chain is the truth, so any difference is a
 
 from __future__ import annotations
 
-from ._chain import Chain, Listing
+from ._chain import Chain, Offer
 from ._errors import ListingMismatch, ProviderNotFound
 from ._node import NodeClient
 
@@ -19,12 +19,12 @@ def find_offers(
     model: str | None = None,
     max_input_price: int | None = None,
     max_output_price: int | None = None,
-) -> list[Listing]:
+) -> list[Offer]:
     """Active listings, cheapest first (output price, then input price)."""
     offers = [
         listing
         for provider in chain.providers()
-        for listing in chain.listings(provider)
+        for listing in chain.offers(provider)
         if listing.active
         and (model is None or listing.model == model)
         and (max_input_price is None or listing.prices.input_per_m <= max_input_price)
@@ -35,7 +35,7 @@ def find_offers(
 
 def choose_offer(
     chain: Chain, model: str, provider: str | None = None, **limits: int | None
-) -> Listing:
+) -> Offer:
     """The listing of ``provider`` for ``model``, or the cheapest one; ``ProviderNotFound``."""
     offers = find_offers(chain, model, **limits)
     if provider is not None:
@@ -64,7 +64,7 @@ def _provider(chain: Chain, given: str) -> str:
     )
 
 
-def check_node_listing(node: NodeClient, listing: Listing) -> None:
+def check_node_listing(node: NodeClient, listing: Offer) -> None:
     """Raise ``ListingMismatch`` unless the node's ``/v1/models`` agrees with ``listing``."""
     entry = next((m for m in node.models() if m.get("id") == listing.model), None)
     if entry is None:

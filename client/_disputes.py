@@ -14,9 +14,9 @@ import datetime
 import json
 from typing import TYPE_CHECKING, Any
 
-from tallystick.protocol import TallystickError
+from tallystick.protocol import ChannelStatus, TallystickError
 
-from ._store import ChannelInfo, Dispute
+from ._store import Dispute, OpenChannel
 
 if TYPE_CHECKING:
     from ._chain import Chain
@@ -40,10 +40,10 @@ def challenge_period(chain: Chain | None) -> int | None:
         return None
 
 
-def way_out(info: ChannelInfo, period: int | None, closes_at: int | None = None) -> str:
+def way_out(info: OpenChannel, period: int | None, closes_at: int | None = None) -> str:
     """How to leave a disputed channel, with the deadline when it is known."""
     finalize = f"`tallystick channel finalize {info.hex_id}`"
-    if info.status == "closing":
+    if info.status == ChannelStatus.CLOSING:
         when = f"after {utc(closes_at)}" if closes_at else "once the challenge period is over"
         return (
             f"A unilateral close is under way: run {finalize} {when} to get back what the "
@@ -102,12 +102,12 @@ def evidence_summary(evidence: dict[str, Any]) -> str:
     return f"{how}max_tokens {asked}, received {len(text or '')} chars, {billed}"
 
 
-def to_json(dispute: Dispute, info: ChannelInfo | None, way: str | None) -> dict[str, Any]:
+def to_json(dispute: Dispute, info: OpenChannel | None, way: str | None) -> dict[str, Any]:
     """A dispute as ``tallystick disputes --json`` prints it."""
     return {
         "id": dispute.id,
         "channelId": "0x" + dispute.channel_id.hex(),
-        "channelStatus": info.status if info else None,
+        "channelStatus": info.status.label if info else None,
         "provider": info.provider if info else None,
         "seq": dispute.seq,
         "createdAt": utc(int(dispute.created_at)),

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from tallystick.protocol import format_amount, token_info
+from tallystick.protocol import ETH, ChannelStatus, format_amount, token_info
 
-from ._chain import ETH, status_name
 from ._disputes import utc
 from ._errors import ChannelStateError, ClientError
-from ._store import ChannelInfo
+from ._store import OpenChannel
 
 if TYPE_CHECKING:
     from ._chain import Chain
@@ -36,15 +35,17 @@ def require_funds(chain: Chain, owner: str, token: str, amount: int, what: str) 
         raise ClientError(f"{owner} has no ETH to pay the gas of {what}")
 
 
-def require_status(chain: Chain, info: ChannelInfo, allowed: tuple[str, ...], what: str) -> str:
+def require_status(
+    chain: Chain, info: OpenChannel, allowed: tuple[ChannelStatus, ...], what: str
+) -> ChannelStatus:
     """The channel's on-chain status; ``ChannelStateError`` in a sentence when not ``allowed``."""
     state = chain.channel(info.channel_id)
-    status = status_name(state)
+    status = state.status
     if status in allowed:
         return status
-    if status == "closed":
+    if status == ChannelStatus.CLOSED:
         raise ChannelStateError(f"channel {info.hex_id} is already closed: nothing to {what}")
-    if status == "closing":
+    if status == ChannelStatus.CLOSING:
         raise ChannelStateError(
             f"channel {info.hex_id} is closing (a unilateral close was requested); its "
             f"challenge period ends at {utc(state.closes_at)}: finalize after that"

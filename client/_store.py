@@ -30,6 +30,7 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from tallystick.protocol import (
     ZERO_ROOT,
+    ChannelStatus,
     Domain,
     Prices,
     Receipt,
@@ -42,10 +43,10 @@ from ._errors import ChannelNotFound, StoreError
 
 __all__ = [
     "BillLine",
-    "ChannelInfo",
     "ChannelTally",
     "Dispute",
     "LockHolder",
+    "OpenChannel",
     "Pending",
     "Store",
 ]
@@ -88,8 +89,8 @@ CREATE TABLE IF NOT EXISTS disputes (
 
 
 @dataclass(frozen=True)
-class ChannelInfo:
-    """What the client knows about one of its channels (snapshot taken at open)."""
+class OpenChannel:
+    """A channel this client opened: what it knows about it (snapshot taken at open)."""
 
     channel_id: bytes
     chain_id: int
@@ -103,7 +104,7 @@ class ChannelInfo:
     deposit: int
     tokenizer_hash: bytes
     context_length: int
-    status: str  # "open", "closing", "closed"
+    status: ChannelStatus  # as last seen on chain
     model_hash: bytes = bytes(32)  # the listed weights at open (§10.1); zero: no claim
 
     @property
@@ -230,7 +231,7 @@ class Store(SqliteTables):
 
     # channels
 
-    def add_channel(self, info: ChannelInfo) -> None:
+    def add_channel(self, info: OpenChannel) -> None:
         """Record a newly opened channel with an empty tally."""
         with self._tx() as db:
             db.execute(
@@ -249,7 +250,7 @@ class Store(SqliteTables):
                     str(info.deposit),
                     "0x" + info.tokenizer_hash.hex(),
                     info.context_length,
-                    info.status,
+                    info.status.label,
                     time.time(),
                     "0x" + info.model_hash.hex(),
                 ),
@@ -260,7 +261,11 @@ class Store(SqliteTables):
             )
 
     def update_channel(
-        self, channel_id: bytes, *, deposit: int | None = None, status: str | None = None
+        self,
+        channel_id: bytes,
+        *,
+        deposit: int | None = None,
+        status: ChannelStatus | None = None,
     ) -> None:
         """Set a channel's deposit and/or status (after a confirmed transaction)."""
         self.channel(channel_id)
@@ -270,15 +275,19 @@ class Store(SqliteTables):
                     "UPDATE channels SET deposit=? WHERE id=?", (str(deposit), _h(channel_id))
                 )
             if status is not None:
-                db.execute("UPDATE channels SET status=? WHERE id=?", (status, _h(channel_id)))
+                db.execute(
+                    "UPDATE channels SET status=? WHERE id=?", (status.label, _h(channel_id))
+                )
 
-    def channel(self, channel_id: bytes) -> ChannelInfo:
+    def channel(self, channel_id: bytes) -> OpenChannel:
         rows = self._query("SELECT * FROM channels WHERE id=?", (_h(channel_id),))
         if not rows:
             raise ChannelNotFound(f"channel {_h(channel_id)} is not in the store {self.path}")
         return _channel(rows[0])
 
-    def channels(self, *, status: str | None = None, model: str | None = None) -> list[ChannelInfo]:
+    def channels(
+        self, *, status: ChannelStatus | None = None, model: str | None = None
+    ) -> list[OpenChannel]:
         """Channels, newest first, optionally filtered by status and model."""
         rows = self._query("SELECT * FROM channels ORDER BY opened_at DESC")
         infos = [_channel(r) for r in rows]
@@ -514,8 +523,8 @@ def _b(hex_str: str) -> bytes:
     return bytes.fromhex(hex_str[2:])
 
 
-def _channel(r: sqlite3.Row) -> ChannelInfo:
-    return ChannelInfo(
+def _channel(r: sqlite3.Row) -> OpenChannel:
+    return OpenChannel(
         channel_id=_b(r["id"]),
         chain_id=r["chain_id"],
         escrow=r["escrow"],
@@ -528,7 +537,7 @@ def _channel(r: sqlite3.Row) -> ChannelInfo:
         deposit=int(r["deposit"]),
         tokenizer_hash=_b(r["tokenizer_hash"]),
         context_length=r["context_length"],
-        status=r["status"],
+        status=ChannelStatus.from_label(r["status"]),
         model_hash=_b(r["model_hash"]) or bytes(32),
     )
 

@@ -31,7 +31,7 @@ from ._billing import LOCK_TIMEOUT_S, Biller
 from ._errors import ClientError, InvalidResponse, from_httpx
 from ._json import MAX_BODY_BYTES, MAX_EVENT_BYTES, MAX_JSON_DEPTH, loads, read_capped, too_deep
 from ._locks import ChannelLock
-from ._store import ChannelInfo
+from ._store import OpenChannel
 from ._verify import Served, VerifiedBill
 
 __all__ = ["BILL_EXTENSION", "BillSlot", "TallyTransport"]
@@ -53,7 +53,7 @@ class BillSlot:
 class TallyTransport(httpx.BaseTransport):
     """Verifies and countersigns completions on one channel; passes other requests through."""
 
-    def __init__(self, biller: Biller, channel: ChannelInfo, inner: httpx.BaseTransport) -> None:
+    def __init__(self, biller: Biller, channel: OpenChannel, inner: httpx.BaseTransport) -> None:
         self.biller = biller
         self.channel = channel
         self.inner = inner

@@ -29,7 +29,7 @@ from tallystick.protocol import (
 )
 
 from ._errors import BillingDispute, Mismatch
-from ._store import ChannelInfo, ChannelTally
+from ._store import ChannelTally, OpenChannel
 
 __all__ = [
     "DEFAULT_TOLERANCE",
@@ -128,7 +128,7 @@ class VerifiedBill:
 
 
 def verify_bill(
-    channel: ChannelInfo,
+    channel: OpenChannel,
     tally: ChannelTally,
     signed: SignedUsageRecord,
     completion_ids: Sequence[int],
@@ -165,7 +165,7 @@ def verify_bill(
 
 
 def _bill(
-    channel: ChannelInfo,
+    channel: OpenChannel,
     tally: ChannelTally,
     signed: SignedUsageRecord,
     ids: list[int],
@@ -179,7 +179,7 @@ def _bill(
     return VerifiedBill(signed, ids, total - previous, total)
 
 
-def _check_signature(channel: ChannelInfo, signed: SignedUsageRecord) -> list[Mismatch]:
+def _check_signature(channel: OpenChannel, signed: SignedUsageRecord) -> list[Mismatch]:
     try:
         signer = recover_usage_record_signer(channel.domain, signed)
     except ProtocolError as exc:
@@ -190,7 +190,7 @@ def _check_signature(channel: ChannelInfo, signed: SignedUsageRecord) -> list[Mi
 
 
 def _check_chain(
-    channel: ChannelInfo, tally: ChannelTally, signed: SignedUsageRecord
+    channel: OpenChannel, tally: ChannelTally, signed: SignedUsageRecord
 ) -> list[Mismatch]:
     r = signed.record
     expected = {
@@ -227,7 +227,7 @@ def _check_counts(signed: SignedUsageRecord, ids: list[int], served: Served) -> 
 
 
 def _check_sampling(
-    channel: ChannelInfo, signed: SignedUsageRecord, served: Served
+    channel: OpenChannel, signed: SignedUsageRecord, served: Served
 ) -> list[Mismatch]:
     """§10.2: the record states the seed and sampling asked for and the listed weights.
 
@@ -250,7 +250,7 @@ def _check_sampling(
     return [Mismatch(k, v, got[k]) for k, v in expected.items() if got[k] != v]
 
 
-def _check_deposit(channel: ChannelInfo, signed: SignedUsageRecord) -> list[Mismatch]:
+def _check_deposit(channel: OpenChannel, signed: SignedUsageRecord) -> list[Mismatch]:
     """No countersigned cumulative cost may exceed the deposit: the escrow pays
     ``min(cost, deposit)``, so such a receipt would hand the provider the whole deposit."""
     r = signed.record
@@ -284,7 +284,7 @@ def _check_ids(ids: list[int], counter: TokenCounter, tolerance: Tolerance) -> l
     return out
 
 
-def payable_output_tokens(channel: ChannelInfo, tally: ChannelTally, prompt_tokens: int) -> int:
+def payable_output_tokens(channel: OpenChannel, tally: ChannelTally, prompt_tokens: int) -> int:
     """The most completion ids the deposit can pay after ``tally`` and this prompt (may be <= 0).
 
     ``cost(I, O) <= D`` exactly when ``I * pi + O * po <= (D + 1) * 10**6 - 1`` (cost rounds

@@ -21,6 +21,7 @@ from rich.table import Table
 from tallystick.protocol import (
     ETH_INFO,
     ChainUnavailable,
+    ChannelStatus,
     ContractError,
     TallystickError,
     TokenInfo,
@@ -43,7 +44,7 @@ from ._errors import (
     PaymentRequired,
     WalletError,
 )
-from ._store import ChannelInfo, Dispute, LockHolder
+from ._store import Dispute, LockHolder, OpenChannel
 from ._wallet import Wallet
 
 __all__ = ["cli", "main"]
@@ -374,7 +375,7 @@ def channel_list(s: Settings, as_json: bool) -> None:
                     "spent": str(b.spent),
                     "paid": str(b.paid),
                     "refundable": str(b.refundable),
-                    "status": b.status,
+                    "status": b.status.label,
                     "disputed": disputed,
                 }
             )
@@ -385,7 +386,7 @@ def channel_list(s: Settings, as_json: bool) -> None:
                 s.money(b.deposit, info.token),
                 s.money(b.spent, info.token),
                 s.money(b.refundable, info.token),
-                b.status + (" (disputed)" if disputed else ""),
+                b.status.label + (" (disputed)" if disputed else ""),
             )
     if as_json:
         click.echo(json.dumps(rows, indent=2))
@@ -462,7 +463,8 @@ def disputes(s: Settings, channel_id: str | None, as_json: bool) -> None:
         found = client.store.disputes(cid)
         infos = {d.channel_id: client.store.channel(d.channel_id) for d in found}
         ways = {
-            c: client.biller.way_out(i) if i.status != "closed" else None for c, i in infos.items()
+            c: client.biller.way_out(i) if i.status != ChannelStatus.CLOSED else None
+            for c, i in infos.items()
         }
         if as_json:
             rows = [to_json(d, infos[d.channel_id], ways[d.channel_id]) for d in found]
@@ -506,7 +508,7 @@ from ._gateway._cli import gateway as _gateway_cmd  # noqa: E402
 cli.add_command(_gateway_cmd, "gateway")
 
 
-def _bill_table(client: Tallystick, info: ChannelInfo, token: TokenInfo) -> Table:
+def _bill_table(client: Tallystick, info: OpenChannel, token: TokenInfo) -> Table:
     table = Table(
         "seq",
         "time (UTC)",
@@ -543,7 +545,7 @@ def _iso(at: float) -> str:
     return datetime.datetime.fromtimestamp(at, tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _bill_json(client: Tallystick, info: ChannelInfo, s: Settings) -> dict[str, Any]:
+def _bill_json(client: Tallystick, info: OpenChannel, s: Settings) -> dict[str, Any]:
     tally = client.store.tally(info.channel_id)
     return {
         "channelId": info.hex_id,

@@ -41,7 +41,7 @@ from rich.markup import escape
 from rich.panel import Panel
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
-from tallystick.client import Chain, ChannelInfo, Tallystick, Wallet
+from tallystick.client import Chain, OpenChannel, Tallystick, Wallet
 from tallystick.protocol import (
     Prices,
     TallystickError,
@@ -129,7 +129,7 @@ class DemoRun:
     _market: Market | None = None
     start_block: int = 0
     endpoint: str = ""
-    channel: ChannelInfo | None = None
+    channel: OpenChannel | None = None
     requests: list[dict[str, Any]] = field(default_factory=list)
     balances: dict[str, dict[str, int]] = field(default_factory=dict)
     events: dict[str, Any] = field(default_factory=dict)

@@ -205,8 +205,8 @@ def _checks(run: DemoRun) -> list[tuple[str, bool, str]]:
         ),
         (
             "the chain settled the client's totals",
-            (state.input_tokens, state.output_tokens) == (tokens_in, tokens_out),
-            f"channel totals {state.input_tokens}/{state.output_tokens}",
+            (state.claimed_input, state.claimed_output) == (tokens_in, tokens_out),
+            f"channel totals {state.claimed_input}/{state.claimed_output}",
         ),
         (
             "provider earnings = request costs",

@@ -15,7 +15,6 @@ from ._chain import (
     ClaimOutcome,
     CloseRequest,
     KeyRetirement,
-    ListingInfo,
 )
 from ._claim_plan import Candidate, plan_batches
 from ._errors import ApiError, ConfigError, KeyLoadError, NodeServiceError
@@ -35,7 +34,7 @@ from ._ratelimit import RateLimiter
 from ._settings import Settings, load_settings
 from ._settlement import SettlementWorker
 from ._state import NodeState
-from ._types import ChannelInfo, ChannelStatus, StoredReceipt, StoredRecord
+from ._types import StoredReceipt, StoredRecord
 
 __all__ = [
     "ApiError",
@@ -43,8 +42,6 @@ __all__ = [
     "Candidate",
     "ChainView",
     "ChannelCache",
-    "ChannelInfo",
-    "ChannelStatus",
     "ClaimItem",
     "ClaimOutcome",
     "ClaimRow",
@@ -53,7 +50,6 @@ __all__ = [
     "KeyLoadError",
     "KeyRetirement",
     "LedgerStore",
-    "ListingInfo",
     "NodeMetrics",
     "NodeServiceError",
     "NodeState",

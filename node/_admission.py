@@ -14,12 +14,11 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import TYPE_CHECKING, NamedTuple
 
-from tallystick.protocol import ProtocolError
+from tallystick.protocol import ChannelState, ProtocolError
 
 from ._errors import ApiError
 from ._metering import Completion, Request
 from ._schemas import ChatRequest, receipt_from_header
-from ._types import ChannelInfo
 
 if TYPE_CHECKING:
     from ._gate import Authorized
@@ -108,7 +107,9 @@ def _prompt(engine: Engine, request: Request, prompt_type: type[Prompt]) -> Prom
         raise ApiError(400, str(exc), param=param, code="invalid_prompt") from exc
 
 
-def _max_tokens(node: NodeState, request: Request, prompt_tokens: int, channel: ChannelInfo) -> int:
+def _max_tokens(
+    node: NodeState, request: Request, prompt_tokens: int, channel: ChannelState
+) -> int:
     """The request's ``max_tokens``; without one, the node's default capped by the context
     window and by what the deposit can still pay (§8.1), sent back in ``x-tally-max-tokens``."""
     context = node.engine.context_length

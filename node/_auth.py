@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass
 
 from tallystick.protocol import (
+    ChannelState,
     Domain,
     InvalidRequestAuth,
     InvalidSignature,
@@ -20,7 +21,6 @@ from tallystick.protocol import (
 )
 
 from ._errors import ApiError
-from ._types import ChannelInfo
 
 __all__ = ["MAX_REQUEST_TTL_S", "Authorized", "SeenRequests", "parse_request_auth", "signer_of"]
 
@@ -33,7 +33,7 @@ MAX_REQUEST_TTL_S = 600
 class Authorized:
     """A request whose signature recovers to the channel's client or session key."""
 
-    channel: ChannelInfo
+    channel: ChannelState
     auth: RequestAuth
     signer: str
 

@@ -12,10 +12,16 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
-from tallystick.protocol import ChainError, Domain, SignedReceipt
+from tallystick.protocol import (
+    ChainError,
+    ChannelState,
+    ChannelStatus,
+    Domain,
+    Listing,
+    SignedReceipt,
+)
 
 from ._ledger import LedgerStore
-from ._types import ChannelInfo, ChannelStatus
 
 __all__ = [
     "STALE_PATIENCE_S",
@@ -24,20 +30,7 @@ __all__ = [
     "ClaimOutcome",
     "CloseRequest",
     "KeyRetirement",
-    "ListingInfo",
 ]
-
-
-@dataclass(frozen=True)
-class ListingInfo:
-    """This node's listing of a model in the registry."""
-
-    input_price_per_m: int
-    output_price_per_m: int
-    token: str
-    tokenizer_hash: bytes
-    context_length: int
-    active: bool
 
 
 @dataclass(frozen=True)
@@ -84,15 +77,15 @@ class ChainView(Protocol):
         """Transport failures per (RPC URL label, kind) since start."""
         ...
 
-    async def channel(self, channel_id: bytes) -> ChannelInfo | None:
+    async def channel(self, channel_id: bytes) -> ChannelState | None:
         """On-chain state ``confirmations`` blocks deep, or None if not opened by then."""
         ...
 
-    async def read_channels(self, channel_ids: list[bytes]) -> dict[bytes, ChannelInfo | None]:
+    async def read_channels(self, channel_ids: list[bytes]) -> dict[bytes, ChannelState | None]:
         """The channels at the head, many at once (the settlement pass checks claims on it)."""
         ...
 
-    async def listing(self, model_id: bytes) -> ListingInfo | None:
+    async def listing(self, model_id: bytes) -> Listing | None:
         """This provider's listing of ``model_id``, or None if it never listed it."""
         ...
 
@@ -144,10 +137,10 @@ class ChannelCache:
         self._ledger = ledger
         self._ttl = ttl
         self._patience = patience
-        self._entries: dict[bytes, tuple[float, ChannelInfo | None]] = {}
-        self._fetches: dict[bytes, asyncio.Task[ChannelInfo | None]] = {}
+        self._entries: dict[bytes, tuple[float, ChannelState | None]] = {}
+        self._fetches: dict[bytes, asyncio.Task[ChannelState | None]] = {}
 
-    async def get(self, channel_id: bytes, *, refresh: bool = False) -> ChannelInfo | None:
+    async def get(self, channel_id: bytes, *, refresh: bool = False) -> ChannelState | None:
         """The channel, from cache unless stale or ``refresh``."""
         entry = self._entries.get(channel_id)
         if not refresh and entry and time.monotonic() - entry[0] < self._ttl:
@@ -168,7 +161,7 @@ class ChannelCache:
         except (ChainError, TimeoutError):
             return stale
 
-    async def _fetch(self, channel_id: bytes) -> ChannelInfo | None:
+    async def _fetch(self, channel_id: bytes) -> ChannelState | None:
         try:
             info = await self._chain.channel(channel_id)
             self.put(channel_id, info)
@@ -176,13 +169,13 @@ class ChannelCache:
         finally:
             self._fetches.pop(channel_id, None)
 
-    def put(self, channel_id: bytes, info: ChannelInfo | None) -> None:
+    def put(self, channel_id: bytes, info: ChannelState | None) -> None:
         """Record fresh state (from a read or an event)."""
         self._entries[channel_id] = (time.monotonic(), info)
         if info is not None and info.status != ChannelStatus.NONE:
             self._ledger.put_channel(info)
 
-    def put_many(self, states: dict[bytes, ChannelInfo | None]) -> None:
+    def put_many(self, states: dict[bytes, ChannelState | None]) -> None:
         """Record a batch of head states, mirrored to the ledger in one transaction.
 
         With confirmations, serving waits for its own deep read: a head state may hold a
@@ -204,7 +197,7 @@ class ChannelCache:
             self.put(channel_id, replace(info, status=ChannelStatus.CLOSING, closes_at=closes_at))
 
 
-def _retrieve(task: asyncio.Task[ChannelInfo | None]) -> None:
+def _retrieve(task: asyncio.Task[ChannelState | None]) -> None:
     # A fetch whose waiters all went on with stale state: its error is expected (RPC down),
     # not an "exception was never retrieved".
     if not task.cancelled():

@@ -8,15 +8,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from tallystick.protocol import ZERO_ROOT, Receipt, cost_of
+from tallystick.protocol import ZERO_ROOT, ChannelState, Receipt, cost_of
 
 from ._ledger import LedgerStore
-from ._types import ChannelInfo
 
 __all__ = ["channel_view"]
 
 
-def channel_view(channel: ChannelInfo, ledger: LedgerStore, credit_requests: int) -> dict[str, Any]:
+def channel_view(
+    channel: ChannelState, ledger: LedgerStore, credit_requests: int
+) -> dict[str, Any]:
     """Served, countersigned and claimed totals of ``channel`` and the credit it has left."""
     book = ledger.book(channel.channel_id)
     served_in, served_out = book.totals

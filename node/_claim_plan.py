@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tallystick.protocol import cost_of
+from tallystick.protocol import ChannelState, ChannelStatus, cost_of
 
-from ._types import ChannelInfo, ChannelStatus, StoredReceipt
+from ._types import StoredReceipt
 
 __all__ = ["Candidate", "claimable", "plan_batches", "receipt_gas", "receipt_value"]
 
@@ -28,7 +28,7 @@ class Candidate:
     """A receipt newer than what the escrow has claimed, and what claiming it would pay."""
 
     receipt: StoredReceipt
-    channel: ChannelInfo
+    channel: ChannelState
     value: int
     key_deadline: int | None = None  # the receipt's signer was retired: it pays until then
 
@@ -77,7 +77,7 @@ def _priority(c: Candidate) -> tuple[int, int, int]:
     return (1, 0, -c.value)
 
 
-def claimable(stored: StoredReceipt, info: ChannelInfo, now: int) -> bool:
+def claimable(stored: StoredReceipt, info: ChannelState, now: int) -> bool:
     r = stored.signed.receipt
     if info.status == ChannelStatus.CLOSING and now >= info.closes_at:
         return False  # the challenge period is over: the escrow refuses claims
@@ -87,7 +87,7 @@ def claimable(stored: StoredReceipt, info: ChannelInfo, now: int) -> bool:
     return newer and (r.input_tokens, r.output_tokens) != (info.claimed_input, info.claimed_output)
 
 
-def receipt_value(stored: StoredReceipt, info: ChannelInfo) -> int:
+def receipt_value(stored: StoredReceipt, info: ChannelState) -> int:
     r = stored.signed.receipt
     return max(
         min(cost_of(r.input_tokens, r.output_tokens, info.prices), info.deposit) - info.paid, 0

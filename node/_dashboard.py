@@ -15,12 +15,18 @@ from importlib import resources
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
-from tallystick.protocol import TokenInfo, format_amount, parse_since, token_info
+from tallystick.protocol import (
+    ChannelState,
+    ChannelStatus,
+    TokenInfo,
+    format_amount,
+    parse_since,
+    token_info,
+)
 
 from ._earnings import auto_bucket, earnings, performance
 from ._errors import ApiError
 from ._ledger import LedgerStore
-from ._types import ChannelInfo, ChannelStatus
 
 __all__ = ["dashboard_data", "install_dashboard"]
 
@@ -118,7 +124,7 @@ def _counts(e: Any) -> dict[str, int]:
     return {"requests": e.requests, "inputTokens": e.input_tokens, "outputTokens": e.output_tokens}
 
 
-def _channel(ledger: LedgerStore, c: ChannelInfo, money: Any) -> dict[str, Any]:
+def _channel(ledger: LedgerStore, c: ChannelState, money: Any) -> dict[str, Any]:
     rec = ledger.last_record(c.channel_id)
     rct = ledger.last_receipt(c.channel_id)
     served = rec.signed.record if rec else None
@@ -136,7 +142,7 @@ def _channel(ledger: LedgerStore, c: ChannelInfo, money: Any) -> dict[str, Any]:
     }
 
 
-def _claim(row: Any, channels: dict[bytes, ChannelInfo], money: Any) -> dict[str, Any]:
+def _claim(row: Any, channels: dict[bytes, ChannelState], money: Any) -> dict[str, Any]:
     tokens = {channels[i.channel_id].token for i in row.items if i.channel_id in channels}
     token = next(iter(tokens)) if len(tokens) == 1 else None
     return {
@@ -153,7 +159,7 @@ def _claim(row: Any, channels: dict[bytes, ChannelInfo], money: Any) -> dict[str
 
 
 def _disputes(
-    ledger: LedgerStore, channels: dict[bytes, ChannelInfo], now: float
+    ledger: LedgerStore, channels: dict[bytes, ChannelState], now: float
 ) -> list[dict[str, Any]]:
     """Unilateral closes under way (claim before the deadline) and receipts the escrow skipped."""
     found: list[dict[str, Any]] = [

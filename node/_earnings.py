@@ -12,10 +12,9 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass
 
-from tallystick.protocol import cost_of
+from tallystick.protocol import ChannelState, cost_of
 
 from ._ledger import UsageRow
-from ._types import ChannelInfo
 
 __all__ = [
     "Earning",
@@ -61,14 +60,14 @@ def auto_bucket(since: float, now: float, most: int = 60) -> int:
     return next((b for b in _BUCKETS if span / b <= most), _BUCKETS[-1])
 
 
-def request_earning(row: UsageRow, channel: ChannelInfo) -> int:
+def request_earning(row: UsageRow, channel: ChannelState) -> int:
     """The cost this request added to its channel (capped at the deposit), base units."""
     return cost_added(
         channel, (row.input_tokens, row.output_tokens), row.prompt_tokens, row.completion_tokens
     )
 
 
-def cost_added(channel: ChannelInfo, totals: tuple[int, int], prompt: int, completion: int) -> int:
+def cost_added(channel: ChannelState, totals: tuple[int, int], prompt: int, completion: int) -> int:
     """What a request of ``prompt``/``completion`` tokens that brought the channel to
     ``totals`` added to the cost of its cumulative totals (capped at the deposit)."""
     after = cost_of(totals[0], totals[1], channel.prices)
@@ -77,7 +76,7 @@ def cost_added(channel: ChannelInfo, totals: tuple[int, int], prompt: int, compl
 
 
 def earnings(
-    rows: list[UsageRow], channels: dict[bytes, ChannelInfo], bucket: int | None, since: float
+    rows: list[UsageRow], channels: dict[bytes, ChannelState], bucket: int | None, since: float
 ) -> list[Earning]:
     """Sum ``rows`` per (bucket, model, token); one bucket from ``since`` when ``bucket`` is None.
 

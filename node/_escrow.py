@@ -9,43 +9,39 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import replace
 from typing import Any
 
 import requests
-from eth_abi import decode as abi_decode
 from eth_account.signers.local import LocalAccount
 from eth_typing import HexStr
-from eth_utils import event_abi_to_log_topic, function_abi_to_4byte_selector, to_checksum_address
-from eth_utils.abi import get_abi_output_types
 from tallystick.protocol import (
     ChainUnavailable,
+    ChannelState,
+    ChannelStatus,
     ContractError,
     Domain,
     Escrow,
     FailoverHTTPProvider,
-    Prices,
+    Listing,
     Registry,
     SignedReceipt,
     Token,
     connect,
-    load_artifact,
     read_deployment,
 )
 from web3 import HTTPProvider, Web3
 from web3.exceptions import TransactionNotFound
 from web3.providers.rpc.utils import ExceptionRetryConfiguration
-from web3.types import RPCEndpoint
 
-from ._chain import ClaimOutcome, CloseRequest, KeyRetirement, ListingInfo
+from ._chain import ClaimOutcome, CloseRequest, KeyRetirement
 from ._errors import ConfigError
 from ._settings import Settings
-from ._types import ZERO_ADDRESS, ChannelInfo, ChannelStatus
 
 __all__ = ["EscrowChain", "connect_node", "resolve_addresses"]
 
 log = logging.getLogger("tallystick.node.chain")
 
-CHANNEL_BATCH = 200  # getChannel calls per JSON-RPC batch request
 LISTING_TTL_S = 30.0  # a listing we found; registry events drop it sooner (``_close_requests``)
 MISSING_LISTING_TTL_S = 1.0  # a listing we did not find: it may be listed any moment
 
@@ -63,7 +59,7 @@ class EscrowChain:
         self.provider: str = account.address
         self.domain: Domain = escrow.domain
         self._model_ids: dict[bytes, bytes] = {}  # channel -> modelId (immutable once opened)
-        self._listings: dict[bytes, tuple[float, ListingInfo | None]] = {}
+        self._listings: dict[bytes, tuple[float, Listing | None]] = {}
         self._opened_scan = 0  # next block to scan for ChannelOpened events of ours
 
     @classmethod
@@ -101,30 +97,19 @@ class EscrowChain:
         provider = self.escrow.w3.provider
         return dict(provider.failures) if isinstance(provider, FailoverHTTPProvider) else {}
 
-    async def channel(self, channel_id: bytes) -> ChannelInfo | None:
+    async def channel(self, channel_id: bytes) -> ChannelState | None:
         return await asyncio.to_thread(self._channel, channel_id)
 
-    def _channel(self, channel_id: bytes) -> ChannelInfo | None:
+    def _channel(self, channel_id: bytes) -> ChannelState | None:
         # Serving reads the channel ``confirmations`` blocks deep: an open or a top-up a
         # reorg could still drop is not there yet.
         state = self.escrow.get_channel(channel_id, self._final_block())
-        if int(state.status) == ChannelStatus.NONE:
+        return self._with_model(state)
+
+    def _with_model(self, state: ChannelState) -> ChannelState | None:
+        if state.status == ChannelStatus.NONE:
             return None
-        return ChannelInfo(
-            channel_id=channel_id,
-            client=state.client,
-            provider=state.provider,
-            token=state.token,
-            status=ChannelStatus(int(state.status)),
-            model_id=self._model_id(channel_id),
-            prices=state.prices,
-            deposit=state.deposit,
-            paid=state.paid,
-            claimed_input=state.input_tokens,
-            claimed_output=state.output_tokens,
-            closes_at=state.closes_at,
-            session_key=None if state.session_key == ZERO_ADDRESS else state.session_key,
-        )
+        return replace(state, model_id=self._model_id(state.channel_id))
 
     def _final_block(self) -> int | str:
         if self.confirmations == 0:
@@ -132,59 +117,16 @@ class EscrowChain:
         head = _rpc(lambda: int(self.escrow.w3.eth.block_number))
         return max(head - self.confirmations, 0)
 
-    async def read_channels(self, channel_ids: list[bytes]) -> dict[bytes, ChannelInfo | None]:
+    async def read_channels(self, channel_ids: list[bytes]) -> dict[bytes, ChannelState | None]:
         return await asyncio.to_thread(self._read_channels, list(channel_ids))
 
-    def _read_channels(self, channel_ids: list[bytes]) -> dict[bytes, ChannelInfo | None]:
-        # A settlement pass reads every channel with a receipt: one JSON-RPC batch per
-        # CHANNEL_BATCH getChannel calls, and the model ids of all our channels from one
-        # log query, instead of two round trips per channel.
+    def _read_channels(self, channel_ids: list[bytes]) -> dict[bytes, ChannelState | None]:
+        # A settlement pass reads every channel with a receipt: batched getChannel calls, and
+        # the model ids of all our channels from one log query, instead of two round trips
+        # per channel.
         self._learn_model_ids(channel_ids)
-        out: dict[bytes, ChannelInfo | None] = {}
-        for start in range(0, len(channel_ids), CHANNEL_BATCH):
-            chunk = channel_ids[start : start + CHANNEL_BATCH]
-            for cid, raw in zip(chunk, _rpc(lambda c=chunk: self._get_channels(c)), strict=True):
-                out[cid] = self._info(cid, raw)
-        return out
-
-    def _get_channels(self, chunk: list[bytes]) -> list[Any]:
-        # Raw eth_calls, encoded and decoded here: web3's per-call formatters cost ~1.5 ms
-        # of Python per channel, more than anvil takes to answer the whole batch.
-        selector, types = _GET_CHANNEL
-        to = self.escrow.address
-        calls = [
-            (RPCEndpoint("eth_call"), [{"to": to, "data": "0x" + (selector + cid).hex()}, "latest"])
-            for cid in chunk
-        ]
-        responses = self.escrow.w3.provider.make_batch_request(calls)
-        if not isinstance(responses, list):  # the whole batch was refused
-            raise ChainUnavailable(f"getChannel batch failed: {responses.get('error')}")
-        out = []
-        for response in responses:
-            if "error" in response or "result" not in response:
-                raise ChainUnavailable(f"getChannel failed: {response.get('error')}")
-            out.append(abi_decode(types, bytes.fromhex(str(response["result"])[2:]))[0])
-        return out
-
-    def _info(self, channel_id: bytes, raw: Any) -> ChannelInfo | None:
-        client, provider, token, status, pi, po, deposit, paid, i, o, closes_at, key = raw
-        if int(status) == ChannelStatus.NONE:
-            return None
-        return ChannelInfo(
-            channel_id=channel_id,
-            client=to_checksum_address(client),
-            provider=to_checksum_address(provider),
-            token=to_checksum_address(token),
-            status=ChannelStatus(int(status)),
-            model_id=self._model_id(channel_id),
-            prices=Prices(int(pi), int(po)),
-            deposit=int(deposit),
-            paid=int(paid),
-            claimed_input=int(i),
-            claimed_output=int(o),
-            closes_at=int(closes_at),
-            session_key=None if int(key, 16) == 0 else to_checksum_address(key),
-        )
+        states = _rpc(lambda: self.escrow.get_channels(channel_ids))
+        return {s.channel_id: self._with_model(s) for s in states}
 
     def _learn_model_ids(self, channel_ids: list[bytes]) -> None:
         """Model ids of every channel opened with us since the last scan, in one log query."""
@@ -193,15 +135,7 @@ class EscrowChain:
         head = self.escrow.block_number()
         if head < self._opened_scan:
             return
-        query = {
-            "address": self.escrow.address,
-            "fromBlock": self._opened_scan,
-            "toBlock": head,
-            "topics": [_CHANNEL_OPENED, None, None, _address_topic(self.provider)],
-        }
-        for log in _rpc(lambda: self.escrow.w3.eth.get_logs(query)):
-            # channelId is the first indexed argument, modelId the first word of the data.
-            self._model_ids[bytes(log["topics"][1])] = bytes(log["data"][:32])
+        self._model_ids.update(self.escrow.opened_models(self.provider, self._opened_scan, head))
         self._opened_scan = head + 1
 
     def _model_id(self, channel_id: bytes) -> bytes:
@@ -213,7 +147,7 @@ class EscrowChain:
             self._model_ids[channel_id] = bytes(events[0].args["modelId"])
         return self._model_ids[channel_id]
 
-    async def listing(self, model_id: bytes) -> ListingInfo | None:
+    async def listing(self, model_id: bytes) -> Listing | None:
         cached = self._listings.get(model_id)
         if cached:
             ttl = MISSING_LISTING_TTL_S if cached[1] is None else LISTING_TTL_S
@@ -223,21 +157,14 @@ class EscrowChain:
         self._listings[model_id] = (time.monotonic(), info)
         return info
 
-    def _listing(self, model_id: bytes) -> ListingInfo | None:
+    def _listing(self, model_id: bytes) -> Listing | None:
         try:
             listing = self.registry.get_listing(self.provider, model_id)
         except ContractError:
             return None
         if listing.context_length == 0:  # never listed: an all-zero struct
             return None
-        return ListingInfo(
-            listing.input_price_per_m,
-            listing.output_price_per_m,
-            listing.token,
-            listing.tokenizer_hash,
-            listing.context_length,
-            listing.active,
-        )
+        return listing
 
     async def claim_cost_estimate(self, receipts: list[SignedReceipt]) -> int:
         def estimate() -> int:
@@ -313,51 +240,13 @@ class EscrowChain:
         # /v1/models shows a new price within a poll interval, not after the 30 s TTL.
         if not self._listings:
             return
-        logs = _rpc(
-            lambda: self.registry.w3.eth.get_logs(
-                {
-                    "address": self.registry.address,
-                    "fromBlock": from_block,
-                    "toBlock": to_block,
-                    "topics": [_listing_topics(self.registry), _address_topic(self.provider)],
-                }
-            )
-        )
-        for log in logs:
-            self._listings.pop(bytes(log["topics"][2]), None)
+        for changed in self.registry.listing_changes(self.provider, from_block, to_block):
+            self._listings.pop(changed, None)
 
     async def timestamp(self) -> int:
         return await asyncio.to_thread(
             _rpc, lambda: int(self.escrow.w3.eth.get_block("latest")["timestamp"])
         )
-
-
-_LISTING_EVENTS = ("ModelListed", "PriceUpdated", "ModelDelisted")
-
-
-def _get_channel_abi() -> tuple[bytes, list[str]]:
-    abi = next(e for e in load_artifact("TallyEscrow")["abi"] if e.get("name") == "getChannel")
-    return function_abi_to_4byte_selector(abi), get_abi_output_types(abi)
-
-
-_GET_CHANNEL = _get_channel_abi()
-_CHANNEL_OPENED = (
-    "0x"
-    + next(
-        event_abi_to_log_topic(e)
-        for e in load_artifact("TallyEscrow")["abi"]
-        if e.get("type") == "event" and e["name"] == "ChannelOpened"
-    ).hex()
-)
-
-
-def _listing_topics(registry: Registry) -> list[str]:
-    events = [e for e in registry.contract.abi if e.get("type") == "event"]
-    return ["0x" + event_abi_to_log_topic(e).hex() for e in events if e["name"] in _LISTING_EVENTS]
-
-
-def _address_topic(address: str) -> str:
-    return "0x" + "00" * 12 + address.lower().removeprefix("0x")
 
 
 def connect_node(settings: Settings) -> Web3:

@@ -22,6 +22,8 @@ from eth_account.signers.local import LocalAccount
 from tallystick.protocol import (
     ZERO_ROOT,
     ChainError,
+    ChannelState,
+    ChannelStatus,
     Domain,
     InvalidSignature,
     Receipt,
@@ -40,7 +42,7 @@ from ._auth import Authorized, SeenRequests, parse_request_auth, signer_of
 from ._chain import ChannelCache
 from ._errors import ApiError, chain_unavailable
 from ._ledger import Book, LedgerStore
-from ._types import ChannelInfo, ChannelStatus, Provenance, StoredReceipt, StoredRecord
+from ._types import Provenance, StoredReceipt, StoredRecord
 
 __all__ = ["Authorized", "PaymentGate", "Reservation"]
 
@@ -49,7 +51,7 @@ __all__ = ["Authorized", "PaymentGate", "Reservation"]
 class Reservation:
     """A request's worst case, held from the credit check until its record is signed."""
 
-    channel: ChannelInfo
+    channel: ChannelState
     prompt_tokens: int
     max_tokens: int
     reservation_id: int
@@ -111,7 +113,7 @@ class PaymentGate:
         self._seen.use(auth.struct_hash(), auth.expires_at, time.time())
         return Authorized(channel, auth, signer)
 
-    def check_model(self, channel: ChannelInfo, model: str) -> None:
+    def check_model(self, channel: ChannelState, model: str) -> None:
         """400 unless ``channel`` was opened for ``model``."""
         if channel.model_id != model_id(model):
             raise ApiError(
@@ -121,7 +123,7 @@ class PaymentGate:
                 param="model",
             )
 
-    async def _channel(self, channel_id: bytes, *, refresh: bool = False) -> ChannelInfo:
+    async def _channel(self, channel_id: bytes, *, refresh: bool = False) -> ChannelState:
         try:
             channel = await self._cache.get(channel_id, refresh=refresh)
         except ChainError as exc:
@@ -210,7 +212,7 @@ class PaymentGate:
                 code="stale_request",
             )
 
-    def _check_open(self, channel: ChannelInfo, book: Book) -> None:
+    def _check_open(self, channel: ChannelState, book: Book) -> None:
         if book.closing or channel.status == ChannelStatus.CLOSING:
             raise ApiError(
                 402,
@@ -233,7 +235,7 @@ class PaymentGate:
                 code="receipt_required",
             )
 
-    def _shortfall(self, channel: ChannelInfo, book: Book, prompt: int, max_tokens: int) -> int:
+    def _shortfall(self, channel: ChannelState, book: Book, prompt: int, max_tokens: int) -> int:
         served_in, served_out = book.totals
         worst = cost_of(
             served_in + book.reserved_input + prompt,
@@ -242,7 +244,7 @@ class PaymentGate:
         )
         return worst - channel.deposit
 
-    def payable_output(self, channel: ChannelInfo, prompt_tokens: int) -> int:
+    def payable_output(self, channel: ChannelState, prompt_tokens: int) -> int:
         """The most completion ids the deposit can still pay after what is served and
         reserved and this prompt (``cost <= deposit`` with cost rounded down; may be <= 0)."""
         book = self._ledger.book(channel.channel_id)
@@ -331,7 +333,9 @@ class PaymentGate:
         )
         await self._signed_by(channel, signer, refused)
 
-    async def _signed_by(self, channel: ChannelInfo, signer: str, refused: ApiError) -> ChannelInfo:
+    async def _signed_by(
+        self, channel: ChannelState, signer: str, refused: ApiError
+    ) -> ChannelState:
         """``channel`` once ``signer`` is its client or session key, else raise ``refused``.
 
         The one check of who signed a request or a receipt. A signer the cached state does not
@@ -412,7 +416,7 @@ class PaymentGate:
 
     # channels ------------------------------------------------------------------------------
 
-    async def fresh(self, channel_id: bytes) -> ChannelInfo:
+    async def fresh(self, channel_id: bytes) -> ChannelState:
         """The channel as the chain has it now (the last known state during an outage)."""
         return await self._channel(channel_id, refresh=True)
 

@@ -23,8 +23,7 @@ from prometheus_client import (
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-
-from ._types import ChannelInfo, ChannelStatus
+from tallystick.protocol import ChannelState, ChannelStatus
 
 __all__ = ["CONTENT_TYPE", "NodeMetrics"]
 
@@ -121,7 +120,7 @@ class NodeMetrics:
         """``tallystick_rpc_failures_total{rpc, kind}``, read from the chain at scrape time."""
         self.registry.register(_RpcFailures(failures))
 
-    def watch_channels(self, channels: Callable[[], list[ChannelInfo]]) -> None:
+    def watch_channels(self, channels: Callable[[], list[ChannelState]]) -> None:
         """Channels by status, open deposits and disputes, read from the ledger at scrape time."""
         self.registry.register(_ChannelGauges(channels))
 
@@ -186,7 +185,7 @@ class _RpcFailures(Collector):
 
 
 class _ChannelGauges(Collector):
-    def __init__(self, channels: Callable[[], list[ChannelInfo]]) -> None:
+    def __init__(self, channels: Callable[[], list[ChannelState]]) -> None:
         self._channels = channels
 
     def collect(self) -> Iterator[Metric]:

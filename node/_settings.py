@@ -22,11 +22,11 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from tallystick.protocol import is_loopback
+from tallystick.protocol import ETH, is_loopback
 
 from ._errors import ConfigError
 
-__all__ = ["ENV_PREFIX", "ETH", "Settings", "load_settings", "parse_min_claim"]
+__all__ = ["ENV_PREFIX", "Settings", "load_settings", "parse_min_claim"]
 
 ENV_PREFIX = "TALLYSTICK_NODE_"
 
@@ -168,9 +168,6 @@ class Settings(BaseModel):
             # Never echo the value: it may be a real key with a typo.
             raise ValueError("must be 32 bytes of hex (64 hex characters, optional 0x)")
         return SecretStr("0x" + raw.lower())
-
-
-ETH = "0x0000000000000000000000000000000000000000"
 
 
 def parse_min_claim(value: Any) -> dict[str, int]:

@@ -26,7 +26,10 @@ import time
 import uuid
 
 from tallystick.protocol import (
+    ETH,
     ChainError,
+    ChannelState,
+    ChannelStatus,
     ContractError,
     InvalidSignature,
     format_amount,
@@ -38,8 +41,8 @@ from ._chain import ChainView, ChannelCache, ClaimOutcome
 from ._claim_plan import Candidate, claimable, plan_batches, receipt_value
 from ._ledger import ClaimItem, LedgerStore
 from ._metrics import NodeMetrics
-from ._settings import ETH, Settings
-from ._types import ChannelInfo, ChannelStatus, StoredReceipt
+from ._settings import Settings
+from ._types import StoredReceipt
 
 __all__ = ["SettlementWorker"]
 
@@ -214,7 +217,7 @@ class SettlementWorker:
             out.append(Candidate(stored, info, receipt_value(stored, info), key_deadline))
         return out
 
-    def _prune_retired(self, states: dict[bytes, ChannelInfo | None]) -> dict[str, dict[str, int]]:
+    def _prune_retired(self, states: dict[bytes, ChannelState | None]) -> dict[str, dict[str, int]]:
         # Kept until the channel closes: past its grace a retired key's receipt is one the
         # escrow refuses, and the worker must go on knowing that.
         retired = self._retired()
@@ -229,7 +232,7 @@ class SettlementWorker:
         return kept
 
     def _key_deadline(
-        self, stored: StoredReceipt, info: ChannelInfo, retired: dict[str, dict[str, int]]
+        self, stored: StoredReceipt, info: ChannelState, retired: dict[str, dict[str, int]]
     ) -> int | None:
         # Only a channel with a live retirement costs a signature recovery (~0.3 ms).
         keys = retired.get(stored.channel_id.hex())

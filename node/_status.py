@@ -6,11 +6,17 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
-from tallystick.protocol import Receipt, UsageRecord, cost_of, format_amount, token_info
+from tallystick.protocol import (
+    ChannelStatus,
+    Receipt,
+    UsageRecord,
+    cost_of,
+    format_amount,
+    token_info,
+)
 
 from ._ledger import open_ledger
 from ._settings import Settings
-from ._types import ChannelStatus
 
 __all__ = ["show_status"]
 
@@ -105,7 +111,7 @@ def _channels(
             ChannelStatus(int(state.status)).name.lower(),
             f"{served.input_tokens}/{served.output_tokens}" if served else "0/0",
             f"{signed.input_tokens}/{signed.output_tokens}" if signed else "0/0",
-            f"{state.input_tokens}/{state.output_tokens}",
+            f"{state.claimed_input}/{state.claimed_output}",
             format_amount(state.deposit, token_info(escrow.w3, state.token)),
             format_amount(state.paid, token_info(escrow.w3, state.token)),
         )
@@ -130,7 +136,7 @@ def status_json(settings: Settings, provider: str, registry: Any, escrow: Any) -
                 "paid": str(state.paid),
                 "served": [served.input_tokens, served.output_tokens] if served else [0, 0],
                 "countersigned": [signed.input_tokens, signed.output_tokens] if signed else [0, 0],
-                "claimed": [state.input_tokens, state.output_tokens],
+                "claimed": [state.claimed_input, state.claimed_output],
             }
         )
     return {

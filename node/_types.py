@@ -1,49 +1,15 @@
-"""Value types the node's parts pass between them: a channel's on-chain state, stored records."""
+"""Value types the node's parts pass between them: stored records and receipts.
+
+A channel's on-chain state is ``tallystick.protocol.ChannelState``.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import IntEnum
 
-from tallystick.protocol import Prices, SignedReceipt, SignedUsageRecord, UsageBill
+from tallystick.protocol import SignedReceipt, SignedUsageRecord, UsageBill
 
-__all__ = ["ChannelInfo", "ChannelStatus", "StoredReceipt", "StoredRecord"]
-
-ZERO_ADDRESS = "0x0000000000000000000000000000000000000000"
-
-
-class ChannelStatus(IntEnum):
-    """``ITallyEscrow.Status``."""
-
-    NONE = 0
-    OPEN = 1
-    CLOSING = 2
-    CLOSED = 3
-
-
-@dataclass(frozen=True)
-class ChannelInfo:
-    """A channel as the escrow sees it, plus its ``modelId`` from the ``ChannelOpened`` event."""
-
-    channel_id: bytes
-    client: str
-    provider: str
-    token: str
-    status: ChannelStatus
-    model_id: bytes
-    prices: Prices
-    deposit: int
-    paid: int
-    claimed_input: int  # totals of the last claimed receipt
-    claimed_output: int
-    closes_at: int
-    session_key: str | None = None
-
-    def may_sign(self, address: str) -> bool:
-        """True when ``address`` is the channel's client or its authorised session key."""
-        return address == self.client or (
-            self.session_key is not None and address == self.session_key
-        )
+__all__ = ["Provenance", "StoredReceipt", "StoredRecord"]
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 import click
 from tallystick.protocol import (
+    ETH,
     ChainError,
     ContractError,
     Prices,
@@ -37,7 +38,6 @@ __all__ = ["main"]
 log = logging.getLogger("tallystick.node")
 
 F = TypeVar("F", bound=Callable[..., Any])
-ETH = "0x0000000000000000000000000000000000000000"
 _UINT96 = 2**96 - 1  # prices are uint96 on-chain
 _PRICE_HELP = (
     "per million {} tokens: whole tokens with the symbol (0.20USDC, '0.000001 ETH') "

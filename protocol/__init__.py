@@ -8,6 +8,7 @@ normative spec) and docs/internals.md (this surface).
 from ._abi import load_artifact
 from ._addresses import DeployedAddresses, read_deployment
 from ._bindings import (
+    ETH,
     ChannelState,
     ChannelStatus,
     Escrow,
@@ -22,7 +23,6 @@ from ._bindings import (
 )
 from ._deploy import Deployment, deploy
 from ._eip712 import (
-    bench_signing,
     receipt_message,
     recover_message_signer,
     recover_receipt_signer,
@@ -97,6 +97,7 @@ from ._usage import (
 )
 
 __all__ = [
+    "ETH",
     "ETH_INFO",
     "MAX_JSON_BYTES",
     "MAX_JSON_DEPTH",
@@ -147,7 +148,6 @@ __all__ = [
     "UsageRecord",
     "account_from_key",
     "account_from_keystore",
-    "bench_signing",
     "channel_id",
     "check_chat_template",
     "connect",

@@ -11,11 +11,10 @@ accepts on-chain.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import coincurve
-from eth_account.messages import SignableMessage, encode_typed_data
+from eth_account.messages import SignableMessage
 from eth_account.signers.local import LocalAccount
 from eth_utils import keccak, to_checksum_address
 
@@ -122,7 +121,7 @@ def recover_request_auth_signer(domain: Domain, signed: SignedRequestAuth) -> st
     return recover_message_signer(request_auth_message(domain, signed.auth), signed.signature)
 
 
-# --- Reference encoding through eth-account's typed-data encoder (tests and audits). ---
+# --- The EIP-712 JSON document, for eth-account's generic encoder (the tests compare). ---
 
 _TYPES: dict[str, list[dict[str, str]]] = {
     "EIP712Domain": [
@@ -152,27 +151,3 @@ def typed_data(domain: Domain, primary_type: str, message: dict[str, Any]) -> di
         "domain": domain.typed_data_domain(),
         "message": message,
     }
-
-
-def reference_message(
-    domain: Domain, primary_type: str, message: dict[str, Any]
-) -> SignableMessage:
-    """Encode with eth-account's generic (slow) encoder; equal to ours by test."""
-    return encode_typed_data(full_message=typed_data(domain, primary_type, message))
-
-
-def bench_signing(n: int = 2000) -> dict[str, float]:
-    """Micro-benchmark: microseconds per Receipt sign and per recover (for bench/)."""
-    from eth_account import Account
-
-    account = Account.from_key(b"\x01" * 32)
-    domain = Domain(31337, "0x" + "11" * 20)
-    receipts = [Receipt(b"\x22" * 32, i, 2 * i, b"\x33" * 32) for i in range(n)]
-    start = time.perf_counter()
-    signed = [sign_receipt(account, domain, r) for r in receipts]
-    sign_s = time.perf_counter() - start
-    start = time.perf_counter()
-    for s in signed:
-        recover_receipt_signer(domain, s)
-    recover_s = time.perf_counter() - start
-    return {"sign_us": sign_s / n * 1e6, "recover_us": recover_s / n * 1e6}

@@ -21,7 +21,7 @@ from eth_abi import encode as abi_encode
 from eth_utils import keccak
 
 from ._errors import InvalidRequestAuth
-from ._types import UINT64_MAX, check_bytes32, check_uint
+from ._types import UINT64_MAX, check_bytes32, check_signature, check_uint
 
 REQUEST_AUTH_TYPE = (
     "RequestAuth(bytes32 channelId,uint64 seq,bytes32 lastRoot,bytes32 requestHash,"
@@ -109,9 +109,7 @@ class SignedRequestAuth:
     signature: bytes = field(repr=False)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.signature, bytes | bytearray) or len(self.signature) != 65:
-            raise ValueError("signature must be 65 bytes")
-        object.__setattr__(self, "signature", bytes(self.signature))
+        object.__setattr__(self, "signature", check_signature(self.signature))
 
     def encode(self) -> str:
         """The wire form (lowercase hex, no ``0x``), without the ``Tally`` scheme."""

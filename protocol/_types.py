@@ -18,6 +18,7 @@ from eth_utils import is_address, keccak, to_checksum_address
 from ._errors import ProtocolError
 from ._untrusted import loads_untrusted
 
+ETH = "0x0000000000000000000000000000000000000000"  # the zero address: ETH as payment token
 UINT32_MAX = 2**32 - 1
 UINT64_MAX = 2**64 - 1
 INT64_MIN = -(2**63)
@@ -48,6 +49,13 @@ def check_bytes32(name: str, value: bytes) -> bytes:
     """Return ``value`` as plain ``bytes`` if it is 32 bytes long, else raise ``ValueError``."""
     if not isinstance(value, bytes | bytearray) or len(value) != 32:
         raise ValueError(f"{name} must be 32 bytes, got {value!r}")
+    return bytes(value)
+
+
+def check_signature(value: bytes) -> bytes:
+    """Return a 65-byte ``r || s || v`` signature as plain ``bytes``, else raise ``ValueError``."""
+    if not isinstance(value, bytes | bytearray) or len(value) != 65:
+        raise ValueError("signature must be 65 bytes")
     return bytes(value)
 
 
@@ -205,9 +213,7 @@ class SignedReceipt:
     signature: bytes = field(repr=False)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.signature, bytes | bytearray) or len(self.signature) != 65:
-            raise ValueError("signature must be 65 bytes")
-        object.__setattr__(self, "signature", bytes(self.signature))
+        object.__setattr__(self, "signature", check_signature(self.signature))
 
     def to_json(self) -> dict[str, Any]:
         """``{"channelId","inputTokens","outputTokens","usageRoot","signature"}`` (§8)."""

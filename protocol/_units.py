@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from ._types import ETH
+
 __all__ = [
     "ETH_INFO",
     "AmountSpec",
@@ -28,7 +30,6 @@ __all__ = [
     "token_info",
 ]
 
-_ZERO = "0x" + "00" * 20
 _MINIMAL_ERC20 = [
     {
         "name": "symbol",
@@ -60,7 +61,7 @@ class TokenInfo:
         return int(self.address, 16) == 0
 
 
-ETH_INFO = TokenInfo(_ZERO, "ETH", 18)
+ETH_INFO = TokenInfo(ETH, "ETH", 18)
 # Per Web3 object (weakly held, so a new connection never reads an old one's entries).
 _CACHE: weakref.WeakKeyDictionary[Any, dict[str, TokenInfo]] = weakref.WeakKeyDictionary()
 

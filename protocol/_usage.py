@@ -16,6 +16,7 @@ from ._types import (
     UINT32_MAX,
     UINT64_MAX,
     check_bytes32,
+    check_signature,
     check_uint,
     hex32,
     parse_hex,
@@ -166,9 +167,7 @@ class SignedUsageRecord:
     signature: bytes = field(repr=False)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.signature, bytes | bytearray) or len(self.signature) != 65:
-            raise ValueError("signature must be 65 bytes")
-        object.__setattr__(self, "signature", bytes(self.signature))
+        object.__setattr__(self, "signature", check_signature(self.signature))
 
     def to_json(self) -> dict[str, Any]:
         """``{"record": {...}, "signature": "0x..."}`` as in the ``tallystick`` object of §8."""

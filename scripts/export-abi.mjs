@@ -1,18 +1,20 @@
 // Writes protocol/abi/<Contract>.json ({"contractName", "abi", "bytecode"}, 2-space indent, trailing
-// newline) from Hardhat's build artifacts, for the Python bindings. Run after `npx hardhat build`
+// newline) from Hardhat's build artifacts, for the Python bindings, and the test-only mocks the Python
+// tests deploy to tests/abi/ (they must not ship in the wheel). Run after `npx hardhat build`
 // (`make abi`). With --check it writes nothing and exits 1 when a checked-in file differs.
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..");
-const OUT = join(ROOT, "protocol", "abi");
+const SHIPPED = "protocol/abi";
+const TEST_ONLY = "tests/abi";
+// name -> [source, output folder]
 const CONTRACTS = {
-  ProviderRegistry: "contracts/src/ProviderRegistry.sol",
-  TallyEscrow: "contracts/src/TallyEscrow.sol",
-  MockUSDC: "contracts/src/mocks/MockUSDC.sol",
-  FeeOnTransferToken: "contracts/src/mocks/FeeOnTransferToken.sol",
-  ReentrantToken: "contracts/src/mocks/ReentrantToken.sol",
+  ProviderRegistry: ["contracts/src/ProviderRegistry.sol", SHIPPED],
+  TallyEscrow: ["contracts/src/TallyEscrow.sol", SHIPPED],
+  MockUSDC: ["contracts/src/mocks/MockUSDC.sol", SHIPPED],
+  ReentrantToken: ["contracts/src/mocks/ReentrantToken.sol", TEST_ONLY],
 };
 
 function exported(name, source) {
@@ -29,20 +31,20 @@ function exported(name, source) {
 function main() {
   const check = process.argv.includes("--check");
   const stale = [];
-  mkdirSync(OUT, { recursive: true });
-  for (const [name, source] of Object.entries(CONTRACTS)) {
+  for (const [name, [source, out]] of Object.entries(CONTRACTS)) {
+    mkdirSync(join(ROOT, out), { recursive: true });
     const text = exported(name, source);
-    const target = join(OUT, `${name}.json`);
+    const target = join(ROOT, out, `${name}.json`);
     const current = existsSync(target) ? readFileSync(target, "utf8") : null;
     if (current === text) continue;
     if (check) stale.push(name);
     else {
       writeFileSync(target, text);
-      console.log(`wrote protocol/abi/${name}.json`);
+      console.log(`wrote ${out}/${name}.json`);
     }
   }
   if (stale.length > 0) {
-    console.error(`stale ABI exports: ${stale.join(", ")}; run \`make abi\` and commit protocol/abi/`);
+    console.error(`stale ABI exports: ${stale.join(", ")}; run \`make abi\` and commit ${SHIPPED}/ and ${TEST_ONLY}/`);
     process.exit(1);
   }
 }

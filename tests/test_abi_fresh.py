@@ -1,4 +1,5 @@
-"""The ABIs checked in under protocol/abi/ must match a fresh contract build (else: `make abi`)."""
+"""The ABIs checked in under protocol/abi/ (shipped) and tests/abi/ (test-only mocks) must match a
+fresh contract build (else: `make abi`)."""
 
 from __future__ import annotations
 
@@ -12,14 +13,15 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-ABI_DIR = ROOT / "protocol" / "abi"
+SHIPPED = ROOT / "protocol" / "abi"
+TEST_ONLY = ROOT / "tests" / "abi"
 SOURCES = {
     "ProviderRegistry": "contracts/src/ProviderRegistry.sol",
     "TallyEscrow": "contracts/src/TallyEscrow.sol",
     "MockUSDC": "contracts/src/mocks/MockUSDC.sol",
-    "FeeOnTransferToken": "contracts/src/mocks/FeeOnTransferToken.sol",
     "ReentrantToken": "contracts/src/mocks/ReentrantToken.sol",
 }
+ABI_DIRS = {name: SHIPPED for name in SOURCES} | {"ReentrantToken": TEST_ONLY}
 
 
 def _hardhat() -> str:
@@ -57,21 +59,27 @@ def _expected(artifacts: Path, name: str) -> dict[str, Any]:
 
 @pytest.mark.parametrize("name", sorted(SOURCES))
 def test_checked_in_abi_matches_a_fresh_build(fresh_build: Path, name: str) -> None:
-    checked_in = ABI_DIR / f"{name}.json"
-    assert checked_in.exists(), f"protocol/abi/{name}.json is missing: run `make abi` and commit it"
+    checked_in = ABI_DIRS[name] / f"{name}.json"
+    assert checked_in.exists(), f"{checked_in} is missing: run `make abi` and commit it"
     current = json.loads(checked_in.read_text())
     expected = _expected(fresh_build, name)
     stale = [key for key in expected if current.get(key) != expected[key]]
     assert not stale, (
-        f"protocol/abi/{name}.json is stale ({', '.join(stale)} differ from the contract build): "
-        "run `make abi` and commit protocol/abi/"
+        f"{checked_in} is stale ({', '.join(stale)} differ from the contract build): "
+        "run `make abi` and commit it"
     )
 
 
 def test_abi_files_use_the_export_format() -> None:
     """Stable key order, 2-space indent and a trailing newline, so diffs show only real changes."""
     for name in SOURCES:
-        text = (ABI_DIR / f"{name}.json").read_text()
+        text = (ABI_DIRS[name] / f"{name}.json").read_text()
         data = json.loads(text)
         assert list(data) == ["contractName", "abi", "bytecode"], name
         assert text == json.dumps(data, indent=2) + "\n", f"{name}.json: run `make abi`"
+
+
+def test_no_test_only_mock_ships_in_the_package() -> None:
+    """protocol/abi/ is package data: only the contracts the SDK and the node talk to."""
+    shipped = {path.stem for path in SHIPPED.glob("*.json")}
+    assert shipped == {"ProviderRegistry", "TallyEscrow", "MockUSDC"}

@@ -18,12 +18,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import httpx
-from tallystick.protocol import cost_of
+from tallystick.protocol import ChannelStatus, cost_of
 
-from .._chain import Listing
+from .._chain import Offer
 from .._client import Tallystick
 from .._errors import ClientError
-from .._store import ChannelInfo
+from .._store import OpenChannel
 from .._transport import TallyTransport
 from .._verify import VerifiedBill
 from ._errors import GatewayError
@@ -39,7 +39,7 @@ WAIT_S = 60.0  # how long a request waits for a busy channel when the budget is 
 class Lease:
     """A channel held for one request, with the httpx client that verifies its bills."""
 
-    channel: ChannelInfo
+    channel: OpenChannel
     http: httpx.Client
     resolved: VerifiedBill | None = None  # an interrupted request resolved before this one
 
@@ -71,13 +71,13 @@ class ChannelPool:
         self._pending_deposits = 0  # opens and top-ups under way
         self._opening = 0  # opens under way: a channel they add to the store is theirs
         self._known: set[bytes] = set()  # channels a request may lease
-        self._http: dict[bytes, tuple[ChannelInfo, httpx.Client]] = {}
+        self._http: dict[bytes, tuple[OpenChannel, httpx.Client]] = {}
         # Called with each interrupted request's bill once resolved (the gateway charges it).
-        self.on_resolved: Callable[[ChannelInfo, VerifiedBill], None] | None = None
+        self.on_resolved: Callable[[OpenChannel, VerifiedBill], None] | None = None
 
     # leasing
 
-    def lease(self, offer: Listing, worst_cost: int) -> Lease:
+    def lease(self, offer: Offer, worst_cost: int) -> Lease:
         """A channel to ``offer``'s provider able to pay ``worst_cost``, held until released."""
         deadline = time.monotonic() + WAIT_S
         while True:
@@ -139,25 +139,27 @@ class ChannelPool:
 
     # what the pool holds
 
-    def channels(self, offer: Listing | None = None) -> list[ChannelInfo]:
+    def channels(self, offer: Offer | None = None) -> list[OpenChannel]:
         """The store's open channels this gateway may use (this wallet, chain and escrow)."""
         chain = self.client.chain
         me = self.client.account.address.lower()
         return [
             c
-            for c in self.client.store.channels(status="open", model=offer.model if offer else None)
+            for c in self.client.store.channels(
+                status=ChannelStatus.OPEN, model=offer.model if offer else None
+            )
             if c.client.lower() == me
             and c.chain_id == chain.chain_id
             and c.escrow.lower() == chain.escrow.address.lower()
             and (offer is None or c.provider.lower() == offer.provider.lower())
         ]
 
-    def busy(self, channel: ChannelInfo) -> bool:
+    def busy(self, channel: OpenChannel) -> bool:
         """Whether a request holds the channel now."""
         with self._lock:
             return channel.channel_id in self._busy
 
-    def spent(self, channel: ChannelInfo) -> int:
+    def spent(self, channel: OpenChannel) -> int:
         tally = self.client.store.tally(channel.channel_id)
         return cost_of(tally.input_tokens, tally.output_tokens, channel.prices)
 
@@ -192,7 +194,7 @@ class ChannelPool:
 
     # internals (callers hold self._lock where noted)
 
-    def _candidates(self, offer: Listing) -> list[ChannelInfo]:
+    def _candidates(self, offer: Offer) -> list[OpenChannel]:
         # holds self._lock. A channel appears in the store before the open that made it has
         # marked it busy; while an open is under way, only channels known before are offered.
         channels = self.channels(offer)
@@ -200,7 +202,7 @@ class ChannelPool:
             self._known.update(c.channel_id for c in channels)
         return [c for c in channels if c.channel_id in self._known]
 
-    def _idle_channel(self, offer: Listing, worst_cost: int) -> ChannelInfo | None:
+    def _idle_channel(self, offer: Offer, worst_cost: int) -> OpenChannel | None:
         # holds self._lock
         now = time.monotonic()
         for channel in self._candidates(offer):
@@ -213,7 +215,7 @@ class ChannelPool:
                 return channel
         return None
 
-    def _idle_short_channel(self, offer: Listing) -> ChannelInfo | None:
+    def _idle_short_channel(self, offer: Offer) -> OpenChannel | None:
         # holds self._lock: an idle channel too poor for the request, to top up
         now = time.monotonic()
         for channel in self._candidates(offer):
@@ -224,7 +226,7 @@ class ChannelPool:
                 return channel
         return None
 
-    def _deposit_for(self, worst_cost: int, short: ChannelInfo | None) -> int:
+    def _deposit_for(self, worst_cost: int, short: OpenChannel | None) -> int:
         if short is not None:
             return max(worst_cost - (short.deposit - self.spent(short)), short.deposit)
         return max(self.deposit or worst_cost * DEPOSIT_REQUESTS, worst_cost, 1)
@@ -233,8 +235,8 @@ class ChannelPool:
         # holds self._lock
         return sum(c.deposit for c in self.channels())
 
-    def _fund(self, offer: Listing, short: ChannelInfo | None, amount: int) -> Lease:
-        info: ChannelInfo | None = None
+    def _fund(self, offer: Offer, short: OpenChannel | None, amount: int) -> Lease:
+        info: OpenChannel | None = None
         try:
             with self._chain_lock:
                 if short is not None:
@@ -257,11 +259,11 @@ class ChannelPool:
                 self._lock.notify_all()
         return self._leased(info)
 
-    def _leased(self, channel: ChannelInfo) -> Lease:
+    def _leased(self, channel: OpenChannel) -> Lease:
         with self._lock:
             return self._leased_locked(channel)
 
-    def _leased_locked(self, channel: ChannelInfo) -> Lease:
+    def _leased_locked(self, channel: OpenChannel) -> Lease:
         held = self._http.get(channel.channel_id)
         if held is None or held[0] != channel:
             # The SDK's verifying transport on the channel as it is now (deposit after a top-up).
@@ -273,7 +275,7 @@ class ChannelPool:
             held = (channel, http)
         return Lease(channel, held[1])
 
-    def resolve_interrupted(self, channel: ChannelInfo) -> VerifiedBill | None:
+    def resolve_interrupted(self, channel: OpenChannel) -> VerifiedBill | None:
         """Settle the channel's interrupted request, if any (before it serves or closes)."""
         if self.client.store.pending(channel.channel_id) is None:
             return None

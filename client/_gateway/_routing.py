@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from tallystick.protocol import cost_of
 
-from .._chain import Listing
+from .._chain import Offer
 
 __all__ = ["Candidate", "Health", "RouteRequest", "Router"]
 
@@ -48,7 +48,7 @@ class RouteRequest:
 class Candidate:
     """A listing in the order routing tries it, with what its score was made of."""
 
-    listing: Listing
+    listing: Offer
     cost: int
     time_s: float
     score: float
@@ -86,7 +86,7 @@ class Router:
         with self._lock:
             return self._health.setdefault(provider.lower(), Health())
 
-    def rank(self, offers: list[Listing], req: RouteRequest) -> list[Candidate]:
+    def rank(self, offers: list[Offer], req: RouteRequest) -> list[Candidate]:
         """The eligible offers for ``req``, best first."""
         eligible = [o for o in offers if self._eligible(o, req)]
         if not eligible:
@@ -108,7 +108,7 @@ class Router:
         ]
         return sorted(ranked, key=lambda c: (not c.healthy, c.score, c.cost))
 
-    def _eligible(self, offer: Listing, req: RouteRequest) -> bool:
+    def _eligible(self, offer: Offer, req: RouteRequest) -> bool:
         if offer.model != req.model or not offer.active:
             return False
         if offer.token.lower() != req.token.lower():

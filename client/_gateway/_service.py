@@ -23,12 +23,12 @@ from typing import Any
 import httpx
 from tallystick.protocol import TallystickError
 
-from .._chain import Chain, Listing
+from .._chain import Chain, Offer
 from .._client import Tallystick
 from .._discovery import find_offers
 from .._errors import BillingDispute, NodeError, NodeUnavailable
 from .._node import node_error, send
-from .._store import ChannelInfo
+from .._store import OpenChannel
 from .._transport import BILL_EXTENSION, BillSlot
 from .._verify import VerifiedBill
 from .._wallet import Wallet
@@ -103,7 +103,7 @@ class Gateway:
             timeout=_timeout(settings),
         )
         self.pool.on_resolved = self._charge_interrupted
-        self._offers: tuple[float, list[Listing]] | None = None
+        self._offers: tuple[float, list[Offer]] | None = None
         self._offers_lock = threading.Lock()
         self._mark_disputed()
 
@@ -114,7 +114,7 @@ class Gateway:
 
     # discovery
 
-    def offers(self, *, fresh: bool = False) -> list[Listing]:
+    def offers(self, *, fresh: bool = False) -> list[Offer]:
         """Active listings of every model, cached for ``offers_ttl_s``."""
         with self._offers_lock:
             now = time.monotonic()
@@ -124,7 +124,7 @@ class Gateway:
 
     def models(self) -> list[dict[str, Any]]:
         """``/v1/models``: every listed model, its providers and prices (cheapest first)."""
-        by_model: dict[str, list[Listing]] = {}
+        by_model: dict[str, list[Offer]] = {}
         for offer in self.offers():
             by_model.setdefault(offer.model, []).append(offer)
         return [
@@ -279,7 +279,7 @@ class Gateway:
         except TallystickError as exc:
             raise self._failover(lease, None, str(exc), quarantine=True) from exc
 
-    def _charge_interrupted(self, channel: ChannelInfo, bill: VerifiedBill) -> None:
+    def _charge_interrupted(self, channel: OpenChannel, bill: VerifiedBill) -> None:
         """An interrupted request's bill, resolved by the SDK: charge the key that sent it."""
         owner = self.ledger.inflight(channel.hex_id)
         if owner is None:
@@ -378,7 +378,7 @@ def _bill(response: httpx.Response) -> VerifiedBill | None:
     return slot.bill if isinstance(slot, BillSlot) else None
 
 
-def _model_entry(model: str, offers: list[Listing], token: str) -> dict[str, Any]:
+def _model_entry(model: str, offers: list[Offer], token: str) -> dict[str, Any]:
     usable = [o for o in offers if o.token.lower() == token.lower()]
     best = min(usable or offers, key=lambda o: (o.prices.output_per_m, o.prices.input_per_m))
     return {
@@ -407,7 +407,7 @@ def _model_entry(model: str, offers: list[Listing], token: str) -> dict[str, Any
     }
 
 
-def _why_none(listed: list[Listing], route: RouteRequest, router: Router) -> str:
+def _why_none(listed: list[Offer], route: RouteRequest, router: Router) -> str:
     reasons = []
     for o in listed:
         if o.token.lower() != route.token.lower():

@@ -19,9 +19,17 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
-from tallystick.protocol import Prices, Receipt, SignedReceipt, SignedUsageRecord, UsageRecord
+from tallystick.protocol import (
+    ChannelState,
+    ChannelStatus,
+    Prices,
+    Receipt,
+    SignedReceipt,
+    SignedUsageRecord,
+    UsageRecord,
+)
 
-from .._types import ChannelInfo, ChannelStatus, StoredReceipt, StoredRecord
+from .._types import StoredReceipt, StoredRecord
 from ._store import Book, ClaimItem, ClaimRow, UsageRow
 
 __all__ = ["SqlLedger"]
@@ -228,20 +236,20 @@ class SqlLedger:
 
     # channels ------------------------------------------------------------------------------
 
-    def put_channel(self, info: ChannelInfo) -> None:
+    def put_channel(self, info: ChannelState) -> None:
         self.put_channels([info])
 
-    def put_channels(self, infos: list[ChannelInfo]) -> None:
+    def put_channels(self, infos: list[ChannelState]) -> None:
         """Several channels in one transaction (one fsync for a whole settlement pass)."""
         now = time.time()
         with self._tx():
             self._executemany(_PUT_CHANNEL_SQL, [_channel_row(info, now) for info in infos])
 
-    def get_channel(self, channel_id: bytes) -> ChannelInfo | None:
+    def get_channel(self, channel_id: bytes) -> ChannelState | None:
         rows = self._read(_CHANNEL_SQL + " WHERE channel_id = ?", (channel_id,))
         return _channel(rows[0]) if rows else None
 
-    def channels(self) -> list[ChannelInfo]:
+    def channels(self) -> list[ChannelState]:
         return [_channel(row) for row in self._read(_CHANNEL_SQL + " ORDER BY updated_at")]
 
     # claims --------------------------------------------------------------------------------
@@ -398,7 +406,7 @@ def _receipt(row: tuple[Any, ...]) -> StoredReceipt:
     return StoredReceipt(SignedReceipt(receipt, bytes(row[5])), seq=row[1], received_at=row[6])
 
 
-def _channel_row(info: ChannelInfo, now: float) -> tuple[Any, ...]:
+def _channel_row(info: ChannelState, now: float) -> tuple[Any, ...]:
     return (
         info.channel_id,
         info.client,
@@ -418,8 +426,8 @@ def _channel_row(info: ChannelInfo, now: float) -> tuple[Any, ...]:
     )
 
 
-def _channel(row: tuple[Any, ...]) -> ChannelInfo:
-    return ChannelInfo(
+def _channel(row: tuple[Any, ...]) -> ChannelState:
+    return ChannelState(
         channel_id=bytes(row[0]),
         client=row[1],
         provider=row[2],

@@ -13,6 +13,7 @@ args)``; an unreachable RPC becomes ``ChainUnavailable``.
     _token.py, _registry.py, _escrow.py   one binding per contract
 """
 
+from .._types import ETH
 from ._connect import connect
 from ._escrow import Escrow
 from ._logs import decode_logs
@@ -20,7 +21,6 @@ from ._registry import Registry
 from ._send import transact
 from ._token import Token
 from ._values import (
-    ETH,
     ChannelState,
     ChannelStatus,
     Event,

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from eth_account.signers.local import LocalAccount
-from eth_utils import to_checksum_address
+from eth_utils import event_abi_to_log_topic, to_checksum_address
 from web3 import Web3
 
 from .._errors import ChainError
-from .._types import Prices, checksum
-from ._logs import event
+from .._types import ETH, Prices, checksum
+from ._logs import decode_logs, event
 from ._send import call, contract, transact
-from ._values import ETH, Event, Listing, ProviderInfo, TxResult
+from ._translate import rpc
+from ._values import Event, Listing, ProviderInfo, TxResult
+
+_LISTING_EVENTS = ("ModelListed", "PriceUpdated", "ModelDelisted")
 
 
 class Registry:
@@ -44,19 +49,24 @@ class Registry:
     def get_listing(self, provider: str, model_id: bytes) -> Listing:
         address = checksum("provider", provider)
         raw = call(self.contract.functions.getListing(address, model_id))
-        pi, po, token, tokenizer_hash, context_length, active, name, weights = raw
-        return Listing(
-            provider=address,
-            model_id=bytes(model_id),
-            name=name,
-            input_price_per_m=int(pi),
-            output_price_per_m=int(po),
-            token=to_checksum_address(token),
-            tokenizer_hash=bytes(tokenizer_hash),
-            context_length=int(context_length),
-            active=bool(active),
-            model_hash=bytes(weights),
-        )
+        return Listing.from_abi(address, model_id, raw)
+
+    def listing_changes(
+        self, provider: str, from_block: int, to_block: Any = "latest"
+    ) -> set[bytes]:
+        """Model ids ``provider`` listed, re-priced or delisted in the block range (one query)."""
+        abi: list[Any] = list(self.contract.abi)
+        changed = [e for e in abi if e.get("type") == "event" and e["name"] in _LISTING_EVENTS]
+        provider_topic = "0x" + "00" * 12 + checksum("provider", provider).lower()[2:]
+        query = {
+            "address": self.address,
+            "fromBlock": from_block,
+            "toBlock": to_block,
+            "topics": [["0x" + event_abi_to_log_topic(e).hex() for e in changed], provider_topic],
+        }
+        with rpc():
+            logs = self.w3.eth.get_logs(query)  # type: ignore[arg-type]
+        return {bytes(e.args["modelId"]) for e in decode_logs(self.w3, logs)}
 
     def listings_of(self, provider: str) -> list[Listing]:
         """Every listing (active or not) of ``provider``."""

@@ -2,23 +2,43 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
 
+from eth_utils import to_checksum_address
+
 from .._errors import ContractError
 from .._types import Prices
 
-ETH = "0x0000000000000000000000000000000000000000"  # the zero address: ETH as payment token
-
 
 class ChannelStatus(IntEnum):
-    """``ITallyEscrow.Status``."""
+    """``ITallyEscrow.Status``; written (``str``, f-strings) as its label: ``"open"``."""
 
     NONE = 0
     OPEN = 1
     CLOSING = 2
     CLOSED = 3
+
+    @property
+    def label(self) -> str:
+        """``"none"``, ``"open"``, ``"closing"`` or ``"closed"``: how stores and CLIs spell it."""
+        return self.name.lower()
+
+    @classmethod
+    def from_label(cls, label: str) -> ChannelStatus:
+        """The status spelled ``label`` (``ValueError`` for another word)."""
+        try:
+            return cls[label.upper()]
+        except KeyError:
+            raise ValueError(f"no channel status {label!r}") from None
+
+    def __str__(self) -> str:
+        return self.label
+
+    def __format__(self, spec: str) -> str:
+        return format(self.label, spec)
 
 
 @dataclass(frozen=True)
@@ -100,6 +120,23 @@ class Listing:
     active: bool
     model_hash: bytes = bytes(32)  # the served weights (§10.1); zero: no claim, no audit
 
+    @classmethod
+    def from_abi(cls, provider: str, model_id: bytes, raw: Sequence[Any]) -> Listing:
+        """Decode ``getListing``'s return value."""
+        pi, po, token, tokenizer_hash, context_length, active, name, weights = raw
+        return cls(
+            provider=to_checksum_address(provider),
+            model_id=bytes(model_id),
+            name=name,
+            input_price_per_m=int(pi),
+            output_price_per_m=int(po),
+            token=to_checksum_address(token),
+            tokenizer_hash=bytes(tokenizer_hash),
+            context_length=int(context_length),
+            active=bool(active),
+            model_hash=bytes(weights),
+        )
+
     @property
     def prices(self) -> Prices:
         return Prices(self.input_price_per_m, self.output_price_per_m)
@@ -107,27 +144,55 @@ class Listing:
 
 @dataclass(frozen=True)
 class ChannelState:
-    """``ITallyEscrow.ChannelView`` of ``channel_id``."""
+    """A channel as the escrow holds it (``ITallyEscrow.ChannelView``), and its ``modelId``.
+
+    ``getChannel`` does not return the model: ``model_id`` is None until a reader that needs
+    it fills it in from the ``ChannelOpened`` event (the node does, ``Escrow.opened_models``).
+    """
 
     channel_id: bytes
     client: str
     provider: str
     token: str
     status: ChannelStatus
-    input_price_per_m: int
-    output_price_per_m: int
+    model_id: bytes | None
+    prices: Prices  # snapshotted at open
     deposit: int
     paid: int
-    input_tokens: int
-    output_tokens: int
+    claimed_input: int  # totals of the last claimed receipt
+    claimed_output: int
     closes_at: int
-    session_key: str
+    session_key: str | None = None  # None: no session key authorised
 
-    @property
-    def prices(self) -> Prices:
-        return Prices(self.input_price_per_m, self.output_price_per_m)
+    @classmethod
+    def from_abi(
+        cls, channel_id: bytes, raw: Sequence[Any], model_id: bytes | None = None
+    ) -> ChannelState:
+        """Decode ``getChannel``'s 12-field return value (the one place that does)."""
+        client, provider, token, status, pi, po, deposit, paid, i, o, closes_at, key = raw
+        return cls(
+            channel_id=bytes(channel_id),
+            client=to_checksum_address(client),
+            provider=to_checksum_address(provider),
+            token=to_checksum_address(token),
+            status=ChannelStatus(int(status)),
+            model_id=model_id,
+            prices=Prices(int(pi), int(po)),
+            deposit=int(deposit),
+            paid=int(paid),
+            claimed_input=int(i),
+            claimed_output=int(o),
+            closes_at=int(closes_at),
+            session_key=None if int(key, 16) == 0 else to_checksum_address(key),
+        )
 
     @property
     def remaining(self) -> int:
         """Deposit not yet paid to the provider."""
         return self.deposit - self.paid
+
+    def may_sign(self, address: str) -> bool:
+        """True when ``address`` is the channel's client or its authorised session key."""
+        return address == self.client or (
+            self.session_key is not None and address == self.session_key
+        )

@@ -14,11 +14,13 @@ from typing import Any
 import httpx
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
-from tallystick.client import ChannelInfo
+from tallystick.client import OpenChannel
 from tallystick.node.engines import tiny_tokenizer_bundle
 from tallystick.protocol import (
+    ETH,
     RECEIPT_HEADER,
     ZERO_ROOT,
+    ChannelStatus,
     ClosingReceipt,
     Domain,
     Prices,
@@ -85,8 +87,8 @@ class FakeNode:
     def transport(self) -> httpx.MockTransport:
         return httpx.MockTransport(self.handle)
 
-    def channel_info(self) -> ChannelInfo:
-        return ChannelInfo(
+    def channel_info(self) -> OpenChannel:
+        return OpenChannel(
             channel_id=self.channel_id,
             chain_id=CHAIN_ID,
             escrow=self.escrow,
@@ -94,12 +96,12 @@ class FakeNode:
             provider=self.provider.address,
             endpoint=ENDPOINT,
             model=MODEL,
-            token="0x0000000000000000000000000000000000000000",
+            token=ETH,
             prices=self.prices,
             deposit=10**9,
             tokenizer_hash=self.bundle.hash(),
             context_length=2048,
-            status="open",
+            status=ChannelStatus.OPEN,
             model_hash=self.model_hash,
         )
 

@@ -20,7 +20,7 @@ from tallystick.client import (
     Wallet,
 )
 from tallystick.client._disputes import utc
-from tallystick.protocol import ContractError, Prices, cost_of, model_id
+from tallystick.protocol import ChannelStatus, ContractError, Prices, cost_of, model_id
 
 pytestmark = pytest.mark.chain
 MESSAGES = [{"role": "user", "content": "hello"}]
@@ -107,7 +107,7 @@ def test_eth_channel_topup_chat_and_cooperative_close(
     closed = client.channels.close(info.channel_id)
     assert (closed.paid, closed.refund) == (spent, 15 * 10**14 - spent)
     assert d.escrow.earnings(a.provider.address) == spent
-    assert client.channels.balance(info.channel_id).status == "closed"
+    assert client.channels.balance(info.channel_id).status == ChannelStatus.CLOSED
 
 
 def test_usdc_channel_unilateral_close_refunds_what_was_not_claimed(

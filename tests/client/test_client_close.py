@@ -65,7 +65,7 @@ def test_cli_close_of_an_unused_channel_refunds_the_whole_deposit(
     state = deployment.escrow.get_channel(info.channel_id)
     assert (state.status, state.paid) == (ChannelStatus.CLOSED, 0)
     with Tallystick(Wallet(accounts.client), store, chain=chain) as client:
-        assert client.channel(info.channel_id).status == "closed"
+        assert client.channel(info.channel_id).status == ChannelStatus.CLOSED
 
 
 def _flat(text: str) -> str:

@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 import pytest
-from tallystick.client._chain import ETH, Listing
+from tallystick.client import Offer
 from tallystick.client._gateway import GatewayError, GatewaySettings, Ledger, Router, RouteRequest
 from tallystick.client._gateway._limits import Limits
 from tallystick.client._gateway._plan import plan_request
-from tallystick.protocol import Prices
+from tallystick.protocol import ETH
 
 A = "0x" + "a" * 40
 B = "0x" + "b" * 40
 C = "0x" + "c" * 40
 
 
-def offer(provider: str, inp: int, out: int, token: str = ETH, model: str = "m") -> Listing:
-    return Listing(provider, "http://x", model, b"\0" * 32, Prices(inp, out), token, b"\0" * 32,
-                   2048, True)  # fmt: skip
+def offer(provider: str, inp: int, out: int, token: str = ETH, model: str = "m") -> Offer:
+    return Offer(provider, b"\0" * 32, model, inp, out, token, b"\0" * 32, 2048, True,
+                 endpoint="http://x")  # fmt: skip
 
 
 def route(**kw: object) -> RouteRequest:

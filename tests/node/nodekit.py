@@ -12,19 +12,19 @@ from typing import Any
 import httpx
 from eth_account.signers.local import LocalAccount
 from tallystick.node import (
-    ChannelInfo,
-    ChannelStatus,
     ClaimOutcome,
     CloseRequest,
     KeyRetirement,
     LedgerStore,
-    ListingInfo,
     Settings,
 )
 from tallystick.node.engines import FakeEngine
 from tallystick.protocol import (
     ZERO_ROOT,
+    ChannelState,
+    ChannelStatus,
     Domain,
+    Listing,
     Prices,
     Receipt,
     RequestAuth,
@@ -52,7 +52,7 @@ class FakeChain:
 
     domain: Domain
     provider: str
-    channels: dict[bytes, ChannelInfo] = field(default_factory=dict)
+    channels: dict[bytes, ChannelState] = field(default_factory=dict)
     closes: list[CloseRequest] = field(default_factory=list)
     retirements: list[KeyRetirement] = field(default_factory=list)
     challenge: int = 3600
@@ -69,12 +69,12 @@ class FakeChain:
     def rpc_failures(self) -> dict[tuple[str, str], int]:
         return {}
 
-    async def channel(self, channel_id: bytes) -> ChannelInfo | None:
+    async def channel(self, channel_id: bytes) -> ChannelState | None:
         self._rpc()
         self.reads += 1
         return self.channels.get(channel_id)
 
-    async def read_channels(self, channel_ids: list[bytes]) -> dict[bytes, ChannelInfo | None]:
+    async def read_channels(self, channel_ids: list[bytes]) -> dict[bytes, ChannelState | None]:
         self._rpc()
         self.batch_reads += 1
         return {cid: self.channels.get(cid) for cid in channel_ids}
@@ -85,10 +85,20 @@ class FakeChain:
         if self.down:
             raise ChainUnavailable("chain RPC failed: connection refused")
 
-    async def listing(self, model: bytes) -> ListingInfo | None:
+    async def listing(self, model: bytes) -> Listing | None:
         if model != model_id(MODEL):
             return None
-        return ListingInfo(PRICES.input_per_m, PRICES.output_per_m, TOKEN, b"\x11" * 32, 2048, True)
+        return Listing(
+            self.provider,
+            model,
+            MODEL,
+            PRICES.input_per_m,
+            PRICES.output_per_m,
+            TOKEN,
+            b"\x11" * 32,
+            2048,
+            True,
+        )
 
     async def claim_cost_estimate(self, receipts: list[SignedReceipt]) -> int:
         return self.gas_cost
@@ -114,7 +124,7 @@ class FakeChain:
             )
         return ClaimOutcome("0x" + "ab" * 32, 50_000, claimed, skipped)
 
-    def _valid_signer(self, info: ChannelInfo, signer: str) -> bool:
+    def _valid_signer(self, info: ChannelState, signer: str) -> bool:
         # The escrow's rule (§7.3): client, current key, or a retired key within its grace.
         return info.may_sign(signer) or any(
             e.channel_id == info.channel_id and e.key == signer and self.now < e.valid_until
@@ -294,7 +304,7 @@ def open_channel(
 
     salt = nonce.to_bytes(32, "big")  # any distinct salt; tests number their channels
     cid = channel_id(ESCROW, client.address, provider or chain.provider, model_id(model), salt)
-    chain.channels[cid] = ChannelInfo(
+    chain.channels[cid] = ChannelState(
         channel_id=cid,
         client=client.address,
         provider=provider or chain.provider,

@@ -11,8 +11,6 @@ from typing import Any
 
 import httpx
 
-ETH = "0x0000000000000000000000000000000000000000"
-
 
 def key_hex(account: Any) -> str:
     return "0x" + account.key.hex().removeprefix("0x")

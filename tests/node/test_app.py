@@ -9,9 +9,13 @@ from dataclasses import replace
 import pytest
 from eth_account import Account
 from nodekit import MODEL, STORES, open_channel
-from tallystick.node import ChannelStatus
 from tallystick.node.engines import FakeEngine
-from tallystick.protocol import SignedUsageRecord, UsageRecord, recover_usage_record_signer
+from tallystick.protocol import (
+    ChannelStatus,
+    SignedUsageRecord,
+    UsageRecord,
+    recover_usage_record_signer,
+)
 
 pytestmark = pytest.mark.anyio
 

@@ -10,10 +10,10 @@ from dataclasses import replace
 import pytest
 from eth_account import Account
 from nodekit import open_channel
-from tallystick.node import ChannelStatus
 from tallystick.node.engines import FakeEngine
 from tallystick.protocol import (
     ZERO_ROOT,
+    ChannelStatus,
     Receipt,
     SignedReceipt,
     cost_of,

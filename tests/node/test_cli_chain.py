@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 from eth_account import Account
-from nodekit_chain import ETH, chain_args, key_hex
+from nodekit_chain import chain_args, key_hex
 from tallystick.node.cli import main
-from tallystick.protocol import Receipt, model_id, sign_receipt
+from tallystick.protocol import ETH, Receipt, model_id, sign_receipt
 
 pytestmark = pytest.mark.chain
 

@@ -14,10 +14,10 @@ from typing import Any
 
 import httpx
 import pytest
-from nodekit_chain import ETH, RawChannel, Server
+from nodekit_chain import RawChannel, Server
 from tallystick.node import Settings, create_app
 from tallystick.node.engines import FakeEngine
-from tallystick.protocol import ETH_INFO, Prices, cost_of, format_amount, model_id
+from tallystick.protocol import ETH, ETH_INFO, Prices, cost_of, format_amount, model_id
 
 pytestmark = pytest.mark.chain
 

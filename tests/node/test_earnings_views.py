@@ -12,15 +12,14 @@ from tallystick.node._earnings import (
     request_earning,
 )
 from tallystick.node._ledger import UsageRow
-from tallystick.node._types import ChannelInfo, ChannelStatus
-from tallystick.protocol import Prices, cost_of, parse_since
+from tallystick.protocol import ChannelState, ChannelStatus, Prices, cost_of, parse_since
 
 PRICES = Prices(input_per_m=200_000, output_per_m=600_000)  # 0.20 / 0.60 USDC per 1M
 USDC = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
 
 
-def _channel(cid: bytes, deposit: int = 10**9, token: str = USDC) -> ChannelInfo:
-    return ChannelInfo(
+def _channel(cid: bytes, deposit: int = 10**9, token: str = USDC) -> ChannelState:
+    return ChannelState(
         cid, "0xc", "0xp", token, ChannelStatus.OPEN, b"m" * 32, PRICES, deposit, 0, 0, 0, 0
     )
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
-from nodekit_chain import ETH, RawChannel, Server, key_hex
+from nodekit_chain import RawChannel, Server, key_hex
 from tallystick.node import (
     ChannelCache,
     NodeMetrics,
@@ -23,6 +23,7 @@ from tallystick.node._claim_plan import GAS_BASE, GAS_FIRST_CLAIM
 from tallystick.node._escrow import EscrowChain
 from tallystick.node.engines import FakeEngine
 from tallystick.protocol import (
+    ETH,
     ZERO_ROOT,
     ChannelStatus,
     Prices,

@@ -9,8 +9,6 @@ import pytest
 from eth_account import Account
 from nodekit import ESCROW, STORES, TOKEN
 from tallystick.node import (
-    ChannelInfo,
-    ChannelStatus,
     ClaimItem,
     PostgresLedger,
     SqliteLedger,
@@ -20,6 +18,8 @@ from tallystick.node import (
 )
 from tallystick.protocol import (
     ZERO_ROOT,
+    ChannelState,
+    ChannelStatus,
     Domain,
     Prices,
     Receipt,
@@ -66,7 +66,7 @@ def receipt_for(stored: StoredRecord) -> StoredReceipt:
     return StoredReceipt(sign_receipt(CLIENT, DOMAIN, receipt), rec.seq, time.time())
 
 
-def channel(channel_id: bytes = CID, **kw) -> ChannelInfo:
+def channel(channel_id: bytes = CID, **kw) -> ChannelState:
     base = dict(
         channel_id=channel_id,
         client=CLIENT.address,
@@ -82,7 +82,7 @@ def channel(channel_id: bytes = CID, **kw) -> ChannelInfo:
         closes_at=0,
         session_key=None,
     )
-    return ChannelInfo(**{**base, **kw})
+    return ChannelState(**{**base, **kw})
 
 
 def test_records_receipts_channels_claims_and_meta_round_trip(store):

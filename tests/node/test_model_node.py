@@ -20,9 +20,10 @@ from typing import Any
 import httpx
 import pytest
 from click.testing import CliRunner
-from nodekit_chain import ETH, RawChannel, chain_args, free_port, wait_healthy
+from nodekit_chain import RawChannel, chain_args, free_port, wait_healthy
 from tallystick.node.cli import main
 from tallystick.protocol import (
+    ETH,
     Prices,
     Receipt,
     SignedUsageRecord,

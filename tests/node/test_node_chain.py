@@ -13,11 +13,12 @@ from typing import Any
 import httpx
 import pytest
 from click.testing import CliRunner
-from nodekit_chain import ETH, RawChannel, Server
+from nodekit_chain import RawChannel, Server
 from tallystick.node import Settings, create_app
 from tallystick.node.cli import main
 from tallystick.node.engines import FakeEngine
 from tallystick.protocol import (
+    ETH,
     Prices,
     cost_of,
     model_id,
@@ -128,7 +129,7 @@ def test_requests_are_paid_by_settle_and_claim_many(market, node, accounts):
     owed = cost_of(receipt["inputTokens"], receipt["outputTokens"], PRICES)
     assert escrow.earnings(accounts.provider.address, ETH) - before == owed
     state = escrow.get_channel(cid)
-    assert (state.input_tokens, state.output_tokens) == (
+    assert (state.claimed_input, state.claimed_output) == (
         receipt["inputTokens"],
         receipt["outputTokens"],
     )

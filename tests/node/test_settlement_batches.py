@@ -13,7 +13,6 @@ from nodekit import ESCROW, PRICES, FakeChain, open_channel, settings
 from tallystick.node import (
     Candidate,
     ChannelCache,
-    ChannelStatus,
     NodeMetrics,
     SettlementWorker,
     SqliteLedger,
@@ -21,7 +20,7 @@ from tallystick.node import (
     plan_batches,
 )
 from tallystick.node._claim_plan import GAS_BASE, GAS_FIRST_CLAIM, GAS_LATER_CLAIM
-from tallystick.protocol import Domain, Receipt, cost_of, sign_receipt
+from tallystick.protocol import ChannelStatus, Domain, Receipt, cost_of, sign_receipt
 
 pytestmark = pytest.mark.anyio
 

@@ -12,11 +12,12 @@ import httpx
 import pytest
 from click.testing import CliRunner
 from eth_account import Account
-from nodekit_chain import ETH, RawChannel, Server
+from nodekit_chain import RawChannel, Server
 from tallystick.node import Settings, create_app, load_settings
 from tallystick.node.cli import main
 from tallystick.node.engines import FakeEngine
 from tallystick.protocol import (
+    ETH,
     Prices,
     cost_of,
     model_id,
@@ -107,7 +108,10 @@ def test_worker_claims_once_unclaimed_value_exceeds_the_gas_multiple(
             time.sleep(0.1)
     state = escrow.get_channel(cid)
     assert state.paid == owed == escrow.earnings(accounts.provider.address, ETH)
-    assert (state.input_tokens, state.output_tokens) == (last["inputTokens"], last["outputTokens"])
+    assert (state.claimed_input, state.claimed_output) == (
+        last["inputTokens"],
+        last["outputTokens"],
+    )
 
 
 def test_the_provider_key_and_keystore_password_never_leak(

@@ -10,6 +10,7 @@ from eth_account import Account
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tallystick.protocol import (
+    ETH,
     ZERO_ROOT,
     ChainUnavailable,
     ChannelStatus,
@@ -28,7 +29,7 @@ from tallystick.protocol._eip712 import digest
 
 pytestmark = pytest.mark.chain
 
-ETH = "0x0000000000000000000000000000000000000000"
+
 MODEL = "SmolLM2-135M-Instruct"
 PRICES = Prices(input_per_m=150_000_000, output_per_m=600_000_000)  # wei per million tokens
 DEPOSIT = 10**15
@@ -280,7 +281,7 @@ def test_close_cooperative(deployment: Any, accounts: Any) -> None:
     refund = d.escrow.close_cooperative(client, final, provider_sig).value
     assert refund == DEPOSIT - cost_of(4000, 1000, PRICES)
     state = d.escrow.get_channel(cid)
-    assert (state.status, state.paid, state.input_tokens) == (
+    assert (state.status, state.paid, state.claimed_input) == (
         ChannelStatus.CLOSED,
         cost_of(4000, 1000, PRICES),
         4000,
@@ -447,7 +448,7 @@ def test_only_the_provider_claims_and_only_a_party_closes(deployment: Any, accou
         "EscrowNotParty",
         (accounts.other.address, client.address, provider.address),
     )
-    assert d.escrow.get_channel(cid).input_tokens == 0
+    assert d.escrow.get_channel(cid).claimed_input == 0
     assert d.escrow.close_cooperative(provider, final, provider_sig).value == DEPOSIT - cost_of(
         100, 100, PRICES
     )

@@ -25,7 +25,8 @@ DOCUMENTED = {
     # keys (the client's wallet and the node load them alike)
     "account_from_key", "account_from_keystore",
     # chain
-    "connect", "Registry", "Escrow", "ProviderInfo", "Listing", "ChannelState", "TxResult",
+    "connect", "Registry", "Escrow", "ProviderInfo", "Listing", "ChannelState", "ChannelStatus",
+    "ETH", "TxResult",
     "deploy", "Deployment", "load_artifact", "FailoverHTTPProvider", "rpc_label", "split_rpc_urls",
     "DeployedAddresses", "read_deployment",
     # untrusted input
@@ -40,7 +41,7 @@ DOCUMENTED = {
     "ChainUnavailable", "DeploymentNotFound", "InvalidKey",
 }  # fmt: skip
 EXTRA = {
-    "recover_message_signer", "bench_signing", "is_loopback", "ChannelStatus",
+    "recover_message_signer", "is_loopback",
     "Event", "SkippedReceipt", "Token", "decode_revert", "explain_contract_error",
     "parse_since",
 }  # fmt: skip

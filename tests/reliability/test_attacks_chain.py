@@ -7,14 +7,17 @@ or contract; a client never pays for more than it countersigned; never twice.
 
 from __future__ import annotations
 
+import json
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
 from reliakit import MODEL, PRICES, free_port
 from tallystick.protocol import (
+    ETH,
     ContractError,
     Domain,
     Escrow,
@@ -29,11 +32,10 @@ from tallystick.protocol import (
     sign_receipt,
 )
 from tallystick.protocol._bindings import transact
-from tallystick.protocol._deploy import deploy_contract
 
 pytestmark = pytest.mark.chain
 
-ETH = "0x0000000000000000000000000000000000000000"
+
 DEPOSIT = 10**15
 ROOT = b"\x42" * 32
 SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
@@ -287,7 +289,8 @@ def test_revoking_a_session_key_does_not_void_what_it_countersigned(
 def test_a_reentrant_token_cannot_withdraw_twice(market: Any) -> None:
     """ReentrantToken calls back into the escrow from inside the escrow's own transfer."""
     accounts, w3, escrow = market.accounts, market.w3, market.escrow
-    evil = Token(w3, deploy_contract(w3, accounts.deployer, "ReentrantToken"), "ReentrantToken")
+    evil = Token(w3, _deploy_test_only(w3, accounts.deployer, "ReentrantToken"))
+    evil_functions = w3.eth.contract(address=evil.address, abi=_test_only_abi("ReentrantToken")[0])
     transact(w3, accounts.deployer, evil.contract.functions.mint(accounts.client.address, 10**12))
     market.registry.list_model(
         accounts.provider, "evil-model", PRICES, token=evil.address,
@@ -310,9 +313,9 @@ def test_a_reentrant_token_cannot_withdraw_twice(market: Any) -> None:
 
     again = escrow.contract.functions.withdraw(evil.address, accounts.provider.address)
     data = again._encode_transaction_data()
-    transact(w3, accounts.deployer, evil.contract.functions.arm(escrow.address, data))
+    transact(w3, accounts.deployer, evil_functions.functions.arm(escrow.address, data))
     escrow.withdraw(accounts.provider, evil.address)
-    functions = evil.contract.functions
+    functions = evil_functions.functions
     assert functions.attempted().call() and not functions.reentrySucceeded().call()
     reason = bytes(functions.reentryResult().call())
     assert reason[:4] == bytes.fromhex("3ee5aeb5")  # ReentrancyGuardReentrantCall()
@@ -353,3 +356,17 @@ def _connect_when_up(url: str) -> Any:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.05)
+
+
+def _test_only_abi(name: str) -> tuple[list[Any], str]:
+    # Test-only mocks are exported to tests/abi/, not shipped in protocol/abi/ (the wheel).
+    artifact = json.loads(
+        (Path(__file__).resolve().parents[1] / "abi" / f"{name}.json").read_text()
+    )
+    return artifact["abi"], artifact["bytecode"]
+
+
+def _deploy_test_only(w3: Any, account: Any, name: str) -> str:
+    abi, bytecode = _test_only_abi(name)
+    factory = w3.eth.contract(abi=abi, bytecode=bytecode)
+    return str(transact(w3, account, factory.constructor()).receipt["contractAddress"])

@@ -75,7 +75,7 @@ def test_node_serves_through_an_rpc_outage_and_settles_when_the_chain_is_back(
     wait_for(settled, 90 if long_mode else 30, "the worker to claim after the outage")
     assert served >= 5
     state = market.escrow.get_channel(info.channel_id)
-    assert (state.input_tokens, state.output_tokens) == (tally.input_tokens, tally.output_tokens)
+    assert (state.claimed_input, state.claimed_output) == (tally.input_tokens, tally.output_tokens)
     # And the node serves new requests on fresh chain state.
     reply = client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=16)
     assert reply.tally is not None
@@ -122,7 +122,7 @@ def test_a_black_holed_rpc_costs_the_node_one_timeout_and_never_stalls_serving(
 
     wait_for(settled, 30 + 2 * rpc_timeout, "the worker to claim after the outage")
     state = market.escrow.get_channel(info.channel_id)
-    assert (state.input_tokens, state.output_tokens) == (tally.input_tokens, tally.output_tokens)
+    assert (state.claimed_input, state.claimed_output) == (tally.input_tokens, tally.output_tokens)
 
 
 def test_with_two_rpc_urls_a_dead_one_costs_nothing_and_every_failure_is_a_metric(

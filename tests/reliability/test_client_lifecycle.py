@@ -67,7 +67,7 @@ def test_a_restarted_client_continues_from_its_store_and_never_pays_twice(
 
     spent = cost_of(tally.input_tokens, tally.output_tokens, PRICES)
     wait_for(lambda: market.escrow.get_channel(info.channel_id).paid == spent, 30, "the claim")
-    assert market.escrow.get_channel(info.channel_id).output_tokens == tally.output_tokens
+    assert market.escrow.get_channel(info.channel_id).claimed_output == tally.output_tokens
     closed = second.channels.close(info.channel_id)
     assert (closed.paid, closed.refund) == (spent, DEPOSIT - spent)
     assert '"level": "error"' not in node.log()

@@ -137,7 +137,7 @@ def test_sigkill_under_load_loses_no_receipt_and_bills_nothing_twice(
 
         wait_for(claimed, 60, f"the worker to claim channel {info.hex_id}")
         state = market.escrow.get_channel(info.channel_id)
-        assert (state.input_tokens, state.output_tokens) == (
+        assert (state.claimed_input, state.claimed_output) == (
             tally.input_tokens,
             tally.output_tokens,
         )
