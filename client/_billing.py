@@ -202,7 +202,7 @@ class Biller:
             vouch = None if case.proof else (lambda: self.advertised_audit(channel))
             self.auditor.consider(case, advertised=vouch)
 
-    def advertised_audit(self, channel: ChannelInfo) -> str:
+    def advertised_audit(self, channel: OpenChannel) -> str:
         """The node's ``audit`` in ``/v1/models`` (§10.5), asked once per endpoint and model."""
         key = (channel.endpoint, channel.model)
         if key not in self._audit_modes:
