@@ -553,3 +553,38 @@ def test_cost_of_equals_the_contract(
     assert d.escrow.get_channel(cid).prices == prices
     for i, o in [*totals, (0, 0), (2**64 - 1, 2**64 - 1), (1, 1)]:
         assert cost_of(i, o, prices) == d.escrow.cost_of(cid, i, o)
+
+
+def test_batched_channel_reads_equal_one_read_each(deployment: Any, accounts: Any) -> None:
+    d = deployment
+    first = open_eth(d, accounts)
+    before = int(d.escrow.w3.eth.block_number)
+    second = open_eth(d, accounts, amount=2 * DEPOSIT)
+    unknown = b"\x07" * 32
+    ids = [first, second, unknown]
+    assert d.escrow.get_channels(ids) == [d.escrow.get_channel(c) for c in ids]
+    states = d.escrow.get_channels(ids, before)  # as of a block: the second not opened yet
+    assert [s.status for s in states] == [
+        ChannelStatus.OPEN,
+        ChannelStatus.NONE,
+        ChannelStatus.NONE,
+    ]
+    state = states[0]
+    assert (state.model_id, state.session_key, state.prices) == (None, None, PRICES)
+    assert str(state.status) == "open" and f"{state.status}" == "open"
+    assert ChannelStatus.from_label("closing") == ChannelStatus.CLOSING
+    opened = d.escrow.opened_models(accounts.provider.address)
+    assert opened == {first: model_id(MODEL), second: model_id(MODEL)}
+
+
+def test_listing_changes_name_the_models_listed_repriced_or_delisted(
+    deployment: Any, accounts: Any
+) -> None:
+    d, provider = deployment, accounts.provider
+    mid = list_eth_model(d, provider)
+    start = int(d.escrow.w3.eth.block_number) + 1  # after the listing
+    d.registry.set_price(provider, mid, Prices(1, 2))
+    assert d.registry.listing_changes(provider.address, start) == {mid}
+    other = list_eth_model(d, provider, name="other-model")
+    assert d.registry.listing_changes(provider.address, start) == {mid, other}
+    assert d.registry.listing_changes(accounts.client.address, start) == set()
