@@ -67,7 +67,7 @@ def dashboard_data(
                 "channelId": c.hex_id,
                 "provider": c.provider,
                 "model": c.model,
-                "status": c.status,
+                "status": c.status.label,
                 "deposit": money(c.deposit, c.token),
                 "spent": money(sum(b.cost for b in store.bill(c.channel_id)), c.token),
             }
