@@ -38,8 +38,9 @@ from ._errors import (
     WalletError,
 )
 from ._node import InsecureEndpointWarning
-from ._store import BillLine, ChannelTally, Dispute, OpenChannel, Store
+from ._store import Store
 from ._transport import TallyTransport
+from ._types import BillLine, ChannelTally, Dispute, OpenChannel
 from ._verify import DEFAULT_TOLERANCE, Served, Tolerance, VerifiedBill, verify_bill
 from ._wallet import Wallet
 

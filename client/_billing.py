@@ -44,8 +44,9 @@ from ._errors import (
 )
 from ._locks import ChannelLock, LockWait
 from ._node import Authorizer, NodeClient
-from ._store import OpenChannel, Pending, Store
+from ._store import Store
 from ._tokenizers import TokenizerCache
+from ._types import OpenChannel, Pending
 from ._verify import (
     DEFAULT_TOLERANCE,
     Served,

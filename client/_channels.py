@@ -23,7 +23,7 @@ from ._discovery import check_node_listing, choose_offer
 from ._disputes import utc
 from ._errors import ChannelStateError, ClientError, NodeError
 from ._prechecks import require_funds, require_status
-from ._store import OpenChannel
+from ._types import OpenChannel
 
 if TYPE_CHECKING:
     from ._client import Tallystick

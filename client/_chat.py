@@ -20,8 +20,8 @@ from tallystick.protocol import ProtocolError
 
 from ._json import loads
 from ._node import node_error, send
-from ._store import OpenChannel
 from ._transport import BILL_EXTENSION, BillSlot
+from ._types import OpenChannel
 from ._verify import VerifiedBill
 
 if TYPE_CHECKING:

@@ -20,9 +20,10 @@ from ._discovery import find_offers
 from ._errors import ChannelNotFound, ClientError, WalletError
 from ._locks import LockWait
 from ._node import NodeClient
-from ._store import OpenChannel, Store
+from ._store import Store
 from ._tokenizers import TokenizerCache
 from ._transport import TallyTransport
+from ._types import OpenChannel
 from ._verify import DEFAULT_TOLERANCE, Tolerance
 from ._wallet import Wallet
 

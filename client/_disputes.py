@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from tallystick.protocol import ChannelStatus, TallystickError
 
-from ._store import Dispute, OpenChannel
+from ._types import Dispute, OpenChannel
 
 if TYPE_CHECKING:
     from ._chain import Chain

@@ -19,7 +19,8 @@ import uuid
 from collections.abc import Callable
 
 from ._errors import ClientError
-from ._store import LockHolder, Store
+from ._store import Store
+from ._types import LockHolder
 
 __all__ = ["LEASE_S", "ChannelLock", "LockWait"]
 

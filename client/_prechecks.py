@@ -13,7 +13,7 @@ from tallystick.protocol import ETH, ChannelStatus, format_amount, token_info
 
 from ._disputes import utc
 from ._errors import ChannelStateError, ClientError
-from ._store import OpenChannel
+from ._types import OpenChannel
 
 if TYPE_CHECKING:
     from ._chain import Chain

@@ -18,11 +18,7 @@ import json
 import os
 import socket
 import sqlite3
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +27,6 @@ from eth_account.signers.local import LocalAccount
 from tallystick.protocol import (
     ZERO_ROOT,
     ChannelStatus,
-    Domain,
     Prices,
     Receipt,
     SignedReceipt,
@@ -40,16 +35,10 @@ from tallystick.protocol import (
 )
 
 from ._errors import ChannelNotFound, StoreError
+from ._sqlite import SqliteTables
+from ._types import BillLine, ChannelTally, Dispute, LockHolder, OpenChannel, Pending
 
-__all__ = [
-    "BillLine",
-    "ChannelTally",
-    "Dispute",
-    "LockHolder",
-    "OpenChannel",
-    "Pending",
-    "Store",
-]
+__all__ = ["Store"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS channels (
@@ -57,7 +46,7 @@ CREATE TABLE IF NOT EXISTS channels (
     provider TEXT NOT NULL, endpoint TEXT NOT NULL, model TEXT NOT NULL, token TEXT NOT NULL,
     input_price INTEGER NOT NULL, output_price INTEGER NOT NULL, deposit TEXT NOT NULL,
     tokenizer_hash TEXT NOT NULL, context_length INTEGER NOT NULL, status TEXT NOT NULL,
-    opened_at REAL NOT NULL, model_hash TEXT NOT NULL DEFAULT '0x'
+    opened_at REAL NOT NULL, model_hash TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS channel_state (
     channel_id TEXT PRIMARY KEY REFERENCES channels(id), seq INTEGER NOT NULL,
@@ -88,146 +77,11 @@ CREATE TABLE IF NOT EXISTS disputes (
 """
 
 
-@dataclass(frozen=True)
-class OpenChannel:
-    """A channel this client opened: what it knows about it (snapshot taken at open)."""
-
-    channel_id: bytes
-    chain_id: int
-    escrow: str
-    client: str
-    provider: str
-    endpoint: str
-    model: str
-    token: str  # the zero address for ETH
-    prices: Prices
-    deposit: int
-    tokenizer_hash: bytes
-    context_length: int
-    status: ChannelStatus  # as last seen on chain
-    model_hash: bytes = bytes(32)  # the listed weights at open (§10.1); zero: no claim
-
-    @property
-    def domain(self) -> Domain:
-        return Domain(self.chain_id, self.escrow)
-
-    @property
-    def hex_id(self) -> str:
-        return "0x" + self.channel_id.hex()
-
-
-@dataclass(frozen=True)
-class ChannelTally:
-    """A channel's state at its last verified request."""
-
-    seq: int
-    input_tokens: int
-    output_tokens: int
-    usage_root: bytes
-    receipt: SignedReceipt | None  # None before the first request
-    delivered: bool  # the node acknowledged the receipt
-
-
-@dataclass(frozen=True)
-class BillLine:
-    """One verified request: its counts, its cost and the provider's signed record."""
-
-    seq: int
-    prompt_tokens: int
-    completion_tokens: int
-    cost: int
-    record: SignedUsageRecord
-    created_at: float
-
-
-@dataclass(frozen=True)
-class Pending:
-    """A request sent but not yet resolved: what the client asked for and what it received."""
-
-    channel_id: bytes
-    seq: int
-    served: dict[str, Any]  # ``Served`` as JSON (prompt ids, received text, stop, max_tokens)
-    received: bool  # some of the answer reached the client
-    created_at: float
-
-
-@dataclass(frozen=True)
-class LockHolder:
-    """Who holds a channel's lock in the store, and until when its lease runs."""
-
-    owner: str
-    pid: int
-    host: str
-    expires_at: float
-
-
-@dataclass(frozen=True)
-class Dispute:
-    """A bill the client refused, with everything needed to show why."""
-
-    id: int
-    channel_id: bytes
-    seq: int | None
-    mismatches: list[dict[str, Any]]
-    evidence: dict[str, Any]
-    created_at: float
-
-
-class SqliteTables:
-    """One SQLite file for durable writes (WAL, synchronous FULL): thread-safe, every write one
-    transaction (``_tx``), reads through ``_query``. The store and the gateway's ledger share it."""
-
-    def __init__(
-        self, path: str | Path, schema: str, *, what: str, busy_timeout_ms: int | None = None
-    ) -> None:
-        self.path = Path(path)
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-            if busy_timeout_ms is not None:
-                self._db.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")  # a receipt must survive a power cut
-            self._db.executescript(schema)
-        except (OSError, sqlite3.Error) as exc:
-            raise StoreError(f"cannot open {what} {self.path}: {exc}") from exc
-        self._lock = threading.RLock()
-
-    def close(self) -> None:
-        self._db.close()
-
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
-
-    def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
-        with self._lock:
-            cur = self._db.execute(sql, args)
-            cur.row_factory = sqlite3.Row
-            return list(cur.fetchall())
-
-
 class Store(SqliteTables):
     """A thread-safe SQLite store; every write is one transaction."""
 
     def __init__(self, path: str | Path) -> None:
         super().__init__(path, _SCHEMA, what="store")
-        self._add_model_hash_column()
-
-    def _add_model_hash_column(self) -> None:
-        """Stores written before channels kept the listed modelHash get the column (empty:
-        no claim, so their bills are not held to one)."""
-        columns = {r["name"] for r in self._query("PRAGMA table_info(channels)")}
-        if "model_hash" not in columns:
-            with self._tx() as db:
-                db.execute("ALTER TABLE channels ADD COLUMN model_hash TEXT NOT NULL DEFAULT '0x'")
 
     # channels
 
@@ -272,17 +126,17 @@ class Store(SqliteTables):
         with self._tx() as db:
             if deposit is not None:
                 db.execute(
-                    "UPDATE channels SET deposit=? WHERE id=?", (str(deposit), _h(channel_id))
+                    "UPDATE channels SET deposit=? WHERE id=?", (str(deposit), _hex_id(channel_id))
                 )
             if status is not None:
                 db.execute(
-                    "UPDATE channels SET status=? WHERE id=?", (status.label, _h(channel_id))
+                    "UPDATE channels SET status=? WHERE id=?", (status.label, _hex_id(channel_id))
                 )
 
     def channel(self, channel_id: bytes) -> OpenChannel:
-        rows = self._query("SELECT * FROM channels WHERE id=?", (_h(channel_id),))
+        rows = self._query("SELECT * FROM channels WHERE id=?", (_hex_id(channel_id),))
         if not rows:
-            raise ChannelNotFound(f"channel {_h(channel_id)} is not in the store {self.path}")
+            raise ChannelNotFound(f"channel {_hex_id(channel_id)} is not in the store {self.path}")
         return _channel(rows[0])
 
     def channels(
@@ -300,9 +154,9 @@ class Store(SqliteTables):
     # tallies and receipts
 
     def tally(self, channel_id: bytes) -> ChannelTally:
-        rows = self._query("SELECT * FROM channel_state WHERE channel_id=?", (_h(channel_id),))
+        rows = self._query("SELECT * FROM channel_state WHERE channel_id=?", (_hex_id(channel_id),))
         if not rows:
-            raise ChannelNotFound(f"channel {_h(channel_id)} is not in the store {self.path}")
+            raise ChannelNotFound(f"channel {_hex_id(channel_id)} is not in the store {self.path}")
         return _tally(rows[0])
 
     def record_verified(self, signed: SignedUsageRecord, receipt: SignedReceipt, cost: int) -> None:
@@ -312,7 +166,7 @@ class Store(SqliteTables):
         the next one and totals must not decrease, so the client never signs lower totals.
         """
         record = signed.record
-        cid = _h(record.channel_id)
+        cid = _hex_id(record.channel_id)
         with self._tx() as db:
             row = db.execute(
                 "SELECT seq, input_tokens, output_tokens FROM channel_state WHERE channel_id=?",
@@ -353,12 +207,12 @@ class Store(SqliteTables):
         with self._tx() as db:
             db.execute(
                 "UPDATE channel_state SET delivered=1 WHERE channel_id=? AND seq=?",
-                (_h(channel_id), seq),
+                (_hex_id(channel_id), seq),
             )
 
     def bill(self, channel_id: bytes) -> list[BillLine]:
         rows = self._query(
-            "SELECT * FROM requests WHERE channel_id=? ORDER BY seq", (_h(channel_id),)
+            "SELECT * FROM requests WHERE channel_id=? ORDER BY seq", (_hex_id(channel_id),)
         )
         return [_bill_line(r) for r in rows]
 
@@ -371,11 +225,11 @@ class Store(SqliteTables):
         with self._tx() as db:
             db.execute(
                 "INSERT OR REPLACE INTO pending VALUES (?,?,?,?,?)",
-                (_h(channel_id), seq, json.dumps(served), int(received), time.time()),
+                (_hex_id(channel_id), seq, json.dumps(served), int(received), time.time()),
             )
 
     def pending(self, channel_id: bytes) -> Pending | None:
-        rows = self._query("SELECT * FROM pending WHERE channel_id=?", (_h(channel_id),))
+        rows = self._query("SELECT * FROM pending WHERE channel_id=?", (_hex_id(channel_id),))
         if not rows:
             return None
         r = rows[0]
@@ -386,10 +240,10 @@ class Store(SqliteTables):
         """Forget the pending request ``seq`` (any, if None): it was refused or disputed."""
         with self._tx() as db:
             if seq is None:
-                db.execute("DELETE FROM pending WHERE channel_id=?", (_h(channel_id),))
+                db.execute("DELETE FROM pending WHERE channel_id=?", (_hex_id(channel_id),))
             else:
                 db.execute(
-                    "DELETE FROM pending WHERE channel_id=? AND seq=?", (_h(channel_id), seq)
+                    "DELETE FROM pending WHERE channel_id=? AND seq=?", (_hex_id(channel_id), seq)
                 )
 
     # cross-process channel locks (one request at a time per channel, whatever the process)
@@ -405,7 +259,7 @@ class Store(SqliteTables):
         with self._tx() as db:
             row = db.execute(
                 "SELECT owner, pid, host, expires_at FROM channel_locks WHERE channel_id=?",
-                (_h(channel_id),),
+                (_hex_id(channel_id),),
             ).fetchone()
             if row is not None and row[0] != owner:
                 holder = LockHolder(row[0], row[1], row[2], row[3])
@@ -413,7 +267,7 @@ class Store(SqliteTables):
                     return holder
             db.execute(
                 "INSERT OR REPLACE INTO channel_locks VALUES (?,?,?,?,?)",
-                (_h(channel_id), owner, os.getpid(), host, now + lease_s),
+                (_hex_id(channel_id), owner, os.getpid(), host, now + lease_s),
             )
         return None
 
@@ -422,14 +276,15 @@ class Store(SqliteTables):
         with self._tx() as db:
             cur = db.execute(
                 "UPDATE channel_locks SET expires_at=? WHERE channel_id=? AND owner=?",
-                (time.time() + lease_s, _h(channel_id), owner),
+                (time.time() + lease_s, _hex_id(channel_id), owner),
             )
             return cur.rowcount == 1
 
     def unlock(self, channel_id: bytes, owner: str) -> None:
         with self._tx() as db:
             db.execute(
-                "DELETE FROM channel_locks WHERE channel_id=? AND owner=?", (_h(channel_id), owner)
+                "DELETE FROM channel_locks WHERE channel_id=? AND owner=?",
+                (_hex_id(channel_id), owner),
             )
 
     # session keys
@@ -449,15 +304,18 @@ class Store(SqliteTables):
         """Make ``address`` the channel's session key (the escrow has authorised it)."""
         with self._tx() as db:
             db.execute(
-                "UPDATE session_keys SET channel_id=NULL WHERE channel_id=?", (_h(channel_id),)
+                "UPDATE session_keys SET channel_id=NULL WHERE channel_id=?", (_hex_id(channel_id),)
             )
             db.execute(
-                "UPDATE session_keys SET channel_id=? WHERE address=?", (_h(channel_id), address)
+                "UPDATE session_keys SET channel_id=? WHERE address=?",
+                (_hex_id(channel_id), address),
             )
 
     def session_account(self, channel_id: bytes) -> LocalAccount | None:
         """The channel's session key, if it has one."""
-        rows = self._query("SELECT key FROM session_keys WHERE channel_id=?", (_h(channel_id),))
+        rows = self._query(
+            "SELECT key FROM session_keys WHERE channel_id=?", (_hex_id(channel_id),)
+        )
         if not rows:
             return None
         account: LocalAccount = Account.from_key(rows[0]["key"])
@@ -483,7 +341,13 @@ class Store(SqliteTables):
             cur = db.execute(
                 "INSERT INTO disputes (channel_id, seq, mismatches, evidence, created_at)"
                 " VALUES (?,?,?,?,?)",
-                (_h(channel_id), seq, json.dumps(mismatches), json.dumps(evidence), time.time()),
+                (
+                    _hex_id(channel_id),
+                    seq,
+                    json.dumps(mismatches),
+                    json.dumps(evidence),
+                    time.time(),
+                ),
             )
             return int(cur.lastrowid or 0)
 
@@ -515,17 +379,17 @@ def _check_follows(row: Any, seq: int, receipt: SignedReceipt) -> None:
         )
 
 
-def _h(channel_id: bytes) -> str:
+def _hex_id(channel_id: bytes) -> str:
     return "0x" + channel_id.hex()
 
 
-def _b(hex_str: str) -> bytes:
+def _unhex(hex_str: str) -> bytes:
     return bytes.fromhex(hex_str[2:])
 
 
 def _channel(r: sqlite3.Row) -> OpenChannel:
     return OpenChannel(
-        channel_id=_b(r["id"]),
+        channel_id=_unhex(r["id"]),
         chain_id=r["chain_id"],
         escrow=r["escrow"],
         client=r["client"],
@@ -535,10 +399,10 @@ def _channel(r: sqlite3.Row) -> OpenChannel:
         token=r["token"],
         prices=Prices(r["input_price"], r["output_price"]),
         deposit=int(r["deposit"]),
-        tokenizer_hash=_b(r["tokenizer_hash"]),
+        tokenizer_hash=_unhex(r["tokenizer_hash"]),
         context_length=r["context_length"],
         status=ChannelStatus.from_label(r["status"]),
-        model_hash=_b(r["model_hash"]) or bytes(32),
+        model_hash=_unhex(r["model_hash"]) or bytes(32),
     )
 
 
@@ -547,15 +411,18 @@ def _tally(r: sqlite3.Row) -> ChannelTally:
     if r["receipt_signature"] is not None:
         receipt = SignedReceipt(
             Receipt(
-                _b(r["channel_id"]), r["input_tokens"], r["output_tokens"], _b(r["usage_root"])
+                _unhex(r["channel_id"]),
+                r["input_tokens"],
+                r["output_tokens"],
+                _unhex(r["usage_root"]),
             ),
-            _b(r["receipt_signature"]),
+            _unhex(r["receipt_signature"]),
         )
     return ChannelTally(
         seq=r["seq"],
         input_tokens=r["input_tokens"],
         output_tokens=r["output_tokens"],
-        usage_root=_b(r["usage_root"]),
+        usage_root=_unhex(r["usage_root"]),
         receipt=receipt,
         delivered=bool(r["delivered"]),
     )
@@ -568,7 +435,7 @@ def _bill_line(r: sqlite3.Row) -> BillLine:
         completion_tokens=r["completion_tokens"],
         cost=r["cost"],
         record=SignedUsageRecord(
-            UsageRecord.from_json(json.loads(r["record"])), _b(r["signature"])
+            UsageRecord.from_json(json.loads(r["record"])), _unhex(r["signature"])
         ),
         created_at=r["created_at"],
     )
@@ -577,7 +444,7 @@ def _bill_line(r: sqlite3.Row) -> BillLine:
 def _dispute(r: sqlite3.Row) -> Dispute:
     return Dispute(
         id=r["id"],
-        channel_id=_b(r["channel_id"]),
+        channel_id=_unhex(r["channel_id"]),
         seq=r["seq"],
         mismatches=json.loads(r["mismatches"]),
         evidence=json.loads(r["evidence"]),

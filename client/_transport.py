@@ -31,7 +31,7 @@ from ._billing import LOCK_TIMEOUT_S, Biller
 from ._errors import ClientError, InvalidResponse, from_httpx
 from ._json import MAX_BODY_BYTES, MAX_EVENT_BYTES, MAX_JSON_DEPTH, loads, read_capped, too_deep
 from ._locks import ChannelLock
-from ._store import OpenChannel
+from ._types import OpenChannel
 from ._verify import Served, VerifiedBill
 
 __all__ = ["BILL_EXTENSION", "BillSlot", "TallyTransport"]

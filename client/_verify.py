@@ -29,7 +29,7 @@ from tallystick.protocol import (
 )
 
 from ._errors import BillingDispute, Mismatch
-from ._store import ChannelTally, OpenChannel
+from ._types import ChannelTally, OpenChannel
 
 __all__ = [
     "DEFAULT_TOLERANCE",

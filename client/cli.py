@@ -44,7 +44,7 @@ from ._errors import (
     PaymentRequired,
     WalletError,
 )
-from ._store import Dispute, LockHolder, OpenChannel
+from ._types import Dispute, LockHolder, OpenChannel
 from ._wallet import Wallet
 
 __all__ = ["cli", "main"]

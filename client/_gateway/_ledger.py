@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .._errors import StoreError
-from .._store import SqliteTables
+from .._sqlite import SqliteTables
 
 __all__ = ["KEY_PREFIX", "USAGE_DIMENSIONS", "ApiKey", "Ledger", "Spend"]
 

@@ -23,8 +23,8 @@ from tallystick.protocol import ChannelStatus, cost_of
 from .._chain import Offer
 from .._client import Tallystick
 from .._errors import ClientError
-from .._store import OpenChannel
 from .._transport import TallyTransport
+from .._types import OpenChannel
 from .._verify import VerifiedBill
 from ._errors import GatewayError
 

@@ -28,8 +28,8 @@ from .._client import Tallystick
 from .._discovery import find_offers
 from .._errors import BillingDispute, NodeError, NodeUnavailable
 from .._node import node_error, send
-from .._store import OpenChannel
 from .._transport import BILL_EXTENSION, BillSlot
+from .._types import OpenChannel
 from .._verify import VerifiedBill
 from .._wallet import Wallet
 from ._errors import GatewayError

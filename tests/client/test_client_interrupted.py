@@ -12,7 +12,7 @@ import pytest
 from client_fakenode import FakeNode, new_provider
 from client_nodekit import serve_node
 from tallystick.client import BillingDispute, Chain, Served, Tallystick, Wallet, verify_bill
-from tallystick.client._store import ChannelTally
+from tallystick.client._types import ChannelTally
 from tallystick.protocol import (
     ZERO_ROOT,
     Prices,

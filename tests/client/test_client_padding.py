@@ -26,7 +26,7 @@ from tallystick.client import (
     Wallet,
     verify_bill,
 )
-from tallystick.client._store import ChannelTally
+from tallystick.client._types import ChannelTally
 from tallystick.client._verify import payable_output_tokens
 from tallystick.protocol import (
     ZERO_ROOT,
