@@ -281,11 +281,17 @@ class SettlementWorker:
                 gas_cost = await self._chain.claim_cost_estimate([c.receipt.signed for c in found])
                 if value > self._multiple * gas_cost:
                     return True
-                waiting.append(f"ETH {value} < {self._multiple:g} x gas cost {gas_cost}")
+                waiting.append(
+                    f"{await self._money(token, value)} < {self._multiple:g} x gas cost "
+                    f"{await self._money(token, gas_cost)}"
+                )
             elif value >= minimum and value > 0:
                 return True
             else:
-                waiting.append(f"{_token_name(token)} {value} < min claim {minimum}")
+                waiting.append(
+                    f"{await self._money(token, value)} < min claim "
+                    f"{await self._money(token, minimum)}"
+                )
         log.info("settlement: waiting: %s unclaimed", "; ".join(waiting))
         return False
 
@@ -308,6 +314,10 @@ class SettlementWorker:
             decimals = 0
         self._min_claims[token] = 10**decimals
         return self._min_claims[token]
+
+    async def _money(self, token: str, amount: int) -> str:
+        """``amount`` of ``token`` in its own units (base units before a fake chain)."""
+        return await asyncio.to_thread(_money, self._chain, token, amount)
 
     async def _claim(self, found: list[Candidate]) -> ClaimOutcome:
         items = [
@@ -377,15 +387,15 @@ def _amounts(found: list[Candidate], outcome: ClaimOutcome, chain: ChainView) ->
     for c in found:
         token = c.channel.token.lower()
         paid[token] = paid.get(token, 0) + outcome.claimed.get(c.receipt.channel_id, 0)
+    return ", ".join(_money(chain, t, v) for t, v in sorted(paid.items())) or "nothing"
+
+
+def _money(chain: ChainView, token: str, amount: int) -> str:
     w3 = getattr(getattr(chain, "escrow", None), "w3", None)  # a unit test's fake: base units
-    texts = []
-    for token, value in sorted(paid.items()):
-        if w3 is None:
-            texts.append(f"{_token_name(token)} {value}")
-            continue
-        info = token_info(w3, token)
-        texts.append(format_amount(value, info) + ("" if info.is_eth else f" ({info.address})"))
-    return ", ".join(texts) or "nothing"
+    if w3 is None:
+        return f"{_token_name(token)} {amount}"
+    info = token_info(w3, token)
+    return format_amount(amount, info) + ("" if info.is_eth else f" ({info.address})")
 
 
 def _token_name(token: str) -> str:
