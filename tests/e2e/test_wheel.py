@@ -93,6 +93,10 @@ def test_the_wheel_holds_nothing_test_only(wheel: Path) -> None:
     outside = [n for n in files if "/".join(n.split("/")[:2]) not in packages]
     assert not outside, f"not in a package (bench, tests, scripts?): {outside}"
     assert not [n for n in files if "/tests/" in n or n.endswith("conftest.py")]
+    # The test mocks' ABIs (ReentrantToken, FeeOnTransferToken) stay out: MockUSDC is the
+    # demo's token, the only mock a user meets.
+    abis = {n for n in files if n.startswith("tallystick/protocol/abi/")}
+    assert abis == {n for n in DATA if "/abi/" in n}, sorted(abis)
 
 
 @pytest.fixture(scope="module")
