@@ -97,6 +97,11 @@ class EscrowChain:
         provider = self.escrow.w3.provider
         return dict(provider.failures) if isinstance(provider, FailoverHTTPProvider) else {}
 
+    def rpc_errors(self) -> dict[tuple[str, str], int]:
+        """JSON-RPC error answers per RPC URL label and error code, since start (the metric)."""
+        provider = self.escrow.w3.provider
+        return dict(provider.errors) if isinstance(provider, FailoverHTTPProvider) else {}
+
     async def channel(self, channel_id: bytes) -> ChannelState | None:
         return await asyncio.to_thread(self._channel, channel_id)
 

@@ -116,9 +116,14 @@ class NodeMetrics:
         """``vllm:num_requests_running`` / ``_waiting``, read from the engine at scrape time."""
         self.registry.register(_EngineGauges(model, stats))
 
-    def watch_rpc(self, failures: Callable[[], dict[tuple[str, str], int]]) -> None:
-        """``tallystick_rpc_failures_total{rpc, kind}``, read from the chain at scrape time."""
-        self.registry.register(_RpcFailures(failures))
+    def watch_rpc(
+        self,
+        failures: Callable[[], dict[tuple[str, str], int]],
+        errors: Callable[[], dict[tuple[str, str], int]] = dict,
+    ) -> None:
+        """``tallystick_rpc_failures_total{rpc, kind}`` (transport) and
+        ``tallystick_rpc_errors_total{rpc, code}`` (JSON-RPC error answers), at scrape time."""
+        self.registry.register(_RpcFailures(failures, errors))
 
     def watch_channels(self, channels: Callable[[], list[ChannelState]]) -> None:
         """Channels by status, open deposits and disputes, read from the ledger at scrape time."""
@@ -170,8 +175,13 @@ class _EngineGauges(Collector):
 
 
 class _RpcFailures(Collector):
-    def __init__(self, failures: Callable[[], dict[tuple[str, str], int]]) -> None:
+    def __init__(
+        self,
+        failures: Callable[[], dict[tuple[str, str], int]],
+        errors: Callable[[], dict[tuple[str, str], int]],
+    ) -> None:
         self._failures = failures
+        self._errors = errors
 
     def collect(self) -> Iterator[Metric]:
         family = CounterMetricFamily(
@@ -182,6 +192,14 @@ class _RpcFailures(Collector):
         for (label, kind), count in sorted(self._failures().items()):
             family.add_metric([label, kind], count)
         yield family
+        errors = CounterMetricFamily(
+            "tallystick_rpc_errors",
+            "JSON-RPC error answers of the chain RPC (reverts included), per RPC URL and code.",
+            labels=["rpc", "code"],
+        )
+        for (label, code), count in sorted(self._errors().items()):
+            errors.add_metric([label, code], count)
+        yield errors
 
 
 class _ChannelGauges(Collector):

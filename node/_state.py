@@ -80,7 +80,7 @@ async def build_state(
     await engine.start()
     log.info("model ready in %.1fs", time.perf_counter() - started)
     metrics.watch_engine(engine.model_name, engine.stats)
-    metrics.watch_rpc(chain.rpc_failures)
+    metrics.watch_rpc(chain.rpc_failures, getattr(chain, "rpc_errors", dict))
     metrics.watch_channels(ledger.channels)
     cache = ChannelCache(chain, ledger, settings.channel_cache_ttl)
     gate = PaymentGate(

@@ -85,6 +85,9 @@ class FailoverHTTPProvider(HTTPProvider):
         super().__init__(self.urls[0], request_kwargs=request_kwargs)
         self.labels = [rpc_label(i, u) for i, u in enumerate(self.urls)]
         self.failures: Counter[tuple[str, str]] = Counter()  # (label, kind) -> count
+        # JSON-RPC error answers (a revert, a nonce too low, out of gas money), by code: answers,
+        # not failures (no failover), counted so an operator sees them
+        self.errors: Counter[tuple[str, str]] = Counter()  # (label, code) -> count
         self._on_failure = on_failure
         self._current = 0
         self._lock = threading.Lock()
@@ -96,6 +99,15 @@ class FailoverHTTPProvider(HTTPProvider):
         if json_too_deep(raw_response):
             raise ChainError("the chain RPC answered with JSON nested too deeply to parse")
         return HTTPProvider.decode_rpc_response(raw_response)
+
+    def make_request(self, method: RPCEndpoint, params: Any) -> RPCResponse:
+        response: RPCResponse = super().make_request(method, params)
+        error = response.get("error") if isinstance(response, dict) else None
+        if error is not None:
+            code = str(error.get("code", "?")) if isinstance(error, dict) else "?"
+            with self._lock:
+                self.errors[(self.labels[self._current], code)] += 1
+        return response
 
     @property
     def current_url(self) -> str:

@@ -207,3 +207,18 @@ def test_every_grafana_query_reads_a_metric_the_node_exports(served: Any, caplog
     # the settlement pass said what it claimed, in ETH
     claimed = format_amount(cost_of(inp, out, PRICES), ETH_INFO)
     assert any(f"claimed {claimed} over 1 receipt" in r.getMessage() for r in caplog.records)
+
+
+def test_rpc_error_answers_are_counted_by_code(served: Any) -> None:
+    import re
+
+    server, _, _ = served
+    node = server.server.config.app.state.node
+    provider = node.chain.escrow.w3.provider
+    answer = provider.make_request("eth_noSuchMethod", [])  # anvil: -32601 method not found
+    assert answer["error"]["code"] == -32601
+    text = httpx.get(server.url + "/metrics").text
+    found = re.search(
+        r'tallystick_rpc_errors_total\{code="-32601",rpc="0:127\.0\.0\.1:\d+"\} (\S+)', text
+    )
+    assert found and float(found[1]) >= 1.0, text[-2000:]
