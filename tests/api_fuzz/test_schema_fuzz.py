@@ -17,12 +17,13 @@ from typing import Any
 import schemathesis
 from eth_account import Account
 from hypothesis import HealthCheck, settings
-from nodekit import ESCROW, SIGN_MARKER, FakeChain, SignAtTheDoor, open_channel
-from nodekit import settings as node_settings
 from schemathesis import GenerationMode
 from tallystick.node import SqliteLedger, create_app
 from tallystick.node.engines import FakeEngine
 from tallystick.protocol import Domain
+
+from tests.kit.node_harness import ESCROW, SIGN_MARKER, FakeChain, SignAtTheDoor, open_channel
+from tests.kit.node_harness import settings as node_settings
 
 PROVIDER = Account.from_key("0x" + "11" * 32)
 CLIENT = Account.from_key("0x" + "22" * 32)

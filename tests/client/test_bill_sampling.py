@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from client_fakenode import MODEL, Bill, FakeNode
 from tallystick.client import BillingDispute, Tallystick, Wallet
 from tallystick.protocol import ZERO_ROOT, params_units
+
+from tests.kit.client import MODEL, Bill, FakeNode
 
 LISTED = bytes.fromhex("ab" * 32)
 MESSAGES = [{"role": "user", "content": "hello"}]

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from client_fakenode import MODEL, FakeNode
 from tallystick.client import NodeUnavailable, Tallystick, Wallet
+
+from tests.kit.client import MODEL, FakeNode
 
 MESSAGES = [{"role": "user", "content": "hello"}]
 

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from client_fakenode import ENDPOINT, MODEL, PRICES, FakeNode
 from tallystick.client import (
     Chain,
     ChannelStateError,
@@ -22,6 +21,9 @@ from tallystick.client import (
 from tallystick.client._disputes import utc
 from tallystick.protocol import ChannelStatus, ContractError, Prices, cost_of, model_id
 
+from tests.kit.chain import register_and_list
+from tests.kit.client import ENDPOINT, MODEL, PRICES, FakeNode
+
 pytestmark = pytest.mark.chain
 MESSAGES = [{"role": "user", "content": "hello"}]
 USDC_PRICES = Prices(input_per_m=1_000_000, output_per_m=3_000_000)
@@ -33,20 +35,9 @@ def world(deployment: Any, accounts: Any, w3: Any) -> dict[str, Any]:
     fake = FakeNode(accounts.provider, accounts.client.address, bytes(32))
     fake.escrow = deployment.escrow.address
     fake.__post_init__()
-    reg = deployment.registry
-    reg.register(accounts.provider, ENDPOINT)
-    reg.list_model(
-        accounts.provider, MODEL, PRICES, tokenizer_hash=fake.bundle.hash(), context_length=2048
-    )
-    reg.register(accounts.provider2, ENDPOINT)
-    reg.list_model(
-        accounts.provider2,
-        MODEL,
-        USDC_PRICES,
-        token=deployment.usdc.address,
-        tokenizer_hash=fake.bundle.hash(),
-        context_length=2048,
-    )
+    register_and_list(deployment, accounts.provider, ENDPOINT, MODEL, PRICES)
+    usdc = deployment.usdc.address
+    register_and_list(deployment, accounts.provider2, ENDPOINT, MODEL, USDC_PRICES, token=usdc)
     deployment.usdc.mint(accounts.deployer, accounts.client.address, 10**9)
     return {"fake": fake, "deployment": deployment, "accounts": accounts, "w3": w3}
 

@@ -8,10 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from client_nodekit import serve_node
 from tallystick.client import Chain
 from tallystick.client.cli import main
 from tallystick.protocol import Prices, model_id
+
+from tests.kit.node import serve_node
 
 pytestmark = pytest.mark.chain
 PRICES = Prices(input_per_m=3_000_000_000, output_per_m=9_000_000_000)

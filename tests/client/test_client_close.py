@@ -8,10 +8,11 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from client_nodekit import serve_node
 from tallystick.client import Chain, Tallystick, Wallet
 from tallystick.client.cli import cli
 from tallystick.protocol import ChannelStatus, Prices
+
+from tests.kit.node import serve_node
 
 pytestmark = pytest.mark.chain
 PRICES = Prices(input_per_m=3_000_000_000, output_per_m=9_000_000_000)

@@ -9,11 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from client_nodekit import serve_node
 from tallystick.client import Chain, Tallystick, Wallet
 from tallystick.client._dashboard import DashboardServer
 from tallystick.client.cli import main
 from tallystick.protocol import ETH_INFO, Prices, format_amount, token_info
+
+from tests.kit.node import serve_node
 
 pytestmark = pytest.mark.chain
 PRICES = Prices(input_per_m=3_000_000_000, output_per_m=9_000_000_000)

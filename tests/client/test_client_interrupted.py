@@ -9,8 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from client_fakenode import FakeNode, new_provider
-from client_nodekit import serve_node
 from tallystick.client import BillingDispute, Chain, Served, Tallystick, Wallet, verify_bill
 from tallystick.client._types import ChannelTally
 from tallystick.protocol import (
@@ -21,6 +19,9 @@ from tallystick.protocol import (
     hash_token_ids,
     sign_usage_record,
 )
+
+from tests.kit.client import FakeNode, new_provider
+from tests.kit.node import serve_node
 
 PRICES = Prices(input_per_m=3_000_000_000, output_per_m=9_000_000_000)
 MESSAGES = [{"role": "user", "content": "Tell me a story."}]

@@ -12,7 +12,6 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
-from client_fakenode import MODEL, Bill, FakeNode, new_provider
 from hypothesis import given
 from hypothesis import strategies as st
 from tallystick.client import (
@@ -36,6 +35,8 @@ from tallystick.protocol import (
     hash_token_ids,
     sign_usage_record,
 )
+
+from tests.kit.client import MODEL, Bill, FakeNode, new_provider
 
 MESSAGES = [{"role": "user", "content": "hello"}]
 EMPTY = ChannelTally(0, 0, 0, ZERO_ROOT, None, True)

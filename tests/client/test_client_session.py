@@ -11,7 +11,6 @@ from typing import Any
 
 import httpx
 import pytest
-from client_nodekit import serve_node
 from tallystick.client import Chain, Tallystick, Wallet, WalletError
 from tallystick.protocol import (
     Prices,
@@ -22,6 +21,8 @@ from tallystick.protocol import (
     sign_receipt,
     sign_request_auth,
 )
+
+from tests.kit.node import serve_node
 
 pytestmark = pytest.mark.chain
 PRICES = Prices(input_per_m=3_000_000_000, output_per_m=9_000_000_000)

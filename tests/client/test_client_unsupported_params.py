@@ -9,9 +9,10 @@ from typing import Any
 
 import openai
 import pytest
-from client_nodekit import serve_node
 from tallystick.client import Chain, Tallystick, Wallet
 from tallystick.protocol import Prices
+
+from tests.kit.node import serve_node
 
 pytestmark = pytest.mark.chain
 PRICES = Prices(input_per_m=3_000_000_000, output_per_m=9_000_000_000)

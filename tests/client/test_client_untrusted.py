@@ -20,7 +20,6 @@ from typing import Any
 
 import httpx
 import pytest
-from client_fakenode import ENDPOINT, MODEL, FakeNode
 from eth_utils import keccak
 from tallystick.client import InvalidResponse, NodeError, Tallystick, Wallet
 from tallystick.client._json import MAX_JSON_DEPTH, read_capped, too_deep
@@ -34,6 +33,8 @@ from tallystick.client._tokenizers import (
 from tallystick.client._transport import _sse_events
 from tallystick.protocol import ProtocolError, TokenCounter
 from test_client_verify import MESSAGES, assert_nothing_countersigned, chat
+
+from tests.kit.client import ENDPOINT, MODEL, FakeNode
 
 HERE = Path(__file__).parent
 DEEP = 1_000  # deep enough to refuse, shallow enough not to crash the test run without the guard
@@ -276,10 +277,10 @@ def test_the_real_chat_templates_pass(fake: FakeNode) -> None:
 
 _ATTACK = """
 import sys, os, json
-sys.path.insert(0, {here!r})
+sys.path.insert(0, {root!r})  # the checkout: tests.kit
 from pathlib import Path
 import httpx
-from client_fakenode import FakeNode, new_provider
+from tests.kit.client import FakeNode, new_provider
 from tallystick.client import InvalidResponse, Tallystick, Wallet
 assert sys.getrecursionlimit() >= 100000  # web3's, the condition of the crash
 wallet = Wallet.from_key("0x" + os.urandom(32).hex())
@@ -308,7 +309,7 @@ print("alive")
 
 
 def test_a_200k_deep_answer_does_not_kill_the_process(tmp_path: Path) -> None:
-    script = _ATTACK.format(here=str(HERE), tmp=str(tmp_path))
+    script = _ATTACK.format(root=str(HERE.parents[1]), tmp=str(tmp_path))
     done = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=os.environ
     )

@@ -7,7 +7,6 @@ from dataclasses import replace
 
 import httpx
 import pytest
-from client_fakenode import MODEL, PRICES, Bill, FakeNode
 from eth_account import Account
 from tallystick.client import BillingDispute, NodeUnavailable, PaymentRequired, Tallystick
 from tallystick.protocol import (
@@ -16,6 +15,8 @@ from tallystick.protocol import (
     cost_of,
     recover_receipt_signer,
 )
+
+from tests.kit.client import MODEL, PRICES, Bill, FakeNode
 
 MESSAGES = [{"role": "user", "content": "hello"}]
 

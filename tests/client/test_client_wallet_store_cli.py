@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 import tallystick.client as sdk
 from click.testing import CliRunner
-from client_fakenode import MODEL, FakeNode
 from tallystick.client import StoreError, Tallystick, Wallet, WalletError
 from tallystick.client.cli import cli, main
 from tallystick.protocol import Receipt, SignedUsageRecord, sign_receipt
+
+from tests.kit.client import MODEL, FakeNode
 
 MESSAGES = [{"role": "user", "content": "hello"}]
 

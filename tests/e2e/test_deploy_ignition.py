@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,6 @@ from click.testing import CliRunner
 from tallystick.client import Chain
 from tallystick.node.cli import main as node_cli
 from tallystick.protocol import (
-    ChainUnavailable,
     DeploymentNotFound,
     Escrow,
     Registry,
@@ -31,6 +29,8 @@ from tallystick.protocol import (
     connect,
     read_deployment,
 )
+
+from tests.kit.chain import start_anvil
 
 pytestmark = pytest.mark.chain
 
@@ -42,32 +42,11 @@ CHAIN_ID = 31_000 + os.getpid() % 1000  # a chain of its own: its own deployment
 @pytest.fixture
 def chain(anvil: Any) -> Iterator[str]:
     """An anvil of its own (same binary and mnemonic as the session's) with ``CHAIN_ID``."""
-    from tallystick.devnet import free_port
-
-    port = free_port()
-    cmd = [str(ROOT / "node_modules" / ".bin" / "anvil"), "--port", str(port), "--silent"]
-    cmd += ["--chain-id", str(CHAIN_ID), "--mnemonic", anvil.mnemonic]
-    process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
     try:
-        _wait_for_chain(url, process)
-        yield url
+        with start_anvil(CHAIN_ID, anvil.mnemonic) as own:
+            yield own.url
     finally:
-        process.terminate()
-        process.wait(timeout=10)
         shutil.rmtree(DEPLOYMENTS / f"chain-{CHAIN_ID}", ignore_errors=True)
-
-
-def _wait_for_chain(url: str, process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            connect(url, timeout_s=2)
-            return
-        except ChainUnavailable:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
 
 
 def _deploy(url: str, key: Any, *args: str) -> subprocess.CompletedProcess[str]:

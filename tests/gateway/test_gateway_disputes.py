@@ -4,17 +4,16 @@ again, also after a restart (the dispute is in the store)."""
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
-from gatewaykit import CHEAP, DEAR, GatewayMarket
 from tallystick.client import Store
-from test_attacks_node import Tampering
+
+from tests.kit.gateway import CHEAP, DEAR, GatewayMarket
+from tests.kit.net import ThreadServer
+from tests.kit.node import Tampering, fake_node_app
 
 pytestmark = pytest.mark.chain
 
@@ -29,38 +28,19 @@ def _inflate(body: dict[str, Any]) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def gw_market(anvil, w3, accounts, tmp_path_factory) -> Iterator[GatewayMarket]:
     """The cheap provider tampers with its plain answers after signing; the dear one is honest."""
-    from tallystick.node import Settings, create_app
-    from tallystick.node.engines import FakeEngine
     from tallystick.protocol import deploy
 
     deployment = deploy(w3, accounts.deployer, challenge_period=3600)
     market = GatewayMarket(deployment, accounts, anvil, w3, tmp_path_factory.mktemp("dispute"))
     cheat = market.add_provider(accounts.provider, CHEAP)  # its NodeProcess is never started
-    settings = Settings(
-        rpc=anvil.url,
-        escrow=deployment.escrow.address,
-        registry=deployment.registry.address,
-        db=market.workdir / "cheat.db",
-        port=cheat.market.port,
-        channel_cache_ttl=0,
+    app = fake_node_app(
+        cheat.market, accounts.provider, market.workdir / "cheat.db", cheat.market.port
     )
-    app = create_app(settings, engine=FakeEngine(), account=accounts.provider, run_worker=False)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            Tampering(app, _inflate), host="127.0.0.1", port=cheat.market.port, log_level="warning"
-        )
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
     try:
-        market.add_provider(accounts.provider2, DEAR).node.start()
-        yield market
+        with ThreadServer(Tampering(app, _inflate), cheat.market.port):
+            market.add_provider(accounts.provider2, DEAR).node.start()
+            yield market
     finally:
-        server.should_exit = True
-        thread.join(timeout=10)
         market.stop()
 
 

@@ -15,9 +15,12 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from gatewaykit import GatewayMarket, Provider
-from reliakit import Market, free_port
 from tallystick.protocol import Prices, TokenizerBundle
+
+from tests.kit.chain import Market, register_and_list
+from tests.kit.gateway import GatewayMarket, Provider
+from tests.kit.net import free_port
+from tests.kit.node import wait_healthy
 
 pytestmark = [pytest.mark.chain, pytest.mark.model]
 
@@ -34,8 +37,6 @@ class _ModelNode:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        from nodekit_chain import wait_healthy
-
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT,
                                             env=self.env)  # fmt: skip
@@ -67,14 +68,11 @@ def gw_market(
     try:
         node.start()
         bundle = httpx.get(f"{url}/v1/tally/tokenizer/{MODEL}", timeout=60).content
-        deployment.registry.register(accounts.provider, url)
-        deployment.registry.list_model(
-            accounts.provider,
-            MODEL,
-            PRICES,
-            tokenizer_hash=TokenizerBundle.from_bytes(bundle).hash(),
-            context_length=8192,
-        )
+        tokenizer_hash = TokenizerBundle.from_bytes(bundle).hash()
+        register_and_list(
+            deployment, accounts.provider, url, MODEL, PRICES,
+            tokenizer_hash=tokenizer_hash, context_length=8192,
+        )  # fmt: skip
         market.providers.append(
             Provider(accounts.provider, Market(deployment, accounts, anvil, w3, port), node)  # type: ignore[arg-type]
         )

@@ -8,7 +8,6 @@ from dataclasses import replace
 
 import pytest
 from eth_account import Account
-from nodekit import MODEL, STORES, open_channel
 from tallystick.node.engines import FakeEngine
 from tallystick.protocol import (
     ChannelStatus,
@@ -16,6 +15,9 @@ from tallystick.protocol import (
     UsageRecord,
     recover_usage_record_signer,
 )
+
+from tests.kit.ledger import STORES
+from tests.kit.node_harness import MODEL, open_channel
 
 pytestmark = pytest.mark.anyio
 

@@ -7,8 +7,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from nodekit import MODEL
 from tallystick.node.engines import FakeEngine
+
+from tests.kit.node_harness import MODEL
 
 pytestmark = pytest.mark.anyio
 

@@ -9,7 +9,6 @@ from dataclasses import replace
 
 import pytest
 from eth_account import Account
-from nodekit import open_channel
 from tallystick.node.engines import FakeEngine
 from tallystick.protocol import (
     ZERO_ROOT,
@@ -20,6 +19,8 @@ from tallystick.protocol import (
     recover_receipt_signer,
     sign_receipt,
 )
+
+from tests.kit.node_harness import open_channel
 
 pytestmark = pytest.mark.anyio
 

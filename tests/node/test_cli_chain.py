@@ -13,9 +13,11 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 from eth_account import Account
-from nodekit_chain import chain_args, key_hex
 from tallystick.node.cli import main
 from tallystick.protocol import ETH, Receipt, model_id, sign_receipt
+
+from tests.kit.chain import key_hex
+from tests.kit.node import chain_args
 
 pytestmark = pytest.mark.chain
 

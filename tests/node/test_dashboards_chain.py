@@ -14,10 +14,12 @@ from typing import Any
 
 import httpx
 import pytest
-from nodekit_chain import RawChannel, Server
 from tallystick.node import Settings, create_app
 from tallystick.node.engines import FakeEngine
 from tallystick.protocol import ETH, ETH_INFO, Prices, cost_of, format_amount, model_id
+
+from tests.kit.net import ThreadServer
+from tests.kit.node import RawChannel
 
 pytestmark = pytest.mark.chain
 
@@ -65,7 +67,7 @@ def served(deployment: Any, accounts: Any, anvil: Any, tmp_path: Any, caplog: An
         min_claim={ETH: 1},
     )
     raw = RawChannel(client, deployment.escrow.domain, cid)
-    with Server(create_app(settings, engine=engine)) as server:
+    with ThreadServer(create_app(settings, engine=engine)) as server:
         with httpx.Client(base_url=server.url, timeout=30) as http:
             receipt, body = None, {}
             for question in ("What is a tally stick?", "Who kept the halves?", "Why split?"):

@@ -8,8 +8,9 @@ import asyncio
 import json
 
 import pytest
-from nodekit import MODEL
 from tallystick.node.engines import FakeEngine
+
+from tests.kit.node_harness import MODEL
 
 pytestmark = pytest.mark.anyio
 

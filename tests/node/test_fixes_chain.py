@@ -9,7 +9,6 @@ from typing import Any
 
 import httpx
 import pytest
-from nodekit_chain import RawChannel, Server, key_hex
 from tallystick.node import (
     ChannelCache,
     NodeMetrics,
@@ -34,6 +33,10 @@ from tallystick.protocol import (
     sign_receipt,
 )
 
+from tests.kit.chain import key_hex, list_model, open_eth_channel, register_and_list
+from tests.kit.net import ThreadServer
+from tests.kit.node import RawChannel
+
 pytestmark = pytest.mark.chain
 
 MODEL = "fake-model"
@@ -52,39 +55,14 @@ def _settings(anvil: Any, deployment: Any, provider: Any, tmp_path: Any, **extra
     )
 
 
-def _list(deployment: Any, provider: Any, engine: FakeEngine, prices: Prices = PRICES) -> None:
-    deployment.registry.list_model(
-        provider,
-        MODEL,
-        prices,
-        tokenizer_hash=engine.tokenizer_bundle.hash(),
-        context_length=engine.context_length,
-    )
-
-
-def _open(deployment: Any, client: Any, provider: Any) -> bytes:
-    opened = deployment.escrow.open(
-        client,
-        provider.address,
-        model_id(MODEL),
-        DEPOSIT,
-        token=ETH,
-        max_input_price_per_m=PRICES.input_per_m,
-        max_output_price_per_m=PRICES.output_per_m,
-    )
-    return bytes(opened.value)
-
-
 def test_a_settlement_pass_claims_in_transactions_within_the_gas_budget(
     deployment, accounts, anvil, tmp_path
 ):
     provider, client = accounts.provider, accounts.client
-    engine = FakeEngine()
-    deployment.registry.register(provider, "http://127.0.0.1")
-    _list(deployment, provider, engine)
+    register_and_list(deployment, provider, "http://127.0.0.1", MODEL, PRICES)
     escrow = deployment.escrow
     ledger = SqliteLedger(tmp_path / "ledger.db")
-    ids = [_open(deployment, client, provider) for _ in range(8)]
+    ids = [open_eth_channel(deployment, client, provider, MODEL, PRICES, DEPOSIT) for _ in range(8)]
     for i, cid in enumerate(ids):
         receipt = Receipt(cid, 1000 * (i + 1), 50, bytes([i + 1]) * 32)
         ledger.add_receipt(StoredReceipt(sign_receipt(client, escrow.domain, receipt), 1, 0.0))
@@ -122,15 +100,14 @@ def test_an_unused_channel_closes_cooperatively_with_a_full_refund(
 ):
     provider, client = accounts.provider, accounts.client
     engine = FakeEngine()
-    deployment.registry.register(provider, "http://127.0.0.1")
-    _list(deployment, provider, engine)
+    register_and_list(deployment, provider, "http://127.0.0.1", MODEL, PRICES)
     escrow = deployment.escrow
-    cid = _open(deployment, client, provider)
+    cid = open_eth_channel(deployment, client, provider, MODEL, PRICES, DEPOSIT)
     settings = _settings(anvil, deployment, provider, tmp_path, settle_interval=3600)
     zero = sign_receipt(client, escrow.domain, Receipt(cid, 0, 0, ZERO_ROOT))
     raw = RawChannel(client, escrow.domain, cid)
     with (
-        Server(create_app(settings, engine=engine)) as server,
+        ThreadServer(create_app(settings, engine=engine)) as server,
         httpx.Client(base_url=server.url, timeout=30) as http,
     ):
         resp = raw.post(http, f"/v1/tally/channels/0x{cid.hex()}/close", zero.to_json())
@@ -169,11 +146,11 @@ def test_models_shows_a_listing_made_after_start_and_a_new_price_at_once(
         return time.monotonic() - started
 
     with (
-        Server(create_app(settings, engine=engine)) as server,
+        ThreadServer(create_app(settings, engine=engine)) as server,
         httpx.Client(base_url=server.url, timeout=30) as http,
     ):
         assert pricing(http) is None  # not listed yet (and the miss is cached)
-        _list(deployment, provider, engine)
+        list_model(deployment, provider, MODEL, PRICES)
         listed = {"input_per_million": 10**12, "output_per_million": 2 * 10**12, "token": ETH}
         wait_for(http, listed, within=2.0)
         new = Prices(3 * 10**12, 4 * 10**12)

@@ -7,7 +7,6 @@ import time
 
 import pytest
 from eth_account import Account
-from nodekit import ESCROW, STORES, TOKEN
 from tallystick.node import (
     ClaimItem,
     PostgresLedger,
@@ -28,6 +27,9 @@ from tallystick.protocol import (
     sign_receipt,
     sign_usage_record,
 )
+
+from tests.kit.ledger import STORES
+from tests.kit.node_harness import ESCROW, TOKEN
 
 DOMAIN = Domain(31337, ESCROW)
 PROVIDER = Account.from_key("0x" + "11" * 32)

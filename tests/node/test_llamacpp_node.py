@@ -23,10 +23,12 @@ from typing import Any
 import httpx
 import pytest
 from click.testing import CliRunner
-from nodekit_chain import chain_args, free_port, wait_healthy
 from tallystick.client import Chain, Tallystick, Wallet
 from tallystick.node.cli import main
 from tallystick.protocol import Prices, cost_of
+
+from tests.kit.net import free_port
+from tests.kit.node import chain_args, wait_healthy
 
 pytestmark = [pytest.mark.chain, pytest.mark.model]
 

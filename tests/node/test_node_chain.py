@@ -13,7 +13,6 @@ from typing import Any
 import httpx
 import pytest
 from click.testing import CliRunner
-from nodekit_chain import RawChannel, Server
 from tallystick.node import Settings, create_app
 from tallystick.node.cli import main
 from tallystick.node.engines import FakeEngine
@@ -21,8 +20,11 @@ from tallystick.protocol import (
     ETH,
     Prices,
     cost_of,
-    model_id,
 )
+
+from tests.kit.chain import open_eth_channel, register_and_list
+from tests.kit.net import ThreadServer
+from tests.kit.node import RawChannel
 
 pytestmark = pytest.mark.chain
 
@@ -35,30 +37,14 @@ def market(deployment: Any, accounts: Any) -> Any:
     """The provider registered and listing fake-model; the client with an open ETH channel."""
     provider, client = accounts.provider, accounts.client
     engine = FakeEngine(reply="Paid per token, settled on chain.")
-    deployment.registry.register(provider, "http://127.0.0.1:0")
-    deployment.registry.list_model(
-        provider,
-        MODEL,
-        PRICES,
-        tokenizer_hash=engine.tokenizer_bundle.hash(),
-        context_length=engine.context_length,
-    )
-    cid = deployment.escrow.open(
-        client,
-        provider.address,
-        model_id(MODEL),
-        10**17,
-        token=ETH,
-        max_input_price_per_m=PRICES.input_per_m,
-        max_output_price_per_m=PRICES.output_per_m,
-    ).value
-    return deployment, engine, bytes(cid)
+    register_and_list(deployment, provider, "http://127.0.0.1:0", MODEL, PRICES)
+    return deployment, engine, open_eth_channel(deployment, client, provider, MODEL, PRICES)
 
 
 @pytest.fixture
 def node(
     market: Any, anvil: Any, accounts: Any, tmp_path: Any
-) -> Iterator[tuple[Server, Settings]]:
+) -> Iterator[tuple[ThreadServer, Settings]]:
     deployment, engine, _ = market
     settings = Settings(
         rpc=anvil.url,
@@ -70,7 +56,7 @@ def node(
         poll_interval=0.2,
         claim_gas_multiple=0,
     )
-    with Server(create_app(settings, engine=engine)) as server:
+    with ThreadServer(create_app(settings, engine=engine)) as server:
         yield server, settings
 
 

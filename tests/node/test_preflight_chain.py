@@ -9,13 +9,15 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 from eth_account import Account
-from nodekit_chain import Server, chain_args, free_port
 from tallystick.node import Settings, create_app
 from tallystick.node._ledger import open_ledger
 from tallystick.node._preflight import bind_ledger, registration_warnings
 from tallystick.node.cli import main
 from tallystick.node.engines import FakeEngine
 from tallystick.protocol import Prices
+
+from tests.kit.net import ThreadServer, free_port
+from tests.kit.node import chain_args
 
 pytestmark = pytest.mark.chain
 
@@ -75,7 +77,7 @@ def test_register_probes_a_running_node(cli, anvil, deployment, accounts, tmp_pa
         key="0x" + accounts.provider.key.hex().removeprefix("0x"),
         db=tmp_path / "node.db",
     )
-    with Server(create_app(settings, engine=FakeEngine(), run_worker=False)) as node:
+    with ThreadServer(create_app(settings, engine=FakeEngine(), run_worker=False)) as node:
         r = cli("register", "--endpoint", node.url)
         assert r.exit_code == 0 and r.stderr == "", r.output
         other = Account.create()

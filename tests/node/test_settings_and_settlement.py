@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 from eth_account import Account
-from nodekit import ESCROW
 from tallystick.node import ConfigError, KeyLoadError, SqliteLedger, load_account, load_settings
 from tallystick.protocol import ChainUnavailable
+
+from tests.kit.node_harness import ESCROW
 
 pytestmark = pytest.mark.anyio
 

@@ -9,7 +9,6 @@ from dataclasses import replace
 
 import pytest
 from eth_account import Account
-from nodekit import ESCROW, PRICES, FakeChain, open_channel, settings
 from tallystick.node import (
     Candidate,
     ChannelCache,
@@ -21,6 +20,8 @@ from tallystick.node import (
 )
 from tallystick.node._claim_plan import GAS_BASE, GAS_FIRST_CLAIM, GAS_LATER_CLAIM
 from tallystick.protocol import ChannelStatus, Domain, Receipt, cost_of, sign_receipt
+
+from tests.kit.node_harness import ESCROW, PRICES, FakeChain, open_channel, settings
 
 pytestmark = pytest.mark.anyio
 

@@ -18,7 +18,6 @@ from typing import Any
 import httpx
 import pytest
 from click.testing import CliRunner
-from nodekit_chain import RawChannel, chain_args, free_port, wait_healthy
 from tallystick.node.cli import main
 from tallystick.protocol import (
     ETH,
@@ -33,6 +32,9 @@ from tallystick.protocol import (
     recover_usage_record_signer,
     sign_receipt,
 )
+
+from tests.kit.net import free_port
+from tests.kit.node import RawChannel, chain_args, wait_healthy
 
 pytestmark = pytest.mark.chain
 

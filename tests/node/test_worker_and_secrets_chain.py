@@ -12,7 +12,6 @@ import httpx
 import pytest
 from click.testing import CliRunner
 from eth_account import Account
-from nodekit_chain import RawChannel, Server
 from tallystick.node import Settings, create_app, load_settings
 from tallystick.node.cli import main
 from tallystick.node.engines import FakeEngine
@@ -20,8 +19,11 @@ from tallystick.protocol import (
     ETH,
     Prices,
     cost_of,
-    model_id,
 )
+
+from tests.kit.chain import open_eth_channel, register_and_list
+from tests.kit.net import ThreadServer
+from tests.kit.node import RawChannel
 
 pytestmark = pytest.mark.chain
 
@@ -32,24 +34,8 @@ MAX_TOKENS = 8
 
 def _market(deployment: Any, accounts: Any, engine: FakeEngine, prices: Prices) -> bytes:
     provider = accounts.provider
-    deployment.registry.register(provider, "http://127.0.0.1")
-    deployment.registry.list_model(
-        provider,
-        MODEL,
-        prices,
-        tokenizer_hash=engine.tokenizer_bundle.hash(),
-        context_length=engine.context_length,
-    )
-    opened = deployment.escrow.open(
-        accounts.client,
-        provider.address,
-        model_id(MODEL),
-        10**18,
-        token=ETH,
-        max_input_price_per_m=prices.input_per_m,
-        max_output_price_per_m=prices.output_per_m,
-    )
-    return bytes(opened.value)
+    register_and_list(deployment, provider, "http://127.0.0.1", MODEL, prices)
+    return open_eth_channel(deployment, accounts.client, provider, MODEL, prices, 10**18)
 
 
 def _chat(http: httpx.Client, raw: RawChannel, **extra: Any) -> dict[str, Any]:
@@ -87,7 +73,7 @@ def test_worker_claims_once_unclaimed_value_exceeds_the_gas_multiple(
     )
     raw = RawChannel(accounts.client, escrow.domain, cid)
     with (
-        Server(create_app(settings, engine=engine)) as server,
+        ThreadServer(create_app(settings, engine=engine)) as server,
         httpx.Client(base_url=server.url, timeout=30) as http,
     ):
         first = raw.countersign(_chat(http, raw))
@@ -150,7 +136,7 @@ def test_the_provider_key_and_keystore_password_never_leak(
     raw = RawChannel(client, escrow.domain, cid)
     monkeypatch.setenv("TALLYSTICK_NODE_KEYSTORE_PASSWORD", password)
     with (
-        Server(create_app(settings, engine=engine)) as server,
+        ThreadServer(create_app(settings, engine=engine)) as server,
         httpx.Client(base_url=server.url, timeout=30) as http,
     ):
         first = raw.countersign(_chat(http, raw))

@@ -8,14 +8,12 @@ or contract; a client never pays for more than it countersigned; never twice.
 from __future__ import annotations
 
 import json
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from reliakit import MODEL, PRICES, free_port
 from tallystick.protocol import (
     ETH,
     ContractError,
@@ -32,6 +30,8 @@ from tallystick.protocol import (
     sign_receipt,
 )
 from tallystick.protocol._bindings import transact
+
+from tests.kit.chain import MODEL, PRICES, start_anvil
 
 pytestmark = pytest.mark.chain
 
@@ -327,35 +327,13 @@ def test_a_reentrant_token_cannot_withdraw_twice(market: Any) -> None:
 @pytest.fixture
 def other_chain(anvil: Any, accounts: Any, market: Any) -> Iterator[tuple[Any, Escrow]]:
     """A second anvil (chain id 31338) with the same deployer: same contract addresses."""
-    port = free_port()
-    cmd = [anvil.process.args[0], "--port", str(port), "--silent", "--chain-id", "31338"]
-    cmd += ["--mnemonic", anvil.mnemonic, "--accounts", "10"]
-    process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        w3b = _connect_when_up(f"http://127.0.0.1:{port}")
+    with start_anvil(31338, anvil.mnemonic) as other:
+        w3b = connect(other.url)
         assert int(w3b.eth.chain_id) == 31338
         d = deploy(w3b, accounts.deployer, challenge_period=3600)
         assert d.escrow.address == market.escrow.address, "deployer nonces differ between chains"
         assert d.escrow.domain == Domain(31338, market.escrow.address)
         yield w3b, d.escrow
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-
-
-def _connect_when_up(url: str) -> Any:
-    import time
-
-    from tallystick.protocol import ChainUnavailable
-
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            return connect(url, timeout_s=2)
-        except ChainUnavailable:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
 
 
 def _test_only_abi(name: str) -> tuple[list[Any], str]:

@@ -4,25 +4,14 @@ provider front-running a client's ``open`` with a price rise."""
 
 from __future__ import annotations
 
+import contextlib
 import json
-import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
-from reliakit import (
-    MESSAGES,
-    MODEL,
-    PRICES,
-    same_block_front_run,
-    send_outbidding,
-    signed_get,
-    signed_post,
-)
 from tallystick.client import BillingDispute, PriceChanged
 from tallystick.protocol import (
     ZERO_ROOT,
@@ -35,83 +24,28 @@ from tallystick.protocol import (
     sign_usage_record,
 )
 
+from tests.kit.chain import MODEL, PRICES, same_block_front_run, send_outbidding
+from tests.kit.net import ThreadServer
+from tests.kit.node import MESSAGES, Tamper, Tampering, fake_node_app, signed_get, signed_post
+
 pytestmark = pytest.mark.chain
 
 DEPOSIT = 10**15
-Tamper = Callable[[dict[str, Any]], dict[str, Any]]
-
-
-class Tampering:
-    """ASGI middleware: rewrites the JSON body of plain completions after the node signed it."""
-
-    def __init__(self, app: Any, tamper: Tamper) -> None:
-        self.app, self.tamper = app, tamper
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or not scope["path"].endswith("/completions"):
-            await self.app(scope, receive, send)
-            return
-        held: dict[str, Any] = {}
-        chunks: list[bytes] = []
-
-        async def capture(message: Any) -> None:
-            if message["type"] == "http.response.start":
-                held.update(message)
-                return
-            chunks.append(message.get("body", b""))
-            if message.get("more_body"):
-                return
-            body = b"".join(chunks)
-            if held["status"] == 200:
-                body = json.dumps(self.tamper(json.loads(body))).encode()
-            headers = [(k, v) for k, v in held["headers"] if k.lower() != b"content-length"]
-            headers.append((b"content-length", str(len(body)).encode()))
-            await send({**held, "headers": headers})
-            await send({"type": "http.response.body", "body": body})
-
-        await self.app(scope, receive, capture)
 
 
 @pytest.fixture
 def malicious_node(market: Any, tmp_path: Any) -> Iterator[Callable[[Tamper | None], None]]:
     """``malicious_node(tamper)``: the real node app (in this process, on the listed port)
     behind ``Tampering``, or honest with ``None`` (cheaper than a process for one request)."""
-    from tallystick.node import Settings, create_app
-    from tallystick.node.engines import FakeEngine
+    with contextlib.ExitStack() as servers:
 
-    servers: list[tuple[uvicorn.Server, threading.Thread]] = []
+        def start(tamper: Tamper | None) -> None:
+            app = fake_node_app(market, market.accounts.provider, tmp_path / "evil.db", market.port)
+            servers.enter_context(
+                ThreadServer(Tampering(app, tamper) if tamper else app, market.port)
+            )
 
-    def start(tamper: Tamper | None) -> None:
-        settings = Settings(
-            rpc=market.anvil.url,
-            escrow=market.escrow.address,
-            registry=market.registry.address,
-            db=tmp_path / "evil.db",
-            port=market.port,
-            channel_cache_ttl=0,
-        )
-        app = create_app(
-            settings, engine=FakeEngine(), account=market.accounts.provider, run_worker=False
-        )
-        config = uvicorn.Config(
-            app if tamper is None else Tampering(app, tamper),
-            host="127.0.0.1",
-            port=market.port,
-            log_level="warning",
-        )
-        server = uvicorn.Server(config)
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        deadline = time.monotonic() + 20
-        while not server.started and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert server.started
-        servers.append((server, thread))
-
-    yield start
-    for server, thread in servers:
-        server.should_exit = True
-        thread.join(timeout=10)
+        yield start
 
 
 def _resign(market: Any, body: dict[str, Any], **changes: int) -> dict[str, Any]:

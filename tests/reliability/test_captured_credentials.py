@@ -14,7 +14,9 @@ from typing import Any
 
 import httpx
 import pytest
-from reliakit import MESSAGES, MODEL
+
+from tests.kit.chain import MODEL
+from tests.kit.node import MESSAGES
 
 pytestmark = pytest.mark.chain
 

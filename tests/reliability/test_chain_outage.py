@@ -12,8 +12,11 @@ from typing import Any
 
 import httpx
 import pytest
-from reliakit import MESSAGES, MODEL, PRICES, signed_post, wait_for
 from tallystick.protocol import cost_of
+
+from tests.kit.chain import MODEL, PRICES
+from tests.kit.net import wait_for
+from tests.kit.node import MESSAGES, signed_post
 
 pytestmark = pytest.mark.chain
 

@@ -6,9 +6,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from reliakit import MESSAGES, MODEL, PRICES, wait_for
 from tallystick.client import ChannelStateError, StoreError
 from tallystick.protocol import ContractError, cost_of
+
+from tests.kit.chain import MODEL, PRICES
+from tests.kit.net import wait_for
+from tests.kit.node import MESSAGES
 
 pytestmark = pytest.mark.chain
 

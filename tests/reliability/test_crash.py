@@ -16,9 +16,12 @@ from typing import Any
 
 import httpx
 import pytest
-from reliakit import MESSAGES, MODEL, PRICES, signed_get, wait_for
 from tallystick.client import ClientError, Tallystick
 from tallystick.protocol import cost_of
+
+from tests.kit.chain import MODEL, PRICES
+from tests.kit.net import wait_for
+from tests.kit.node import MESSAGES, signed_get
 
 pytestmark = pytest.mark.chain
 

@@ -12,9 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from reliakit import MESSAGES, MODEL, signed_post
 from tallystick.client import BillingDispute
 from tallystick.client.cli import main
+
+from tests.kit.chain import MODEL
+from tests.kit.node import MESSAGES, signed_post
 
 pytestmark = pytest.mark.chain
 

@@ -19,9 +19,11 @@ from typing import Any
 import httpx
 import pytest
 from eth_account import Account
-from reliakit import HERE, MESSAGES, MODEL
 from tallystick.client import ClientError, Wallet
 from tallystick.protocol import RequestAuth, sign_request_auth
+
+from tests.kit.chain import MODEL
+from tests.kit.node import HERE, MESSAGES
 
 # ~1,200 prompt tokens at 1,000 wei: more than the 10**6 deposit can pay (InsufficientDeposit)
 HUGE = [{"role": "user", "content": "hello " * 1200}]

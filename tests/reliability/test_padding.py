@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from reliakit import MESSAGES, MODEL, PRICES, signed_get, signed_post
 from tallystick.client import BillingDispute, ChannelDisputed
 from tallystick.protocol import ProtocolError, cost_of
+
+from tests.kit.chain import MODEL, PRICES
+from tests.kit.node import MESSAGES, signed_get, signed_post
 
 pytestmark = pytest.mark.chain
 

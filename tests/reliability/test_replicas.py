@@ -17,19 +17,13 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-from reliakit import (
-    MESSAGES,
-    MODEL,
-    PRICES,
-    free_port,
-    signed_get,
-    signed_post,
-    wait_for,
-)
 from tallystick.protocol import ZERO_ROOT, UsageRecord, cost_of
 from test_crash import DEPOSIT, Load, _view
 
 from bench._front import RoundRobinFront
+from tests.kit.chain import MODEL, PRICES
+from tests.kit.net import free_port, wait_for
+from tests.kit.node import MESSAGES, signed_get, signed_post
 
 pytestmark = pytest.mark.chain
 

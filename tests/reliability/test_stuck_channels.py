@@ -18,9 +18,12 @@ from typing import Any
 
 import httpx
 import pytest
-from reliakit import MESSAGES, MODEL, PRICES, wait_for
 from tallystick.client import NodeUnavailable
 from tallystick.protocol import Prices, cost_of
+
+from tests.kit.chain import MODEL, PRICES, list_model
+from tests.kit.net import wait_for
+from tests.kit.node import MESSAGES
 
 pytestmark = pytest.mark.chain
 
@@ -172,17 +175,8 @@ USDC_PRICES = Prices(input_per_m=10**11, output_per_m=3 * 10**11)  # 0.1 / 0.3 U
 def test_the_running_node_claims_a_usdc_channel_on_its_own(
     market: Any, start_node: Any, make_client: Any
 ) -> None:
-    from tallystick.node.engines import tiny_tokenizer_bundle
-
     usdc = market.deployment.usdc
-    market.registry.list_model(
-        market.accounts.provider,
-        MODEL,
-        USDC_PRICES,
-        token=usdc.address,
-        tokenizer_hash=tiny_tokenizer_bundle().hash(),
-        context_length=2048,
-    )
+    list_model(market.deployment, market.accounts.provider, MODEL, USDC_PRICES, token=usdc.address)
     usdc.mint(market.accounts.deployer, market.accounts.client.address, 100 * 10**6)
     # The default claim rule of a running node: gas multiple 5, no --min-claim; ERC-20
     # earnings are claimed from one whole token (10**6 base units) unclaimed.

@@ -13,7 +13,9 @@ from typing import Any
 
 import httpx
 import pytest
-from reliakit import MESSAGES, MODEL, NodeProcess
+
+from tests.kit.chain import MODEL
+from tests.kit.node import MESSAGES, NodeProcess
 
 pytestmark = pytest.mark.chain
 

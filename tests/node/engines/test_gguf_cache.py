@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import chat, run
 from tallystick.node.engines import (
     LoadedModel,
     ModelLoadError,
@@ -31,6 +30,8 @@ from tallystick.node.engines._gguf_cache import (
     publish,
 )
 from tallystick.node.engines._loading import default_model_name, eos_ids_of
+
+from tests.kit.model import chat, run
 
 # --- no model ------------------------------------------------------------------------------
 

@@ -13,7 +13,6 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import run
 from tallystick.node.engines import (
     LlamaCppEngine,
     ModelLoadError,
@@ -24,18 +23,13 @@ from tallystick.node.engines import (
     tiny_tokenizer_bundle,
 )
 
+from tests.kit.model import run
+from tests.kit.net import free_port, wait_http
+
 pytestmark = pytest.mark.model
 
 SLOT_CTX = 1024
 SLOTS = 2
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -48,22 +42,14 @@ def llama(
     llama_server_bin: Path, gguf: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
     """A bare llama-server, as a provider already runs it."""
-    port = _free_port()
+    port = free_port()
     log = (tmp_path_factory.mktemp("llama") / "server.log").open("wb")
     cmd = [str(llama_server_bin), "-m", gguf, "--host", "127.0.0.1", "--port", str(port)]
     cmd += ["--parallel", str(SLOTS), "--ctx-size", str(SLOT_CTX * SLOTS), "--threads", "1"]
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, "llama-server exited"
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
+        wait_http(f"{url}/health", proc, timeout=120, what="llama-server")
         yield url
     finally:
         proc.terminate()

@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import chat, run
 from tallystick.node.engines import SamplingParams, TransformersEngine
+
+from tests.kit.model import chat, run
 
 pytestmark = pytest.mark.model
 

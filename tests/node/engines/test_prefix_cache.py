@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import run
 from tallystick.node.engines import Prompt, SamplingParams
 from tallystick.node.engines._prefix import PrefixCache
+
+from tests.kit.model import run
 
 
 def _kv(n: int, layers: int = 2) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -7,7 +7,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
-from conftest import chat, run, with_eos
 from tallystick.node.engines import (
     EngineOverloaded,
     EngineStopped,
@@ -18,6 +17,8 @@ from tallystick.node.engines import (
     TransformersEngine,
 )
 from tallystick.node.engines._loading import LoadedModel
+
+from tests.kit.model import chat, run, with_eos
 
 GREEDY = SamplingParams(max_tokens=16, temperature=0.0)
 QUESTIONS = ("hello", "what is the capital of France?", "a", "the quick brown fox jumps over it")

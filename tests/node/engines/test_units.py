@@ -6,7 +6,6 @@ from typing import Any
 
 import pytest
 import tallystick.node.engines as engines
-from conftest import chat, run
 from tallystick.node.engines import (
     Detokenizer,
     EngineError,
@@ -19,6 +18,8 @@ from tallystick.node.engines import (
     default_model_name,
     load_model,
 )
+
+from tests.kit.model import chat, run
 
 
 def test_public_surface() -> None:

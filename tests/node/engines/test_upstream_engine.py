@@ -6,17 +6,14 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from conftest import chat, run
 from tallystick.node.engines import (
     Prompt,
     SamplingParams,
@@ -25,6 +22,9 @@ from tallystick.node.engines import (
     UpstreamError,
     UpstreamUnavailable,
 )
+
+from tests.kit.model import chat, run
+from tests.kit.net import free_port, wait_http
 
 
 def sse(*chunks: dict[str, Any]) -> bytes:
@@ -203,7 +203,7 @@ def test_upstream_error_status_is_translated(tiny_dir: Path) -> None:
 
 
 def test_upstream_down_fails_start_clearly(tiny_dir: Path) -> None:
-    port = _free_port()
+    port = free_port()
     engine = UpstreamEngine.from_source(f"http://127.0.0.1:{port}", str(tiny_dir))
     with pytest.raises(UpstreamUnavailable, match=f"127.0.0.1:{port}"):
         run(engine.start())
@@ -212,15 +212,9 @@ def test_upstream_down_fails_start_clearly(tiny_dir: Path) -> None:
 # --- integration: a real `transformers serve` on this machine ---
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def served(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = _free_port()
+    port = free_port()
     cache = tmp_path_factory.mktemp("hf-cache")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache)}
     cli = Path(sys.executable).with_name("transformers")
@@ -228,26 +222,17 @@ def served(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_healthy(url, proc)
+        what = "transformers serve"
+        wait_http(f"{url}/health", proc, timeout=120, what=what, log=_exit_log(proc))
         yield url
     finally:
         proc.terminate()
         proc.wait(10)
 
 
-def _wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            err = proc.stderr.read().decode() if proc.stderr else ""
-            pytest.fail(f"transformers serve exited: {err[-2000:]}")
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
-    pytest.fail("transformers serve did not become healthy")
+def _exit_log(proc: subprocess.Popen[bytes]) -> Any:
+    """The end of an exited process's stderr (nothing while it runs: a read would block)."""
+    return lambda: proc.stderr.read().decode()[-2000:] if proc.poll() is not None else ""
 
 
 def test_meters_a_real_transformers_serve(served: str, tiny_dir: Path, tiny_counter: Any) -> None:

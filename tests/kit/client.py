@@ -1,20 +1,29 @@
-"""A node for unit tests: an ``httpx.MockTransport`` that speaks docs/protocol.md §8.
+"""The client side of the kit: a fake node for the SDK's unit tests, and real SDK clients.
 
-It counts with the tiny test tokenizer, signs real UsageRecords with a real provider key,
-and lets a test tamper with a bill (before or after signing) to play a dishonest provider.
+- ``FakeNode``: an ``httpx.MockTransport`` that speaks docs/protocol.md §8. It counts with the
+  tiny test tokenizer, signs real UsageRecords with a real provider key, and lets a test
+  tamper with a bill (before or after signing) to play a dishonest provider. Fixtures:
+  ``wallet`` (a fresh key), ``fake`` (a FakeNode for it), ``client`` (a Tallystick on a store
+  holding one open channel to ``fake``). Every path it stands for is also tested against a
+  real node (``tests/kit/node.py``).
+- ``make_client(account, name)``: a real Tallystick on ``market``'s chain with its own store
+  (closed at teardown).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
-from tallystick.client import OpenChannel
+from tallystick.client import OpenChannel, Tallystick, Wallet
 from tallystick.node.engines import tiny_tokenizer_bundle
 from tallystick.protocol import (
     ETH,
@@ -273,3 +282,41 @@ def _chunk(body: dict[str, Any], text: str | None, finish: str | None, chat: boo
 
 def new_provider() -> LocalAccount:
     return Account.create()
+
+
+# --- fixtures ---
+
+
+@pytest.fixture
+def wallet() -> Wallet:
+    return Wallet.from_key("0x" + os.urandom(32).hex())
+
+
+@pytest.fixture
+def fake(wallet: Wallet) -> FakeNode:
+    return FakeNode(new_provider(), wallet.address, os.urandom(32))
+
+
+@pytest.fixture
+def client(wallet: Wallet, fake: FakeNode, tmp_path: Path) -> Iterator[Tallystick]:
+    """A client on a store holding one open channel to the fake node."""
+    with Tallystick(wallet, tmp_path / "store.db", transport=fake.transport) as c:
+        c.store.add_channel(fake.channel_info())
+        yield c
+
+
+@pytest.fixture
+def make_client(market: Any, tmp_path: Path) -> Iterator[Callable[..., Tallystick]]:
+    """``make_client(account, name)``: a Tallystick on ``tmp_path/name.db`` (closed at teardown)."""
+    made: list[Tallystick] = []
+
+    def make(account: Any, name: str, **kwargs: Any) -> Tallystick:
+        client = Tallystick(
+            Wallet(account), tmp_path / f"{name}.db", chain=market.chain(), **kwargs
+        )
+        made.append(client)
+        return client
+
+    yield make
+    for client in made:
+        client.close()

@@ -1,28 +1,65 @@
-"""Fixtures for the engine tests: a tiny random Llama with the tiny byte-level tokenizer.
+"""Models for tests: the real SmolLM2 files, llama-server, and a tiny random Llama.
 
+- ``model_dir``/``model_file``: the SmolLM2-135M-Instruct GGUF folder and file (skips when
+  absent); ``llama_server_bin``: the llama-server `make llama` builds.
 - ``tiny_dir``: a model folder (config, random weights, tokenizer with a ChatML template)
   saved once per session; loading it exercises the real folder path of ``load_model``.
-- ``tiny_model``: that folder loaded (a ``LoadedModel``); ``tiny_counter``: its TokenCounter.
+- ``tiny_model``: that folder loaded (a ``LoadedModel``); ``tiny_counter``: a TokenCounter on
+  the tiny tokenizer (no model, no torch).
 - ``bigram_model(script, after)``: the same architecture rewired into a deterministic bigram
   machine that, after the id ``after``, generates exactly ``script`` (one id each step), so
   EOS, stop strings and UTF-8 tests control what the real engine loop produces.
+Helpers: ``run`` (a coroutine to completion), ``chat`` (a Prompt), ``with_eos``.
+torch and transformers are imported inside the fixtures that need them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-import torch
 from tallystick.node.engines import TINY_CHAT_TEMPLATE, Prompt, tiny_tokenizer_json
 from tallystick.node.engines._loading import LoadedModel, load_model
 
 T = TypeVar("T")
+ROOT = Path(__file__).resolve().parents[2]
+MODEL_DIR = ROOT / ".models" / "SmolLM2-135M-Instruct"
+MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.fixture(scope="session")
+def model_dir() -> Path:
+    """Folder holding the SmolLM2-135M-Instruct GGUF (``model_file`` names the file)."""
+    if not (MODEL_DIR / MODEL_FILE).exists():
+        pytest.skip(f"model not found at {MODEL_DIR / MODEL_FILE}: run `make model`")
+    return MODEL_DIR
+
+
+@pytest.fixture(scope="session")
+def model_file(model_dir: Path) -> str:
+    """File name of the GGUF inside ``model_dir``."""
+    return MODEL_FILE
+
+
+@pytest.fixture(scope="session")
+def llama_server_bin() -> Path:
+    """The llama-server binary `make llama` builds (``make test`` builds it first; in CI a
+    missing one fails rather than skips)."""
+    from tallystick.node.engines import built_llama_server
+
+    binary = built_llama_server()
+    if not binary.is_file():
+        message = f"llama-server not built at {binary}: run `make llama`"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return binary
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
@@ -49,6 +86,7 @@ def tiny_config(vocab_size: int) -> Any:
 
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import torch
     from tokenizers import Tokenizer
     from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
@@ -91,6 +129,8 @@ def bigram_model(tiny_dir: Path) -> Callable[[Sequence[int], int], LoadedModel]:
 def _rewire_as_bigram(model: Any, chain: list[int]) -> None:
     """Zero every block's output so the residual stream is the embedding, then point the
     LM head of chain[i + 1] at the embedding of chain[i]: greedy follows the chain."""
+    import torch
+
     assert len(set(chain[:-1])) == len(chain) - 1, "chain ids must not repeat"
     with torch.no_grad():
         for layer in model.model.layers:

@@ -1,4 +1,13 @@
-"""Helpers for the node tests: an in-memory chain, a harness around the app, signing."""
+"""The node's unit harness: ``create_app`` over an in-memory chain, driven through ASGI.
+
+- ``make_node(engine=..., **settings)``: an async context factory yielding a ``Harness`` (the
+  running app, its FakeChain, FakeEngine and ledger, a client with an open channel, a
+  transport that signs requests as the SDK does); ``store="postgresql"`` for that ledger.
+- ``FakeChain``: the escrow as the node sees it, in memory, claims following the contract's
+  rules; ``open_channel``, ``settings``: a channel on it and the node's settings for it.
+- ``SignAtTheDoor``: an ASGI wrapper signing requests as they arrive (for fuzzers).
+Every path these fakes stand for has an integration test on anvil (tests/node/*_chain.py).
+"""
 
 from __future__ import annotations
 
@@ -6,10 +15,13 @@ import contextlib
 import json
 import secrets
 import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import httpx
+import pytest
+from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from tallystick.node import (
     ClaimOutcome,
@@ -39,7 +51,6 @@ from tallystick.protocol import (
 )
 
 ESCROW = "0x00000000000000000000000000000000000e5c40"
-STORES = ["sqlite", "postgresql"]  # the ledger stores the gate tests run against
 TOKEN = "0x0000000000000000000000000000000000000000"
 MODEL = "fake-model"
 SIGN_MARKER = "Tally-Test-Sign"  # Harness.auth(): signed by SigningTransport as sent
@@ -378,3 +389,49 @@ class SignAtTheDoor:
             secrets.randbits(64),
         )
         return sign_request_auth(self.account, self.domain, auth).header()
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def make_node(make_ledger: Callable[[str], LedgerStore]) -> Callable[..., Any]:
+    """An async context factory: ``async with make_node(engine=..., **settings) as h``.
+
+    ``store="postgresql"`` runs the node on a PostgreSQL ledger (default: SQLite).
+    """
+    from contextlib import asynccontextmanager
+
+    from tallystick.node import create_app
+
+    @asynccontextmanager
+    async def factory(
+        engine: FakeEngine | None = None,
+        run_worker: bool = False,
+        store: str = "sqlite",
+        **overrides: Any,
+    ) -> AsyncIterator[Harness]:
+        provider = Account.from_key("0x" + "11" * 32)
+        client = Account.from_key("0x" + "22" * 32)
+        chain = FakeChain(Domain(31337, ESCROW), provider.address)
+        cid = open_channel(chain, client)
+        engine = engine or FakeEngine(reply="Hello there, friend.")
+        ledger = make_ledger(store)
+        app = create_app(
+            settings(**overrides),
+            engine=engine,
+            chain=chain,
+            store=ledger,
+            account=provider,
+            run_worker=run_worker,
+        )
+        async with app.router.lifespan_context(app):
+            transport = SigningTransport(httpx.ASGITransport(app=app))
+            async with httpx.AsyncClient(transport=transport, base_url="http://node") as http:
+                transport.harness = Harness(app, http, chain, engine, ledger, provider, client, cid)
+                yield transport.harness
+        ledger.close()
+
+    return factory

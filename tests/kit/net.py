@@ -1,0 +1,209 @@
+"""Network helpers for every suite: free ports, waiting, a uvicorn server in a thread, and a
+TCP relay that a test can cut.
+
+- ``free_port()``: a port nothing listens on (the OS picks it).
+- ``wait_for(predicate, timeout, what)``: poll until true; ``wait_http(url, process)``: poll
+  a URL until it answers 200, failing at once if the process behind it exits.
+- ``ThreadServer(app)``: a real uvicorn server for an ASGI app in a thread
+  (``with ThreadServer(app) as s: s.url``).
+- ``TcpProxy``: a TCP relay (e.g. node -> anvil) that a test can cut, black-hole and restore.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import struct
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(
+    url: str,
+    process: subprocess.Popen[Any] | None = None,
+    *,
+    timeout: float = 60.0,
+    what: str = "the server",
+    log: Callable[[], str] = lambda: "",
+    json: Any = None,
+) -> None:
+    """Poll ``GET url`` (``POST json`` when given) until it answers 200; RuntimeError at once
+    if ``process`` exits, or after ``timeout`` (``log()`` is appended to either message)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"{what} exited with code {process.returncode}\n{log()}")
+        try:
+            method = "GET" if json is None else "POST"
+            if httpx.request(method, url, json=json, timeout=2.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"{what} did not answer on {url} within {timeout} s\n{log()}")
+
+
+class ThreadServer:
+    """A real uvicorn server for ``app`` in a thread (``with ThreadServer(app) as s: s.url``).
+
+    ``port`` defaults to a free one; ``lifespan="on"`` runs the app's startup and shutdown.
+    """
+
+    def __init__(self, app: Any, port: int | None = None, *, start_timeout: float = 120.0) -> None:
+        import uvicorn
+
+        self.port = port or free_port()
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on"
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.start_timeout = start_timeout
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> ThreadServer:
+        self.thread.start()
+        deadline = time.monotonic() + self.start_timeout
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+class TcpProxy:
+    """Relays 127.0.0.1:port to ``target``; a test can cut it or turn it into a black hole.
+
+    - ``cut()``: every open connection is reset (RST) and new ones are reset on accept, as
+      when the RPC process dies or its host goes down.
+    - ``blackhole()``: connections stay open but nothing is forwarded either way, and new ones
+      are accepted and never answered, as in a network partition or a wedged RPC server.
+      Only the client's own timeouts can notice this.
+    - ``restore()``: forwarding again; connections left over from a black hole are reset
+      (their requests were dropped, as TCP would eventually give up on them too).
+    """
+
+    UP, CUT, BLACKHOLE = "up", "cut", "blackhole"
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = free_port()
+        self.mode = self.UP
+        self._conns: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self._server = socket.create_server(("127.0.0.1", self.port))
+        self._closed = False
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def cut(self) -> None:
+        self._switch(self.CUT)
+
+    def blackhole(self) -> None:
+        with self._lock:
+            self.mode = self.BLACKHOLE
+
+    def restore(self) -> None:
+        self._switch(self.UP)
+
+    def close(self) -> None:
+        self._closed = True
+        self.cut()
+        self._server.close()
+
+    def _switch(self, mode: str) -> None:
+        with self._lock:
+            stale = self.mode != self.UP
+            self.mode = mode
+            # Restoring a cut proxy has nothing to reset; restoring a black hole resets the
+            # connections whose requests it swallowed.
+            if mode == self.CUT or stale:
+                for conn in self._conns:
+                    _reset(conn)
+                self._conns.clear()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return
+            upstream = None
+            if self.mode == self.UP:
+                try:
+                    upstream = socket.create_connection(("127.0.0.1", self.target_port))
+                except OSError:
+                    _reset(client)
+                    continue
+            # Registered under the lock that cut() holds, so no connection escapes a cut.
+            with self._lock:
+                if self.mode == self.CUT or (self.mode == self.UP and upstream is None):
+                    _reset(client)
+                    if upstream is not None:
+                        _reset(upstream)
+                    continue
+                pairs = [(client, upstream), (upstream, client)] if upstream else [(client, None)]
+                self._conns.update(s for s in (client, upstream) if s is not None)
+            for src, dst in pairs:
+                threading.Thread(target=self._pipe, args=(src, dst), daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket | None) -> None:
+        try:
+            while data := src.recv(65536):
+                if dst is not None and self.mode == self.UP:
+                    dst.sendall(data)  # in a black hole the bytes are dropped
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                if s is not None:
+                    with self._lock:
+                        self._conns.discard(s)
+                    _reset(s)
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll ``predicate`` every 0.1 s; AssertionError naming ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.1)
+
+
+def _reset(sock: socket.socket) -> None:
+    """Abort ``sock`` with an RST, even while another thread is blocked in ``recv`` on it.
+
+    close() alone is not enough: Linux keeps a socket open, silently ESTABLISHED, for as long
+    as another thread is inside recv() on it, so a request in flight at the cut would wait for
+    the client's read timeout instead of failing. shutdown(SHUT_RD) wakes that recv (it
+    returns b"", sending nothing); the last close, with SO_LINGER 0, then sends the RST.
+    """
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RD)
+    with contextlib.suppress(OSError):
+        sock.close()
