@@ -33,9 +33,7 @@ def gw_market(anvil, w3, accounts, tmp_path_factory) -> Iterator[GatewayMarket]:
     deployment = deploy(w3, accounts.deployer, challenge_period=3600)
     market = GatewayMarket(deployment, accounts, anvil, w3, tmp_path_factory.mktemp("dispute"))
     cheat = market.add_provider(accounts.provider, CHEAP)  # its NodeProcess is never started
-    app = fake_node_app(
-        cheat.market, accounts.provider, market.workdir / "cheat.db", cheat.market.port
-    )
+    app = fake_node_app(cheat.market, market.workdir / "cheat.db")
     try:
         with ThreadServer(Tampering(app, _inflate), cheat.market.port):
             market.add_provider(accounts.provider2, DEAR).node.start()

@@ -218,7 +218,7 @@ def list_model(
         tokenizer_hash=tokenizer_hash,
         context_length=context_length,
     )
-    return bytes(listed)
+    return bytes(listed.value)
 
 
 def register_and_list(

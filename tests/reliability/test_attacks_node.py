@@ -40,10 +40,9 @@ def malicious_node(market: Any, tmp_path: Any) -> Iterator[Callable[[Tamper | No
     with contextlib.ExitStack() as servers:
 
         def start(tamper: Tamper | None) -> None:
-            app = fake_node_app(market, market.accounts.provider, tmp_path / "evil.db", market.port)
-            servers.enter_context(
-                ThreadServer(Tampering(app, tamper) if tamper else app, market.port)
-            )
+            app = fake_node_app(market, tmp_path / "evil.db")
+            app = app if tamper is None else Tampering(app, tamper)
+            servers.enter_context(ThreadServer(app, market.port))
 
         yield start
 
