@@ -1,7 +1,8 @@
 """The chain side of the kit: a real anvil, its dev accounts, the deployed contracts, a market.
 
 Fixtures:
-- ``anvil``: one anvil process per session (free port, fixed mnemonic, chain id 31337).
+- ``anvil``: one anvil process per session (free port, fixed mnemonic, chain id 31337),
+  started by ``tallystick.devnet`` as the demo and the bench start theirs.
 - ``w3``: a Web3 connected to it; ``accounts``: its dev keys as LocalAccounts.
 - ``deployment``: ProviderRegistry, TallyEscrow (challenge period 3600 s) and MockUSDC,
   deployed once per session; every test that uses it runs between ``evm_snapshot`` and
@@ -20,22 +21,18 @@ victim's own block.
 from __future__ import annotations
 
 import contextlib
-import shutil
-import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 from tallystick.client import Chain
+from tallystick.devnet import Anvil
 from tallystick.protocol import ETH, Prices
 
-from tests.kit.net import TcpProxy, free_port, wait_for, wait_http
+from tests.kit.net import TcpProxy, free_port, wait_for
 
-ROOT = Path(__file__).resolve().parents[2]
-ANVIL = ROOT / "node_modules" / ".bin" / "anvil"
 MNEMONIC = "test test test test test test test test test test test junk"
 CHAIN_ID = 31337
 N_ACCOUNTS = 10
@@ -47,42 +44,26 @@ PRICES = Prices(input_per_m=1_000_000_000, output_per_m=3_000_000_000)  # 1000 /
 # --- anvil ---
 
 
-@dataclass(frozen=True)
-class Anvil:
-    """A running anvil: its RPC URL, chain id and mnemonic."""
-
-    url: str
-    chain_id: int
-    mnemonic: str
-    process: subprocess.Popen[bytes]
-
-
 def anvil_binary() -> str:
-    binary = str(ANVIL) if ANVIL.exists() else shutil.which("anvil")
-    if binary is None:
-        pytest.skip("anvil not found (node_modules/.bin/anvil): run `make setup`")
-    return binary
+    """anvil (node_modules/.bin first); skips the test when there is none."""
+    from tallystick.devnet import DevnetError, find_anvil
+
+    try:
+        return find_anvil()
+    except DevnetError as exc:
+        pytest.skip(f"{exc} (run `make setup`)")
 
 
 @contextlib.contextmanager
 def start_anvil(chain_id: int = CHAIN_ID, mnemonic: str = MNEMONIC) -> Iterator[Anvil]:
-    """An anvil of its own on a free port, stopped on exit (the ``anvil`` fixture is one)."""
-    port = free_port()
-    cmd = [anvil_binary(), "--port", str(port), "--silent", "--chain-id", str(chain_id)]
-    cmd += ["--mnemonic", mnemonic, "--accounts", str(N_ACCOUNTS)]
-    process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
-    body = {"jsonrpc": "2.0", "id": 1, "method": "eth_chainId", "params": []}
-    try:
-        wait_http(url, process, timeout=30.0, what="anvil", json=body)
-        yield Anvil(url=url, chain_id=chain_id, mnemonic=mnemonic, process=process)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    """An anvil of its own on a free port (``tallystick.devnet.start_anvil``), stopped on exit
+    with its process group; the ``anvil`` fixture is one."""
+    from tallystick.devnet import Processes
+    from tallystick.devnet import start_anvil as devnet_anvil
+
+    anvil_binary()  # skip, not fail, without one
+    with Processes() as procs:
+        yield devnet_anvil(procs, chain_id=chain_id, mnemonic=mnemonic, accounts=N_ACCOUNTS)
 
 
 @pytest.fixture(scope="session")
@@ -204,21 +185,24 @@ def list_model(
     context_length: int = 2048,
     token: str | None = None,
 ) -> bytes:
-    """``provider`` lists ``model`` at ``prices`` (in ``token``, default ETH); the tokenizer
-    hash defaults to the tiny tokenizer's (FakeEngine's). Returns the model id."""
+    """``provider`` lists ``model`` at ``prices`` (in ``token``, default ETH) through
+    ``tallystick.devnet.list_model``; the tokenizer hash defaults to the tiny tokenizer's
+    (FakeEngine's). Returns the model id."""
+    from tallystick.devnet import list_model as devnet_list
+
     if tokenizer_hash is None:
         from tallystick.node.engines import tiny_tokenizer_bundle
 
         tokenizer_hash = tiny_tokenizer_bundle().hash()
-    listed = deployment.registry.list_model(
+    return devnet_list(
+        deployment,
         provider,
         model,
         prices,
-        **({"token": token} if token else {}),
         tokenizer_hash=tokenizer_hash,
         context_length=context_length,
+        token=token,
     )
-    return bytes(listed.value)
 
 
 def register_and_list(
@@ -230,7 +214,9 @@ def register_and_list(
     **listing: Any,
 ) -> bytes:
     """Register ``provider`` at ``endpoint`` and list ``model`` (keywords as ``list_model``)."""
-    deployment.registry.register(provider, endpoint)
+    from tallystick.devnet import register_provider
+
+    register_provider(deployment, provider, endpoint)
     return list_model(deployment, provider, model, prices, **listing)
 
 

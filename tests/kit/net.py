@@ -1,9 +1,9 @@
 """Network helpers for every suite: free ports, waiting, a uvicorn server in a thread, and a
 TCP relay that a test can cut.
 
-- ``free_port()``: a port nothing listens on (the OS picks it).
+- ``free_port()``: a port nothing listens on (``tallystick.devnet``'s).
 - ``wait_for(predicate, timeout, what)``: poll until true; ``wait_http(url, process)``: poll
-  a URL until it answers 200, failing at once if the process behind it exits.
+  a URL until it answers (devnet's), failing at once if the process behind it exits.
 - ``ThreadServer(app)``: a real uvicorn server for an ASGI app in a thread
   (``with ThreadServer(app) as s: s.url``).
 - ``TcpProxy``: a TCP relay (e.g. node -> anvil) that a test can cut, black-hole and restore.
@@ -20,13 +20,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import httpx
+from tallystick.devnet import free_port
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+__all__ = ["TcpProxy", "ThreadServer", "free_port", "wait_for", "wait_http"]
 
 
 def wait_http(
@@ -38,20 +34,18 @@ def wait_http(
     log: Callable[[], str] = lambda: "",
     json: Any = None,
 ) -> None:
-    """Poll ``GET url`` (``POST json`` when given) until it answers 200; RuntimeError at once
-    if ``process`` exits, or after ``timeout`` (``log()`` is appended to either message)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"{what} exited with code {process.returncode}\n{log()}")
-        try:
-            method = "GET" if json is None else "POST"
-            if httpx.request(method, url, json=json, timeout=2.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    raise RuntimeError(f"{what} did not answer on {url} within {timeout} s\n{log()}")
+    """Poll ``GET url`` (``POST json`` when given) until it answers 2xx
+    (``tallystick.devnet.wait_http``); RuntimeError at once if ``process`` exits, or after
+    ``timeout``, with ``log()`` appended."""
+    from tallystick.devnet import DevnetError, Proc
+    from tallystick.devnet import wait_http as devnet_wait
+
+    proc = Proc(what, process, None) if process is not None else None
+    method = "GET" if json is None else "POST"
+    try:
+        devnet_wait(url, proc, timeout, what, method=method, json_body=json)
+    except DevnetError as exc:
+        raise RuntimeError(f"{exc}\n{log()}") from exc
 
 
 class ThreadServer:

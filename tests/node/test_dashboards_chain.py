@@ -16,8 +16,9 @@ import httpx
 import pytest
 from tallystick.node import Settings, create_app
 from tallystick.node.engines import FakeEngine
-from tallystick.protocol import ETH, ETH_INFO, Prices, cost_of, format_amount, model_id
+from tallystick.protocol import ETH, ETH_INFO, Prices, cost_of, format_amount
 
+from tests.kit.chain import key_hex, open_eth_channel, register_and_list
 from tests.kit.net import ThreadServer
 from tests.kit.node import RawChannel
 
@@ -36,30 +37,13 @@ def served(deployment: Any, accounts: Any, anvil: Any, tmp_path: Any, caplog: An
     caplog.set_level(logging.INFO, logger="tallystick.node")  # the settlement's lines
     provider, client = accounts.provider, accounts.client
     engine = FakeEngine(reply="Paid per token, settled on chain.")
-    deployment.registry.register(provider, "http://127.0.0.1:0")
-    deployment.registry.list_model(
-        provider,
-        MODEL,
-        PRICES,
-        tokenizer_hash=engine.tokenizer_bundle.hash(),
-        context_length=engine.context_length,
-    )
-    cid = bytes(
-        deployment.escrow.open(
-            client,
-            provider.address,
-            model_id(MODEL),
-            DEPOSIT,
-            token=ETH,
-            max_input_price_per_m=PRICES.input_per_m,
-            max_output_price_per_m=PRICES.output_per_m,
-        ).value
-    )
+    register_and_list(deployment, provider, "http://127.0.0.1:0", MODEL, PRICES)
+    cid = open_eth_channel(deployment, client, provider, MODEL, PRICES, DEPOSIT)
     settings = Settings(
         rpc=anvil.url,
         escrow=deployment.escrow.address,
         registry=deployment.registry.address,
-        key="0x" + provider.key.hex().removeprefix("0x"),
+        key=key_hex(provider),
         db=tmp_path / "node.db",
         settle_interval=0.5,
         poll_interval=0.2,
