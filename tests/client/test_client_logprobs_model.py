@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from client_nodekit import serve_node
 from tallystick.client import Chain, Tallystick, Wallet
 from tallystick.protocol import Prices
+
+from tests.kit.node import serve_node
 
 pytestmark = [pytest.mark.chain, pytest.mark.model]
 PRICES = Prices(input_per_m=10**9, output_per_m=3 * 10**9)
