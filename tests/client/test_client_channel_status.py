@@ -5,10 +5,11 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from client_fakenode import FakeNode
 from tallystick.client import Store
 from tallystick.client._dashboard import dashboard_data
 from tallystick.protocol import ETH_INFO, ChannelStatus
+
+from tests.kit.client import FakeNode
 
 
 def test_status_round_trips_as_the_enum_and_is_stored_as_its_label(
