@@ -32,8 +32,9 @@ audit:
 model:
 	@bash scripts/fetch-model.sh
 
-# llama.cpp's llama-server (CPU), built once into ~/.cache/tallystick/llama.cpp/<version>/ from the
-# llama.cpp vendored in llama-cpp-python's PyPI sdist; skipped when already built.
+# llama.cpp (CPU) built once into ~/.cache/tallystick/llama.cpp/<version>/ from the llama.cpp
+# vendored in llama-cpp-python's PyPI sdist: llama-server and its shared libraries in bin/, and
+# llama-cpp-python's llama_cpp.server in venv/ on those libraries; skipped when already built.
 llama:
 	@$(ENV) bash scripts/build-llama.sh >/dev/null
 

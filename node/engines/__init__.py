@@ -22,8 +22,10 @@ from ._gguf_cache import cache_root, cached_gguf_folder, convert_gguf, gguf_cach
 from ._llamacpp import (
     LLAMA_CPP_PYTHON_VERSION,
     LlamaCppEngine,
+    built_llama_cpp_python,
     built_llama_server,
     find_llama_server,
+    llama_cpp_python_server,
 )
 from ._loading import LoadedModel, LoadedTokenizer, default_model_name, load_model, load_tokenizer
 from ._tiny import TINY_CHAT_TEMPLATE, tiny_tokenizer_bundle, tiny_tokenizer_json
@@ -51,6 +53,7 @@ __all__ = [
     "UpstreamEngine",
     "UpstreamError",
     "UpstreamUnavailable",
+    "built_llama_cpp_python",
     "built_llama_server",
     "cache_root",
     "cached_gguf_folder",
@@ -58,6 +61,7 @@ __all__ = [
     "default_model_name",
     "find_llama_server",
     "gguf_cache_entry",
+    "llama_cpp_python_server",
     "load_model",
     "load_tokenizer",
     "tiny_tokenizer_bundle",

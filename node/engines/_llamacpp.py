@@ -41,7 +41,13 @@ from ._gguf_cache import cache_root
 from ._loading import load_tokenizer
 from ._upstream import UpstreamEngine
 
-__all__ = ["LLAMA_CPP_PYTHON_VERSION", "LlamaCppEngine", "find_llama_server"]
+__all__ = [
+    "LLAMA_CPP_PYTHON_VERSION",
+    "LlamaCppEngine",
+    "built_llama_cpp_python",
+    "find_llama_server",
+    "llama_cpp_python_server",
+]
 
 log = logging.getLogger("tallystick.node.engines")
 
@@ -54,6 +60,41 @@ _LOG_TAIL = 30  # lines of llama-server output quoted when it fails to start
 def built_llama_server() -> Path:
     """Where ``make llama`` puts the binary (it may not exist yet)."""
     return cache_root() / "llama.cpp" / LLAMA_CPP_PYTHON_VERSION / "bin" / "llama-server"
+
+
+def built_llama_cpp_python() -> Path:
+    """The Python of the venv ``make llama`` installs llama-cpp-python[server] into; it runs
+    on the same build's ``libllama.so`` (beside ``built_llama_server()``, through
+    ``LLAMA_CPP_LIB_PATH``). It may not exist yet."""
+    return cache_root() / "llama.cpp" / LLAMA_CPP_PYTHON_VERSION / "venv" / "bin" / "python"
+
+
+def llama_cpp_python_server(
+    gguf: str,
+    port: int,
+    *,
+    n_ctx: int = 2048,
+    threads: int | None = None,
+    model_alias: str | None = None,
+    python: Path | None = None,
+) -> tuple[list[str], dict[str, str]]:
+    """Command and environment of ``python -m llama_cpp.server`` on ``gguf`` as ``make llama``
+    built it (``ModelLoadError`` naming ``make llama`` when it is not built).
+
+    ``--interrupt_requests False``: by default a new request cuts the running stream short
+    (it sends ``[DONE]`` without a ``finish_reason``); this server runs one request at a time,
+    so concurrent requests wait their turn instead."""
+    python = python or built_llama_cpp_python()
+    lib = built_llama_server().parent
+    if not python.is_file() or not (lib / "libllama.so").is_file():
+        raise ModelLoadError(f"llama_cpp.server not built ({python}): run `make llama`")
+    threads = threads or default_llama_threads()
+    cmd = [str(python), "-m", "llama_cpp.server", "--model", gguf, "--host", "127.0.0.1"]
+    cmd += ["--port", str(port), "--n_ctx", str(n_ctx), "--interrupt_requests", "False"]
+    cmd += ["--n_threads", str(threads), "--n_threads_batch", str(threads)]
+    if model_alias:
+        cmd += ["--model_alias", model_alias]
+    return cmd, {**os.environ, "LLAMA_CPP_LIB_PATH": str(lib)}
 
 
 def find_llama_server(explicit: str | None = None) -> Path:

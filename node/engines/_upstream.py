@@ -12,6 +12,15 @@ llama.cpp's ``llama-server`` (found by its ``/props``) is driven through its nat
 what is billed) and reads each generated id from the stream (``return_tokens``); its
 ``/tokenize`` is checked against the node's tokenizer at start. ``cache_prompt`` lets a slot
 reuse the KV cache of the prompt prefix it already holds (billing is unchanged).
+
+llama-cpp-python's ``llama_cpp.server`` (found by its ``/extras/tokenize``) returns no token
+ids at all, and its OpenAI endpoints take only text: the node sends the metered prompt ids
+decoded with their special tokens as the prompt of ``/v1/completions`` (no chat template of
+its own; its ``/extras/tokenize`` of a sample prompt is checked against the node's ids at
+start, so it reads exactly the billed ids) and meters the completion by re-tokenising the
+returned text with the listing's tokenizer (the counting rule: the billed ids decode to the
+text). A stream it ends with ``[DONE]`` and no ``finish_reason`` was interrupted by another
+request (its default ``interrupt_requests``): an ``UpstreamError`` naming the flag.
 """
 
 from __future__ import annotations
@@ -82,6 +91,7 @@ class UpstreamEngine:
         self._want_ids = True  # ask for vLLM token ids until the upstream refuses them
         self._running = 0
         self.llamacpp: dict[str, Any] | None = None  # llama-server's /props, when it is one
+        self.llama_cpp_python = False  # llama_cpp.server (llama-cpp-python), found at start
         # llama.cpp: prompt ids read from a slot's KV cache / computed (its final ``timings``)
         self.prompt_tokens_cached = 0
         self.prompt_tokens_computed = 0
@@ -106,11 +116,17 @@ class UpstreamEngine:
         try:
             await self._discover_model(client)
             await self._discover_llamacpp(client)
+            if self.llamacpp is None:
+                await self._discover_llama_cpp_python(client)
         except BaseException:
             await client.aclose()
             raise
         self._client = client
-        mode = "llama.cpp native /completion" if self.llamacpp else "OpenAI API"
+        mode = "OpenAI API"
+        if self.llamacpp is not None:
+            mode = "llama.cpp native /completion"
+        elif self.llama_cpp_python:
+            mode = "llama_cpp.server /v1/completions, re-tokenised"
         log.info("metering upstream %s (model %s, %s)", self._base_url, self._upstream_model, mode)
 
     async def stop(self) -> None:
@@ -190,6 +206,32 @@ class UpstreamEngine:
             self.context_length = slot_ctx
         self.llamacpp = props
 
+    async def _discover_llama_cpp_python(self, client: httpx.AsyncClient) -> None:
+        """Switch to the prompt-as-text path when ``client`` is a ``llama_cpp.server`` whose
+        tokenizer reads the node's prompt text back as exactly the node's ids."""
+        sample = self.counter.chat_prompt_ids(
+            [{"role": "user", "content": "Café 東京 naïve ünïcödé 12345 <tag> \t tabs"}]
+        )
+        text = self._encoder.decode(sample, skip_special_tokens=False)
+        body: dict[str, Any] = {"input": text}
+        if self._upstream_model is not None:
+            body["model"] = self._upstream_model
+        try:
+            answer = await client.post("/extras/tokenize", json=body)
+            tokens = answer.json().get("tokens") if answer.status_code == 200 else None
+        except (httpx.HTTPError, ValueError, AttributeError):
+            return
+        if not isinstance(tokens, list):
+            return
+        theirs = [int(t) for t in tokens]
+        if theirs != sample:
+            raise UpstreamError(
+                f"llama_cpp.server at {self._base_url} reads the node's prompt text as other ids "
+                f"than the node's tokenizer ({len(theirs)} vs {len(sample)} ids for the same "
+                "prompt): serve the same GGUF"
+            )
+        self.llama_cpp_python = True
+
     def _encode_special(self, text: str) -> list[int]:
         return list(self._encoder.encode(text, add_special_tokens=False).ids)
 
@@ -213,6 +255,12 @@ class UpstreamEngine:
                         yield event
                     if output.finished and (native is None or output.detok.stopped):
                         return  # leaving the block closes the upstream stream
+                if not output.finished and self.llama_cpp_python and not meter.finish_seen:
+                    raise UpstreamError(
+                        f"llama_cpp.server at {self._base_url} ended the stream without a "
+                        "finish_reason: another request interrupted it (run it with "
+                        "--interrupt_requests False)"
+                    )
                 if not output.finished:
                     for event in meter.end():
                         yield event
@@ -249,6 +297,11 @@ class UpstreamEngine:
     def _request(self, prompt: Prompt, params: SamplingParams, budget: int) -> tuple[str, dict]:
         if self.llamacpp is not None:
             return "/completion", _native_body(prompt, params, budget)
+        if self.llama_cpp_python:
+            text = self._encoder.decode(prompt.ids, skip_special_tokens=False)
+            return "/v1/completions", _llama_cpp_python_body(
+                self._upstream_model, text, params, budget
+            )
         body: dict[str, Any] = {
             "model": self._upstream_model,
             "stream": True,
@@ -304,6 +357,30 @@ def _native_body(prompt: Prompt, params: SamplingParams, budget: int) -> dict[st
         "top_k": 0,
         "min_p": 0.0,
         "typical_p": 1.0,
+        "repeat_penalty": 1.0,
+        "presence_penalty": 0.0,
+        "frequency_penalty": 0.0,
+    }
+    if params.seed is not None:
+        body["seed"] = params.seed
+    return body
+
+
+def _llama_cpp_python_body(
+    model: str | None, text: str, params: SamplingParams, budget: int
+) -> dict[str, Any]:
+    """``llama_cpp.server``'s ``/v1/completions`` body: the metered prompt as text (specials
+    spelled out, parsed back by its tokenizer), plain OpenAI sampling."""
+    body: dict[str, Any] = {
+        "model": model,
+        "prompt": text,
+        "max_tokens": budget,
+        "stream": True,
+        "temperature": params.temperature,
+        "top_p": params.top_p,
+        # Its defaults are top_k 40, min_p 0.05, repeat_penalty 1.1: off, as the OpenAI API.
+        "top_k": 0,
+        "min_p": 0.0,
         "repeat_penalty": 1.0,
         "presence_penalty": 0.0,
         "frequency_penalty": 0.0,
@@ -371,10 +448,12 @@ class _Meter:
         self._committed_text = ""  # ... and the upstream text they stand for
         self._ids_mode = False
         self._finish: str | None = None
+        self.finish_seen = False  # the upstream sent a finish_reason
 
     def feed(self, chunk: dict[str, Any]) -> list[TokenEvent]:
         choice = (chunk.get("choices") or [{}])[0]
         self._finish = _finish_of(choice.get("finish_reason")) or self._finish
+        self.finish_seen = self.finish_seen or choice.get("finish_reason") is not None
         ids = choice.get("token_ids")
         if isinstance(ids, list) and ids:
             self._ids_mode = True

@@ -209,3 +209,57 @@ def test_upstream_in_front_of_a_running_llama_server(
     output = log.read_text()
     assert code == 0 and "Traceback" not in output, output
     assert "llama.cpp native /completion" in output
+
+
+@pytest.fixture
+def bare_llama_cpp_python(model_dir: Path, model_file: str, tmp_path: Path) -> Iterator[str]:
+    """llama-cpp-python's ``python -m llama_cpp.server`` on the same build (``make llama``)."""
+    from tallystick.node.engines import ModelLoadError, llama_cpp_python_server
+
+    port = free_port()
+    gguf = str(model_dir / model_file)
+    try:
+        cmd, env = llama_cpp_python_server(gguf, port, n_ctx=SLOT_CTX, threads=1)
+    except ModelLoadError as exc:
+        if os.environ.get("CI"):
+            pytest.fail(str(exc))
+        pytest.skip(str(exc))
+    log = tmp_path / "llama-py.log"
+    proc = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, log.read_text()[-2000:]
+            try:
+                if httpx.get(f"{url}/v1/models", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_upstream_in_front_of_llama_cpp_python_server(
+    bare_llama_cpp_python, model_dir, model_file, deployment, anvil, accounts, w3, tmp_path
+) -> None:
+    gguf = str(model_dir / model_file)
+    args = chain_args(anvil.url, deployment, accounts.provider, tmp_path / "node.db")
+    port = free_port()
+    _list(args, gguf, f"http://127.0.0.1:{port}")
+    cmd = [*_node_cmd(), "serve", *args, "--engine", "upstream"]
+    cmd += ["--upstream-url", bare_llama_cpp_python, "--model", gguf, "--model-name", NAME]
+    cmd += ["--port", str(port)]
+    log = tmp_path / "node.log"
+    node = _start(cmd, log)
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}", node, timeout=120)
+        with _client(deployment, accounts, w3, tmp_path / "c.db") as client:
+            _exercise(client)
+    finally:
+        code = _stop(node)
+    output = log.read_text()
+    assert code == 0 and "Traceback" not in output, output
+    assert "llama_cpp.server /v1/completions, re-tokenised" in output
