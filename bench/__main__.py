@@ -56,7 +56,7 @@ def _quick() -> dict[str, Any]:
         "gas_per_request": gas_per_request.Config(batches=(1, 2), per_receipt=(1, 50)),
         "growth": growth.Config(channels=(5, 10), prompt_lengths=(256,), verify_n=5),
         "serving": serving.Config.for_this_machine(
-            levels=(1, 2), max_tokens=8, min_requests=1, prefix=False
+            levels=(1, 2), llama_levels=(1, 2), max_tokens=8, min_requests=1, prefix=False
         ),
         "gateway": gateway.Config(levels=(1, 2), max_tokens=8, min_requests=1),
         "false_disputes": false_disputes.Config(per_cell=2, max_tokens=16),

@@ -11,16 +11,20 @@
     stream, continuous batching, driven through the ``openai`` SDK;
 (e) ``node-llama``: ``tallystick-node serve --engine upstream`` in front of such a
     llama-server (native ``/completion``, llama.cpp's token ids), driven as (b);
+(h) ``llamapy``: llama-cpp-python's ``python -m llama_cpp.server`` on the same build and GGUF
+    (``make llama``; one request at a time, ``--interrupt_requests False``), driven as (d);
+(i) ``node-llamapy``: the node in front of it (prompt as text, completion re-tokenised);
 (f) ``vllm`` and (g) ``node-vllm``: the same pair with ``vllm serve`` instead, run by default
     only where ``vllm`` is installed and a CUDA GPU is present (the GPU plan in
     docs/internals.md); levels then include 64 streams.
 
-One system at a time; greedy decoding, the same ``max_tokens``; tokens are counted as
-actually generated (none of them can be told to ignore EOS through the same API, so
-the prompts ask for long answers). Reports aggregate output tokens/s, TTFT and inter-token
-latency percentiles, and the ratios the targets are defined on.
+The llama.cpp systems (d), (e), (h), (i) run at 1, 4 and 8 streams (``llama_levels``), the
+others at every level. One system at a time; greedy decoding, the same ``max_tokens``;
+tokens are counted as actually generated (none of them can be told to ignore EOS through the
+same API, so the prompts ask for long answers). Reports aggregate output tokens/s, TTFT and
+inter-token latency percentiles, and the ratios the targets are defined on.
 
-Prefix reuse (with the nodes (b), (e), (g)): a 5-turn chat whose system prompt is ~1,000
+Prefix reuse (with the nodes (b), (e), (g), (i)): a 5-turn chat whose system prompt is ~1,000
 tokens, through the node; the 5th turn's TTFT after turns 1-4 on the same channel ("cached")
 against the same-length 5th turn sent cold with another system prompt ("uncached").
 """
@@ -36,7 +40,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +84,18 @@ from ._setup import (
 
 __all__ = ["Config", "run"]
 
-ALL_SYSTEMS = ("llama", "node-llama", "engine", "node", "peer", "vllm", "node-vllm")
+ALL_SYSTEMS = (
+    "llama",
+    "node-llama",
+    "llamapy",
+    "node-llamapy",
+    "engine",
+    "node",
+    "peer",
+    "vllm",
+    "node-vllm",
+)
+LLAMA_SYSTEMS = ("llama", "node-llama", "llamapy", "node-llamapy")
 LABELS = {
     "engine": "(a) bare engine",
     "node": "(b) tallystick-node",
@@ -89,6 +104,8 @@ LABELS = {
     "node-llama": "(e) node + llama-server",
     "vllm": "(f) vLLM",
     "node-vllm": "(g) node + vLLM",
+    "llamapy": "(h) llama_cpp.server",
+    "node-llamapy": "(i) node + llama_cpp.server",
 }
 LLAMA_SLOT_CTX = 2048  # tokens per llama-server slot: the prefix-reuse chat fits in one
 
@@ -110,18 +127,24 @@ def default_systems() -> tuple[str, ...]:
     return tuple(s for s in ALL_SYSTEMS if gpu or "vllm" not in s)
 
 
-SYSTEMS = ("llama", "node-llama", "engine", "node", "peer")
+SYSTEMS = ("llama", "node-llama", "llamapy", "node-llamapy", "engine", "node", "peer")
 
 
 @dataclass(frozen=True)
 class Config:
     levels: tuple[int, ...] = (1, 4, 8, 16)
+    llama_levels: tuple[int, ...] | None = (1, 4, 8)  # the llama.cpp systems' (None: levels)
     max_tokens: int = 64
     min_requests: int = 3  # per level: each stream runs ceil(min_requests / streams) requests
     systems: tuple[str, ...] = SYSTEMS
     peer_continuous_batching: bool = True
     model: Path = MODEL_GGUF
     prefix: bool = True  # the prefix-reuse chat with each node system
+
+    def levels_of(self, system: str) -> tuple[int, ...]:
+        if system in LLAMA_SYSTEMS and self.llama_levels is not None:
+            return self.llama_levels
+        return self.levels
 
     @classmethod
     def for_this_machine(cls, **kwargs: Any) -> Config:
@@ -219,7 +242,8 @@ def http_levels(
 
 @contextlib.contextmanager
 def upstream_server(kind: str, config: Config, workdir: Path) -> Iterator[tuple[str, str]]:
-    """A running ``llama-server`` (kind ``llama``) or ``vllm serve`` (``vllm``): (url, model id)."""
+    """A running ``llama-server`` (kind ``llama``), ``llama_cpp.server`` (``llamapy``) or
+    ``vllm serve`` (``vllm``): (url, model id)."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     slots = max(config.levels)
@@ -240,6 +264,21 @@ def upstream_server(kind: str, config: Config, workdir: Path) -> Iterator[tuple[
         threads = str(llama_threads())
         cmd += ["--threads", threads, "--threads-batch", threads]
         health, model = f"{url}/health", MODEL_NAME
+    elif kind == "llamapy":
+        from tallystick.node.engines import ModelLoadError, llama_cpp_python_server
+
+        try:  # one context of a slot's size: it serves one request at a time
+            cmd, env = llama_cpp_python_server(
+                str(config.model),
+                port,
+                n_ctx=LLAMA_SLOT_CTX,
+                threads=llama_threads(),
+                model_alias=MODEL_NAME,
+            )
+        except ModelLoadError as exc:
+            raise BenchError(str(exc)) from exc
+        env["PYTHONUNBUFFERED"] = "1"
+        health, model = f"{url}/v1/models", MODEL_NAME
     elif kind == "vllm":
         folder = ensure_hf_model(config.model)
         cmd = ["vllm", "serve", str(folder), "--host", "127.0.0.1", "--port", str(port)]
@@ -272,7 +311,7 @@ def run_node_upstream(
     with upstream_server(kind, config, workdir) as (url, model):
         args = ("--engine", "upstream", "--upstream-url", url, "--upstream-model", model)
         # The node serves llama.cpp's slot context (it limits prompts), vLLM's the model's.
-        context = LLAMA_SLOT_CTX if kind == "llama" else None
+        context = LLAMA_SLOT_CTX if kind in ("llama", "llamapy") else None
         return run_node(config, workdir, f"node-{kind}", args, prefix, context)
 
 
@@ -319,6 +358,7 @@ def run(config: Config | None = None) -> dict[str, Any]:
         "errors": errors,
         "node_added_ttft_s": added_ttft(results),
         "node_llama_added_ttft_s": added_ttft(results, "node-llama", "llama"),
+        "node_llamapy_added_ttft_s": added_ttft(results, "node-llamapy", "llamapy"),
         "prefix_reuse": prefix,
         "targets": [t.to_json() for t in targets],
     }
@@ -329,15 +369,16 @@ def run(config: Config | None = None) -> dict[str, Any]:
 def _run_system(
     system: str, config: Config, workdir: Path, prefix: dict[str, Any] | None = None
 ) -> list[LevelResult]:
+    config = replace(config, levels=config.levels_of(system))
     if system == "engine":
         return run_engine(config)
     if system == "node":
         return run_node(config, workdir, prefix=prefix)
     if system == "peer":
         return run_peer(config, workdir)
-    if system in ("llama", "vllm"):
+    if system in ("llama", "llamapy", "vllm"):
         return run_bare_upstream(system, config, workdir)
-    if system in ("node-llama", "node-vllm"):
+    if system in ("node-llama", "node-llamapy", "node-vllm"):
         return run_node_upstream(system.removeprefix("node-"), config, workdir, prefix)
     raise BenchError(f"unknown system {system!r} (choose from {', '.join(ALL_SYSTEMS)})")
 
@@ -366,13 +407,16 @@ def _targets(
 ) -> list[Target]:
     out = []
     systems = set(config.systems)
-    if {"llama", "node-llama"} & systems:
-        for n in (1, 4, 8):
-            ratio = _ratio(_at(results, "node-llama", n), _at(results, "llama", n))
-            out.append(Target(f"(e)/(d) tokens/s at {n} streams", ratio, 0.90, True, "x"))
-        added = added_ttft(results, "node-llama", "llama")
+    for node, bare in (("node-llama", "llama"), ("node-llamapy", "llamapy")):
+        if not {node, bare} & systems:
+            continue
+        front, back = LABELS[node][:3], LABELS[bare][:3]
+        for n in config.levels_of(node):
+            ratio = _ratio(_at(results, node, n), _at(results, bare, n))
+            out.append(Target(f"{front}/{back} tokens/s at {n} streams", ratio, 0.90, True, "x"))
+        added = added_ttft(results, node, bare)
         ms = None if added is None else added * 1e3
-        out.append(Target("(e) - (d) TTFT p50 at 1 stream", ms, 10.0, False, "ms"))
+        out.append(Target(f"{front} - {back} TTFT p50 at 1 stream", ms, 10.0, False, "ms"))
     if {"vllm", "node-vllm"} & systems:
         ratio = _ratio(_at(results, "node-vllm", 64), _at(results, "vllm", 64))
         out.append(Target("(g)/(f) tokens/s at 64 streams", ratio, 0.95, True, "x"))
@@ -386,7 +430,7 @@ def _targets(
             ratio = _ratio(_at(results, "node", n), _at(results, "peer", n))
             out.append(Target(f"(b)/(c) tokens/s at {n} streams", ratio, 1.0, True, "x"))
     if config.prefix:
-        for system in ("node-llama", "node", "node-vllm"):
+        for system in ("node-llama", "node-llamapy", "node", "node-vllm"):
             if system in systems:
                 ratio = (prefix or {}).get(system, {}).get("ratio")
                 name = f"{LABELS[system][:3]} 5th-turn TTFT cached/uncached"
@@ -405,6 +449,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--min-requests", type=int, default=3)
     parser.add_argument("--systems", default=",".join(default_systems()))
+    parser.add_argument("--llama-levels", default="1,4,8", help="the llama.cpp systems' levels")
     parser.add_argument("--no-peer-cb", action="store_true", help="transformers serve without CB")
     parser.add_argument("--no-prefix", action="store_true", help="skip the prefix-reuse chat")
     args = parser.parse_args()
@@ -412,6 +457,7 @@ def main() -> None:
     run(
         Config(
             levels=tuple(int(x) for x in levels.split(",")),
+            llama_levels=tuple(int(x) for x in args.llama_levels.split(",")),
             max_tokens=args.max_tokens,
             min_requests=args.min_requests,
             systems=tuple(args.systems.split(",")),

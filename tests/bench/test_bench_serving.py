@@ -62,3 +62,39 @@ def test_bare_engine_level_on_the_real_model(results_dir: Path) -> None:
     levels = result["levels"]["engine"]
     assert [lv["streams"] for lv in levels] == [1, 2]
     assert all(0 < lv["tokens"] <= 2 * lv["requests"] for lv in levels)
+
+
+def test_llama_cpp_systems_run_at_their_own_levels_with_their_targets() -> None:
+    from bench.serving import Config, LevelResult, _targets
+
+    def level(system: str, streams: int, tokens: int, ttft: float) -> LevelResult:
+        return LevelResult(system, streams, streams, tokens, 1.0, ttft, ttft, 0.1, 0.1)
+
+    config = Config(levels=(1, 4, 8, 16), llama_levels=(1, 4, 8))
+    assert config.levels_of("node-llamapy") == (1, 4, 8) == config.levels_of("llama")
+    assert config.levels_of("peer") == (1, 4, 8, 16)
+    assert Config(llama_levels=None).levels_of("llamapy") == (1, 4, 8, 16)
+    results = {
+        "llamapy": [level("llamapy", n, 90 * n, 0.050) for n in (1, 4, 8)],
+        "node-llamapy": [level("node-llamapy", n, 85 * n, 0.058) for n in (1, 4, 8)],
+    }
+    targets = {t.name: t for t in _targets(results, config)}
+    assert targets["(i)/(h) tokens/s at 8 streams"].measured == pytest.approx(85 / 90)
+    assert targets["(i)/(h) tokens/s at 8 streams"].passed
+    assert "(i)/(h) tokens/s at 16 streams" not in targets
+    assert targets["(i) - (h) TTFT p50 at 1 stream"].measured == pytest.approx(8.0)
+    assert targets["(e)/(d) tokens/s at 1 streams"].measured is None  # not run: not passed
+
+
+@pytest.mark.model
+def test_bare_llama_cpp_python_level_on_the_real_build(results_dir: Path) -> None:
+    from bench import serving
+
+    config = serving.Config(
+        levels=(1, 2), llama_levels=(1, 2), max_tokens=2, systems=("llamapy",), prefix=False
+    )
+    result = serving.run(config)
+    assert result["errors"] == {}
+    levels = result["levels"]["llamapy"]
+    assert [lv["streams"] for lv in levels] == [1, 2]
+    assert all(0 < lv["tokens"] <= 2 * lv["requests"] for lv in levels)
