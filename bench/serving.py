@@ -110,9 +110,21 @@ LABELS = {
 LLAMA_SLOT_CTX = 2048  # tokens per llama-server slot: the prefix-reuse chat fits in one
 
 
+def vllm_command() -> list[str] | None:
+    """How to start vLLM's OpenAI server here: its ``vllm`` command, else the importable
+    package's module (``python -m vllm.entrypoints.cli.main``); None without vLLM."""
+    import importlib.util
+
+    if shutil.which("vllm") is not None:
+        return ["vllm"]
+    if importlib.util.find_spec("vllm") is not None:
+        return [sys.executable, "-m", "vllm.entrypoints.cli.main"]
+    return None
+
+
 def gpu_with_vllm() -> bool:
-    """A CUDA GPU and the ``vllm`` command: the machine the GPU plan is for."""
-    if shutil.which("vllm") is None:
+    """A CUDA GPU and vLLM (command or package): the machine the GPU plan is for."""
+    if vllm_command() is None:
         return False
     try:
         import torch
@@ -281,7 +293,8 @@ def upstream_server(kind: str, config: Config, workdir: Path) -> Iterator[tuple[
         health, model = f"{url}/v1/models", MODEL_NAME
     elif kind == "vllm":
         folder = ensure_hf_model(config.model)
-        cmd = ["vllm", "serve", str(folder), "--host", "127.0.0.1", "--port", str(port)]
+        cmd = [*(vllm_command() or ["vllm"]), "serve", str(folder), "--host", "127.0.0.1"]
+        cmd += ["--port", str(port)]
         cmd += ["--max-num-seqs", str(max(slots, 64)), "--served-model-name", MODEL_NAME]
         health, model = f"{url}/v1/models", MODEL_NAME
     else:

@@ -98,3 +98,20 @@ def test_bare_llama_cpp_python_level_on_the_real_build(results_dir: Path) -> Non
     levels = result["levels"]["llamapy"]
     assert [lv["streams"] for lv in levels] == [1, 2]
     assert all(0 < lv["tokens"] <= 2 * lv["requests"] for lv in levels)
+
+
+def test_vllm_is_found_as_a_command_or_as_a_package(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+    import shutil
+    import sys
+
+    from bench import serving
+
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    assert serving.vllm_command() is None and not serving.gpu_with_vllm()
+    assert not any("vllm" in s for s in serving.default_systems())
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object())
+    assert serving.vllm_command() == [sys.executable, "-m", "vllm.entrypoints.cli.main"]
+    monkeypatch.setattr(shutil, "which", lambda name: f"/usr/bin/{name}")
+    assert serving.vllm_command() == ["vllm"]
