@@ -126,7 +126,12 @@ async def _upstream(settings: Settings, url: str) -> Engine:
     }
     if settings.model_name:
         options["model_name"] = settings.model_name
-    return await asyncio.to_thread(UpstreamEngine.from_source, url, str(settings.model), **options)
+    engine = await asyncio.to_thread(
+        UpstreamEngine.from_source, url, str(settings.model), **options
+    )
+    if settings.llama_ctx:  # a llama_cpp.server's --n_ctx (it does not say it; llama-server does)
+        engine.context_length = min(engine.context_length, settings.llama_ctx)
+    return engine
 
 
 def _llama_args(args: str | None) -> list[str]:

@@ -196,7 +196,12 @@ def main() -> None:
 @click.option("--upstream-model", help="Model id on the upstream server (default: its first).")
 @click.option("--upstream-api-key", help="Bearer key for the upstream (or its env variable).")
 @click.option("--llama-server", help="llama-server binary (--engine llamacpp; make llama's).")
-@click.option("--llama-ctx", type=int, help="Context tokens per llama.cpp slot (the model's).")
+@click.option(
+    "--llama-ctx",
+    type=int,
+    help="Context tokens per llama.cpp slot (--engine llamacpp), or of an upstream "
+    "llama_cpp.server (its --n_ctx); default the model's.",
+)
 @click.option("--llama-threads", type=int, help="llama-server threads (all cores but one).")
 @click.option("--llama-args", help="More llama-server flags, shell-quoted (--engine llamacpp).")
 @click.option("--host", help="Address to bind (default 127.0.0.1).")

@@ -251,11 +251,13 @@ def test_upstream_in_front_of_llama_cpp_python_server(
     _list(args, gguf, f"http://127.0.0.1:{port}")
     cmd = [*_node_cmd(), "serve", *args, "--engine", "upstream"]
     cmd += ["--upstream-url", bare_llama_cpp_python, "--model", gguf, "--model-name", NAME]
-    cmd += ["--port", str(port)]
+    cmd += ["--port", str(port), "--llama-ctx", str(SLOT_CTX)]  # its --n_ctx (it does not say)
     log = tmp_path / "node.log"
     node = _start(cmd, log)
     try:
         wait_healthy(f"http://127.0.0.1:{port}", node, timeout=120)
+        model = httpx.get(f"http://127.0.0.1:{port}/v1/models").json()["data"][0]
+        assert model["context_length"] == SLOT_CTX
         with _client(deployment, accounts, w3, tmp_path / "c.db") as client:
             _exercise(client)
     finally:

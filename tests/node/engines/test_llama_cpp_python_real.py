@@ -149,7 +149,7 @@ def test_an_end_of_sequence_ends_with_stop(engine, server) -> None:
     assert reference["choices"][0]["finish_reason"] == "stop"
     assert finish == "stop" and "Paris" in text and text == reference["choices"][0]["text"]
     # It reports no ids: the EOS it generated is not billed (the node bills what it sees).
-    assert engine.counter.decode(ids) == text and not set(ids) & engine.counter.eos_token_ids
+    assert engine.counter.decode(ids) == text and not set(ids) & set(engine.counter.eos_token_ids)
 
 
 def test_stop_string_is_applied_by_the_node(engine) -> None:
