@@ -37,6 +37,7 @@ import contextlib
 import gc
 import os
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator

@@ -1,7 +1,9 @@
 """Models for tests: the real SmolLM2 files, llama-server, and a tiny random Llama.
 
 - ``model_dir``/``model_file``: the SmolLM2-135M-Instruct GGUF folder and file (skips when
-  absent); ``llama_server_bin``: the llama-server `make llama` builds.
+  absent); ``llama_server_bin``: the llama-server `make llama` builds;
+  ``llama_cpp_python``: ``llama_cpp_python_server`` (command and environment of
+  llama-cpp-python's server on the same build) once `make llama` has built it.
 - ``tiny_dir``: a model folder (config, random weights, tokenizer with a ChatML template)
   saved once per session; loading it exercises the real folder path of ``load_model``.
 - ``tiny_model``: that folder loaded (a ``LoadedModel``); ``tiny_counter``: a TokenCounter on
@@ -60,6 +62,26 @@ def llama_server_bin() -> Path:
             pytest.fail(message)
         pytest.skip(message)
     return binary
+
+
+@pytest.fixture(scope="session")
+def llama_cpp_python() -> Callable[..., tuple[list[str], dict[str, str]]]:
+    """``llama_cpp_python_server(gguf, port, ...)`` once `make llama` has installed
+    llama-cpp-python's server beside llama-server (in CI a missing one fails)."""
+    from tallystick.node.engines import (
+        ModelLoadError,
+        built_llama_cpp_python,
+        llama_cpp_python_server,
+    )
+
+    try:
+        llama_cpp_python_server("probe.gguf", 0)
+    except ModelLoadError as exc:
+        message = f"{exc} (looked for {built_llama_cpp_python()})"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return llama_cpp_python_server
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:

@@ -27,7 +27,7 @@ from tallystick.client import Chain, Tallystick, Wallet
 from tallystick.node.cli import main
 from tallystick.protocol import Prices, cost_of
 
-from tests.kit.net import free_port
+from tests.kit.net import free_port, wait_http
 from tests.kit.node import chain_args, wait_healthy
 
 pytestmark = [pytest.mark.chain, pytest.mark.model]
@@ -212,30 +212,18 @@ def test_upstream_in_front_of_a_running_llama_server(
 
 
 @pytest.fixture
-def bare_llama_cpp_python(model_dir: Path, model_file: str, tmp_path: Path) -> Iterator[str]:
+def bare_llama_cpp_python(
+    llama_cpp_python: Any, model_dir: Path, model_file: str, tmp_path: Path
+) -> Iterator[str]:
     """llama-cpp-python's ``python -m llama_cpp.server`` on the same build (``make llama``)."""
-    from tallystick.node.engines import ModelLoadError, llama_cpp_python_server
-
     port = free_port()
     gguf = str(model_dir / model_file)
-    try:
-        cmd, env = llama_cpp_python_server(gguf, port, n_ctx=SLOT_CTX, threads=1)
-    except ModelLoadError as exc:
-        if os.environ.get("CI"):
-            pytest.fail(str(exc))
-        pytest.skip(str(exc))
+    cmd, env = llama_cpp_python(gguf, port, n_ctx=SLOT_CTX, threads=1)
     log = tmp_path / "llama-py.log"
     proc = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, log.read_text()[-2000:]
-            try:
-                if httpx.get(f"{url}/v1/models", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
+        wait_http(f"{url}/v1/models", proc, timeout=120, what="llama_cpp.server", log=log.read_text)
         yield url
     finally:
         proc.terminate()

@@ -8,36 +8,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from conftest import run
 from tallystick.node.engines import (
-    ModelLoadError,
     Prompt,
     SamplingParams,
     UpstreamEngine,
     UpstreamError,
-    llama_cpp_python_server,
     tiny_tokenizer_bundle,
 )
+
+from tests.kit.model import run
+from tests.kit.net import free_port, wait_http
 
 pytestmark = pytest.mark.model
 
 N_CTX = 1024
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -46,14 +38,14 @@ def gguf(model_dir: Path, model_file: str) -> str:
 
 
 @contextlib.contextmanager
-def _serve(gguf: str, log: Path, interrupt: bool = False) -> Iterator[str]:
-    port = _free_port()
-    try:
-        cmd, env = llama_cpp_python_server(gguf, port, n_ctx=N_CTX, threads=1)
-    except ModelLoadError as exc:  # `make test` builds it first: in CI a missing one fails
-        if os.environ.get("CI"):
-            pytest.fail(str(exc))
-        pytest.skip(str(exc))
+def _serve(
+    command: Callable[..., tuple[list[str], dict[str, str]]],
+    gguf: str,
+    log: Path,
+    interrupt: bool = False,
+) -> Iterator[str]:
+    port = free_port()
+    cmd, env = command(gguf, port, n_ctx=N_CTX, threads=1)
     if interrupt:  # the server's own default: a new request cuts the running stream
         at = cmd.index("--interrupt_requests")
         cmd[at + 1] = "True"
@@ -61,16 +53,13 @@ def _serve(gguf: str, log: Path, interrupt: bool = False) -> Iterator[str]:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, "llama_cpp.server did not start"
-            try:
-                if httpx.get(f"{url}/v1/models", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
+        wait_http(
+            f"{url}/v1/models",
+            proc,
+            timeout=120,
+            what="llama_cpp.server",
+            log=lambda: log.read_text()[-3000:],
+        )
         yield url
     finally:
         proc.terminate()
@@ -78,9 +67,12 @@ def _serve(gguf: str, log: Path, interrupt: bool = False) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def server(gguf: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def server(
+    llama_cpp_python: Any, gguf: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
     """A bare llama_cpp.server as a provider runs it (one request at a time)."""
-    with _serve(gguf, tmp_path_factory.mktemp("llama-py") / "server.log") as url:
+    log = tmp_path_factory.mktemp("llama-py") / "server.log"
+    with _serve(llama_cpp_python, gguf, log) as url:
         yield url
 
 
@@ -202,8 +194,10 @@ def test_closing_a_stream_lets_the_next_request_run(engine) -> None:
     assert got >= 3 and finish == "length" and waited < 8
 
 
-def test_an_interrupted_stream_is_an_error_naming_the_flag(gguf, tmp_path) -> None:
-    with _serve(gguf, tmp_path / "server.log", interrupt=True) as url:
+def test_an_interrupted_stream_is_an_error_naming_the_flag(
+    llama_cpp_python, gguf, tmp_path
+) -> None:
+    with _serve(llama_cpp_python, gguf, tmp_path / "server.log", interrupt=True) as url:
         engine = UpstreamEngine.from_source(url, gguf)
 
         async def two() -> list[Any]:
