@@ -7,15 +7,13 @@ a raw revert, ``Web3RPCError``, ``BadFunctionCallOutput`` or ``EmptyRevert``.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from tallystick.client.cli import main
 from tallystick.protocol import Prices
 
-from tests.kit.node import serve_node
+from tests.kit.client import cli_args, run_cli
 
 pytestmark = pytest.mark.chain
 PRICES = Prices(input_per_m=3_000_000_000, output_per_m=9_000_000_000)
@@ -23,30 +21,14 @@ RAW = ("Web3RPCError", "BadFunctionCallOutput", "EmptyRevert", "Traceback", "Con
 
 
 @pytest.fixture
-def args(deployment: Any, accounts: Any, anvil: Any, tmp_path: Path) -> Iterator[list[str]]:
-    from tallystick.node.engines import FakeEngine
-
-    with serve_node(
-        FakeEngine(model_name="fake-model"),
-        PRICES,
-        deployment=deployment,
-        provider=accounts.provider,
-        rpc=anvil.url,
-        db=tmp_path / "node.db",
-    ):
-        out = ["--rpc", anvil.url, "--registry", deployment.registry.address]
-        out += ["--escrow", deployment.escrow.address, "--store", str(tmp_path / "c.db")]
-        yield [*out, "--key", "0x" + accounts.client.key.hex().removeprefix("0x")]
+def args(deployment: Any, accounts: Any, anvil: Any, tmp_path: Path, node_server: Any) -> list[str]:
+    node_server(prices=PRICES)
+    return cli_args(anvil.url, deployment, accounts.client, tmp_path / "c.db")
 
 
 def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    code = 0
-    try:
-        main(argv)
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    captured = capsys.readouterr()
-    return code, " ".join(captured.out.split()), " ".join(captured.err.split())
+    code, out, err = run_cli(argv, capsys)
+    return code, out, " ".join(err.split())
 
 
 def _one_clear_line(err: str) -> None:

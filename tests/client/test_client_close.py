@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +11,7 @@ from tallystick.client import Chain, Tallystick, Wallet
 from tallystick.client.cli import cli
 from tallystick.protocol import ChannelStatus, Prices
 
-from tests.kit.node import serve_node
+from tests.kit.client import cli_args
 
 pytestmark = pytest.mark.chain
 PRICES = Prices(input_per_m=3_000_000_000, output_per_m=9_000_000_000)
@@ -20,18 +19,8 @@ DEPOSIT = 10**15
 
 
 @pytest.fixture
-def endpoint(deployment: Any, accounts: Any, anvil: Any, tmp_path: Path) -> Iterator[str]:
-    from tallystick.node.engines import FakeEngine
-
-    with serve_node(
-        FakeEngine(model_name="fake-model"),
-        PRICES,
-        deployment=deployment,
-        provider=accounts.provider,
-        rpc=anvil.url,
-        db=tmp_path / "node.db",
-    ) as url:
-        yield url
+def endpoint(node_server: Any) -> str:
+    return str(node_server(prices=PRICES))
 
 
 def test_cli_close_of_an_unused_channel_refunds_the_whole_deposit(
@@ -47,9 +36,7 @@ def test_cli_close_of_an_unused_channel_refunds_the_whole_deposit(
     chain = Chain(w3, deployment.registry.address, deployment.escrow.address)
     with Tallystick(Wallet(accounts.client), store, chain=chain) as client:
         info = client.channels.open("fake-model", DEPOSIT)
-    args = ["--rpc", anvil.url, "--registry", deployment.registry.address]
-    args += ["--escrow", deployment.escrow.address, "--store", str(store)]
-    args += ["--key", "0x" + accounts.client.key.hex().removeprefix("0x")]
+    args = cli_args(anvil.url, deployment, accounts.client, store)
     runner = CliRunner()
     result = runner.invoke(cli, [*args, "channel", "close", info.hex_id])
     assert result.exit_code == 0, result.output

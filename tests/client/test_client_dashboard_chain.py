@@ -14,37 +14,28 @@ from tallystick.client._dashboard import DashboardServer
 from tallystick.client.cli import main
 from tallystick.protocol import ETH_INFO, Prices, format_amount, token_info
 
-from tests.kit.node import serve_node
-
 pytestmark = pytest.mark.chain
 PRICES = Prices(input_per_m=3_000_000_000, output_per_m=9_000_000_000)
 MESSAGES = [{"role": "user", "content": "What is a tally stick?"}]
 
 
 @pytest.fixture
-def spent(deployment: Any, accounts: Any, anvil: Any, w3: Any, tmp_path: Path) -> Iterator[Any]:
+def spent(
+    deployment: Any, accounts: Any, w3: Any, tmp_path: Path, node_server: Any
+) -> Iterator[Any]:
     """Three verified requests on one ETH channel to a real node; yields (store, info, cost)."""
-    from tallystick.node.engines import FakeEngine
-
-    with serve_node(
-        FakeEngine(model_name="fake-model"),
-        PRICES,
-        deployment=deployment,
-        provider=accounts.provider,
-        rpc=anvil.url,
-        db=tmp_path / "node.db",
-    ):
-        chain = Chain(w3, deployment.registry.address, deployment.escrow.address)
-        store = tmp_path / "client.db"
-        with Tallystick(Wallet(accounts.client), store, chain=chain) as client:
-            info = client.channels.open("fake-model", 10**15)
-            costs = [
-                client.chat.completions.create(
-                    model="fake-model", messages=MESSAGES, max_tokens=16
-                ).tally.cost
-                for _ in range(3)
-            ]
-        yield store, info, sum(costs)
+    node_server(prices=PRICES)
+    chain = Chain(w3, deployment.registry.address, deployment.escrow.address)
+    store = tmp_path / "client.db"
+    with Tallystick(Wallet(accounts.client), store, chain=chain) as client:
+        info = client.channels.open("fake-model", 10**15)
+        costs = [
+            client.chat.completions.create(
+                model="fake-model", messages=MESSAGES, max_tokens=16
+            ).tally.cost
+            for _ in range(3)
+        ]
+    yield store, info, sum(costs)
 
 
 def test_the_spend_dashboard_shows_spend_per_provider_and_over_time(

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +21,6 @@ from tallystick.protocol import (
     sign_request_auth,
 )
 
-from tests.kit.node import serve_node
-
 pytestmark = pytest.mark.chain
 PRICES = Prices(input_per_m=3_000_000_000, output_per_m=9_000_000_000)
 MESSAGES = [{"role": "user", "content": "hello"}]
@@ -31,18 +28,8 @@ MODEL = "fake-model"
 
 
 @pytest.fixture
-def endpoint(deployment: Any, accounts: Any, anvil: Any, tmp_path: Path) -> Iterator[str]:
-    from tallystick.node.engines import FakeEngine
-
-    with serve_node(
-        FakeEngine(model_name=MODEL),
-        PRICES,
-        deployment=deployment,
-        provider=accounts.provider,
-        rpc=anvil.url,
-        db=tmp_path / "node.db",
-    ) as url:
-        yield url
+def endpoint(node_server: Any) -> str:
+    return str(node_server(prices=PRICES))
 
 
 @pytest.fixture

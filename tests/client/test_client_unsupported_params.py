@@ -12,8 +12,6 @@ import pytest
 from tallystick.client import Chain, Tallystick, Wallet
 from tallystick.protocol import Prices
 
-from tests.kit.node import serve_node
-
 pytestmark = pytest.mark.chain
 PRICES = Prices(input_per_m=3_000_000_000, output_per_m=9_000_000_000)
 MESSAGES = [{"role": "user", "content": "What is the weather in Paris?"}]
@@ -24,22 +22,13 @@ TOOL = {
 
 
 @pytest.fixture
-def sdk(deployment: Any, accounts: Any, anvil: Any, w3: Any, tmp_path: Path) -> Iterator[Any]:
+def sdk(deployment: Any, accounts: Any, w3: Any, tmp_path: Path, node_server: Any) -> Iterator[Any]:
     """The official SDK on an open channel, through the client's verifying transport."""
-    from tallystick.node.engines import FakeEngine
-
-    with serve_node(
-        FakeEngine(model_name="fake-model"),
-        PRICES,
-        deployment=deployment,
-        provider=accounts.provider,
-        rpc=anvil.url,
-        db=tmp_path / "node.db",
-    ):
-        chain = Chain(w3, deployment.registry.address, deployment.escrow.address)
-        with Tallystick(Wallet(accounts.client), tmp_path / "client.db", chain=chain) as client:
-            info = client.channels.open("fake-model", 10**15)
-            yield client.openai(info.channel_id)
+    node_server(prices=PRICES)
+    chain = Chain(w3, deployment.registry.address, deployment.escrow.address)
+    with Tallystick(Wallet(accounts.client), tmp_path / "client.db", chain=chain) as client:
+        info = client.channels.open("fake-model", 10**15)
+        yield client.openai(info.channel_id)
 
 
 @pytest.mark.parametrize(

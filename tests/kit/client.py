@@ -8,6 +8,8 @@
   real node (``tests/kit/node.py``).
 - ``make_client(account, name)``: a real Tallystick on ``market``'s chain with its own store
   (closed at teardown).
+- ``cli_args(rpc, deployment, account, store)``: the ``tallystick`` CLI's global options;
+  ``run_cli(argv, capsys)``: run it in-process, ``(exit code, stdout on one line, stderr)``.
 """
 
 from __future__ import annotations
@@ -320,3 +322,37 @@ def make_client(market: Any, tmp_path: Path) -> Iterator[Callable[..., Tallystic
     yield make
     for client in made:
         client.close()
+
+
+# --- the CLI ---
+
+
+def cli_args(rpc: str, deployment: Any, account: Any, store: Path) -> list[str]:
+    """The ``tallystick`` CLI's global options for ``account`` with its store at ``store``."""
+    key = "0x" + account.key.hex().removeprefix("0x")
+    return [
+        "--rpc",
+        rpc,
+        "--registry",
+        deployment.registry.address,
+        "--escrow",
+        deployment.escrow.address,
+        "--store",
+        str(store),
+        "--key",
+        key,
+    ]
+
+
+def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """``tallystick ARGV`` in this process: exit code, stdout with its whitespace collapsed to
+    single spaces (tables wrap), stderr as written."""
+    from tallystick.client.cli import main
+
+    code = 0
+    try:
+        main(argv)
+    except SystemExit as exc:  # main exits only on an error
+        code = int(exc.code or 0)
+    captured = capsys.readouterr()
+    return code, " ".join(captured.out.split()), captured.err

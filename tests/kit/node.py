@@ -1,7 +1,8 @@
 """The node side of the kit: a real node, in a thread or as a process, and requests signed by hand.
 
 - ``serve_node(engine, prices, ...)``: register a provider, list the engine's model and serve
-  ``create_app`` with uvicorn in a thread (a context manager yielding the endpoint).
+  ``create_app`` with uvicorn in a thread (a context manager yielding the endpoint); the
+  ``node_server(engine, prices, token)`` fixture does it for ``accounts.provider``.
 - ``NodeProcess``: ``tallystick-node serve`` as a subprocess (``_fake_node.py``: the real CLI
   with FakeEngine; ``_cheating_node.py``: the same node padding its bills), which a test can
   SIGKILL and restart on the same ledger; the ``start_node`` fixture starts them on ``market``
@@ -13,6 +14,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -27,7 +29,7 @@ import httpx
 import pytest
 from tallystick.protocol import Prices
 
-from tests.kit.chain import MODEL, Market, key_hex, register_and_list
+from tests.kit.chain import MODEL, PRICES, Market, key_hex, register_and_list
 from tests.kit.net import ThreadServer, free_port, wait_http
 
 HERE = Path(__file__).resolve().parent
@@ -148,6 +150,30 @@ class Tampering:
             await send({"type": "http.response.body", "body": body})
 
         await self.app(scope, receive, capture)
+
+
+@pytest.fixture
+def node_server(deployment: Any, accounts: Any, anvil: Any, tmp_path: Path) -> Iterator[Any]:
+    """``node_server(engine=None, prices=PRICES, token=None)``: ``accounts.provider``
+    registered and listing ``engine``'s model (FakeEngine's ``fake-model`` by default) at
+    ``prices``, served in this process (``serve_node``) until teardown; returns the endpoint."""
+    from tallystick.node.engines import FakeEngine
+
+    with contextlib.ExitStack() as stack:
+
+        def start(engine: Any = None, prices: Prices = PRICES, token: str | None = None) -> str:
+            node = serve_node(
+                engine or FakeEngine(model_name=MODEL),
+                prices,
+                deployment=deployment,
+                provider=accounts.provider,
+                rpc=anvil.url,
+                db=tmp_path / "node.db",
+                token=token,
+            )
+            return str(stack.enter_context(node))
+
+        yield start
 
 
 # --- the node as a process ---

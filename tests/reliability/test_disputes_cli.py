@@ -13,24 +13,14 @@ from typing import Any
 
 import pytest
 from tallystick.client import BillingDispute
-from tallystick.client.cli import main
 
 from tests.kit.chain import MODEL
+from tests.kit.client import cli_args, run_cli
 from tests.kit.node import MESSAGES, signed_post
 
 pytestmark = pytest.mark.chain
 
 DEPOSIT = 10**15
-
-
-def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    code = 0
-    try:
-        main(argv)
-    except SystemExit as exc:  # main exits only on an error
-        code = int(exc.code or 0)
-    captured = capsys.readouterr()
-    return code, " ".join(captured.out.split()), captured.err
 
 
 def test_disputes_are_listed_the_channel_refused_and_left_by_a_unilateral_close(
@@ -48,15 +38,14 @@ def test_disputes_are_listed_the_channel_refused_and_left_by_a_unilateral_close(
         client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=64)
     dispute_id, cid = caught.value.dispute_id, info.hex_id
     client.close()
-    args = ["--rpc", market.anvil.url, "--registry", market.registry.address]
-    args += ["--escrow", market.escrow.address, "--store", str(tmp_path / "client.db")]
-    args += ["--key", "0x" + market.accounts.client.key.hex().removeprefix("0x")]
+    store = tmp_path / "client.db"  # make_client's store for "client"
+    args = cli_args(market.anvil.url, market.deployment, market.accounts.client, store)
 
     # tallystick disputes: the table, then the way out with the challenge period's deadline
-    code, out, _ = _run([*args, "disputes"], capsys)
+    code, out, _ = run_cli([*args, "disputes"], capsys)
     assert code == 0 and "specialIds" in out and "billed" in out
     assert f"close --unilateral {cid}" in out and "challenge period (3600 s)" in out
-    code, raw, _ = _run([*args, "disputes", "--json"], capsys)
+    code, raw, _ = run_cli([*args, "disputes", "--json"], capsys)
     (row,) = json.loads(raw)
     assert (row["id"], row["channelId"], row["seq"]) == (dispute_id, cid, 1)
     assert [m["field"] for m in row["mismatches"]] == ["specialIds"]
@@ -64,20 +53,20 @@ def test_disputes_are_listed_the_channel_refused_and_left_by_a_unilateral_close(
     assert row["evidence"]["request"]["messages"] == MESSAGES
     assert "finalize" in row["wayOut"]
     # tallystick bill shows it too (README troubleshooting)
-    code, out, _ = _run([*args, "bill"], capsys)
+    code, out, _ = run_cli([*args, "bill"], capsys)
     assert code == 0 and "refused bills" in out and "specialIds" in out
-    code, out, _ = _run([*args, "channel", "list"], capsys)
+    code, out, _ = run_cli([*args, "channel", "list"], capsys)
     assert code == 0 and "(disput" in out  # the narrow test terminal cuts the column
 
     # The SDK sends no more requests on it, and says how to leave
-    code, _, err = _run([*args, "chat", "--model", MODEL, "-m", "hi", "--channel", cid], capsys)
+    code, _, err = run_cli([*args, "chat", "--model", MODEL, "-m", "hi", "--channel", cid], capsys)
     assert code == 1 and err.count("\n") == 1
     assert "is disputed" in err and f"channel close --unilateral {cid}" in err
     # A cooperative close cannot work (the node holds the refused record): the same way out
-    code, _, err = _run([*args, "channel", "close", cid], capsys)
+    code, _, err = run_cli([*args, "channel", "close", cid], capsys)
     assert code == 1 and err.count("\n") == 1 and "close --unilateral" in err
 
-    code, out, _ = _run([*args, "channel", "close", "--unilateral", cid], capsys)
+    code, out, _ = run_cli([*args, "channel", "close", "--unilateral", cid], capsys)
     closes_at = market.escrow.get_channel(info.channel_id).closes_at
     assert code == 0 and "402 channel_closing" in out and f"channel finalize {cid}" in out
     # Meanwhile the node serves nothing on the channel. It learns of the close from the chain
@@ -98,13 +87,13 @@ def test_disputes_are_listed_the_channel_refused_and_left_by_a_unilateral_close(
         time.sleep(0.3)
     assert codes[-1] == (402, "channel_closing"), codes
     assert set(codes[:-1]) <= {(409, "stale_request")}, codes
-    code, _, err = _run([*args, "channel", "finalize", cid], capsys)
+    code, _, err = run_cli([*args, "channel", "finalize", cid], capsys)
     assert code == 1 and err.count("\n") == 1 and "ends at" in err
 
     held = market.w3.eth.get_balance(market.escrow.address)
     now = int(market.w3.eth.get_block("latest")["timestamp"])
     advance_time(closes_at - now)
-    code, out, _ = _run([*args, "channel", "finalize", cid], capsys)
+    code, out, _ = run_cli([*args, "channel", "finalize", cid], capsys)
     assert code == 0 and "provider paid 0 ETH, refunded 0.001 ETH" in out
     assert market.escrow.get_channel(info.channel_id).status.name == "CLOSED"
     # The whole deposit went back: nothing of the refused bill was ever countersigned.
