@@ -252,6 +252,27 @@ class Harness:
         )
         request.headers["Authorization"] = signed["Authorization"]
 
+    def chat_scope(self, body: bytes) -> dict[str, Any]:
+        """The ASGI scope of ``POST /v1/chat/completions`` with ``body``, signed (§4.3), for a
+        test that drives ``app`` as uvicorn would (its own receive and send)."""
+        signed = self.sign("POST", "/v1/chat/completions", body)
+        headers = [(b"content-type", b"application/json")]
+        headers += [(k.lower().encode(), v.encode()) for k, v in signed.items()]
+        return {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "POST",
+            "path": "/v1/chat/completions",
+            "raw_path": b"",
+            "query_string": b"",
+            "headers": headers,
+            "scheme": "http",
+            "server": ("node", 80),
+            "client": ("test", 1),
+            "root_path": "",
+        }
+
     def countersign(
         self, body: dict[str, Any], account: LocalAccount | None = None
     ) -> dict[str, Any]:

@@ -495,27 +495,7 @@ async def test_a_client_that_disconnects_mid_stream_pays_only_what_it_received(m
         body = json.dumps(
             {"model": MODEL, "stream": True, "messages": [{"role": "user", "content": "count"}]}
         ).encode()
-        headers = [
-            (b"content-type", b"application/json"),
-            *[
-                (k.lower().encode(), v.encode())
-                for k, v in h.sign("POST", "/v1/chat/completions", body).items()
-            ],
-        ]
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0"},
-            "http_version": "1.1",
-            "method": "POST",
-            "path": "/v1/chat/completions",
-            "raw_path": b"",
-            "query_string": b"",
-            "headers": headers,
-            "scheme": "http",
-            "server": ("node", 80),
-            "client": ("test", 1),
-            "root_path": "",
-        }
+        scope = h.chat_scope(body)
         received: list[bytes] = []
         gone = asyncio.Event()
         sent_body = False

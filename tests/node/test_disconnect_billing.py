@@ -17,30 +17,6 @@ pytestmark = pytest.mark.anyio
 REPLY = " ".join(f"word{i}" for i in range(400))  # far more tokens than the client reads
 
 
-def _scope(h, body: bytes) -> dict:
-    headers = [
-        (b"content-type", b"application/json"),
-        *[
-            (k.lower().encode(), v.encode())
-            for k, v in h.sign("POST", "/v1/chat/completions", body).items()
-        ],
-    ]
-    return {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "path": "/v1/chat/completions",
-        "raw_path": b"",
-        "query_string": b"",
-        "headers": headers,
-        "scheme": "http",
-        "server": ("node", 80),
-        "client": ("test", 1),
-        "root_path": "",
-    }
-
-
 async def _stream_until_the_client_stops(h, read: int, *, blocks: bool) -> tuple[list, int]:
     """Drive the app like uvicorn: after ``read`` content chunks the client stops reading.
 
@@ -79,7 +55,7 @@ async def _stream_until_the_client_stops(h, read: int, *, blocks: bool) -> tuple
             return
         received.append(message["body"])
 
-    await h.app(_scope(h, body), receive, send)
+    await h.app(h.chat_scope(body), receive, send)
     return received[1:], attempts
 
 

@@ -24,7 +24,7 @@ from tallystick.protocol import (
 
 from tests.kit.chain import open_eth_channel, register_and_list
 from tests.kit.net import ThreadServer
-from tests.kit.node import RawChannel
+from tests.kit.node import RawChannel, chain_args
 
 pytestmark = pytest.mark.chain
 
@@ -94,21 +94,10 @@ def test_requests_are_paid_by_settle_and_claim_many(market, node, accounts):
         )
         assert r.status_code == 404
     before = escrow.earnings(accounts.provider.address, ETH)
+    settle = ["settle", *chain_args(settings.rpc, deployment, accounts.provider, settings.db)]
     result = CliRunner().invoke(
         main,
-        [
-            "settle",
-            "--rpc",
-            settings.rpc,
-            "--escrow",
-            settings.escrow,
-            "--registry",
-            settings.registry,
-            "--key",
-            settings.key.get_secret_value(),
-            "--db",
-            str(settings.db),
-        ],
+        settle,
     )
     assert result.exit_code == 0, result.output
     assert "claimed" in result.output
@@ -121,19 +110,7 @@ def test_requests_are_paid_by_settle_and_claim_many(market, node, accounts):
     )
     again = CliRunner().invoke(
         main,
-        [
-            "settle",
-            "--rpc",
-            settings.rpc,
-            "--escrow",
-            settings.escrow,
-            "--registry",
-            settings.registry,
-            "--key",
-            settings.key.get_secret_value(),
-            "--db",
-            str(settings.db),
-        ],
+        settle,
     )
     assert again.exit_code == 0 and "nothing to claim" in again.output
 
