@@ -9,7 +9,8 @@
   and stops them before the chain state is reverted.
 - ``chain_args``: the chain options every ``tallystick-node`` command takes.
 - ``RawChannel``, ``signed_post``, ``signed_get``: requests signed by hand (§4.3), for tests
-  that send what the SDK would not.
+  that send what the SDK would not; ``check_bill`` and ``receipt_for``: a served bill checked
+  and countersigned by hand.
 """
 
 from __future__ import annotations
@@ -367,3 +368,44 @@ def signed_get(url: str, client: Any, info: Any, path: str) -> httpx.Response:
     """GET ``path`` signed by ``client`` for ``info`` (a read: channel view, record)."""
     header = client.biller.authorization(info, "GET", path, b"")
     return httpx.get(f"{url}{path}", headers={"Authorization": header}, timeout=30)
+
+
+def check_bill(
+    counter: Any,
+    domain: Any,
+    provider: str,
+    tally: dict[str, Any],
+    messages: list[dict[str, str]],
+    text: str,
+    *,
+    exact: bool = False,
+) -> Any:
+    """Check a served ``tallystick`` object by hand, as the SDK does: signed by ``provider``,
+    the prompt counted and hashed from ``messages``, the completion ids hashed and decoding to
+    ``text`` (exactly, or starting with it: a stop string is cut from the text). Returns the
+    SignedUsageRecord."""
+    from tallystick.protocol import SignedUsageRecord, hash_token_ids, recover_usage_record_signer
+
+    signed = SignedUsageRecord.from_json(tally)
+    record = signed.record
+    assert recover_usage_record_signer(domain, signed) == provider
+    prompt_ids = counter.chat_prompt_ids(messages)
+    assert (record.prompt_tokens, record.prompt_hash) == (
+        len(prompt_ids),
+        hash_token_ids(prompt_ids),
+    )
+    ids = tally["completion_token_ids"]
+    assert record.completion_tokens == len(ids) >= 1
+    assert record.completion_hash == hash_token_ids(ids)
+    decoded = counter.decode(ids)
+    assert decoded == text if exact else decoded.startswith(text)
+    return signed
+
+
+def receipt_for(account: Any, domain: Any, signed: Any) -> dict[str, Any]:
+    """The receipt ``account`` countersigns for a SignedUsageRecord (its JSON)."""
+    from tallystick.protocol import Receipt, sign_receipt
+
+    r = signed.record
+    receipt = Receipt(r.channel_id, r.input_tokens, r.output_tokens, r.usage_root())
+    return sign_receipt(account, domain, receipt).to_json()

@@ -24,19 +24,14 @@ from tallystick.node.cli import main
 from tallystick.protocol import (
     ETH,
     Prices,
-    Receipt,
-    SignedUsageRecord,
     TokenCounter,
     TokenizerBundle,
     cost_of,
-    hash_token_ids,
     model_id,
-    recover_usage_record_signer,
-    sign_receipt,
 )
 
 from tests.kit.net import free_port
-from tests.kit.node import RawChannel, chain_args, wait_healthy
+from tests.kit.node import RawChannel, chain_args, check_bill, receipt_for, wait_healthy
 
 pytestmark = [pytest.mark.model, pytest.mark.chain]
 
@@ -113,40 +108,10 @@ def _counter(http: httpx.Client, registry: Any, provider: str) -> TokenCounter:
     return TokenCounter(bundle)
 
 
-def _verify(
-    counter: TokenCounter,
-    domain: Any,
-    provider: str,
-    tally: dict[str, Any],
-    messages: list[dict[str, str]],
-    text: str,
-    finish: str,
-) -> SignedUsageRecord:
-    signed = SignedUsageRecord.from_json(tally)
-    record = signed.record
-    assert recover_usage_record_signer(domain, signed) == provider
-    prompt_ids = counter.chat_prompt_ids(messages)
-    assert record.prompt_tokens == len(prompt_ids)
-    assert record.prompt_hash == hash_token_ids(prompt_ids)
-    ids = tally["completion_token_ids"]
-    assert record.completion_tokens == len(ids) >= 1
-    assert record.completion_hash == hash_token_ids(ids)
-    decoded = counter.decode(ids)
-    assert decoded == text if finish == "length" else decoded.startswith(text)
-    return signed
-
-
 def _sse(text: str) -> list[dict[str, Any]]:
     lines = [ln[6:] for ln in text.split("\n\n") if ln.startswith("data: ")]
     assert lines[-1] == "[DONE]"
     return [json.loads(ln) for ln in lines[:-1]]
-
-
-def _receipt(client: Any, domain: Any, signed: SignedUsageRecord) -> dict[str, Any]:
-    r = signed.record
-    return sign_receipt(
-        client, domain, Receipt(r.channel_id, r.input_tokens, r.output_tokens, r.usage_root())
-    ).to_json()
 
 
 def test_smollm2_served_metered_countersigned_and_settled(served, accounts, anvil, tmp_path):
@@ -164,17 +129,12 @@ def test_smollm2_served_metered_countersigned_and_settled(served, accounts, anvi
         assert plain.status_code == 200, plain.text
         pj = raw.served(plain.json())
         choice = pj["choices"][0]
-        first = _verify(
-            counter,
-            domain,
-            provider,
-            pj["tallystick"],
-            messages,
-            choice["message"]["content"],
-            choice["finish_reason"],
+        content, finish = choice["message"]["content"], choice["finish_reason"]
+        first = check_bill(
+            counter, domain, provider, pj["tallystick"], messages, content, exact=finish == "length"
         )
         assert pj["usage"]["completion_tokens"] == first.record.completion_tokens
-        receipt = _receipt(client, domain, first)
+        receipt = receipt_for(client, domain, first)
 
         streamed = raw.post(
             http, "/v1/chat/completions", {**body, "stream": True, "max_tokens": 5}, receipt
@@ -183,11 +143,12 @@ def test_smollm2_served_metered_countersigned_and_settled(served, accounts, anvi
         chunks = _sse(streamed.text)
         text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
         finish = next(c["choices"][0]["finish_reason"] for c in chunks[::-1] if c["choices"])
-        second = _verify(
-            counter, domain, provider, chunks[-1]["tallystick"], messages, text, finish
+        tally = chunks[-1]["tallystick"]
+        second = check_bill(
+            counter, domain, provider, tally, messages, text, exact=finish == "length"
         )
         assert second.record.seq == 2 and second.record.prev_root == first.record.usage_root()
-        final = _receipt(client, domain, second)
+        final = receipt_for(client, domain, second)
         assert http.post("/v1/tally/receipts", json=final).status_code == 200
 
     before = escrow.earnings(provider, ETH)

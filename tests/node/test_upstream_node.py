@@ -13,7 +13,6 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -22,19 +21,14 @@ from tallystick.node.cli import main
 from tallystick.protocol import (
     ETH,
     Prices,
-    Receipt,
-    SignedUsageRecord,
     TokenCounter,
     TokenizerBundle,
     cost_of,
-    hash_token_ids,
     model_id,
-    recover_usage_record_signer,
-    sign_receipt,
 )
 
 from tests.kit.net import free_port
-from tests.kit.node import RawChannel, chain_args, wait_healthy
+from tests.kit.node import RawChannel, chain_args, check_bill, receipt_for, wait_healthy
 
 pytestmark = pytest.mark.chain
 
@@ -105,35 +99,6 @@ def upstream(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         _stop(proc)
 
 
-def _verify(
-    counter: TokenCounter,
-    domain: Any,
-    provider: str,
-    tally: dict[str, Any],
-    messages: list[dict[str, str]],
-    text: str,
-) -> SignedUsageRecord:
-    signed = SignedUsageRecord.from_json(tally)
-    record = signed.record
-    assert recover_usage_record_signer(domain, signed) == provider
-    prompt_ids = counter.chat_prompt_ids(messages)
-    assert (record.prompt_tokens, record.prompt_hash) == (
-        len(prompt_ids),
-        hash_token_ids(prompt_ids),
-    )
-    ids = tally["completion_token_ids"]
-    assert record.completion_tokens == len(ids) >= 1
-    assert record.completion_hash == hash_token_ids(ids)
-    assert counter.decode(ids).startswith(text)
-    return signed
-
-
-def _receipt(client: Any, domain: Any, signed: SignedUsageRecord) -> dict[str, Any]:
-    r = signed.record
-    receipt = Receipt(r.channel_id, r.input_tokens, r.output_tokens, r.usage_root())
-    return sign_receipt(client, domain, receipt).to_json()
-
-
 def test_upstream_engine_is_metered_countersigned_and_settled(
     upstream, tiny_dir, deployment, anvil, accounts, tmp_path
 ):
@@ -174,14 +139,14 @@ def test_upstream_engine_is_metered_countersigned_and_settled(
             assert plain.status_code == 200, plain.text
             signer.served(plain.json())
             text = plain.json()["choices"][0]["message"]["content"]
-            first = _verify(
+            first = check_bill(
                 counter, escrow.domain, provider.address, plain.json()["tallystick"], messages, text
             )
             streamed = signer.post(
                 http,
                 "/v1/chat/completions",
                 {**body, "stream": True},
-                _receipt(client, escrow.domain, first),
+                receipt_for(client, escrow.domain, first),
             )
             assert streamed.status_code == 200, streamed.text
             events = [ln[6:] for ln in streamed.text.split("\n\n") if ln.startswith("data: {")]
@@ -189,11 +154,11 @@ def test_upstream_engine_is_metered_countersigned_and_settled(
             text = "".join(
                 c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"]
             )
-            second = _verify(
+            second = check_bill(
                 counter, escrow.domain, provider.address, chunks[-1]["tallystick"], messages, text
             )
             assert second.record.seq == 2
-            final = _receipt(client, escrow.domain, second)
+            final = receipt_for(client, escrow.domain, second)
             assert http.post("/v1/tally/receipts", json=final).status_code == 200
         settled = runner.invoke(main, ["settle", *args])
         assert settled.exit_code == 0, settled.output
