@@ -26,16 +26,7 @@ from tallystick.protocol import Prices, model_id
 pytestmark = pytest.mark.chain
 
 # The real node CLI with FakeEngine in place of the model (loading it takes minutes here).
-FAKE_NODE = (
-    "from tallystick.node import _engine_factory\n"
-    "from tallystick.node.engines import FakeEngine\n"
-    "async def build(settings):\n"
-    "    return FakeEngine(model_name=settings.model_name)\n"
-    "_engine_factory.build_engine = build\n"
-    "_engine_factory.check_engine_settings = lambda settings: None\n"
-    "from tallystick.node.cli import main\n"
-    "main()\n"
-)
+FAKE_NODE = [sys.executable, str(Path(__file__).parents[1] / "kit" / "_fake_node.py")]
 PRICES = Prices(input_per_m=10**9, output_per_m=3 * 10**9)
 
 
@@ -60,7 +51,7 @@ def test_a_market_with_a_listed_node_serves_a_paid_request(tmp_path: Path) -> No
             registry=market.registry.address,
             db=tmp_path / "node.db",
             key=provider.key.hex(),
-            command=[sys.executable, "-c", FAKE_NODE],
+            command=FAKE_NODE,
             args=["--model-name", "fake-model", "--settle-interval", "86400"],
             log=tmp_path / "node.log",
             timeout_s=120,
@@ -104,7 +95,7 @@ def test_a_node_that_exits_is_one_clear_error(tmp_path: Path) -> None:
                 registry="0x" + "00" * 20,
                 db=tmp_path / "node.db",
                 key="0x" + "11" * 32,
-                command=[sys.executable, "-c", FAKE_NODE],
+                command=FAKE_NODE,
                 args=["--model-name", "fake-model"],
                 timeout_s=120,
             )
