@@ -226,7 +226,7 @@ class Bench:
     def run(self) -> dict[str, int]:
         esc = self.c.escrow.functions
         self.setup_provider()
-        self.open_eth(self.client)  # no counter any more: the first open costs what any does
+        self.open_eth(self.client)  # salted ids, no counter: the first open costs what any does
         channel = self.open_eth(self.client, label="open (ETH)")
         self.check_digest(channel)
         self.open_usdc(self.client, 10**9, label="open (USDC) first USDC deposit")
