@@ -21,7 +21,6 @@ from tallystick.protocol import ProtocolError
 from ._json import loads
 from ._node import node_error, send
 from ._transport import BILL_EXTENSION, BillSlot
-from ._types import OpenChannel
 from ._verify import VerifiedBill
 
 if TYPE_CHECKING:
@@ -187,21 +186,3 @@ def _attach(obj: BaseModel, slot: BillSlot) -> None:
     # openai's models allow extra attributes; ``tally`` reads the slot so a stream's final
     # chunk shows the bill once it is verified.
     object.__setattr__(obj, "tally", slot.bill)
-
-
-def channel_key(channel: bytes | str | OpenChannel) -> bytes:
-    """Accept a channel as bytes, ``0x`` hex or ``OpenChannel``."""
-    if isinstance(channel, OpenChannel):
-        return channel.channel_id
-    if isinstance(channel, bytes):
-        return channel
-    text = channel[2:] if channel.lower().startswith("0x") else channel
-    try:
-        raw = bytes.fromhex(text)
-    except ValueError:
-        raw = b""
-    if len(raw) != 32:
-        from ._errors import ChannelNotFound
-
-        raise ChannelNotFound(f"{channel!r} is not a channel id (32 bytes of hex)")
-    return raw

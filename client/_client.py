@@ -15,7 +15,7 @@ from ._auditor import DEFAULT_AUDIT_FRACTION, AuditLog, Auditor, AuditRecord, ra
 from ._billing import MAX_UNSEEN_TOKENS, Biller
 from ._chain import Chain, Offer
 from ._channels import Channels
-from ._chat import Chat, Completions, channel_key
+from ._chat import Chat, Completions
 from ._discovery import find_offers
 from ._errors import ChannelNotFound, ClientError, WalletError
 from ._locks import LockWait
@@ -158,7 +158,7 @@ class Tallystick:
             text = channel.lower().removeprefix("0x")
             if len(text) < 64 and all(c in "0123456789abcdef" for c in text):
                 return self._channel_by_prefix(channel, text)
-        return self.store.channel(channel_key(channel))
+        return self.store.channel(_channel_id(channel))
 
     def _channel_by_prefix(self, given: str, prefix: str) -> OpenChannel:
         if len(prefix) < 4:
@@ -237,3 +237,19 @@ class Tallystick:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _channel_id(channel: bytes | str | OpenChannel) -> bytes:
+    """Accept a channel as bytes, ``0x`` hex or ``OpenChannel``."""
+    if isinstance(channel, OpenChannel):
+        return channel.channel_id
+    if isinstance(channel, bytes):
+        return channel
+    text = channel[2:] if channel.lower().startswith("0x") else channel
+    try:
+        raw = bytes.fromhex(text)
+    except ValueError:
+        raw = b""
+    if len(raw) != 32:
+        raise ChannelNotFound(f"{channel!r} is not a channel id (32 bytes of hex)")
+    return raw
