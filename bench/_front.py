@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 
-__all__ = ["RoundRobinFront"]
+__all__ = ["RoundRobinFront", "reset_connection"]
 
 _HOP = {"connection", "keep-alive", "transfer-encoding", "host", "content-length", "upgrade"}
 
@@ -69,14 +69,15 @@ class RoundRobinFront:
             except httpx.ConnectError:
                 continue  # never sent: try the next replica
             except httpx.HTTPError:
-                _reset(handler.connection)
+                reset_connection(handler.connection)
                 return
             try:
                 self._relay(handler, response)
                 with self._lock:
                     self.served[backend] += 1
             except (httpx.HTTPError, OSError):
-                _reset(handler.connection)  # died mid-answer: the client sees a broken reply
+                # died mid-answer: the client sees a broken reply
+                reset_connection(handler.connection)
             finally:
                 response.close()
             return
@@ -101,8 +102,14 @@ class RoundRobinFront:
         self._http.close()
 
 
-def _reset(sock: socket.socket) -> None:
-    """Abort with an RST (SO_LINGER 0), waking a thread blocked in recv on it."""
+def reset_connection(sock: socket.socket) -> None:
+    """Abort ``sock`` with an RST, even while another thread is blocked in ``recv`` on it.
+
+    close() alone is not enough: Linux keeps a socket open, silently ESTABLISHED, for as long
+    as another thread is inside recv() on it, so a request in flight at the cut would wait for
+    the client's read timeout instead of failing. shutdown(SHUT_RD) wakes that recv (it
+    returns b"", sending nothing); the last close, with SO_LINGER 0, then sends the RST.
+    """
     with contextlib.suppress(OSError):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     with contextlib.suppress(OSError):

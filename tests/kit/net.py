@@ -11,9 +11,7 @@ TCP relay that a test can cut.
 
 from __future__ import annotations
 
-import contextlib
 import socket
-import struct
 import subprocess
 import threading
 import time
@@ -21,6 +19,8 @@ from collections.abc import Callable
 from typing import Any
 
 from tallystick.devnet import free_port
+
+from bench._front import reset_connection
 
 __all__ = ["TcpProxy", "ThreadServer", "free_port", "wait_for", "wait_http"]
 
@@ -135,7 +135,7 @@ class TcpProxy:
             # connections whose requests it swallowed.
             if mode == self.CUT or stale:
                 for conn in self._conns:
-                    _reset(conn)
+                    reset_connection(conn)
                 self._conns.clear()
 
     def _accept(self) -> None:
@@ -149,14 +149,14 @@ class TcpProxy:
                 try:
                     upstream = socket.create_connection(("127.0.0.1", self.target_port))
                 except OSError:
-                    _reset(client)
+                    reset_connection(client)
                     continue
             # Registered under the lock that cut() holds, so no connection escapes a cut.
             with self._lock:
                 if self.mode == self.CUT or (self.mode == self.UP and upstream is None):
-                    _reset(client)
+                    reset_connection(client)
                     if upstream is not None:
-                        _reset(upstream)
+                        reset_connection(upstream)
                     continue
                 pairs = [(client, upstream), (upstream, client)] if upstream else [(client, None)]
                 self._conns.update(s for s in (client, upstream) if s is not None)
@@ -175,7 +175,7 @@ class TcpProxy:
                 if s is not None:
                     with self._lock:
                         self._conns.discard(s)
-                    _reset(s)
+                    reset_connection(s)
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
@@ -185,19 +185,3 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(0.1)
-
-
-def _reset(sock: socket.socket) -> None:
-    """Abort ``sock`` with an RST, even while another thread is blocked in ``recv`` on it.
-
-    close() alone is not enough: Linux keeps a socket open, silently ESTABLISHED, for as long
-    as another thread is inside recv() on it, so a request in flight at the cut would wait for
-    the client's read timeout instead of failing. shutdown(SHUT_RD) wakes that recv (it
-    returns b"", sending nothing); the last close, with SO_LINGER 0, then sends the RST.
-    """
-    with contextlib.suppress(OSError):
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    with contextlib.suppress(OSError):
-        sock.shutdown(socket.SHUT_RD)
-    with contextlib.suppress(OSError):
-        sock.close()
