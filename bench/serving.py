@@ -323,7 +323,8 @@ def run_node_upstream(
     kind: str, config: Config, workdir: Path, prefix: dict[str, Any] | None
 ) -> list[LevelResult]:
     with upstream_server(kind, config, workdir) as (url, model):
-        args = ("--engine", "upstream", "--upstream-url", url, "--upstream-model", model)
+        args: tuple[str, ...] = ("--engine", "upstream", "--upstream-url", url)
+        args += ("--upstream-model", model)
         if kind == "llamapy":  # its --n_ctx, which it does not report (llama-server does)
             args += ("--llama-ctx", str(LLAMA_SLOT_CTX))
         # The node serves llama.cpp's slot context (it limits prompts), vLLM's the model's.
