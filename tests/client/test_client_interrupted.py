@@ -14,10 +14,7 @@ from tallystick.client._types import ChannelTally
 from tallystick.protocol import (
     ZERO_ROOT,
     Prices,
-    UsageRecord,
     cost_of,
-    hash_token_ids,
-    sign_usage_record,
 )
 
 from tests.kit.client import FakeNode, new_provider
@@ -31,21 +28,6 @@ REPLY = "Once upon a time there was a tally stick that kept every count honest. 
 # --- the rule, on signed records (no node) ---
 
 
-def _interrupted_record(fake: FakeNode, prompt: list[int], ids: list[int]) -> Any:
-    record = UsageRecord(
-        channel_id=fake.channel_id,
-        seq=1,
-        prompt_tokens=len(prompt),
-        completion_tokens=len(ids),
-        prompt_hash=hash_token_ids(prompt),
-        completion_hash=hash_token_ids(ids),
-        input_tokens=len(prompt),
-        output_tokens=len(ids),
-        prev_root=ZERO_ROOT,
-    )
-    return sign_usage_record(fake.provider, fake.domain, record)
-
-
 @pytest.fixture
 def rule() -> Any:
     wallet = Wallet.from_key("0x" + os.urandom(32).hex())
@@ -56,7 +38,7 @@ def rule() -> Any:
 
     def check(received: str, billed: list[int], max_unseen: int, prompt_ids: Any = None) -> Any:
         served = Served(prompt_ids or prompt, received, None, (), 64)
-        signed = _interrupted_record(fake, prompt, billed)
+        signed = fake.first_record(prompt, billed)
         return verify_bill(
             fake.channel_info(), empty, signed, billed, served, fake.counter, max_unseen=max_unseen
         )

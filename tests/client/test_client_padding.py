@@ -30,10 +30,8 @@ from tallystick.client._verify import payable_output_tokens
 from tallystick.protocol import (
     ZERO_ROOT,
     Prices,
-    UsageRecord,
     cost_of,
     hash_token_ids,
-    sign_usage_record,
 )
 
 from tests.kit.client import MODEL, Bill, FakeNode, new_provider
@@ -57,18 +55,7 @@ def bill_of() -> Any:
         tolerance: Tolerance = DEFAULT_TOLERANCE,
         finish: str = "stop",
     ) -> Any:
-        record = UsageRecord(
-            channel_id=fake.channel_id,
-            seq=1,
-            prompt_tokens=len(prompt),
-            completion_tokens=len(ids),
-            prompt_hash=hash_token_ids(prompt),
-            completion_hash=hash_token_ids(ids),
-            input_tokens=len(prompt),
-            output_tokens=len(ids),
-            prev_root=ZERO_ROOT,
-        )
-        signed = sign_usage_record(fake.provider, fake.domain, record)
+        signed = fake.first_record(prompt, ids)
         info = replace(fake.channel_info(), deposit=deposit)
         served = Served(prompt, text, finish, (), None)
         return verify_bill(info, EMPTY, signed, ids, served, fake.counter, tolerance)

@@ -94,6 +94,22 @@ class FakeNode:
         self.counter = TokenCounter(self.bundle)
         self.domain = Domain(CHAIN_ID, self.escrow)
 
+    def first_record(self, prompt: list[int], ids: list[int]) -> SignedUsageRecord:
+        """The channel's first UsageRecord billing ``prompt`` and ``ids``, signed by the
+        provider (for a test of the client's rules on one record, without a request)."""
+        record = UsageRecord(
+            channel_id=self.channel_id,
+            seq=1,
+            prompt_tokens=len(prompt),
+            completion_tokens=len(ids),
+            prompt_hash=hash_token_ids(prompt),
+            completion_hash=hash_token_ids(ids),
+            input_tokens=len(prompt),
+            output_tokens=len(ids),
+            prev_root=ZERO_ROOT,
+        )
+        return sign_usage_record(self.provider, self.domain, record)
+
     @property
     def transport(self) -> httpx.MockTransport:
         return httpx.MockTransport(self.handle)
