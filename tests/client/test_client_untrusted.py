@@ -32,9 +32,15 @@ from tallystick.client._tokenizers import (
 )
 from tallystick.client._transport import _sse_events
 from tallystick.protocol import ProtocolError, TokenCounter
-from test_client_verify import MESSAGES, assert_nothing_countersigned, chat
 
-from tests.kit.client import ENDPOINT, MODEL, FakeNode
+from tests.kit.client import (
+    ENDPOINT,
+    MESSAGES,
+    MODEL,
+    FakeNode,
+    assert_nothing_countersigned,
+    fake_chat,
+)
 
 HERE = Path(__file__).parent
 DEEP = 1_000  # deep enough to refuse, shallow enough not to crash the test run without the guard
@@ -92,7 +98,7 @@ def test_deep_plain_completion_is_refused_nothing_countersigned(
     route = {"/v1/chat/completions": lambda r: httpx.Response(200, content=nested(DEEP))}
     with client_on(hostile(fake, route), wallet, fake, tmp_path) as client:
         with pytest.raises(InvalidResponse, match="nested deeper than 64 levels") as info:
-            chat(client)
+            fake_chat(client)
         assert info.value.status == 200 and info.value.code == "invalid_response"
         assert_nothing_countersigned(client, fake)
 
@@ -105,7 +111,7 @@ def test_deep_stream_chunk_is_refused_before_the_caller_sees_it(
     first = json.dumps({**meta, "choices": [choice]}).encode()
     route = {"/v1/chat/completions": lambda r: sse(first, nested(DEEP))}
     with client_on(hostile(fake, route), wallet, fake, tmp_path) as client:
-        stream = chat(client, stream=True)
+        stream = fake_chat(client, stream=True)
         seen = []
         with pytest.raises(InvalidResponse, match="stream chunk is nested deeper"):
             seen.extend(stream)
@@ -117,7 +123,7 @@ def test_deep_error_envelope_is_refused(wallet: Wallet, fake: FakeNode, tmp_path
     route = {"/v1/chat/completions": lambda r: httpx.Response(402, content=nested(DEEP))}
     with client_on(hostile(fake, route), wallet, fake, tmp_path) as client:
         with pytest.raises(InvalidResponse) as info:
-            chat(client)
+            fake_chat(client)
         assert info.value.status == 402
         assert_nothing_countersigned(client, fake)
 

@@ -10,32 +10,24 @@ import pytest
 from eth_account import Account
 from tallystick.client import BillingDispute, NodeUnavailable, PaymentRequired, Tallystick
 from tallystick.protocol import (
-    ZERO_ROOT,
     SignedUsageRecord,
     cost_of,
     recover_receipt_signer,
 )
 
-from tests.kit.client import MODEL, PRICES, Bill, FakeNode
-
-MESSAGES = [{"role": "user", "content": "hello"}]
-
-
-def chat(client: Tallystick, **kw: object) -> object:
-    return client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=16, **kw)
-
-
-def assert_nothing_countersigned(client: Tallystick, fake: FakeNode) -> None:
-    cid = fake.channel_id
-    tally = client.store.tally(cid)
-    assert (tally.seq, tally.input_tokens, tally.output_tokens) == (0, 0, 0)
-    assert tally.receipt is None and tally.usage_root == ZERO_ROOT
-    assert client.store.bill(cid) == []
-    assert fake.receipts == []
+from tests.kit.client import (
+    MESSAGES,
+    MODEL,
+    PRICES,
+    Bill,
+    FakeNode,
+    assert_nothing_countersigned,
+    fake_chat,
+)
 
 
 def test_honest_bill_is_countersigned_stored_and_posted(client: Tallystick, fake: FakeNode) -> None:
-    reply = chat(client)
+    reply = fake_chat(client)
     assert reply.choices[0].message.content == "hello world"
     bill = reply.tally
     prompt = len(fake.counter.chat_prompt_ids(MESSAGES))
@@ -52,8 +44,8 @@ def test_honest_bill_is_countersigned_stored_and_posted(client: Tallystick, fake
 
 
 def test_second_request_chains_on_the_first(client: Tallystick, fake: FakeNode) -> None:
-    first = chat(client).tally
-    second = chat(client).tally
+    first = fake_chat(client).tally
+    second = fake_chat(client).tally
     r1, r2 = first.record.record, second.record.record
     assert r2.seq == 2 and r2.prev_root == r1.usage_root()
     assert second.total_cost == cost_of(r2.input_tokens, r2.output_tokens, PRICES)
@@ -130,7 +122,7 @@ def test_cheating_provider_is_caught(
     tamper, field = CHEATS[cheat]
     fake.tamper = tamper
     with pytest.raises(BillingDispute) as caught:
-        out = chat(client, stream=stream)
+        out = fake_chat(client, stream=stream)
         for _ in out if stream else ():
             pass
     dispute = caught.value
@@ -147,17 +139,17 @@ def test_cheating_provider_is_caught(
 def test_after_a_dispute_the_channel_stays_at_the_last_verified_receipt(
     client: Tallystick, fake: FakeNode
 ) -> None:
-    chat(client)
+    fake_chat(client)
     before = client.store.tally(fake.channel_id)
     fake.tamper = _inflate_completion
     with pytest.raises(BillingDispute):
-        chat(client)
+        fake_chat(client)
     assert client.store.tally(fake.channel_id) == before
     assert len(fake.receipts) == 1
 
 
 def test_streaming_bill_is_verified_before_done(client: Tallystick, fake: FakeNode) -> None:
-    stream = chat(client, stream=True)
+    stream = fake_chat(client, stream=True)
     chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == "hello world"
@@ -186,7 +178,7 @@ def test_stop_string_bill(client: Tallystick, fake: FakeNode) -> None:
         )
 
     fake.tamper = stop_at_world
-    reply = chat(client, stop=[" world"])
+    reply = fake_chat(client, stop=[" world"])
     assert reply.choices[0].message.content == "hello"
     assert reply.tally.completion_tokens == 2
 
@@ -221,9 +213,9 @@ def test_piggybacked_receipt_when_not_posted(
         post_receipts=False,
     ) as c:
         c.store.add_channel(fake.channel_info())
-        chat(c)
+        fake_chat(c)
         assert fake.receipts == [] and not c.store.tally(fake.channel_id).delivered
-        chat(c)
+        fake_chat(c)
         first = c.store.bill(fake.channel_id)[0].record.record
         assert fake.piggybacked[0].receipt.input_tokens == first.input_tokens
         assert fake.piggybacked[0].receipt.output_tokens == first.output_tokens
@@ -240,7 +232,7 @@ def test_402_becomes_payment_required(client: Tallystick, fake: FakeNode) -> Non
     }
     fake.status_override = (402, envelope)
     with pytest.raises(PaymentRequired) as caught:
-        chat(client)
+        fake_chat(client)
     assert caught.value.status == 402 and caught.value.code == "insufficient_deposit"
     assert "top up" in caught.value.message
     assert client.store.pending(fake.channel_id) is None  # refused: nothing to settle later
@@ -254,5 +246,5 @@ def test_unreachable_node_leaves_nothing_pending(client: Tallystick, fake: FakeN
     client._clients.clear()
     client._transport = httpx.MockTransport(refuse)
     with pytest.raises(NodeUnavailable):
-        chat(client)
+        fake_chat(client)
     assert client.store.pending(fake.channel_id) is None

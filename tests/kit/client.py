@@ -8,6 +8,7 @@
   real node (``tests/kit/node.py``).
 - ``make_client(account, name)``: a real Tallystick on ``market``'s chain with its own store
   (closed at teardown).
+- ``ClientLoad``: one SDK client's share of a load, in a thread (crash and replica tests).
 - ``cli_args(rpc, deployment, account, store)``: the ``tallystick`` CLI's global options;
   ``run_cli(argv, capsys)``: run it in-process, ``(exit code, stdout on one line, stderr)``.
 """
@@ -16,6 +17,8 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -302,6 +305,24 @@ def new_provider() -> LocalAccount:
     return Account.create()
 
 
+MESSAGES = [{"role": "user", "content": "hello"}]
+
+
+def fake_chat(client: Tallystick, **kw: object) -> object:
+    """One chat request to the fake node (``MODEL``, ``MESSAGES``, 16 tokens at most)."""
+    return client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=16, **kw)
+
+
+def assert_nothing_countersigned(client: Tallystick, fake: FakeNode) -> None:
+    """The client countersigned, stored and posted nothing on the fake node's channel."""
+    cid = fake.channel_id
+    tally = client.store.tally(cid)
+    assert (tally.seq, tally.input_tokens, tally.output_tokens) == (0, 0, 0)
+    assert tally.receipt is None and tally.usage_root == ZERO_ROOT
+    assert client.store.bill(cid) == []
+    assert fake.receipts == []
+
+
 # --- fixtures ---
 
 
@@ -372,3 +393,44 @@ def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, s
         code = int(exc.code or 0)
     captured = capsys.readouterr()
     return code, " ".join(captured.out.split()), captured.err
+
+
+# --- load ---
+
+
+@dataclass
+class ClientLoad:
+    """One SDK client's share of a load on ``model`` (run in a thread), and what it saw: a
+    request that fails with a ClientError or an HTTP error (a node down or restarting) is
+    noted in ``errors`` and tried again."""
+
+    client: Tallystick
+    info: Any
+    target: int
+    model: str = "fake-model"
+    served: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def run(self, stop: threading.Event) -> None:
+        try:
+            self._run(stop)
+        except BaseException as exc:  # shown by the served == target assertion, not lost
+            self.errors.append(f"load thread died: {type(exc).__name__}: {exc}")
+            raise
+
+    def _run(self, stop: threading.Event) -> None:
+        from tallystick.client import ClientError
+
+        messages = [{"role": "user", "content": "What is the capital of France?"}]
+        while self.served < self.target and not stop.is_set():
+            try:
+                reply = self.client.chat.completions.create(
+                    model=self.model, messages=messages, max_tokens=16
+                )
+            except (ClientError, httpx.HTTPError) as exc:
+                # The node is down or restarting: the SDK must let us simply try again.
+                self.errors.append(f"{type(exc).__name__}: {exc}")
+                time.sleep(0.05)
+                continue
+            assert reply.tally is not None
+            self.served += 1

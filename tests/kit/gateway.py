@@ -28,7 +28,7 @@ import pytest
 from tallystick.protocol import Prices
 
 from tests.kit.chain import MODEL, Market, key_hex, register_and_list
-from tests.kit.net import free_port, wait_http
+from tests.kit.net import free_port, stop_process, wait_http
 from tests.kit.node import NodeProcess
 
 CHEAP = Prices(input_per_m=1_000_000_000, output_per_m=3_000_000_000)  # 1000 / 3000 wei a token
@@ -132,13 +132,8 @@ class GatewayProcess:
         return self
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            stop_process(self.process)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -22,7 +22,7 @@ from tallystick.devnet import free_port
 
 from bench._front import reset_connection
 
-__all__ = ["TcpProxy", "ThreadServer", "free_port", "wait_for", "wait_http"]
+__all__ = ["TcpProxy", "ThreadServer", "free_port", "stop_process", "wait_for", "wait_http"]
 
 
 def wait_http(
@@ -46,6 +46,18 @@ def wait_http(
         devnet_wait(url, proc, timeout, what, method=method, json_body=json)
     except DevnetError as exc:
         raise RuntimeError(f"{exc}\n{log()}") from exc
+
+
+def stop_process(process: subprocess.Popen[Any], timeout: float = 15.0) -> None:
+    """SIGTERM ``process`` if it still runs; SIGKILL it after ``timeout`` seconds."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 class ThreadServer:

@@ -30,8 +30,8 @@ import httpx
 import pytest
 from tallystick.protocol import Prices
 
-from tests.kit.chain import MODEL, PRICES, Market, key_hex, register_and_list
-from tests.kit.net import ThreadServer, free_port, wait_http
+from tests.kit.chain import MODEL, PRICES, Market, key_hex, open_eth_channel, register_and_list
+from tests.kit.net import ThreadServer, free_port, stop_process, wait_http
 
 HERE = Path(__file__).resolve().parent
 MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
@@ -177,6 +177,22 @@ def node_server(deployment: Any, accounts: Any, anvil: Any, tmp_path: Path) -> I
         yield start
 
 
+NODE_PRICES = Prices(input_per_m=10**12, output_per_m=2 * 10**12)  # 1e6 / 2e6 wei a token
+
+
+@pytest.fixture
+def listed_channel(deployment: Any, accounts: Any) -> tuple[Any, Any, bytes]:
+    """``accounts.provider`` registered and listing FakeEngine's ``fake-model`` at
+    ``NODE_PRICES``, ``accounts.client``'s open ETH channel to it (0.1 ETH): the deployment,
+    the engine to serve it with, and the channel id."""
+    from tallystick.node.engines import FakeEngine
+
+    provider, client = accounts.provider, accounts.client
+    engine = FakeEngine(reply="Paid per token, settled on chain.")
+    register_and_list(deployment, provider, "http://127.0.0.1:0", MODEL, NODE_PRICES)
+    return deployment, engine, open_eth_channel(deployment, client, provider, MODEL, NODE_PRICES)
+
+
 # --- the node as a process ---
 
 
@@ -248,13 +264,8 @@ class NodeProcess:
         self.process.wait(timeout=10)
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            stop_process(self.process)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -409,3 +420,11 @@ def receipt_for(account: Any, domain: Any, signed: Any) -> dict[str, Any]:
     r = signed.record
     receipt = Receipt(r.channel_id, r.input_tokens, r.output_tokens, r.usage_root())
     return sign_receipt(account, domain, receipt).to_json()
+
+
+def channel_view(client: Any, info: Any, url: str) -> dict[str, Any]:
+    """The node's view of ``info``'s channel (``GET /v1/tally/channels/{id}``, signed)."""
+    resp = signed_get(url, client, info, f"/v1/tally/channels/{info.hex_id}")
+    assert resp.status_code == 200, resp.text
+    body: dict[str, Any] = resp.json()
+    return body

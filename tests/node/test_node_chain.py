@@ -15,37 +15,25 @@ import pytest
 from click.testing import CliRunner
 from tallystick.node import Settings, create_app
 from tallystick.node.cli import main
-from tallystick.node.engines import FakeEngine
 from tallystick.protocol import (
     ETH,
-    Prices,
     cost_of,
 )
 
-from tests.kit.chain import open_eth_channel, register_and_list
+from tests.kit.chain import MODEL
 from tests.kit.net import ThreadServer
-from tests.kit.node import RawChannel, chain_args
+from tests.kit.node import NODE_PRICES, RawChannel, chain_args
 
 pytestmark = pytest.mark.chain
 
-MODEL = "fake-model"
-PRICES = Prices(input_per_m=10**12, output_per_m=2 * 10**12)  # 1e6 / 2e6 wei per token
-
-
-@pytest.fixture
-def market(deployment: Any, accounts: Any) -> Any:
-    """The provider registered and listing fake-model; the client with an open ETH channel."""
-    provider, client = accounts.provider, accounts.client
-    engine = FakeEngine(reply="Paid per token, settled on chain.")
-    register_and_list(deployment, provider, "http://127.0.0.1:0", MODEL, PRICES)
-    return deployment, engine, open_eth_channel(deployment, client, provider, MODEL, PRICES)
+PRICES = NODE_PRICES
 
 
 @pytest.fixture
 def node(
-    market: Any, anvil: Any, accounts: Any, tmp_path: Any
+    listed_channel: Any, anvil: Any, accounts: Any, tmp_path: Any
 ) -> Iterator[tuple[ThreadServer, Settings]]:
-    deployment, engine, _ = market
+    deployment, engine, _ = listed_channel
     settings = Settings(
         rpc=anvil.url,
         escrow=deployment.escrow.address,
@@ -73,8 +61,8 @@ def _chat(
     return resp.json()
 
 
-def test_requests_are_paid_by_settle_and_claim_many(market, node, accounts):
-    deployment, _, cid = market
+def test_requests_are_paid_by_settle_and_claim_many(listed_channel, node, accounts):
+    deployment, _, cid = listed_channel
     server, settings = node
     escrow = deployment.escrow
     domain = escrow.domain
@@ -115,8 +103,8 @@ def test_requests_are_paid_by_settle_and_claim_many(market, node, accounts):
     assert again.exit_code == 0 and "nothing to claim" in again.output
 
 
-def test_close_request_makes_the_worker_claim_before_closes_at(market, node, accounts):
-    deployment, _, cid = market
+def test_close_request_makes_the_worker_claim_before_closes_at(listed_channel, node, accounts):
+    deployment, _, cid = listed_channel
     server, _ = node
     escrow = deployment.escrow
     raw = RawChannel(accounts.client, escrow.domain, cid)

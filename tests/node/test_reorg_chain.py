@@ -16,7 +16,8 @@ from tallystick.node._chain import ChannelCache
 from tallystick.node._escrow import EscrowChain
 from tallystick.node._settlement import SettlementWorker
 from tallystick.protocol import Receipt, cost_of, sign_receipt
-from test_node_chain import MODEL, PRICES, market  # noqa: F401 - the fixture
+
+from tests.kit.node import NODE_PRICES as PRICES
 
 pytestmark = pytest.mark.chain
 
@@ -26,11 +27,11 @@ def _chain(deployment: Any, provider: Any, confirmations: int) -> EscrowChain:
 
 
 def test_an_open_and_a_top_up_are_served_on_only_after_confirmations(
-    market: Any,  # noqa: F811
+    listed_channel: Any,
     accounts: Any,
     w3: Any,
 ) -> None:
-    deployment, _, cid = market
+    deployment, _, cid = listed_channel
     chain = _chain(deployment, accounts.provider, confirmations=2)
     assert asyncio.run(chain.channel(cid)) is None  # opened in the head block only
     w3.provider.make_request("anvil_mine", [2])
@@ -53,13 +54,13 @@ def _receipt(client: Any, deployment: Any, cid: bytes, totals: tuple[int, int]) 
 
 @pytest.mark.parametrize("how", ["anvil_reorg", "evm_revert"])
 def test_a_claim_dropped_by_a_reorg_is_claimed_again_on_the_next_pass(
-    market: Any,  # noqa: F811
+    listed_channel: Any,
     accounts: Any,
     w3: Any,
     tmp_path: Any,
     how: str,
 ) -> None:
-    deployment, _, cid = market
+    deployment, _, cid = listed_channel
     ledger = SqliteLedger(tmp_path / "ledger.db")
     ledger.add_receipt(_receipt(accounts.client, deployment, cid, (1000, 500)))
     chain = _chain(deployment, accounts.provider, confirmations=2)

@@ -10,63 +10,22 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-from tallystick.client import ClientError, Tallystick
 from tallystick.protocol import cost_of
 
 from tests.kit.chain import MODEL, PRICES
+from tests.kit.client import ClientLoad
 from tests.kit.net import wait_for
-from tests.kit.node import MESSAGES, signed_get
+from tests.kit.node import channel_view
 
 pytestmark = pytest.mark.chain
 
 TOTAL = 200
 CLIENTS = 4
 DEPOSIT = 10**15
-
-
-@dataclass
-class Load:
-    """One client's share of the load and what it saw."""
-
-    client: Tallystick
-    info: Any
-    target: int
-    served: int = 0
-    errors: list[str] = field(default_factory=list)
-
-    def run(self, stop: threading.Event) -> None:
-        try:
-            self._run(stop)
-        except BaseException as exc:  # shown by the served == target assertion, not lost
-            self.errors.append(f"load thread died: {type(exc).__name__}: {exc}")
-            raise
-
-    def _run(self, stop: threading.Event) -> None:
-        while self.served < self.target and not stop.is_set():
-            try:
-                reply = self.client.chat.completions.create(
-                    model=MODEL, messages=MESSAGES, max_tokens=16
-                )
-            except (ClientError, httpx.HTTPError) as exc:
-                # The node is down or restarting: the SDK must let us simply try again.
-                self.errors.append(f"{type(exc).__name__}: {exc}")
-                time.sleep(0.05)
-                continue
-            assert reply.tally is not None
-            self.served += 1
-
-
-def _view(client: Tallystick, info: Any, url: str) -> dict[str, Any]:
-    resp = signed_get(url, client, info, f"/v1/tally/channels/{info.hex_id}")
-    assert resp.status_code == 200, resp.text
-    body: dict[str, Any] = resp.json()
-    return body
 
 
 def test_sigkill_under_load_loses_no_receipt_and_bills_nothing_twice(
@@ -82,7 +41,7 @@ def test_sigkill_under_load_loses_no_receipt_and_bills_nothing_twice(
         # names it by pid only, so concurrent first requests fail with FileNotFoundError.)
         client = make_client(account, f"client{i}", tokenizer_dir=tmp_path / f"tokenizers{i}")
         info = client.channels.open(MODEL, DEPOSIT)
-        loads.append(Load(client, info, TOTAL // CLIENTS))
+        loads.append(ClientLoad(client, info, TOTAL // CLIENTS))
     earnings_before = market.earnings()
 
     stop = threading.Event()
@@ -126,7 +85,7 @@ def test_sigkill_under_load_loses_no_receipt_and_bills_nothing_twice(
 
         # The restarted node holds the client's last countersigned receipt.
         client.biller.deliver(info)
-        view = _view(client, info, node.url)
+        view = channel_view(client, info, node.url)
         assert view["countersigned"]["seq"] == tally.seq
         assert view["countersigned"]["inputTokens"] == tally.input_tokens
         assert view["countersigned"]["outputTokens"] == tally.output_tokens

@@ -18,16 +18,17 @@ import httpx
 import psycopg
 import pytest
 from tallystick.protocol import ZERO_ROOT, UsageRecord, cost_of
-from test_crash import DEPOSIT, Load, _view
 
 from bench._front import RoundRobinFront
 from tests.kit.chain import MODEL, PRICES
+from tests.kit.client import ClientLoad
 from tests.kit.net import free_port, wait_for
-from tests.kit.node import MESSAGES, signed_get, signed_post
+from tests.kit.node import MESSAGES, channel_view, signed_get, signed_post
 
 pytestmark = pytest.mark.chain
 
 REPLICAS = 3
+DEPOSIT = 10**15
 PER_CLIENT = 30
 TTL = "2"  # --replica-ttl: a dead replica's lease and reservations lapse after 2 s
 
@@ -64,7 +65,7 @@ def test_replicas_share_one_channel_and_survive_a_sigkill(
     loads = []
     for i, account in enumerate([accounts.client, accounts.client2, accounts[6]]):
         client = make_client(account, f"client{i}", tokenizer_dir=tmp_path / f"tok{i}")
-        loads.append(Load(client, client.channels.open(MODEL, DEPOSIT), PER_CLIENT))
+        loads.append(ClientLoad(client, client.channels.open(MODEL, DEPOSIT), PER_CLIENT))
     earnings_before = market.earnings()
     wait_for(lambda: any("lease taken" in n.log() for n in nodes), 30, "a settlement leader")
     victim = _lease_holder(pg_url, nodes)
@@ -103,7 +104,7 @@ def test_replicas_share_one_channel_and_survive_a_sigkill(
 
         client.biller.deliver(info)
         for node in alive:  # every live replica sees the same book
-            view = _view(client, info, node.url)
+            view = channel_view(client, info, node.url)
             assert view["countersigned"]["seq"] == view["lastSeq"] == tally.seq
             assert view["usageRoot"] == "0x" + tally.usage_root.hex()
             assert view["unpaid"] == 0 and view["inFlight"] == 0
