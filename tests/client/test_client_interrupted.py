@@ -4,7 +4,6 @@ from the node's signed record, billing at most ``max_unseen_tokens`` past what w
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,6 @@ from tallystick.protocol import (
 )
 
 from tests.kit.client import FakeNode, new_provider
-from tests.kit.node import serve_node
 
 PRICES = Prices(input_per_m=3_000_000_000, output_per_m=9_000_000_000)
 MESSAGES = [{"role": "user", "content": "Tell me a story."}]
@@ -74,19 +72,11 @@ def test_interrupted_record_with_other_text_or_prompt_is_disputed(rule: Any) -> 
 
 
 @pytest.fixture
-def slow_node(deployment: Any, accounts: Any, anvil: Any, tmp_path: Path) -> Iterator[str]:
+def slow_node(node_server: Any) -> str:
     from tallystick.node.engines import FakeEngine
 
     engine = FakeEngine(model_name="fake-model", reply=REPLY, token_delay=0.05)
-    with serve_node(
-        engine,
-        PRICES,
-        deployment=deployment,
-        provider=accounts.provider,
-        rpc=anvil.url,
-        db=tmp_path / "node.db",
-    ) as endpoint:
-        yield endpoint
+    return str(node_server(engine, PRICES))
 
 
 def _client(deployment: Any, accounts: Any, w3: Any, store: Path) -> Tallystick:

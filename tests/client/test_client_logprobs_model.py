@@ -13,8 +13,6 @@ import pytest
 from tallystick.client import Chain, Tallystick, Wallet
 from tallystick.protocol import Prices
 
-from tests.kit.node import serve_node
-
 pytestmark = [pytest.mark.chain, pytest.mark.model]
 PRICES = Prices(input_per_m=10**9, output_per_m=3 * 10**9)
 NAME = "SmolLM2-135M-Instruct"
@@ -31,20 +29,13 @@ def engine(model_dir: Path, model_file: str) -> Any:
 
 @pytest.fixture
 def client(
-    engine: Any, deployment: Any, accounts: Any, anvil: Any, w3: Any, tmp_path: Path
+    engine: Any, deployment: Any, accounts: Any, w3: Any, tmp_path: Path, node_server: Any
 ) -> Iterator[Any]:
-    with serve_node(
-        engine,
-        PRICES,
-        deployment=deployment,
-        provider=accounts.provider,
-        rpc=anvil.url,
-        db=tmp_path / "node.db",
-    ):
-        chain = Chain(w3, deployment.registry.address, deployment.escrow.address)
-        with Tallystick(Wallet(accounts.client), tmp_path / "client.db", chain=chain) as c:
-            info = c.channels.open(NAME, 10**15)
-            yield c, c.openai(info.channel_id)
+    node_server(engine, PRICES)
+    chain = Chain(w3, deployment.registry.address, deployment.escrow.address)
+    with Tallystick(Wallet(accounts.client), tmp_path / "client.db", chain=chain) as c:
+        info = c.channels.open(NAME, 10**15)
+        yield c, c.openai(info.channel_id)
 
 
 def test_chat_logprobs_plain_and_streamed(client: Any) -> None:

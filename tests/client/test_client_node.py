@@ -10,28 +10,18 @@ import pytest
 from tallystick.client import Chain, Tallystick, Wallet
 from tallystick.protocol import Prices, cost_of
 
-from tests.kit.node import serve_node
-
 pytestmark = pytest.mark.chain
 PRICES = Prices(input_per_m=3_000_000_000, output_per_m=9_000_000_000)
 MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
 
 
 @pytest.fixture
-def node(deployment: Any, accounts: Any, anvil: Any, tmp_path: Path) -> Iterator[dict[str, Any]]:
+def node(node_server: Any) -> dict[str, Any]:
     """A real node serving FakeEngine on a free port, listed on-chain by ``accounts.provider``."""
     from tallystick.node.engines import FakeEngine
 
     engine = FakeEngine(model_name="fake-model")
-    with serve_node(
-        engine,
-        PRICES,
-        deployment=deployment,
-        provider=accounts.provider,
-        rpc=anvil.url,
-        db=tmp_path / "node.db",
-    ) as endpoint:
-        yield {"endpoint": endpoint, "engine": engine}
+    return {"endpoint": node_server(engine, PRICES), "engine": engine}
 
 
 @pytest.fixture

@@ -23,6 +23,9 @@ from tallystick.client import Chain, NodeUnavailable, Tallystick, Wallet
 from tallystick.node.cli import main as node_cli
 from tallystick.protocol import Prices, cost_of
 
+from tests.kit.net import free_port
+from tests.kit.node import wait_healthy
+
 pytestmark = [pytest.mark.model, pytest.mark.chain]
 
 NAME = "SmolLM2-135M-Instruct"
@@ -44,14 +47,6 @@ class Served:
         return int(httpx.get(self.url + "/health", timeout=5).json()["engine"]["running"])
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def served(
     deployment: Any,
@@ -63,7 +58,7 @@ def served(
     tmp_path: Path,
 ) -> Iterator[Served]:
     """SmolLM2 registered, listed and served by the CLI; a client with an open channel."""
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     key = "0x" + accounts.provider.key.hex().removeprefix("0x")
     args = ["--rpc", anvil.url, "--escrow", deployment.escrow.address]
@@ -89,7 +84,7 @@ def served(
         return client
 
     try:
-        _wait_healthy(url, process)
+        wait_healthy(url, process, timeout=300)
         client = make_client()
         info = client.channels.open(NAME, 10**17)
         yield Served(url, process, client, info.channel_id, make_client)
@@ -104,18 +99,6 @@ def served(
                 process.kill()
         log.close()
     assert "Traceback" not in (tmp_path / "node.log").read_text()
-
-
-def _wait_healthy(url: str, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        assert process.poll() is None, "the node exited"
-        try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    raise AssertionError("the node did not come up")
 
 
 def _close_pays_exactly_the_bill(s: Served, client: Tallystick) -> None:
