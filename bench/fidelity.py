@@ -383,7 +383,7 @@ def targets(f: dict[str, Any]) -> list[dict[str, Any]]:
     out = [
         {"name": f"fidelity: {k} caught", "measured": round(100 * v["rate"], 1), "limit": 99,
          "unit": "%", "op": ">="}
-        for k, v in f["detection"].items()
+        for k, v in f["detection"].items() if isinstance(v, dict) and "rate" in v
     ]  # fmt: skip
     out += [
         {"name": "fidelity: honest generations audited (real node path)",
@@ -409,6 +409,8 @@ def _print(f: dict[str, Any]) -> None:
         f"min margin {h['min_margin']}"
     )
     for kind, v in f["detection"].items():
+        if not isinstance(v, dict) or "rate" not in v:
+            continue
         print(f"detection {kind}: {v['caught']}/{v['audited']} ({100 * v['rate']:.1f}%)")
     o, v = f["overhead"], f["verifier"]
     print(
@@ -421,7 +423,7 @@ def _print(f: dict[str, Any]) -> None:
     print(f"verifier: audit {v['audit_s']} s / generation {v['generation_s']} s = {v['ratio']}")
     g = f["greedy"]
     for name, r in g.items():
-        if isinstance(r, dict):
+        if isinstance(r, dict) and "argmax_match_rate" in r:
             print(f"greedy {name}: argmax match {r['argmax_match_rate']}, worst margins "
                   f"{r['worst_margins'][:3]}, {r['caught']}/{r['completions']} beyond "
                   f"{g['tolerance']}")  # fmt: skip
