@@ -126,22 +126,3 @@ def test_defaults_are_openais_and_a_node_may_not_assume_others(
     assert [(m.field, m.expected, m.got) for m in caught.value.mismatches] == [
         ("temperature", params_units(1.0), 0)
     ]
-
-
-def test_a_store_from_before_channels_kept_the_model_hash_gets_the_column(
-    wallet: Wallet, fake: FakeNode, tmp_path: Path
-) -> None:
-    from tallystick.client import Store
-
-    path = tmp_path / "old.db"
-    store = Store(path)
-    store.add_channel(fake.channel_info())
-    store._db.execute("ALTER TABLE channels DROP COLUMN model_hash")  # as 0.1.0 wrote it
-    store.close()
-    again = Store(path)  # adds the column: the old channel claims no weights
-    assert again.channel(fake.channel_id).model_hash == bytes(32)
-    fake.model_hash = LISTED
-    other = replace(fake.channel_info(), channel_id=b"\x02" * 32)
-    again.add_channel(other)
-    assert again.channel(other.channel_id).model_hash == LISTED
-    again.close()
