@@ -7,6 +7,8 @@
   rules; ``open_channel``, ``settings``: a channel on it and the node's settings for it.
 - ``SignAtTheDoor``: an ASGI wrapper signing requests as they arrive (for fuzzers).
 Every path these fakes stand for has an integration test on anvil (tests/node/*_chain.py).
+About 450 lines on purpose: the fake chain, the harness and the signing that drives it are one
+concept, read together.
 """
 
 from __future__ import annotations
