@@ -15,9 +15,7 @@ from tallystick.protocol import (
     token_info,
 )
 
-from ._errors import ConfigError
-from ._settings import Settings
-from .cli import (
+from ._cli_base import (
     _account,
     _bindings,
     _chain_options,
@@ -28,6 +26,8 @@ from .cli import (
     _settings,
     main,
 )
+from ._errors import ConfigError
+from ._settings import Settings
 
 
 @main.command()

@@ -19,8 +19,7 @@ from tallystick.protocol import (
     token_info,
 )
 
-from ._errors import ConfigError
-from .cli import (
+from ._cli_base import (
     _bindings,
     _chain_options,
     _known_tokens,
@@ -29,6 +28,7 @@ from .cli import (
     _settings,
     main,
 )
+from ._errors import ConfigError
 
 _UINT96 = 2**96 - 1  # prices are uint96 on-chain
 _PRICE_HELP = (
