@@ -67,6 +67,11 @@ def audit_step(run: DemoRun, command: list[str], client: Tallystick) -> None:
     )
     if run.provider.address in ranked:
         raise DevnetError("the provider with a failed audit is still ranked in discovery")
+    if run.options.keep:
+        # --keep leaves the node running for the README's quickstarts: with the listed weights,
+        # not the TEST-ONLY perturbed ones (they answered "L'Étoile, la Marseur, …" to France).
+        run.console.print("--keep: restarting the node with the listed weights (honest again)")
+        _restart_node(run, command, cheat=False)
 
 
 def _show(run: Any, report: Any) -> None:
@@ -80,8 +85,8 @@ def _show(run: Any, report: Any) -> None:
     )
 
 
-def _restart_node(run: DemoRun, command: list[str]) -> None:
+def _restart_node(run: DemoRun, command: list[str], *, cheat: bool = True) -> None:
     from ._demo import serve_node
 
     run.procs.stop(next(p for p in run.procs.procs if p.name == "node"))
-    serve_node(run, command, extra=["--test-only-perturb-weights", CHEAT_SIZE])
+    serve_node(run, command, extra=["--test-only-perturb-weights", CHEAT_SIZE] if cheat else [])

@@ -303,7 +303,7 @@ def _step_deploy(run: DemoRun) -> None:
 
 
 def serve_node(run: DemoRun, command: list[str], extra: tuple[str, ...] | list[str] = ()) -> None:
-    if not extra:
+    if not run.endpoint:  # the first start, not a restart
         run.console.rule("[bold]3 · Provider node")
     port = free_port() if not run.endpoint else int(run.endpoint.rsplit(":", 1)[1])
     node = spawn_node(

@@ -6,6 +6,7 @@ while the node loads the model (nothing it started may survive).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -116,4 +117,31 @@ def test_sigint_midway_stops_anvil_and_the_node(model_dir: Path) -> None:
     assert "interrupted" in output and "stopped: node" in output
     started = _started(output)
     assert set(started) == {"anvil", "tallystick-node serve"}
+    _assert_all_stopped(started)
+
+
+@pytest.mark.timeout(1200)
+def test_keep_leaves_the_node_with_the_listed_weights(model_dir: Path) -> None:
+    """--keep leaves a node for the README's quickstarts: not the TEST-ONLY perturbed one (it
+    answered "L'Étoile, la Marseur, …" to "What is the capital of France?")."""
+    done = subprocess.run(
+        _demo_cmd("--prompts", "1", "--keep"),
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=1150,
+        check=False,
+    )
+    output = done.stdout + done.stderr
+    started = _started(output)  # the last node started wins
+    try:
+        assert done.returncode == 0, output[-4000:]
+        assert "the cheat is gone" in output
+        cmdline = Path(f"/proc/{started['tallystick-node serve']}/cmdline").read_bytes()
+        assert b"--test-only-perturb-weights" not in cmdline, cmdline
+    finally:
+        for pid in started.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGTERM)
     _assert_all_stopped(started)
