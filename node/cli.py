@@ -204,7 +204,8 @@ def model_fetch(dest: Path | None, force: bool) -> None:
 
     path = fetch_model(dest or DEFAULT_DEST, force=force)
     click.echo(f"model: {path}")
-    click.echo(f"serve it with --model {path}, or: export TALLYSTICK_MODEL={path.parent}")
+    click.echo(f"serve it with --model {path}, or: export TALLYSTICK_NODE_MODEL={path}")
+    click.echo(f"(`tallystick demo` reads --model or TALLYSTICK_MODEL={path.parent})")
 
 
 # Commands that add themselves to `main`: the registry entries (register, list-model, set-price,

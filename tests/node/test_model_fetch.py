@@ -14,7 +14,9 @@ def test_model_fetch_puts_the_same_gguf_where_it_says(tmp_path: Path, model_dir:
     assert result.exit_code == 0, result.output
     fetched = dest / "SmolLM2-135M-Instruct.Q4_1.gguf"
     assert f"model: {fetched}" in result.output
-    assert f"export TALLYSTICK_MODEL={dest}" in result.output
+    # the variable `serve` reads (it ignores $TALLYSTICK_MODEL, which only the demo reads)
+    assert f"export TALLYSTICK_NODE_MODEL={fetched}" in result.output
+    assert f"TALLYSTICK_MODEL={dest}" in result.output
     reference = model_dir / "SmolLM2-135M-Instruct.Q4_1.gguf"  # what `make model` fetched
     assert fetched.read_bytes() == reference.read_bytes()
     assert not list(dest.glob("*.part"))
