@@ -17,7 +17,7 @@ from tallystick.node.engines import (
     built_llama_server,
     find_llama_server,
 )
-from tallystick.node.engines._upstream import _native_body, _NativeChunks
+from tallystick.node.engines._upstream_wire import _native_body, _NativeChunks
 
 ROOT = Path(__file__).resolve().parents[3]
 CHAIN = {"rpc": "http://127.0.0.1:1", "escrow": "0x" + "11" * 20, "registry": "0x" + "22" * 20}

@@ -68,6 +68,8 @@ def test_uses_upstream_token_ids_when_returned(tiny_dir: Path, tiny_counter: Any
     seen: list[dict[str, Any]] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/extras/tokenize":  # the llama_cpp.server probe: not this one
+            return httpx.Response(404)
         seen.append(json.loads(request.content))
         body = sse(
             {"choices": [{"delta": {"content": "hello"}, "token_ids": [hello]}]},
@@ -93,6 +95,8 @@ def test_retokenises_text_and_falls_back_when_token_ids_are_refused(
     bodies: list[dict[str, Any]] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/extras/tokenize":  # the llama_cpp.server probe: not this one
+            return httpx.Response(404)
         bodies.append(json.loads(request.content))
         if "return_token_ids" in bodies[-1]:
             return httpx.Response(422, json={"error": {"message": "unknown field"}})
