@@ -147,13 +147,14 @@ async def _preflight(settings: Settings, account: Any) -> tuple[Any, Any]:
     from .engines import default_model_name
 
     check_engine_settings(settings)
+    # The chain first: a node that cannot reach it leaves no ledger file behind.
+    chain = await EscrowChain.connect(settings, account)
+    await chain.check(settings)
     ledger = open_ledger(settings.ledger_location)  # an unreachable ledger: one line, exit 2
     try:
         bind_ledger(ledger, account.address, str(settings.ledger_location), claim=True)
     finally:
         ledger.close()
-    chain = await EscrowChain.connect(settings, account)
-    await chain.check(settings)
     model = settings.model_name or (default_model_name(settings.model) if settings.model else None)
     for warning in await asyncio.to_thread(
         registration_warnings, chain.registry, account.address, model, settings

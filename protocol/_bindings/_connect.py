@@ -34,9 +34,29 @@ def connect(
     try:
         w3.eth.chain_id  # noqa: B018 (the call is the reachability check)
     except (requests.RequestException, OSError, ValueError, Web3RPCError) as exc:
-        raise ChainUnavailable(f"cannot reach the chain at {', '.join(urls)}: {exc}") from exc
+        raise ChainUnavailable(
+            f"cannot reach the chain at {', '.join(urls)}: {why_unreachable(exc, timeout_s)}"
+        ) from exc
     _same_chain(urls, timeout_s)
     return w3
+
+
+def why_unreachable(exc: BaseException, timeout_s: float) -> str:
+    """The reason under a transport failure, short: ``connection refused``, not urllib3's
+    ``HTTPConnectionPool(host=…): Max retries exceeded … NewConnectionError(…)``."""
+    if isinstance(exc, requests.Timeout):
+        return f"no answer within {timeout_s:g} s"
+    todo: list[object] = [exc]
+    seen: set[int] = set()
+    while todo:
+        e = todo.pop(0)
+        if id(e) in seen or not isinstance(e, BaseException):
+            continue
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.strerror:
+            return e.strerror[0].lower() + e.strerror[1:]
+        todo += [e.__cause__, e.__context__, getattr(e, "reason", None), *e.args]
+    return str(exc)
 
 
 def _same_chain(urls: list[str], timeout_s: float) -> None:

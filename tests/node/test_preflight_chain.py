@@ -148,3 +148,13 @@ def test_a_key_without_eth_is_told_to_fund_it_not_shown_an_rpc_error(cli):
     line = _error(result, 1)
     assert "has not enough ETH to pay this transaction's gas" in line
     assert "Web3RPCError" not in result.output and "-32003" not in line
+
+
+def test_serve_without_a_chain_leaves_no_ledger_behind(deployment, accounts, tmp_path):
+    down = f"http://127.0.0.1:{free_port()}"
+    base = chain_args(down, deployment, accounts.provider, tmp_path / "n.db")
+    args = ["serve", *base, "--model", str(tmp_path / "absent.gguf"), "--port", str(free_port())]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code != 0 and "Traceback" not in result.output, result.output
+    assert "error: " in result.stderr
+    assert not (tmp_path / "n.db").exists()

@@ -70,8 +70,10 @@ def balance(w3: Any, address: str) -> int:
 
 
 def test_connect_to_a_dead_endpoint_is_chain_unavailable() -> None:
-    with pytest.raises(ChainUnavailable, match=r"cannot reach the chain at http://127\.0\.0\.1:9"):
+    with pytest.raises(ChainUnavailable) as caught:
         connect("http://127.0.0.1:9", timeout_s=2)
+    # The reason itself, not urllib3's HTTPConnectionPool(...) Max retries ... text.
+    assert str(caught.value) == "cannot reach the chain at http://127.0.0.1:9: connection refused"
 
 
 def test_receipt_digest_and_typehash_equal_the_contract(deployment: Any, accounts: Any) -> None:
