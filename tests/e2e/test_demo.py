@@ -30,6 +30,10 @@ def _demo_cmd(*args: str) -> list[str]:
     return [*base, "demo", *args]
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _env() -> dict[str, str]:
     # Wide lines so nothing we grep for is wrapped; no colour codes in the captured output.
     return {**os.environ, "COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"}
@@ -95,6 +99,9 @@ def test_sigint_midway_stops_anvil_and_the_node(model_dir: Path) -> None:
         _demo_cmd("--prompts", "2"),
         cwd=ROOT,
         env=_env(),
+        # Ctrl-C as at a terminal: a run started in the background by a non-interactive shell
+        # (`make test &`) inherits SIGINT ignored, and Python then keeps ignoring it.
+        preexec_fn=_default_sigint,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
