@@ -1,5 +1,8 @@
 """The client's SQLite store: channels, their countersigned state, every verified request, disputes.
 
+(Just over 450 lines: the tables and their transactions stay together; the record types are
+in _types and the SQLite base in _sqlite.)
+
 One file per client (WAL mode). A receipt is written here, in the same transaction as the
 record it covers, before it is handed to the node, so a restarted client continues exactly
 where it stopped; the write refuses any receipt whose totals are lower than the stored ones.

@@ -1,4 +1,8 @@
-"""The node's HTTP API over a FakeEngine and an in-memory chain."""
+"""The node's HTTP API over a FakeEngine and an in-memory chain.
+
+One module for every route's contract (over 450 lines): the tests share one harness
+(tests/kit/node_harness) and read as the API's table of cases, route by route.
+"""
 
 from __future__ import annotations
 
