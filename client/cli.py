@@ -194,8 +194,18 @@ def providers(
     from ._discovery import find_offers
 
     s._w3 = chain.w3
-    table = Table("provider", "endpoint", "model", "input / 1M", "output / 1M", "token", "context")
+    table = Table(
+        "provider",
+        "endpoint",
+        "model",
+        "input / 1M",
+        "output / 1M",
+        "token",
+        "context",
+        "failed audits",  # published on-chain by any client (AuditReported, §10.7)
+    )
     offers = find_offers(chain, model, max_input_price, max_output_price)
+    failed = chain.published_audits({o.provider for o in offers})
     if as_json:
         rows = [
             {
@@ -208,6 +218,7 @@ def providers(
                 "symbol": s.token(o.token).symbol,
                 "decimals": s.token(o.token).decimals,
                 "contextLength": o.context_length,
+                "failedAuditsPublished": failed.get(o.provider, 0),
             }
             for o in offers
         ]
@@ -223,6 +234,7 @@ def providers(
             format_amount(o.prices.output_per_m, info),
             f"{info.symbol} {o.token}" if not info.is_eth else "ETH",
             str(o.context_length),
+            str(failed.get(o.provider, 0)),
         )
     _show(table)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -138,6 +139,14 @@ def test_ids_are_whole_take_prefixes_and_listings_have_json(
     (offer,) = json.loads(raw)
     assert offer["provider"] == provider and offer["symbol"] == "USDC"
     assert offer["inputPerMillion"] == str(USDC_PRICES.input_per_m) and offer["decimals"] == 6
+    assert offer["failedAuditsPublished"] == 0
+    # A failed audit another client published on-chain shows in the listing (issue 15).
+    mid = model_id("fake-model")
+    deployment.registry.report_audit(accounts.client, provider, mid, b"\x0d" * 32, "https://r/1")
+    code, raw, _ = _run_raw([*usdc_args, "providers", "--json"], capsys)
+    assert json.loads(raw)[0]["failedAuditsPublished"] == 1
+    code, out, _ = run_cli([*usdc_args, "providers"], capsys)
+    assert code == 0 and "failed" in out and re.search(r"│ 1 +│", out), out
     code, raw, _ = _run_raw([*usdc_args, "channel", "list", "--json"], capsys)
     (row,) = json.loads(raw)
     assert row["channelId"] == cid and row["deposit"] == "2000000" and row["status"] == "open"
