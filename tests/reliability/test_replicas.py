@@ -40,7 +40,9 @@ def replicas(market: Any, start_node: Any, pg_url: str) -> Any:
             port=free_port(),
             name=f"replica{i}",
             args=["--ledger", pg_url, "--replica-ttl", TTL],
-            env={"TALLY_FAKE_TOKEN_DELAY": "0.003"},
+            # A reply longer than any max_tokens here: the credit-rule test's first request
+            # really generates its 1,500 ids (the scripted default reply ends after 18).
+            env={"TALLY_FAKE_TOKEN_DELAY": "0.003", "TALLY_FAKE_REPLY": " tally" * 2000},
         )
         for i in range(REPLICAS)
     ]
@@ -147,8 +149,8 @@ def test_the_credit_rule_holds_across_replicas(
     nodes, _ = replicas
     client = make_client(market.accounts.client, "c", tokenizer_dir=tmp_path / "tok")
     info = client.channels.open(MODEL, DEPOSIT)
-    # 1,500 ids at 0.003 s each: the first request stays in flight for ~4.5 s, long enough for
-    # the other replica's view to be polled while it runs (200 ids, ~0.6 s, was missed under load).
+    # 1,500 ids at 0.003 s each (the nodes' reply is longer): the first request stays in flight
+    # for ~4.5 s, long enough for the other replica's view to be polled while it runs.
     body = {"model": MODEL, "messages": MESSAGES, "max_tokens": 1500}
     results: list[httpx.Response] = []
 
