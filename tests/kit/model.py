@@ -173,3 +173,26 @@ def chat(counter: Any, text: str) -> Prompt:
 
 def with_eos(loaded: LoadedModel, *eos: int) -> LoadedModel:
     return replace(loaded, eos_ids=frozenset(eos))
+
+
+# --- driving an engine directly (the real llama.cpp engine tests) ------------------------------
+
+
+async def started(engine: Any, body: Any) -> Any:
+    """``await body()`` with ``engine`` started, stopped after it (each test's own event loop)."""
+    await engine.start()
+    try:
+        return await body()
+    finally:
+        await engine.stop()
+
+
+async def generate_all(engine: Any, prompt: Any, params: Any) -> tuple[list[int], str, Any]:
+    """Every id, the text and the finish reason ``engine`` generates for ``prompt``."""
+    ids: list[int] = []
+    text, finish = "", None
+    async for event in engine.generate(prompt, params):
+        ids += event.token_ids
+        text += event.text
+        finish = event.finish_reason or finish
+    return ids, text, finish

@@ -24,7 +24,9 @@ from tallystick.node.engines import (
     tiny_tokenizer_bundle,
 )
 
-from tests.kit.model import run
+from tests.kit.model import chat, run
+from tests.kit.model import generate_all as _gen
+from tests.kit.model import started as _started
 from tests.kit.net import free_port, wait_http
 
 pytestmark = pytest.mark.model
@@ -82,29 +84,6 @@ def engine(server: str, gguf: str) -> UpstreamEngine:
     return UpstreamEngine.from_source(server, gguf)
 
 
-async def _started(engine: Any, body: Any) -> Any:
-    await engine.start()
-    try:
-        return await body()
-    finally:
-        await engine.stop()
-
-
-def _chat(engine: Any, text: str) -> Prompt:
-    messages = [{"role": "user", "content": text}]
-    return Prompt(ids=engine.counter.chat_prompt_ids(messages), messages=messages)
-
-
-async def _gen(engine: Any, prompt: Prompt, params: SamplingParams) -> tuple[list[int], str, Any]:
-    ids: list[int] = []
-    text, finish = "", None
-    async for event in engine.generate(prompt, params):
-        ids += event.token_ids
-        text += event.text
-        finish = event.finish_reason or finish
-    return ids, text, finish
-
-
 def _collect(engine: Any, prompt: Prompt, params: SamplingParams) -> tuple[list[int], str, Any]:
     return run(_started(engine, lambda: _gen(engine, prompt, params)))
 
@@ -118,7 +97,7 @@ def _reference(url: str, engine: Any, prompt: Prompt, n: int) -> dict[str, Any]:
 
 
 def test_found_at_start_and_reads_the_billed_prompt_ids(engine, server) -> None:
-    prompt = _chat(engine, "Write a short poem about the sea.")
+    prompt = chat(engine.counter, "Write a short poem about the sea.")
     ids, text, finish = _collect(engine, prompt, SamplingParams(max_tokens=24, temperature=0))
     assert engine.llama_cpp_python and engine.llamacpp is None
     # The prompt text it is sent is tokenised back into exactly the billed ids.
@@ -135,7 +114,7 @@ def test_found_at_start_and_reads_the_billed_prompt_ids(engine, server) -> None:
 
 
 def test_an_end_of_sequence_ends_with_stop(engine, server) -> None:
-    prompt = _chat(engine, "What is the capital of France? Answer in one word.")
+    prompt = chat(engine.counter, "What is the capital of France? Answer in one word.")
     ids, text, finish = _collect(engine, prompt, SamplingParams(max_tokens=64, temperature=0))
     reference = _reference(server, engine, prompt, 64)
     assert reference["choices"][0]["finish_reason"] == "stop"
@@ -145,7 +124,7 @@ def test_an_end_of_sequence_ends_with_stop(engine, server) -> None:
 
 
 def test_stop_string_is_applied_by_the_node(engine) -> None:
-    prompt = _chat(engine, "Count from 1 to 10, separated by commas.")
+    prompt = chat(engine.counter, "Count from 1 to 10, separated by commas.")
     params = SamplingParams(max_tokens=40, temperature=0, stop=(",",))
     ids, text, finish = _collect(engine, prompt, params)
     assert finish == "stop" and "," not in text
@@ -163,7 +142,7 @@ def test_text_completion(engine) -> None:
 
 def test_concurrent_streams_wait_their_turn(engine) -> None:
     async def many() -> list[tuple[list[int], str, Any]]:
-        prompts = [_chat(engine, f"Say something about the number {i}.") for i in range(3)]
+        prompts = [chat(engine.counter, f"Say something about the number {i}.") for i in range(3)]
         params = SamplingParams(max_tokens=12, temperature=0)
         return await _started(
             engine, lambda: asyncio.gather(*(_gen(engine, p, params) for p in prompts))
@@ -177,7 +156,7 @@ def test_closing_a_stream_lets_the_next_request_run(engine) -> None:
     async def abandon_then_ask() -> tuple[int, float, Any]:
         got = 0
         stream = engine.generate(
-            _chat(engine, "Tell me a long story about a dragon."),
+            chat(engine.counter, "Tell me a long story about a dragon."),
             SamplingParams(max_tokens=900, temperature=0),
         )
         async for event in stream:
@@ -186,7 +165,7 @@ def test_closing_a_stream_lets_the_next_request_run(engine) -> None:
                 break
         await stream.aclose()
         started = time.monotonic()
-        _, _, finish = await _gen(engine, _chat(engine, "Hi"), SamplingParams(max_tokens=4))
+        _, _, finish = await _gen(engine, chat(engine.counter, "Hi"), SamplingParams(max_tokens=4))
         return got, time.monotonic() - started, finish
 
     got, waited, finish = run(_started(engine, abandon_then_ask))
@@ -202,11 +181,13 @@ def test_an_interrupted_stream_is_an_error_naming_the_flag(
 
         async def two() -> list[Any]:
             first = _gen(
-                engine, _chat(engine, "Tell me a long story."), SamplingParams(max_tokens=300)
+                engine,
+                chat(engine.counter, "Tell me a long story."),
+                SamplingParams(max_tokens=300),
             )
             task = asyncio.ensure_future(first)
             await asyncio.sleep(1.0)  # the first one is streaming
-            second = _gen(engine, _chat(engine, "Hi"), SamplingParams(max_tokens=4))
+            second = _gen(engine, chat(engine.counter, "Hi"), SamplingParams(max_tokens=4))
             return await asyncio.gather(task, second, return_exceptions=True)
 
         first, second = run(_started(engine, two))

@@ -23,7 +23,9 @@ from tallystick.node.engines import (
     tiny_tokenizer_bundle,
 )
 
-from tests.kit.model import run
+from tests.kit.model import chat, run
+from tests.kit.model import generate_all as _gen
+from tests.kit.model import started as _started
 from tests.kit.net import free_port, wait_http
 
 pytestmark = pytest.mark.model
@@ -62,29 +64,6 @@ def engine(llama: str, gguf: str) -> UpstreamEngine:
     return UpstreamEngine.from_source(llama, gguf)
 
 
-async def _started(engine: Any, body: Any) -> Any:
-    await engine.start()
-    try:
-        return await body()
-    finally:
-        await engine.stop()
-
-
-def _chat(engine: Any, text: str) -> Prompt:
-    messages = [{"role": "user", "content": text}]
-    return Prompt(ids=engine.counter.chat_prompt_ids(messages), messages=messages)
-
-
-async def _gen(engine: Any, prompt: Prompt, params: SamplingParams) -> tuple[list[int], str, Any]:
-    ids: list[int] = []
-    text, finish = "", None
-    async for event in engine.generate(prompt, params):
-        ids += event.token_ids
-        text += event.text
-        finish = event.finish_reason or finish
-    return ids, text, finish
-
-
 async def _collect(
     engine: Any, prompt: Prompt, params: SamplingParams
 ) -> tuple[list[int], str, Any]:
@@ -100,7 +79,7 @@ def _llama_reference(url: str, prompt_ids: list[int], n: int) -> list[int]:
 
 
 def test_upstream_detects_llama_server_and_meters_its_own_ids(engine, llama) -> None:
-    prompt = _chat(engine, "Write a short poem about the sea.")
+    prompt = chat(engine.counter, "Write a short poem about the sea.")
     ids, text, finish = run(_collect(engine, prompt, SamplingParams(max_tokens=40, temperature=0)))
     assert engine.llamacpp is not None  # native /completion, vocabulary checked at start
     assert engine.context_length == SLOT_CTX  # prompts are bounded by one slot
@@ -110,7 +89,7 @@ def test_upstream_detects_llama_server_and_meters_its_own_ids(engine, llama) -> 
 
 
 def test_eos_is_billed_and_ends_with_stop(engine, llama) -> None:
-    prompt = _chat(engine, "What is the capital of France? Answer in one word.")
+    prompt = chat(engine.counter, "What is the capital of France? Answer in one word.")
     ids, text, finish = run(_collect(engine, prompt, SamplingParams(max_tokens=64, temperature=0)))
     assert finish == "stop" and len(ids) < 64
     assert ids[-1] in engine.counter.eos_token_ids  # the EOS id is billed (§6)
@@ -119,7 +98,7 @@ def test_eos_is_billed_and_ends_with_stop(engine, llama) -> None:
 
 
 def test_stop_string_is_applied_by_the_node(engine) -> None:
-    prompt = _chat(engine, "Count from 1 to 10, separated by commas.")
+    prompt = chat(engine.counter, "Count from 1 to 10, separated by commas.")
     params = SamplingParams(max_tokens=40, temperature=0, stop=(",",))
     ids, text, finish = run(_collect(engine, prompt, params))
     assert finish == "stop" and "," not in text
@@ -138,7 +117,7 @@ def test_text_completion_sends_the_prompt_ids(engine) -> None:
 def test_split_characters_are_metered_as_llama_cpp_generated_them(engine, llama) -> None:
     # An emoji spans three byte tokens here; llama.cpp sends no chunk for the two that end
     # inside it, and the chunk completing it says (tokens_predicted) that they came first.
-    prompt = _chat(engine, "Repeat exactly: 🦜🦜🦜 東京 🦜🦜🦜 東京 🦜🦜🦜")
+    prompt = chat(engine.counter, "Repeat exactly: 🦜🦜🦜 東京 🦜🦜🦜 東京 🦜🦜🦜")
     ids, text, _ = run(_collect(engine, prompt, SamplingParams(max_tokens=48, temperature=0)))
     reference = _llama_reference(llama, prompt.ids, 48)
     assert text.count("🦜") >= 6  # the case this test is about did occur
@@ -152,7 +131,7 @@ def test_closing_the_stream_frees_llama_cpp_slot(engine, llama) -> None:
     async def read_three() -> int:
         await engine.start()
         stream = engine.generate(
-            _chat(engine, "Tell me a long story about a dragon."),
+            chat(engine.counter, "Tell me a long story about a dragon."),
             SamplingParams(max_tokens=600, temperature=0),
         )
         got = 0
@@ -192,7 +171,7 @@ def test_a_shared_prefix_is_read_from_llama_cpp_cache(engine) -> None:
 
 def test_concurrent_streams_are_each_metered(engine) -> None:
     async def many() -> list[tuple[list[int], str, Any]]:
-        prompts = [_chat(engine, f"Say something about the number {i}.") for i in range(4)]
+        prompts = [chat(engine.counter, f"Say something about the number {i}.") for i in range(4)]
         params = SamplingParams(max_tokens=12, temperature=0)
         return await _started(
             engine, lambda: asyncio.gather(*(_gen(engine, p, params) for p in prompts))
@@ -227,7 +206,7 @@ def test_llamacpp_engine_runs_and_stops_llama_server(llama_server_bin, gguf) -> 
         assert process is not None and process.poll() is None
         try:
             params = SamplingParams(max_tokens=6, temperature=0)
-            ids, text, finish = await _gen(eng, _chat(eng, "Hello!"), params)
+            ids, text, finish = await _gen(eng, chat(eng.counter, "Hello!"), params)
             assert len(ids) == 6 and finish == "length" and eng.counter.decode(ids) == text
             assert eng.stats()["max_batch"] == 2
             async with httpx.AsyncClient(base_url=eng.url) as other:  # another local user
